@@ -1,0 +1,11 @@
+//! Compose files to a validated, typed skiff spec.
+//!
+//! The pipeline, per file: YAML text → [`node`] tree with positions → interpolation → `extends`
+//! → merge with the files before it; then the merged tree → typed [`model`] → semantic
+//! validation. Every error says `file:line:col: field.path: reason`.
+//!
+//! **Invariant:** this crate performs no I/O. Files are read through [`loader::Loader`], and the
+//! process environment arrives as a plain map, so every step is a pure function of its inputs.
+
+pub mod diag;
+pub mod node;
