@@ -7,5 +7,8 @@
 //! **Invariant:** this crate performs no I/O. Files are read through [`loader::Loader`], and the
 //! process environment arrives as a plain map, so every step is a pure function of its inputs.
 
+pub mod de;
 pub mod diag;
+pub mod model;
 pub mod node;
+pub mod units;

@@ -1,0 +1,1608 @@
+//! The typed compose model: every field of the compose-spec, in canonical (long) form.
+//!
+//! Reading accepts every spelling the spec allows (short and long syntax, list and map forms,
+//! numbers as strings); writing emits one canonical spelling, so `skiff config` output reads back
+//! to an equal model. Fields skiff does not act on are kept as opaque JSON values: they are
+//! accepted, echoed by `config` and listed as warnings by `validate` ([`NOT_ACTED_ON`]).
+
+mod syntax;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::de::{self, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::de::Extensions;
+use crate::units::{Bytes, Cpus, Duration};
+
+pub use syntax::{parse_port, parse_volume};
+
+/// An opaque value of a field skiff accepts but does not interpret (yet).
+pub type Json = serde_json::Value;
+
+/// Ordered string map: labels, build args, driver options.
+pub type StringMap = IndexMap<String, String>;
+
+// === Project ===
+
+/// A whole compose project after interpolation, merge, `extends` and `include`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Project {
+    /// Obsolete in the compose-spec; accepted with a warning and dropped from output.
+    #[serde(skip_serializing)]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `include:` is resolved while loading; what remains here is only kept for reference.
+    #[serde(skip_serializing)]
+    pub include: Option<Json>,
+    pub services: IndexMap<String, Service>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub networks: IndexMap<String, Network>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub volumes: IndexMap<String, Volume>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub configs: IndexMap<String, FileObject>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub secrets: IndexMap<String, FileObject>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Json>,
+    #[serde(rename = "x-skiff", skip_serializing_if = "Option::is_none")]
+    pub x_skiff: Option<XSkiffProject>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+// === Service ===
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Service {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(
+        deserialize_with = "build_short",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub build: Option<Build>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Command>,
+    #[serde(
+        deserialize_with = "list_or_dict",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub environment: Environment,
+    #[serde(deserialize_with = "env_files", skip_serializing_if = "Vec::is_empty")]
+    pub env_file: EnvFiles,
+    #[serde(deserialize_with = "ports", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Ports,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ScalarString>,
+    #[serde(deserialize_with = "volumes", skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<ServiceVolume>,
+    #[serde(
+        deserialize_with = "string_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tmpfs: StringOrList,
+    #[serde(
+        deserialize_with = "depends_on",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub depends_on: DependsOn,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Duration>,
+    #[serde(deserialize_with = "file_refs", skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
+    #[serde(deserialize_with = "file_refs", skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    #[serde(
+        deserialize_with = "service_networks",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub networks: ServiceNetworks,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Resolved while loading; never present in a loaded project.
+    #[serde(skip_serializing)]
+    pub extends: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_limit: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_reservation: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memswap_limit: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    #[serde(rename = "x-skiff", skip_serializing_if = "Option::is_none")]
+    pub x_skiff: Option<XSkiffService>,
+
+    // Accepted, echoed, not acted on (see NOT_ACTED_ON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blkio_config: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_add: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_drop: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_period: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_runtime: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_spec: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub develop: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_cgroup_rules: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_opt: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_search: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_links: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_hosts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_add: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_file: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_swappiness: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kill_disable: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_start: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_refresh_after: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_opt: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin_open: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_opt: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysctls: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ulimits: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_api_socket: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns_mode: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes_from: Option<Json>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// Service fields that skiff accepts and keeps but does not act on yet: `validate` warns about
+/// each one it finds.
+pub const NOT_ACTED_ON: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpuset",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "hostname",
+    "ipc",
+    "isolation",
+    "label_file",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "network_mode",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "platform",
+    "post_start",
+    "pre_start",
+    "pre_stop",
+    "privileged",
+    "provider",
+    "pull_policy",
+    "pull_refresh_after",
+    "runtime",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "storage_opt",
+    "sysctls",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+];
+
+/// Every field name of the compose-spec and of `x-skiff`, for "did you mean" hints.
+const ALL_FIELDS: &[&str] = &[
+    "version",
+    "name",
+    "include",
+    "services",
+    "networks",
+    "volumes",
+    "configs",
+    "secrets",
+    "models",
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "ports",
+    "expose",
+    "tmpfs",
+    "depends_on",
+    "healthcheck",
+    "deploy",
+    "labels",
+    "stop_signal",
+    "stop_grace_period",
+    "profiles",
+    "extends",
+    "restart",
+    "user",
+    "working_dir",
+    "init",
+    "read_only",
+    "mem_limit",
+    "mem_reservation",
+    "cpus",
+    "pids_limit",
+    "scale",
+    "context",
+    "dockerfile",
+    "args",
+    "target",
+    "published",
+    "host_ip",
+    "protocol",
+    "mode",
+    "app_protocol",
+    "source",
+    "type",
+    "bind",
+    "volume",
+    "consistency",
+    "condition",
+    "required",
+    "test",
+    "interval",
+    "timeout",
+    "retries",
+    "start_period",
+    "start_interval",
+    "disable",
+    "replicas",
+    "resources",
+    "limits",
+    "reservations",
+    "memory",
+    "pids",
+    "restart_policy",
+    "delay",
+    "max_attempts",
+    "window",
+    "update_config",
+    "rollback_config",
+    "parallelism",
+    "failure_action",
+    "monitor",
+    "max_failure_ratio",
+    "order",
+    "placement",
+    "constraints",
+    "preferences",
+    "spread",
+    "max_replicas_per_node",
+    "endpoint_mode",
+    "aliases",
+    "ipv4_address",
+    "ipv6_address",
+    "driver",
+    "driver_opts",
+    "external",
+    "internal",
+    "ipam",
+    "attachable",
+    "enable_ipv6",
+    "enable_ipv4",
+    "file",
+    "content",
+    "uid",
+    "gid",
+    "service",
+    "driver",
+    "executable",
+    "artifact",
+    "url",
+    "path",
+    "sha256",
+    "routes",
+    "host",
+    "port",
+    "release",
+    "strategy",
+    "steps",
+    "weight",
+    "pause",
+    "switch",
+    "domain",
+    "strip_prefix",
+];
+
+/// The closest known field name to a misspelt one, if any is close.
+pub fn suggest_field(unknown: &str) -> Option<&'static str> {
+    ALL_FIELDS
+        .iter()
+        .copied()
+        .filter(|k| *k != unknown)
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+// === scalars and simple collections ===
+
+/// A scalar of any YAML type read as its text (`80`, `true`, `"x"` → `"80"`, `"true"`, `"x"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ScalarString(pub String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(ScalarVisitor).map(ScalarString)
+    }
+}
+
+struct ScalarVisitor;
+
+impl Visitor<'_> for ScalarVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+/// `string_or_list` of the spec: `tmpfs: /run` or `tmpfs: [/run, /tmp]`.
+pub type StringOrList = Vec<String>;
+
+pub(crate) fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(ScalarString(s)) = seq.next_element()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `list_or_dict` read as ordered `KEY → value`; `KEY` alone (list) or `KEY:` (map) gives `None`.
+fn list_or_dict<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<IndexMap<String, Option<String>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = IndexMap<String, Option<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a mapping or a list of KEY=VALUE strings")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(IndexMap::new())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let v: Option<ScalarString> = map.next_value()?;
+                out.insert(k, v.map(|s| s.0));
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(ScalarString(item)) = seq.next_element()? {
+                match item.split_once('=') {
+                    Some((k, v)) => out.insert(k.to_string(), Some(v.to_string())),
+                    None => out.insert(item, None),
+                };
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Environment variables; `None` means "take the value from the environment of `skiff`", as
+/// `environment: [HOME]` does in compose. Resolved while loading when the variable is set.
+pub type Environment = IndexMap<String, Option<String>>;
+
+/// Labels and similar `list_or_dict` string maps; a key without a value is the empty string.
+pub type Labels = StringMap;
+
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<StringMap, D::Error> {
+    Ok(list_or_dict(d)?
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect())
+}
+
+// === build, command ===
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Build {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile_inline: Option<String>,
+    #[serde(
+        deserialize_with = "list_or_dict",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub args: IndexMap<String, Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_contexts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_to: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entitlements: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_hosts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_cache_filter: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ulimits: Option<Json>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// `build: ./dir` is `build: {context: ./dir}`.
+fn build_short<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Build>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Build>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a build context path or a mapping")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Build {
+                context: Some(v.to_string()),
+                ..Build::default()
+            }))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Build::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A command in exec form. The shell-string form (`command: npm start`) is split into words as
+/// compose splits it; `"CMD-SHELL"`-like wrapping is the healthcheck's business, not this type's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Command(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Command;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Command, E> {
+                shell_words::split(v)
+                    .map(Command)
+                    .map_err(|e| E::custom(format!("cannot split command {v:?} into words: {e}")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+                let mut out = Vec::new();
+                while let Some(ScalarString(s)) = seq.next_element()? {
+                    out.push(s);
+                }
+                Ok(Command(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// === env_file ===
+
+pub type EnvFiles = Vec<EnvFile>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvFile {
+    pub path: String,
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn env_files<'de, D: Deserializer<'de>>(d: D) -> Result<EnvFiles, D::Error> {
+    struct Item(EnvFile);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Item;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a path or a mapping with path")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
+                    Ok(Item(EnvFile {
+                        path: v.to_string(),
+                        required: true,
+                        format: None,
+                        x: Extensions::default(),
+                    }))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                    EnvFile::deserialize(MapAccessDeserializer::new(map)).map(Item)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = EnvFiles;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a path or a list of paths")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<EnvFiles, E> {
+            Ok(Vec::new())
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvFiles, E> {
+            Ok(vec![
+                Item::deserialize(de::value::StrDeserializer::<E>::new(v))?.0,
+            ])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EnvFiles, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Item(f)) = seq.next_element()? {
+                out.push(f);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+// === ports ===
+
+pub type Ports = Vec<Port>;
+
+/// A port in long syntax. Short syntax (`"127.0.0.1:8080:80/udp"`, `80`, `"3000-3002"`) is
+/// expanded into one entry per port, as compose does.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub target: u16,
+    /// A port (`"8080"`) or a range (`"8080-8090"`); `None` means any free port.
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub published: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    #[serde(default = "ingress")]
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+fn ingress() -> String {
+    "ingress".into()
+}
+
+fn opt_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<ScalarString>::deserialize(d)?.map(|s| s.0))
+}
+
+fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Ports, D::Error> {
+    struct Item(Vec<Port>);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Item;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a port such as \"8080:80\" or a mapping with target")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
+                    parse_port(v).map(Item).map_err(E::custom)
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Item, E> {
+                    self.visit_str(&v.to_string())
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Item, E> {
+                    self.visit_str(&v.to_string())
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                    let p = Port::deserialize(MapAccessDeserializer::new(map))?;
+                    syntax::check_port(&p).map_err(de::Error::custom)?;
+                    Ok(Item(vec![p]))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let items: Vec<Item> = Vec::deserialize(d)?;
+    Ok(items.into_iter().flat_map(|i| i.0).collect())
+}
+
+// === volumes ===
+
+/// A service mount in long syntax; short syntax (`db:/var/lib/db:ro`, `./src:/src`) is read
+/// into this form.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceVolume {
+    #[serde(rename = "type")]
+    pub kind: VolumeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<BindOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Json>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    Bind,
+    #[default]
+    Volume,
+    Tmpfs,
+    Cluster,
+    Npipe,
+    Image,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BindOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_host_path: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recursive: Option<String>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VolumeOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nocopy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Json>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TmpfsOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+fn volumes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ServiceVolume>, D::Error> {
+    struct Item(ServiceVolume);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Item;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a volume such as \"data:/var/lib/data\" or a mapping with type")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
+                    parse_volume(v).map(Item).map_err(E::custom)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                    let v = ServiceVolume::deserialize(MapAccessDeserializer::new(map))?;
+                    syntax::check_volume(&v).map_err(de::Error::custom)?;
+                    Ok(Item(v))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let items: Vec<Item> = Vec::deserialize(d)?;
+    Ok(items.into_iter().map(|i| i.0).collect())
+}
+
+// === depends_on ===
+
+pub type DependsOn = IndexMap<String, Dependency>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub condition: Condition,
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default)]
+    pub restart: bool,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    ServiceStarted,
+    ServiceHealthy,
+    ServiceCompletedSuccessfully,
+}
+
+fn depends_on<'de, D: Deserializer<'de>>(d: D) -> Result<DependsOn, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = DependsOn;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of service names or a mapping of service to condition")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<DependsOn, E> {
+            Ok(IndexMap::new())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DependsOn, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(name) = seq.next_element::<String>()? {
+                out.insert(
+                    name,
+                    Dependency {
+                        condition: Condition::ServiceStarted,
+                        required: true,
+                        restart: false,
+                        x: Extensions::default(),
+                    },
+                );
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DependsOn, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                out.insert(name, map.next_value()?);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+// === healthcheck ===
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Healthcheck {
+    /// Canonical: `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]`.
+    #[serde(
+        deserialize_with = "health_test",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub test: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable: bool,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// `test: curl -f localhost` is `["CMD-SHELL", "curl -f localhost"]`.
+fn health_test<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a command string or a list starting with CMD, CMD-SHELL or NONE")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec!["CMD-SHELL".into(), v.to_string()])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(ScalarString(s)) = seq.next_element()? {
+                out.push(s);
+            }
+            match out.first().map(String::as_str) {
+                Some("CMD") | Some("CMD-SHELL") | Some("NONE") => Ok(out),
+                Some(other) => Err(de::Error::custom(format!(
+                    "the first item must be CMD, CMD-SHELL or NONE, got {other:?}"
+                ))),
+                None => Err(de::Error::custom(
+                    "the test list is empty: start it with CMD, CMD-SHELL or NONE",
+                )),
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
+// === deploy ===
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Deploy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeployMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_mode: Option<EndpointMode>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployMode {
+    Replicated,
+    Global,
+    ReplicatedJob,
+    GlobalJob,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<Reservations>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reservations {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generic_resources: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Json>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestartPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<RestartCondition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    Any,
+}
+
+/// `update_config` and `rollback_config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<FailureAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failure_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<UpdateOrder>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    Continue,
+    Pause,
+    Rollback,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    StartFirst,
+    StopFirst,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Placement {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementPreference {
+    pub spread: String,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+// === restart, logging ===
+
+/// Compose's `restart:` (`no`, `always`, `on-failure[:N]`, `unless-stopped`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ScalarString", into = "String")]
+pub enum Restart {
+    No,
+    Always,
+    OnFailure(Option<u32>),
+    UnlessStopped,
+}
+
+impl TryFrom<ScalarString> for Restart {
+    type Error = String;
+    fn try_from(s: ScalarString) -> Result<Self, String> {
+        match s.0.as_str() {
+            "no" | "false" => Ok(Restart::No),
+            "always" => Ok(Restart::Always),
+            "unless-stopped" => Ok(Restart::UnlessStopped),
+            "on-failure" => Ok(Restart::OnFailure(None)),
+            other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(n)) => Ok(Restart::OnFailure(Some(n))),
+                _ => Err(format!(
+                    "expected one of no, always, on-failure[:N], unless-stopped, got {other:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl From<Restart> for String {
+    fn from(r: Restart) -> String {
+        match r {
+            Restart::No => "no".into(),
+            Restart::Always => "always".into(),
+            Restart::UnlessStopped => "unless-stopped".into(),
+            Restart::OnFailure(None) => "on-failure".into(),
+            Restart::OnFailure(Some(n)) => format!("on-failure:{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Logging {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<Json>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+// === configs, secrets, networks ===
+
+/// A service's grant of a config or secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uid: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+fn file_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FileRef>, D::Error> {
+    struct Item(FileRef);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Item;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a name or a mapping with source")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
+                    Ok(Item(FileRef {
+                        source: v.to_string(),
+                        ..FileRef::default()
+                    }))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                    FileRef::deserialize(MapAccessDeserializer::new(map)).map(Item)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let items: Vec<Item> = Vec::deserialize(d)?;
+    Ok(items.into_iter().map(|i| i.0).collect())
+}
+
+pub type ServiceNetworks = IndexMap<String, Option<ServiceNetwork>>;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceNetwork {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_local_ips: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_opts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gw_priority: Option<i64>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+fn service_networks<'de, D: Deserializer<'de>>(d: D) -> Result<ServiceNetworks, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = ServiceNetworks;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of network names or a mapping of network to options")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<ServiceNetworks, E> {
+            Ok(IndexMap::new())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ServiceNetworks, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(name) = seq.next_element::<String>()? {
+                out.insert(name, None);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ServiceNetworks, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                out.insert(name, map.next_value()?);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+// === top-level resources ===
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_opts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_ipv4: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_ipv6: Option<bool>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Volume {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_opts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Json>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// A top-level config or secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileObject {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Json>,
+    #[serde(
+        deserialize_with = "labels",
+        skip_serializing_if = "IndexMap::is_empty"
+    )]
+    pub labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_opts: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_driver: Option<String>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+// === x-skiff ===
+
+/// Top-level `x-skiff`: defaults for the whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct XSkiffProject {
+    /// Driver for services that do not name one. Default: `docker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// Domain of DNS names and default ingress hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// Service-level `x-skiff`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct XSkiffService {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// Process driver: the program to run; `command` gives its arguments. Relative paths are
+    /// relative to the unpacked artifact, else to the project directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Docker,
+    Process,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Docker => "docker",
+            Driver::Process => "process",
+        })
+    }
+}
+
+/// A tarball to unpack before the process starts: by `path` or by http(s) `url`, checked
+/// against `sha256`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub sha256: String,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+/// An ingress route to the service: requests whose host matches `host` (default: the
+/// service's own `<service>.<stack>.<env>.<domain>` name) and whose path starts with `path`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Route {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The service port to send traffic to: a port `name` or target number. Default: the
+    /// first port.
+    #[serde(
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// How a new release replaces the running one. Batch size, delay, monitor window and
+/// failure action come from compose's `deploy.update_config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Release {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Canary: traffic weights (percent) in order, each held for its `pause`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<CanaryStep>,
+    /// Blue-green: `auto` switches traffic when the new set is healthy; `manual` waits for
+    /// `skiff release promote`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch: Option<Switch>,
+    /// Blue-green: how long the previous set stays up after the switch, for an instant way back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_previous: Option<Duration>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Rolling,
+    Canary,
+    BlueGreen,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Duration>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    Auto,
+    Manual,
+}
