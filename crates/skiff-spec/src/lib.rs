@@ -9,6 +9,15 @@
 
 pub mod de;
 pub mod diag;
+pub mod dotenv;
+pub mod extends;
+pub mod interpolate;
+pub mod loader;
+pub mod merge;
 pub mod model;
 pub mod node;
+pub mod order;
+pub mod project;
+pub mod render;
 pub mod units;
+pub mod validate;

@@ -255,6 +255,10 @@ impl Map {
         self.entries.retain(|k, e| keep(k, e));
     }
 
+    pub fn into_entries(self) -> Vec<(String, Entry)> {
+        self.entries.into_iter().collect()
+    }
+
     pub fn sort_keys(&mut self) {
         self.entries.sort_keys();
     }

@@ -1,1 +1,53 @@
-fn main() {}
+//! `skiff`: the single binary. This crate is wiring, not logic: it parses the command line,
+//! reads files for the pure crates and prints what they return.
+
+mod cmd;
+mod fs_loader;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run, find and release services from compose files.
+#[derive(Parser)]
+#[command(name = "skiff", version, about, propagate_version = true)]
+struct Cli {
+    /// Environment: an isolated namespace of stacks (like kubectl -n).
+    #[arg(
+        short = 'n',
+        long = "env",
+        global = true,
+        default_value = "default",
+        env = "SKIFF_ENV"
+    )]
+    env: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check compose files: exit 0, or print each error as file:line:col: field: reason.
+    Validate(cmd::validate::Args),
+    /// Print the resolved project: interpolated, merged, defaults applied.
+    Config(cmd::config::Args),
+    /// Print the deploy order: batches of services that can start in parallel.
+    Plan(cmd::plan::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Config(args) => cmd::config::run(args),
+        Command::Plan(args) => cmd::plan::run(args, &cli.env),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::print_error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Checks that need the whole project: references between services and resources, the
+//! dependency graph, `x-skiff` rules, and warnings about what skiff does not act on.
+//!
+//! The typed model has no positions, so each finding looks its position up in the merged tree
+//! by field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::diag::{Diagnostic, Pos, SpecError};
+use crate::loader::Loader;
+use crate::model::{
+    DeployMode, Driver, NOT_ACTED_ON, Project, Service, Strategy, VolumeKind, XSkiffService,
+};
+use crate::node::{Node, Value};
+use crate::order;
+
+// === positions by path ===
+
+/// Walks `path` through maps (by key) and sequences (by index, or by an item whose text or
+/// `source`/`path` equals the segment). Returns the node reached.
+fn walk<'a>(tree: &'a Node, path: &[&str]) -> Option<(&'a Node, Option<&'a Pos>)> {
+    let mut node = tree;
+    let mut key_pos = None;
+    for seg in path {
+        match &node.value {
+            Value::Map(m) => {
+                let e = m.entry(seg)?;
+                key_pos = Some(&e.key_pos);
+                node = &e.value;
+            }
+            Value::Seq(items) => {
+                let found = seg
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .or_else(|| {
+                        items.iter().find(|it| match &it.value {
+                            Value::Scalar(s) => {
+                                s.text == *seg
+                                    || s.text.split_once(['=', ':']).map(|(k, _)| k) == Some(seg)
+                            }
+                            Value::Map(m) => ["source", "path", "service"]
+                                .iter()
+                                .any(|k| m.get(k).and_then(Node::as_str) == Some(seg)),
+                            _ => false,
+                        })
+                    })?;
+                key_pos = None;
+                node = found;
+            }
+            _ => return None,
+        }
+    }
+    Some((node, key_pos))
+}
+
+/// Position of the key at `path` (or of the item, inside a sequence), falling back to the
+/// deepest ancestor that exists.
+pub fn key_pos(tree: &Node, path: &[&str]) -> Option<Pos> {
+    for len in (0..=path.len()).rev() {
+        if let Some((node, key)) = walk(tree, &path[..len]) {
+            return Some(key.unwrap_or(&node.pos).clone());
+        }
+    }
+    None
+}
+
+/// Position of the value at `path`, falling back like [`key_pos`].
+pub fn value_pos(tree: &Node, path: &[&str]) -> Option<Pos> {
+    for len in (0..=path.len()).rev() {
+        if let Some((node, _)) = walk(tree, &path[..len]) {
+            return Some(node.pos.clone());
+        }
+    }
+    None
+}
+
+/// Position of item `index` of the sequence at `path`.
+pub fn item_pos(tree: &Node, path: &[&str], index: usize) -> Option<Pos> {
+    let i = index.to_string();
+    let mut p: Vec<&str> = path.to_vec();
+    p.push(&i);
+    value_pos(tree, &p)
+}
+
+struct Findings<'a> {
+    tree: &'a Node,
+    errors: Vec<Diagnostic>,
+}
+
+impl Findings<'_> {
+    fn error(&mut self, path: &[&str], message: impl Into<String>) {
+        let pos = key_pos(self.tree, path);
+        self.errors
+            .push(Diagnostic::new(pos, path.join("."), message));
+    }
+}
+
+// === validation ===
+
+/// Validates a normalized project; errors are collected and returned together.
+pub fn validate(
+    project: &Project,
+    tree: &Node,
+    loader: &dyn Loader,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<(), SpecError> {
+    let mut f = Findings {
+        tree,
+        errors: Vec::new(),
+    };
+    let mut published: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (name, svc) in &project.services {
+        check_service(&mut f, project, name, svc, &mut published);
+        warn_service(tree, loader, name, svc, warnings);
+    }
+    check_graph(&mut f, project);
+    if f.errors.is_empty() {
+        Ok(())
+    } else {
+        f.errors.sort_by(|a, b| a.pos.cmp(&b.pos));
+        Err(SpecError {
+            diagnostics: f.errors,
+        })
+    }
+}
+
+fn valid_service_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphanumeric())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+}
+
+fn check_service(
+    f: &mut Findings,
+    project: &Project,
+    name: &str,
+    svc: &Service,
+    published: &mut BTreeMap<(String, String), String>,
+) {
+    let at = |rest: &[&'static str]| -> Vec<String> {
+        let mut p = vec!["services".to_string(), name.to_string()];
+        p.extend(rest.iter().map(|s| s.to_string()));
+        p
+    };
+    let err = |f: &mut Findings, path: Vec<String>, msg: String| {
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        f.error(&p, msg);
+    };
+    if !valid_service_name(name) {
+        err(
+            f,
+            at(&[]),
+            format!(
+                "service name {name:?} must start with a letter or digit and contain only \
+                 letters, digits, '_', '.' and '-'"
+            ),
+        );
+    }
+    let x = svc.x_skiff.clone().unwrap_or_default();
+    let driver = x.driver.unwrap_or(Driver::Docker);
+    if driver == Driver::Docker && svc.image.is_none() && svc.build.is_none() {
+        err(
+            f,
+            at(&[]),
+            format!(
+                "service {name:?} has neither an image nor a build context specified \
+                 (to run it as a host process, set x-skiff: {{driver: process}})"
+            ),
+        );
+    }
+    for (dep, _) in &svc.depends_on {
+        if dep == name {
+            err(
+                f,
+                at_dep(name, dep),
+                format!("service {name:?} depends on itself"),
+            );
+        } else if !project.services.contains_key(dep) {
+            err(
+                f,
+                at_dep(name, dep),
+                format!("refers to undefined service {dep:?}"),
+            );
+        }
+    }
+    for net in svc.networks.keys() {
+        if net != "default" && !project.networks.contains_key(net) {
+            let mut p = at(&["networks"]);
+            p.push(net.clone());
+            err(f, p, format!("refers to undefined network {net:?}"));
+        }
+    }
+    for v in &svc.volumes {
+        if v.kind == VolumeKind::Volume
+            && let Some(src) = &v.source
+            && !project.volumes.contains_key(src)
+        {
+            let mut p = at(&["volumes"]);
+            p.push(src.clone());
+            err(
+                f,
+                p,
+                format!(
+                    "refers to undefined volume {src:?}: declare it under the top-level volumes"
+                ),
+            );
+        }
+    }
+    for (field, refs, defined) in [
+        ("configs", &svc.configs, &project.configs),
+        ("secrets", &svc.secrets, &project.secrets),
+    ] {
+        for r in refs {
+            if !defined.contains_key(&r.source) {
+                let mut p = at(&[]);
+                p.push(field.to_string());
+                p.push(r.source.clone());
+                err(
+                    f,
+                    p,
+                    format!(
+                        "refers to undefined {} {:?}",
+                        &field[..field.len() - 1],
+                        r.source
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(deploy) = &svc.deploy {
+        if matches!(
+            deploy.mode,
+            Some(DeployMode::Global | DeployMode::GlobalJob)
+        ) && deploy.replicas.is_some()
+        {
+            err(
+                f,
+                at(&["deploy", "replicas"]),
+                "cannot set replicas when deploy.mode is global".into(),
+            );
+        }
+        for (key, cfg) in [
+            ("update_config", &deploy.update_config),
+            ("rollback_config", &deploy.rollback_config),
+        ] {
+            if let Some(r) = cfg.as_ref().and_then(|c| c.max_failure_ratio)
+                && !(0.0..=1.0).contains(&r)
+            {
+                let mut p = at(&["deploy"]);
+                p.push(key.into());
+                p.push("max_failure_ratio".into());
+                err(f, p, format!("must be between 0 and 1, got {r}"));
+            }
+        }
+    }
+    if let Some(sig) = &svc.stop_signal
+        && !valid_signal(sig)
+    {
+        err(
+            f,
+            at(&["stop_signal"]),
+            format!("unknown signal {sig:?} (use a name such as SIGTERM or SIGQUIT)"),
+        );
+    }
+    for p in &svc.ports {
+        if let Some(published_port) = &p.published
+            && p.mode == "ingress"
+        {
+            let key = (published_port.clone(), p.protocol.clone());
+            if let Some(other) = published.get(&key)
+                && other != name
+            {
+                err(
+                    f,
+                    at(&["ports"]),
+                    format!(
+                        "published port {published_port}/{} is already used by service {other:?}",
+                        p.protocol
+                    ),
+                );
+            }
+            published.insert(key, name.to_string());
+        }
+    }
+    for (key, value) in &svc.environment {
+        for target in template_services(value.as_deref().unwrap_or("")) {
+            if !project.services.contains_key(&target) {
+                let mut p = at(&["environment"]);
+                p.push(key.clone());
+                err(
+                    f,
+                    p,
+                    format!("template refers to undefined service {target:?}"),
+                );
+            }
+        }
+    }
+    check_x_skiff(f, name, svc, &x, driver);
+}
+
+fn at_dep(name: &str, dep: &str) -> Vec<String> {
+    vec![
+        "services".into(),
+        name.into(),
+        "depends_on".into(),
+        dep.into(),
+    ]
+}
+
+fn check_x_skiff(f: &mut Findings, name: &str, svc: &Service, x: &XSkiffService, driver: Driver) {
+    let path = |rest: &[&str]| -> Vec<String> {
+        let mut p = vec![
+            "services".to_string(),
+            name.to_string(),
+            "x-skiff".to_string(),
+        ];
+        p.extend(rest.iter().map(|s| s.to_string()));
+        p
+    };
+    let mut err = |p: Vec<String>, msg: String| {
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        f.error(&p, msg);
+    };
+    if driver == Driver::Docker {
+        for (field, set) in [
+            ("executable", x.executable.is_some()),
+            ("artifact", x.artifact.is_some()),
+        ] {
+            if set {
+                err(
+                    path(&[field]),
+                    "applies to the process driver only; set x-skiff.driver: process".to_string(),
+                );
+            }
+        }
+    }
+    if driver == Driver::Process
+        && x.executable.is_none()
+        && svc.command.as_ref().is_none_or(|c| c.0.is_empty())
+        && svc.entrypoint.as_ref().is_none_or(|c| c.0.is_empty())
+    {
+        err(
+            path(&[]),
+            format!(
+                "service {name:?} uses the process driver but names no program: set command \
+                 or x-skiff.executable"
+            ),
+        );
+    }
+    if let Some(a) = &x.artifact {
+        match (&a.url, &a.path) {
+            (Some(_), Some(_)) | (None, None) => err(
+                path(&["artifact"]),
+                "give exactly one of url or path".into(),
+            ),
+            (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => err(
+                path(&["artifact", "url"]),
+                format!("must be an http:// or https:// URL, got {u:?}"),
+            ),
+            _ => {}
+        }
+        if a.sha256.len() != 64 || !a.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            err(
+                path(&["artifact", "sha256"]),
+                "must be 64 hexadecimal digits".into(),
+            );
+        }
+    }
+    for (i, r) in x.routes.iter().enumerate() {
+        let idx = i.to_string();
+        if let Some(p) = &r.path
+            && !p.starts_with('/')
+        {
+            err(
+                path(&["routes", &idx, "path"]),
+                format!("must start with /, got {p:?}"),
+            );
+        }
+        if let Some(h) = &r.host
+            && !valid_host(h)
+        {
+            err(
+                path(&["routes", &idx, "host"]),
+                format!("{h:?} is not a host name (wildcards only as a leading *.)"),
+            );
+        }
+        if let Some(port) = &r.port {
+            let known =
+                svc.ports.iter().any(|p| {
+                    p.name.as_deref() == Some(port.as_str()) || p.target.to_string() == *port
+                }) || svc.expose.iter().any(|e| e.0 == *port);
+            if !known {
+                err(
+                    path(&["routes", &idx, "port"]),
+                    format!("no port named or numbered {port:?} in ports or expose"),
+                );
+            }
+        }
+    }
+    if let Some(rel) = &x.release {
+        let strategy = rel.strategy.unwrap_or(Strategy::Rolling);
+        if strategy == Strategy::Canary {
+            if rel.steps.is_empty() {
+                err(
+                    path(&["release", "steps"]),
+                    "a canary release needs steps (weights in percent, e.g. [{weight: 10, pause: 1m}])"
+                        .into(),
+                );
+            }
+            let mut prev = 0;
+            for (i, s) in rel.steps.iter().enumerate() {
+                if s.weight == 0 || s.weight > 100 || s.weight <= prev {
+                    err(
+                        path(&["release", "steps", &i.to_string(), "weight"]),
+                        format!(
+                            "weights must rise strictly within 1-100; got {} after {prev}",
+                            s.weight
+                        ),
+                    );
+                }
+                prev = s.weight;
+            }
+        } else if !rel.steps.is_empty() {
+            err(
+                path(&["release", "steps"]),
+                "steps apply to strategy: canary only".into(),
+            );
+        }
+        if strategy != Strategy::BlueGreen {
+            for (field, set) in [
+                ("switch", rel.switch.is_some()),
+                ("keep_previous", rel.keep_previous.is_some()),
+            ] {
+                if set {
+                    err(
+                        path(&["release", field]),
+                        "applies to strategy: blue-green only".into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn valid_signal(s: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    NAMES.contains(&bare)
+}
+
+/// Service names used as `service("name")` inside `{{ … }}` templates.
+pub fn template_services(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        let expr = &rest[start + 2..start + end];
+        let mut e = expr;
+        while let Some(i) = e.find("service(") {
+            let after = e[i + 8..].trim_start();
+            let quote = after.chars().next();
+            if let Some(q @ ('"' | '\'')) = quote
+                && let Some(close) = after[1..].find(q)
+            {
+                out.push(after[1..1 + close].to_string());
+            }
+            e = &e[i + 8..];
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out
+}
+
+fn check_graph(f: &mut Findings, project: &Project) {
+    let deps: BTreeMap<String, BTreeSet<String>> = project
+        .services
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                s.depends_on.keys().filter(|d| *d != n).cloned().collect(),
+            )
+        })
+        .collect();
+    if let Err(cycle) = order::batches(&deps) {
+        let first = cycle[0].clone();
+        f.error(
+            &["services", &first, "depends_on", &cycle[1]],
+            format!("dependency cycle {}", cycle.join(" -> ")),
+        );
+    }
+}
+
+fn warn_service(
+    tree: &Node,
+    loader: &dyn Loader,
+    name: &str,
+    svc: &Service,
+    warnings: &mut Vec<Diagnostic>,
+) {
+    let Some(service_node) = tree
+        .as_map()
+        .and_then(|m| m.get("services"))
+        .and_then(Node::as_map)
+        .and_then(|m| m.get(name))
+        .and_then(Node::as_map)
+    else {
+        return;
+    };
+    for (key, entry) in service_node.iter() {
+        if NOT_ACTED_ON.contains(&key.as_str()) {
+            warnings.push(Diagnostic::at(
+                &entry.key_pos,
+                format!("services.{name}.{key}"),
+                "accepted but not acted on by skiff yet",
+            ));
+        }
+    }
+    for v in &svc.volumes {
+        if v.kind == VolumeKind::Bind
+            && let Some(src) = &v.source
+            && !loader.exists(Path::new(src))
+        {
+            warnings.push(Diagnostic::new(
+                key_pos(tree, &["services", name, "volumes"]),
+                format!("services.{name}.volumes"),
+                format!("bind source {src} does not exist on this host (an error at up)"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_service_names_are_found_in_either_quote() {
+        assert_eq!(
+            template_services(r#"mysql://{{ service("db").address }}/{{service('cache').port}}"#),
+            vec!["db", "cache"]
+        );
+        assert!(template_services("plain ${X} {{ unclosed").is_empty());
+    }
+
+    #[test]
+    fn signals_by_name_prefix_or_number() {
+        for ok in ["SIGTERM", "TERM", "sigquit", "9"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+        for bad in ["SIGNOPE", "0", "99", ""] {
+            assert!(!valid_signal(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_allow_a_leading_wildcard_only() {
+        assert!(valid_host("api.example.test"));
+        assert!(valid_host("*.example.test"));
+        assert!(!valid_host("a.*.test"));
+        assert!(!valid_host("-bad.test"));
+        assert!(!valid_host("under_score.test"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Every file of the shared compose corpus is a test case: valid files load and `config`
+//! round-trips; each invalid file is rejected with an error naming what its first comment line
+//! says it must name.
+
+use std::path::{Path, PathBuf};
+
+use skiff_spec::project::{LoadedProject, load_str};
+
+const ENV: &[(&str, &str)] = &[("TAG", "1.4.2")];
+
+fn corpus_dir() -> PathBuf {
+    let dir = std::env::var_os("SKIFF_COMPOSE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/compose-corpus")
+        });
+    assert!(
+        dir.join("valid").is_dir() && dir.join("invalid").is_dir(),
+        "compose corpus not found at {} (set SKIFF_COMPOSE_CORPUS)",
+        dir.display()
+    );
+    dir
+}
+
+fn files(sub: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(corpus_dir().join(sub))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no files in corpus/{sub}");
+    out
+}
+
+fn yaml(p: &LoadedProject) -> String {
+    skiff_spec::render::to_yaml(&p.project).unwrap()
+}
+
+#[test]
+fn every_valid_corpus_file_loads_and_config_round_trips() {
+    for (name, text) in files("valid") {
+        let first = load_str(&[(&name, &text)], ENV)
+            .unwrap_or_else(|e| panic!("{name} should be valid:\n{e}"));
+        let out = yaml(&first);
+        let second = load_str(&[("config.yaml", &out)], ENV)
+            .unwrap_or_else(|e| panic!("{name}: config output does not load again:\n{e}\n{out}"));
+        assert_eq!(
+            first.project, second.project,
+            "{name}: config output reads back to a different model:\n{out}"
+        );
+        assert_eq!(out, yaml(&second), "{name}: config is not a fixpoint");
+    }
+}
+
+/// What an invalid file's first comment line asks the error to contain: field paths,
+/// quoted messages, dependency chains and bare variable names.
+fn expectations(comment: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let text = comment.trim_start_matches('#').trim();
+    let text = text.strip_prefix("error must name:").unwrap_or(text).trim();
+    for (i, part) in text.split('"').enumerate() {
+        if i % 2 == 1 {
+            out.push(part.to_string());
+            continue;
+        }
+        for word in part.split(|c: char| c.is_whitespace() || "();".contains(c)) {
+            let w = word.trim_end_matches([',', '.']);
+            let env_var = w.len() > 2 && w.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            if w.starts_with("services.") || env_var {
+                out.push(w.to_string());
+            }
+        }
+    }
+    if let Some(i) = text.find(" -> ") {
+        let start = text[..i].rfind(' ').map_or(0, |s| s + 1);
+        let chain: String = text[start..].to_string();
+        out.push(chain.trim().to_string());
+    }
+    out
+}
+
+#[test]
+fn every_invalid_corpus_file_is_rejected_naming_the_field() {
+    for (name, text) in files("invalid") {
+        let first_line = text.lines().next().unwrap_or_default();
+        assert!(
+            first_line.starts_with('#'),
+            "{name}: first line must say what the error names"
+        );
+        let wanted = expectations(first_line);
+        assert!(
+            !wanted.is_empty(),
+            "{name}: nothing to check in {first_line:?}"
+        );
+        let err = match load_str(&[(&name, &text)], ENV) {
+            Ok(_) => panic!("{name} should be rejected ({first_line})"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        for w in &wanted {
+            assert!(
+                shown.contains(w.as_str()),
+                "{name}: error does not name {w:?}:\n{shown}"
+            );
+        }
+        let d = &err.diagnostics[0];
+        let pos = d
+            .pos
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: error has no position: {shown}"));
+        assert_eq!(
+            &*pos.file,
+            name.as_str(),
+            "{name}: error names the wrong file: {shown}"
+        );
+        assert!(
+            pos.line > 1,
+            "{name}: error should point below the comment line: {shown}"
+        );
+    }
+}
+
+#[test]
+fn expectation_parser_reads_the_corpus_comment_styles() {
+    assert_eq!(
+        expectations("# error must name: services.web.deploy.replicas"),
+        vec!["services.web.deploy.replicas"]
+    );
+    assert_eq!(
+        expectations("# error must name: the dependency cycle a -> b -> c -> a"),
+        vec!["a -> b -> c -> a"]
+    );
+    assert_eq!(
+        expectations(
+            "# error must name: UNSET_VAR and its message \"set UNSET_VAR to the database URL\""
+        ),
+        vec!["UNSET_VAR", "set UNSET_VAR to the database URL"]
+    );
+}

@@ -1,0 +1,57 @@
+//! Flags that select a compose project, as `docker compose` names them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use skiff_spec::diag::SpecError;
+use skiff_spec::node::Limits;
+use skiff_spec::project::{LoadOptions, LoadedProject, load};
+
+use crate::fs_loader::FsLoader;
+use crate::output;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProjectArgs {
+    /// Compose file (repeatable; later files override earlier ones).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project (stack) name.
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Directory that relative paths in the files are resolved against.
+    #[arg(long = "project-directory", value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+    /// Variables for interpolation, instead of the project's .env (repeatable).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Enable services of this profile (repeatable; default: COMPOSE_PROFILES).
+    #[arg(long = "profile", value_name = "NAME")]
+    pub profiles: Vec<String>,
+}
+
+impl ProjectArgs {
+    /// Loads the project; on invalid input prints every diagnostic and returns the exit code.
+    pub fn load(&self) -> anyhow::Result<Result<LoadedProject, ExitCode>> {
+        let limits = Limits::default();
+        let loader = FsLoader {
+            max_bytes: limits.max_bytes,
+        };
+        let opts = LoadOptions {
+            files: self.files.clone(),
+            working_dir: std::env::current_dir()?,
+            project_dir: self.project_directory.clone(),
+            project_name: self.project_name.clone(),
+            env: std::env::vars().collect(),
+            env_files: self.env_files.clone(),
+            profiles: self.profiles.clone(),
+            limits,
+        };
+        match load(&loader, &opts) {
+            Ok(p) => Ok(Ok(p)),
+            Err(SpecError { diagnostics }) => {
+                output::print_diagnostics(&diagnostics, &[]);
+                Ok(Err(ExitCode::FAILURE))
+            }
+        }
+    }
+}

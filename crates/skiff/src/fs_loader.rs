@@ -1,0 +1,38 @@
+//! The file-system side of `skiff_spec::loader::Loader`.
+
+use std::io::Read;
+use std::path::Path;
+
+use skiff_spec::loader::{Loader, ReadError};
+
+/// Reads files from disk, never more than `max_bytes` + 1 of one file, so a huge or endless
+/// file (`/dev/zero`) fails on the spec crate's size check instead of exhausting memory.
+pub struct FsLoader {
+    pub max_bytes: usize,
+}
+
+impl Loader for FsLoader {
+    fn read(&self, path: &Path) -> Result<String, ReadError> {
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ReadError::NotFound,
+            _ => ReadError::Other(e.to_string()),
+        })?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(ReadError::Other("is a directory".into()));
+        }
+        let mut bytes = Vec::new();
+        file.take(self.max_bytes as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ReadError::Other(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| {
+            ReadError::Other(format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}

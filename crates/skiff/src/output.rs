@@ -1,0 +1,46 @@
+//! Output conventions shared by every command: `-o json|yaml|table` (alias `--format`),
+//! colours only on a terminal and never with `NO_COLOR`.
+
+use std::io::IsTerminal;
+
+use skiff_spec::diag::Diagnostic;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn color(stream_is_tty: bool) -> bool {
+    stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn label(text: &str, ansi: &str) -> String {
+    if color(std::io::stderr().is_terminal()) {
+        format!("\x1b[{ansi}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn print_error(message: &str) {
+    eprintln!("{}: {message}", label("error", "1;31"));
+}
+
+pub fn print_diagnostics(errors: &[Diagnostic], warnings: &[Diagnostic]) {
+    for w in warnings {
+        eprintln!("{}: {w}", label("warning", "1;33"));
+    }
+    for e in errors {
+        print_error(&e.to_string());
+    }
+}
+
+pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+pub fn yaml<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(serde_saphyr::to_string(value)?)
+}
