@@ -116,6 +116,14 @@ pub fn validate(
         warn_service(tree, loader, name, svc, warnings);
     }
     check_graph(&mut f, project);
+    if let Some(domain) = project.x_skiff.as_ref().and_then(|x| x.domain.as_deref())
+        && (domain.starts_with("*.") || !valid_host(domain))
+    {
+        f.error(
+            &["x-skiff", "domain"],
+            format!("{domain:?} is not a DNS domain such as skiff or example.test"),
+        );
+    }
     if f.errors.is_empty() {
         Ok(())
     } else {

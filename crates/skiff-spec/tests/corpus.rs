@@ -142,3 +142,45 @@ fn expectation_parser_reads_the_corpus_comment_styles() {
         vec!["UNSET_VAR", "set UNSET_VAR to the database URL"]
     );
 }
+
+#[test]
+fn x_skiff_rules_are_checked_with_positions() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "x-skiff: {domain: \"bad domain\"}\nservices: {a: {image: a}}\n",
+            "c.yaml:1:11: x-skiff.domain: \"bad domain\" is not a DNS domain",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    x-skiff: {executable: ./a}\n",
+            "c.yaml:4:15: services.a.x-skiff.executable: applies to the process driver only",
+        ),
+        (
+            "services:\n  a:\n    x-skiff: {driver: process}\n",
+            "services.a.x-skiff: service \"a\" uses the process driver but names no program",
+        ),
+        (
+            "services:\n  a:\n    command: [a]\n    x-skiff:\n      driver: process\n      artifact: {url: ftp://x/a.tgz, sha256: abc}\n",
+            "services.a.x-skiff.artifact.sha256: must be 64 hexadecimal digits",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    x-skiff:\n      release:\n        strategy: canary\n        steps: [{weight: 50}, {weight: 10}]\n",
+            "services.a.x-skiff.release.steps.1.weight: weights must rise strictly within 1-100; got 10 after 50",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    x-skiff:\n      routes: [{path: api, port: http}]\n",
+            "services.a.x-skiff.routes.0.path: must start with /",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    environment: {DB: '{{ service(\"db\").address }}'}\n",
+            "c.yaml:4:19: services.a.environment.DB: template refers to undefined service \"db\"",
+        ),
+        (
+            "services:\n  a: {image: a, ports: [\"8080:80\"]}\n  b: {image: b, ports: [\"8080:81\"]}\n",
+            "services.b.ports: published port 8080/tcp is already used by service \"a\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = load_str(&[("c.yaml", text)], ENV).unwrap_err().to_string();
+        assert!(e.contains(want), "want {want:?} in:\n{e}");
+    }
+}
