@@ -25,10 +25,14 @@ pub fn resolve_extends(doc: &mut Node, file: &str, load: &mut LoadDoc) -> Result
         .as_map()
         .and_then(|m| m.get("services"))
         .and_then(Node::as_map)
-        .cloned()
     else {
         return Ok(());
     };
+    let extends = |n: &Node| n.as_map().is_some_and(|m| m.contains_key("extends"));
+    if !services.iter().any(|(_, e)| extends(&e.value)) {
+        return Ok(());
+    }
+    let services = services.clone();
     let mut resolved = Vec::new();
     for name in services.keys() {
         let node = services.get(name).expect("key exists");

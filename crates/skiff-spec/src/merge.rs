@@ -15,6 +15,8 @@
 //! `!reset` on an overriding value removes what came before; `!override` replaces instead of
 //! merging. Values keep the position of the file they came from.
 
+use std::collections::HashMap;
+
 use crate::diag::{Pos, SpecError};
 use crate::model::{parse_port, parse_volume};
 use crate::node::{Map, Node, Scalar, Tag, Value};
@@ -443,14 +445,14 @@ pub fn enforce_unicity(node: &mut Node, path: &mut Vec<String>) {
                 return;
             }
             let mut out: Vec<Node> = Vec::with_capacity(items.len());
-            let mut seen: Vec<(String, usize)> = Vec::new();
+            let mut seen: HashMap<String, usize> = HashMap::new();
             for item in items.drain(..) {
                 match identity(path, &item).flatten() {
                     Some(id) => {
-                        if let Some((_, at)) = seen.iter().find(|(k, _)| *k == id) {
+                        if let Some(at) = seen.get(&id) {
                             out[*at] = item;
                         } else {
-                            seen.push((id, out.len()));
+                            seen.insert(id, out.len());
                             out.push(item);
                         }
                     }

@@ -39,7 +39,7 @@ pub struct Project {
     pub name: Option<String>,
     /// `include:` is resolved while loading; what remains here is only kept for reference.
     #[serde(skip_serializing)]
-    pub include: Option<Json>,
+    pub include: Option<Box<Json>>,
     pub services: IndexMap<String, Service>,
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub networks: IndexMap<String, Network>,
@@ -50,7 +50,7 @@ pub struct Project {
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub secrets: IndexMap<String, FileObject>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub models: Option<Json>,
+    pub models: Option<Box<Json>>,
     #[serde(rename = "x-skiff", skip_serializing_if = "Option::is_none")]
     pub x_skiff: Option<XSkiffProject>,
     #[serde(flatten)]
@@ -68,7 +68,7 @@ pub struct Service {
         deserialize_with = "build_short",
         skip_serializing_if = "Option::is_none"
     )]
-    pub build: Option<Build>,
+    pub build: Option<Box<Build>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Command>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,9 +97,9 @@ pub struct Service {
     )]
     pub depends_on: DependsOn,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub healthcheck: Option<Healthcheck>,
+    pub healthcheck: Option<Box<Healthcheck>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<Deploy>,
+    pub deploy: Option<Box<Deploy>>,
     #[serde(
         deserialize_with = "labels",
         skip_serializing_if = "IndexMap::is_empty"
@@ -122,7 +122,7 @@ pub struct Service {
     pub profiles: Vec<String>,
     /// Resolved while loading; never present in a loaded project.
     #[serde(skip_serializing)]
-    pub extends: Option<Json>,
+    pub extends: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<Restart>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,7 +142,7 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mem_reservation: Option<Bytes>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub memswap_limit: Option<Json>,
+    pub memswap_limit: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Cpus>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,127 +150,127 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub logging: Option<Logging>,
+    pub logging: Option<Box<Logging>>,
     #[serde(rename = "x-skiff", skip_serializing_if = "Option::is_none")]
-    pub x_skiff: Option<XSkiffService>,
+    pub x_skiff: Option<Box<XSkiffService>>,
 
     // Accepted, echoed, not acted on (see NOT_ACTED_ON).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<Json>,
+    pub annotations: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attach: Option<Json>,
+    pub attach: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub blkio_config: Option<Json>,
+    pub blkio_config: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_add: Option<Json>,
+    pub cap_add: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_drop: Option<Json>,
+    pub cap_drop: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<Json>,
+    pub cgroup: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup_parent: Option<Json>,
+    pub cgroup_parent: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_count: Option<Json>,
+    pub cpu_count: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_percent: Option<Json>,
+    pub cpu_percent: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_period: Option<Json>,
+    pub cpu_period: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_quota: Option<Json>,
+    pub cpu_quota: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_rt_period: Option<Json>,
+    pub cpu_rt_period: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_rt_runtime: Option<Json>,
+    pub cpu_rt_runtime: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_shares: Option<Json>,
+    pub cpu_shares: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpuset: Option<Json>,
+    pub cpuset: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential_spec: Option<Json>,
+    pub credential_spec: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub develop: Option<Json>,
+    pub develop: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_cgroup_rules: Option<Json>,
+    pub device_cgroup_rules: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Json>,
+    pub devices: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Json>,
+    pub dns: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_opt: Option<Json>,
+    pub dns_opt: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_search: Option<Json>,
+    pub dns_search: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub domainname: Option<Json>,
+    pub domainname: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_links: Option<Json>,
+    pub external_links: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub extra_hosts: Option<Json>,
+    pub extra_hosts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<Json>,
+    pub gpus: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group_add: Option<Json>,
+    pub group_add: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipc: Option<Json>,
+    pub ipc: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<Json>,
+    pub isolation: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub label_file: Option<Json>,
+    pub label_file: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub links: Option<Json>,
+    pub links: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac_address: Option<Json>,
+    pub mac_address: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mem_swappiness: Option<Json>,
+    pub mem_swappiness: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub models: Option<Json>,
+    pub models: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_mode: Option<Json>,
+    pub network_mode: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_kill_disable: Option<Json>,
+    pub oom_kill_disable: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_score_adj: Option<Json>,
+    pub oom_score_adj: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<Json>,
+    pub pid: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Json>,
+    pub platform: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub post_start: Option<Json>,
+    pub post_start: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pre_start: Option<Json>,
+    pub pre_start: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pre_stop: Option<Json>,
+    pub pre_stop: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub privileged: Option<Json>,
+    pub privileged: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<Json>,
+    pub provider: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pull_policy: Option<Json>,
+    pub pull_policy: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pull_refresh_after: Option<Json>,
+    pub pull_refresh_after: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<Json>,
+    pub runtime: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_opt: Option<Json>,
+    pub security_opt: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shm_size: Option<Json>,
+    pub shm_size: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stdin_open: Option<Json>,
+    pub stdin_open: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub storage_opt: Option<Json>,
+    pub storage_opt: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sysctls: Option<Json>,
+    pub sysctls: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tty: Option<Json>,
+    pub tty: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ulimits: Option<Json>,
+    pub ulimits: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub use_api_socket: Option<Json>,
+    pub use_api_socket: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub userns_mode: Option<Json>,
+    pub userns_mode: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uts: Option<Json>,
+    pub uts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes_from: Option<Json>,
+    pub volumes_from: Option<Box<Json>>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -610,52 +610,52 @@ pub struct Build {
     )]
     pub labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub additional_contexts: Option<Json>,
+    pub additional_contexts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_from: Option<Json>,
+    pub cache_from: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_to: Option<Json>,
+    pub cache_to: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub entitlements: Option<Json>,
+    pub entitlements: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub extra_hosts: Option<Json>,
+    pub extra_hosts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<Json>,
+    pub isolation: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<Json>,
+    pub network: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub no_cache_filter: Option<Json>,
+    pub no_cache_filter: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub platforms: Option<Json>,
+    pub platforms: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub privileged: Option<Json>,
+    pub privileged: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provenance: Option<Json>,
+    pub provenance: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pull: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sbom: Option<Json>,
+    pub sbom: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<Json>,
+    pub secrets: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shm_size: Option<Json>,
+    pub shm_size: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<Json>,
+    pub ssh: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Json>,
+    pub tags: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ulimits: Option<Json>,
+    pub ulimits: Option<Box<Json>>,
     #[serde(flatten)]
     pub x: Extensions,
 }
 
 /// `build: ./dir` is `build: {context: ./dir}`.
-fn build_short<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Build>, D::Error> {
+fn build_short<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<Build>>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Option<Build>;
+        type Value = Option<Box<Build>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a build context path or a mapping")
         }
@@ -663,13 +663,13 @@ fn build_short<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Build>, D::Erro
             Ok(None)
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(Build {
+            Ok(Some(Box::new(Build {
                 context: Some(v.to_string()),
                 ..Build::default()
-            }))
+            })))
         }
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            Build::deserialize(MapAccessDeserializer::new(map)).map(Some)
+            Build::deserialize(MapAccessDeserializer::new(map)).map(|b| Some(Box::new(b)))
         }
     }
     d.deserialize_any(V)
@@ -872,7 +872,7 @@ pub struct ServiceVolume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs: Option<TmpfsOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<Json>,
+    pub image: Option<Box<Json>>,
     #[serde(flatten, default)]
     pub x: Extensions,
 }
@@ -912,7 +912,7 @@ pub struct VolumeOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subpath: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Json>,
+    pub labels: Option<Box<Json>>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -1148,9 +1148,9 @@ pub struct Reservations {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Bytes>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub generic_resources: Option<Json>,
+    pub generic_resources: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Json>,
+    pub devices: Option<Box<Json>>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -1281,7 +1281,7 @@ pub struct Logging {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub options: Option<Json>,
+    pub options: Option<Box<Json>>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -1353,11 +1353,11 @@ pub struct ServiceNetwork {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub link_local_ips: Option<Json>,
+    pub link_local_ips: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver_opts: Option<Json>,
+    pub driver_opts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1404,11 +1404,11 @@ pub struct Network {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver_opts: Option<Json>,
+    pub driver_opts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<Json>,
+    pub ipam: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external: Option<Json>,
+    pub external: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub internal: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1434,9 +1434,9 @@ pub struct Volume {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver_opts: Option<Json>,
+    pub driver_opts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external: Option<Json>,
+    pub external: Option<Box<Json>>,
     #[serde(
         deserialize_with = "labels",
         skip_serializing_if = "IndexMap::is_empty"
@@ -1459,7 +1459,7 @@ pub struct FileObject {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external: Option<Json>,
+    pub external: Option<Box<Json>>,
     #[serde(
         deserialize_with = "labels",
         skip_serializing_if = "IndexMap::is_empty"
@@ -1468,7 +1468,7 @@ pub struct FileObject {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver_opts: Option<Json>,
+    pub driver_opts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_driver: Option<String>,
     #[serde(flatten)]

@@ -441,7 +441,7 @@ impl<'input> Builder<'_, 'input> {
                 pos,
                 "",
                 format!(
-                    "document expands to more than {} nodes (aliases of large anchors?)",
+                    "document has more than {} nodes, counting the copies aliases make",
                     self.limits.max_nodes
                 ),
             ));

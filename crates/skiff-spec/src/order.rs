@@ -86,27 +86,50 @@ pub fn plan(project: &Project, stack: &str, env: &str) -> Result<DeployPlan, Vec
 ///
 /// Dependencies on names that are not keys of `deps` are ignored (validation reports them).
 pub fn batches(deps: &BTreeMap<String, BTreeSet<String>>) -> Result<Vec<Vec<String>>, Vec<String>> {
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    let mut out = Vec::new();
-    while done.len() < deps.len() {
-        let batch: Vec<String> = deps
+    // Kahn's algorithm by levels: O(services + edges), so hostile files stay fast.
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, ds) in deps {
+        let known: Vec<&str> = ds
             .iter()
-            .filter(|(name, _)| !done.contains(name.as_str()))
-            .filter(|(_, ds)| {
-                ds.iter()
-                    .all(|d| done.contains(d.as_str()) || !deps.contains_key(d))
-            })
-            .map(|(name, _)| name.clone())
+            .map(String::as_str)
+            .filter(|d| deps.contains_key(*d))
             .collect();
-        if batch.is_empty() {
-            return Err(find_cycle(deps, &done));
+        waiting.insert(name, known.len());
+        for d in known {
+            dependents.entry(d).or_default().push(name);
         }
-        done.extend(
-            deps.keys()
-                .filter(|k| batch.contains(k))
-                .map(String::as_str),
-        );
-        out.push(batch);
+    }
+    let mut ready: Vec<&str> = waiting
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let mut placed = 0;
+    let mut out = Vec::new();
+    while !ready.is_empty() {
+        ready.sort_unstable();
+        let mut next = Vec::new();
+        for s in &ready {
+            for d in dependents.get(s).map(Vec::as_slice).unwrap_or_default() {
+                let n = waiting.get_mut(d).expect("every dependent is a service");
+                *n -= 1;
+                if *n == 0 {
+                    next.push(*d);
+                }
+            }
+        }
+        placed += ready.len();
+        out.push(ready.iter().map(|s| s.to_string()).collect());
+        ready = next;
+    }
+    if placed < deps.len() {
+        let done: BTreeSet<&str> = waiting
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        return Err(find_cycle(deps, &done));
     }
     Ok(out)
 }
@@ -170,6 +193,24 @@ mod tests {
             batches(&g).unwrap(),
             vec![vec!["cache", "db"], vec!["web", "worker"]]
         );
+    }
+
+    #[test]
+    fn a_long_chain_is_ordered_in_linear_time() {
+        let n = 50_000;
+        let g: BTreeMap<String, BTreeSet<String>> = (0..n)
+            .map(|i| {
+                let deps = if i + 1 < n {
+                    vec![format!("s{:06}", i + 1)]
+                } else {
+                    vec![]
+                };
+                (format!("s{i:06}"), deps.into_iter().collect())
+            })
+            .collect();
+        let order = batches(&g).unwrap();
+        assert_eq!(order.len(), n);
+        assert_eq!(order[0], vec![format!("s{:06}", n - 1)]);
     }
 
     #[test]

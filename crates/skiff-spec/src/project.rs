@@ -18,7 +18,7 @@ use indexmap::IndexMap;
 use crate::de::from_node;
 use crate::diag::{Diagnostic, Pos, SpecError};
 use crate::loader::{Loader, ReadError, dir_of, normalize, resolve};
-use crate::model::{Driver, Project, VolumeKind, XSkiffService};
+use crate::model::{Driver, Project, VolumeKind};
 use crate::node::{Limits, Map, Node};
 use crate::{dotenv, extends, interpolate, merge, validate};
 
@@ -525,7 +525,7 @@ fn normalize_project(
         if svc.networks.contains_key("default") {
             uses_default_network = true;
         }
-        let x = svc.x_skiff.get_or_insert_with(XSkiffService::default);
+        let x = svc.x_skiff.get_or_insert_with(Default::default);
         x.driver.get_or_insert(default_driver);
         if let Some(a) = &mut x.artifact
             && let Some(p) = &mut a.path

@@ -186,7 +186,7 @@ fn hostile_input_fails_cleanly() {
         .arg("validate")
         .assert()
         .code(1)
-        .stderr(contains("expands to more than"));
+        .stderr(contains("has more than"));
     skiff(dir.path())
         .args(["validate", "-f", "deep.yaml"])
         .assert()

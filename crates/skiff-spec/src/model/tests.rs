@@ -172,3 +172,13 @@ fn every_compose_spec_service_field_is_accepted() {
     assert_eq!(s.scale, Some(2));
     assert_eq!(s.tmpfs, vec!["/run"]);
 }
+
+#[test]
+fn a_service_stays_small_so_huge_files_stay_cheap() {
+    // Opaque and optional sub-structs are boxed: a 40k-service file must not cost gigabytes.
+    assert!(
+        std::mem::size_of::<Service>() <= 1536,
+        "{}",
+        std::mem::size_of::<Service>()
+    );
+}
