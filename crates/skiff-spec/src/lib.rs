@@ -19,5 +19,6 @@ pub mod node;
 pub mod order;
 pub mod project;
 pub mod render;
+pub mod runtime;
 pub mod units;
 pub mod validate;

@@ -1,0 +1,245 @@
+//! From the compose model to the runtime's [`StackSpec`]: what agents act on.
+//!
+//! Defaults are compose's where compose has one (healthcheck interval 30s, timeout 30s,
+//! retries 3, start_interval 5s; stop signal SIGTERM with a 10s grace). The restart default
+//! follows `docker stack deploy` (restart on any exit), because skiff supervises services;
+//! `restart: "no"` or `deploy.restart_policy.condition: none` turns it off.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use skiff_model::{
+    Driver, HealthSpec, PortSpec, ResourceLimits, RestartCondition, RestartPolicy, ServiceSpec,
+    StackSpec, WaitFor,
+};
+
+use crate::model::{self, Condition, DeployMode, Project, Restart, Service};
+use crate::order;
+
+/// Converts a loaded, validated project.
+pub fn stack_spec(project: &Project) -> StackSpec {
+    let services: BTreeMap<String, ServiceSpec> = project
+        .services
+        .iter()
+        .map(|(name, svc)| (name.clone(), service_spec(svc)))
+        .collect();
+    let deps = project
+        .services
+        .iter()
+        .map(|(n, s)| (n.clone(), s.depends_on.keys().cloned().collect()))
+        .collect();
+    // Validation rejected cycles; an empty order here would only hide a bug, so keep
+    // whatever ordering is possible.
+    let batches = order::batches(&deps).unwrap_or_default();
+    StackSpec { services, batches }
+}
+
+fn service_spec(svc: &Service) -> ServiceSpec {
+    let x = svc.x_skiff.as_deref();
+    let deploy = svc.deploy.as_deref();
+    let global = matches!(
+        deploy.and_then(|d| d.mode),
+        Some(DeployMode::Global | DeployMode::GlobalJob)
+    );
+    let replicas = if global {
+        1
+    } else {
+        deploy.and_then(|d| d.replicas).or(svc.scale).unwrap_or(1)
+    };
+    let limits = deploy
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    ServiceSpec {
+        driver: match x.and_then(|x| x.driver) {
+            Some(model::Driver::Process) => Driver::Process,
+            _ => Driver::Docker,
+        },
+        image: svc.image.clone(),
+        entrypoint: svc.entrypoint.as_ref().map(|c| c.0.clone()),
+        command: svc.command.as_ref().map(|c| c.0.clone()),
+        executable: x.and_then(|x| x.executable.clone()),
+        working_dir: svc.working_dir.clone(),
+        environment: svc
+            .environment
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect(),
+        ports: ports(svc),
+        replicas,
+        depends_on: svc
+            .depends_on
+            .iter()
+            .map(|(d, dep)| {
+                let w = match dep.condition {
+                    Condition::ServiceStarted => WaitFor::Started,
+                    Condition::ServiceHealthy => WaitFor::Healthy,
+                    Condition::ServiceCompletedSuccessfully => WaitFor::CompletedSuccessfully,
+                };
+                (d.clone(), w)
+            })
+            .collect(),
+        health: health(svc),
+        restart: restart(svc),
+        stop_signal: svc.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
+        stop_grace: svc
+            .stop_grace_period
+            .map_or(Duration::from_secs(10), |d| d.0),
+        limits: ResourceLimits {
+            memory_bytes: limits.and_then(|l| l.memory).or(svc.mem_limit).map(|b| b.0),
+            cpus: limits.and_then(|l| l.cpus).or(svc.cpus).map(|c| c.0),
+            pids: limits
+                .and_then(|l| l.pids)
+                .or(svc.pids_limit)
+                .and_then(|p| u64::try_from(p).ok()),
+        },
+    }
+}
+
+/// Ports from `ports` and `expose`, one per target port.
+fn ports(svc: &Service) -> Vec<PortSpec> {
+    let mut out: Vec<PortSpec> = Vec::new();
+    for p in &svc.ports {
+        if out
+            .iter()
+            .any(|o| o.target == p.target && o.protocol == p.protocol)
+        {
+            continue;
+        }
+        out.push(PortSpec {
+            name: p.name.clone().unwrap_or_else(|| p.target.to_string()),
+            target: p.target,
+            protocol: p.protocol.clone(),
+            published: p.published.as_deref().and_then(|s| s.parse().ok()),
+            host_mode: p.mode == "host",
+        });
+    }
+    for e in &svc.expose {
+        let (port, proto) = e.0.split_once('/').unwrap_or((&e.0, "tcp"));
+        let Ok(target) = port.parse::<u16>() else {
+            continue;
+        };
+        if out
+            .iter()
+            .any(|o| o.target == target && o.protocol == proto)
+        {
+            continue;
+        }
+        out.push(PortSpec {
+            name: target.to_string(),
+            target,
+            protocol: proto.to_string(),
+            published: None,
+            host_mode: false,
+        });
+    }
+    out
+}
+
+fn health(svc: &Service) -> Option<HealthSpec> {
+    let h = svc.healthcheck.as_deref()?;
+    if h.disable || h.test.is_empty() || h.test.first().map(String::as_str) == Some("NONE") {
+        return None;
+    }
+    Some(HealthSpec {
+        test: h.test.clone(),
+        interval: h.interval.map_or(Duration::from_secs(30), |d| d.0),
+        timeout: h.timeout.map_or(Duration::from_secs(30), |d| d.0),
+        retries: h.retries.unwrap_or(3),
+        start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
+        start_interval: h.start_interval.map_or(Duration::from_secs(5), |d| d.0),
+    })
+}
+
+fn restart(svc: &Service) -> RestartPolicy {
+    let default = RestartPolicy::default();
+    if let Some(p) = svc
+        .deploy
+        .as_deref()
+        .and_then(|d| d.restart_policy.as_ref())
+    {
+        return RestartPolicy {
+            condition: match p.condition {
+                Some(model::RestartCondition::None) => RestartCondition::Never,
+                Some(model::RestartCondition::OnFailure) => RestartCondition::OnFailure,
+                Some(model::RestartCondition::Any) | None => RestartCondition::Always,
+            },
+            max_attempts: p.max_attempts,
+            delay: p.delay.map_or(default.delay, |d| d.0),
+            window: p.window.map_or(Duration::ZERO, |d| d.0),
+        };
+    }
+    match &svc.restart {
+        Some(Restart::No) => RestartPolicy {
+            condition: RestartCondition::Never,
+            ..default
+        },
+        Some(Restart::OnFailure(n)) => RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: *n,
+            ..default
+        },
+        Some(Restart::Always | Restart::UnlessStopped) | None => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::load_str;
+
+    fn spec(text: &str) -> StackSpec {
+        stack_spec(&load_str(&[("c.yaml", text)], &[]).unwrap().project)
+    }
+
+    #[test]
+    fn the_example_stack_converts_with_order_ports_and_limits() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/compose.yaml"),
+        )
+        .unwrap();
+        let s = spec(&text);
+        assert_eq!(
+            s.batches,
+            vec![vec!["cache", "db"], vec!["api"], vec!["web"]]
+        );
+        let api = &s.services["api"];
+        assert_eq!(api.driver, Driver::Process);
+        assert_eq!(api.replicas, 2);
+        assert_eq!(api.process_argv(), vec!["skiff-demo", "--name", "api"]);
+        assert_eq!(api.limits.memory_bytes, Some(128 << 20));
+        assert_eq!(api.limits.cpus, Some(0.5));
+        assert_eq!(api.depends_on["db"], WaitFor::Healthy);
+        let web = &s.services["web"];
+        assert_eq!(web.ports[0].name, "http");
+        assert_eq!(web.ports[0].published, Some(7790));
+        let db = &s.services["db"];
+        assert_eq!(db.ports[0].name, "5432");
+        assert_eq!(
+            db.health.as_ref().unwrap().start_interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(db.stop_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn restart_defaults_to_always_and_follows_compose_when_set() {
+        let s = spec(
+            "services:\n  a: {image: a}\n  b: {image: b, restart: \"no\"}\n  c: {image: c, restart: on-failure:3}\n  d:\n    image: d\n    deploy: {restart_policy: {condition: none}}\n",
+        );
+        assert_eq!(s.services["a"].restart.condition, RestartCondition::Always);
+        assert_eq!(s.services["b"].restart.condition, RestartCondition::Never);
+        assert_eq!(s.services["c"].restart.max_attempts, Some(3));
+        assert_eq!(s.services["d"].restart.condition, RestartCondition::Never);
+    }
+
+    #[test]
+    fn healthcheck_none_or_disabled_means_no_health_spec() {
+        let s = spec(
+            "services:\n  a: {image: a, healthcheck: {test: [NONE]}}\n  b: {image: b, healthcheck: {disable: true}}\n  c: {image: c, healthcheck: {test: \"true\"}}\n",
+        );
+        assert!(s.services["a"].health.is_none());
+        assert!(s.services["b"].health.is_none());
+        let c = s.services["c"].health.as_ref().unwrap();
+        assert_eq!((c.interval, c.retries), (Duration::from_secs(30), 3));
+    }
+}

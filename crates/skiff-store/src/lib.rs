@@ -1,0 +1,149 @@
+//! Durable state of the control plane, behind one [`Store`] trait.
+//!
+//! [`RedbStore`] keeps it in one redb file (ACID; every write transaction is committed with
+//! `Durability::Immediate`, i.e. fsynced before the call returns, so an acknowledged release
+//! survives `kill -9`). [`MemStore`] keeps it in memory for tests. Both pass the same contract
+//! battery (`tests/contract.rs`).
+//!
+//! Values are JSON of the `skiff-model` types; the file records [`FORMAT_VERSION`] and a store
+//! written by a newer skiff is refused rather than misread.
+//!
+//! **Invariant:** release numbers per stack start at 1, only grow, and are never reused, even
+//! after a crash between two writes: the number is assigned in the same transaction that
+//! stores the release.
+
+mod mem;
+mod redb_store;
+
+pub use mem::MemStore;
+pub use redb_store::RedbStore;
+use skiff_model::{Event, Instance, InstanceId, Release, StackKey, StackSpec};
+
+/// Version of the on-disk encoding.
+pub const FORMAT_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error(
+        "store {path} was written by a newer skiff (format {found}, this one reads {FORMAT_VERSION})"
+    )]
+    NewerFormat { path: String, found: u64 },
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store: corrupt value under {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stack with the release that should run (`None` after `down`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackState {
+    pub stack: StackKey,
+    pub current: Option<u64>,
+}
+
+/// An event before the store numbers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub time_ms: u64,
+    pub stack: StackKey,
+    pub instance: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+impl NewEvent {
+    fn numbered(self, seq: u64) -> Event {
+        Event {
+            seq,
+            time_ms: self.time_ms,
+            stack: self.stack,
+            instance: self.instance,
+            kind: self.kind,
+            message: self.message,
+        }
+    }
+}
+
+fn new_release(
+    stack: &StackKey,
+    number: u64,
+    spec: StackSpec,
+    source: String,
+    now_ms: u64,
+) -> Release {
+    Release {
+        stack: stack.clone(),
+        number,
+        created_ms: now_ms,
+        spec,
+        source,
+    }
+}
+
+/// The control plane's durable state.
+pub trait Store: Send + Sync {
+    /// The random id this data dir got at init.
+    fn cluster_id(&self) -> Result<String>;
+
+    /// Records a new release with the next number and makes it the stack's current one, in
+    /// one transaction.
+    fn create_release(
+        &self,
+        stack: &StackKey,
+        spec: StackSpec,
+        source: String,
+        now_ms: u64,
+    ) -> Result<Release>;
+
+    fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Release>>;
+
+    /// Every release of the stack, oldest first.
+    fn releases(&self, stack: &StackKey) -> Result<Vec<Release>>;
+
+    /// Sets which release should run; `None` takes the stack down (its history stays).
+    fn set_current(&self, stack: &StackKey, number: Option<u64>) -> Result<()>;
+
+    fn stacks(&self) -> Result<Vec<StackState>>;
+
+    fn put_instance(&self, instance: &Instance) -> Result<()>;
+
+    fn delete_instance(&self, id: &InstanceId) -> Result<()>;
+
+    /// Instances of one stack, or of all stacks, ordered by id.
+    fn instances(&self, stack: Option<&StackKey>) -> Result<Vec<Instance>>;
+
+    /// Appends an event and returns it with its sequence number.
+    fn append_event(&self, event: NewEvent) -> Result<Event>;
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+}
+
+fn stack_prefix(stack: &StackKey) -> String {
+    format!("{}/{}/", stack.env, stack.stack)
+}
+
+fn release_key(stack: &StackKey, number: u64) -> String {
+    format!("{}{number:020}", stack_prefix(stack))
+}
+
+/// Sorts instances by stack, service, then numeric index (`web-2` before `web-10`).
+fn instance_key(id: &InstanceId) -> String {
+    format!("{}{}/{:010}", stack_prefix(&id.stack), id.service, id.index)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))
+}
