@@ -34,6 +34,9 @@ enum Command {
     Config(cmd::config::Args),
     /// Print the deploy order: batches of services that can start in parallel.
     Plan(cmd::plan::Args),
+    /// Per-instance supervisor of the process driver (started by skiff, not by people).
+    #[command(name = "__shim", hide = true)]
+    Shim { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Config(args) => cmd::config::run(args),
         Command::Plan(args) => cmd::plan::run(args, &cli.env),
+        Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {
         Ok(code) => code,

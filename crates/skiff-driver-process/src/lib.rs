@@ -1,0 +1,298 @@
+//! The process driver: each instance is a host process supervised by its own shim.
+//!
+//! ```text
+//!  skiff (agent) ──spawn──▶ skiff __shim <dir>  ──spawn──▶ workload (own process group)
+//!        │                      │ writes: shim.pid, child.pid, logs/output.log, exit.json
+//!        └──reads files, signals the workload's group──────────────────────────┘
+//! ```
+//!
+//! The shim is a separate process in its own process group, so the agent can die (`kill -9`)
+//! or be upgraded while workloads keep running and logging; a new agent re-adopts them from
+//! their instance directories ([`Instance::adopt`]). The agent never holds a pipe to a workload.
+//!
+//! **Invariants:**
+//! - Everything the agent knows about a running instance is in its directory; the files are
+//!   written atomically (temp file + rename).
+//! - The workload runs in its own process group; stopping signals the whole group, then
+//!   SIGKILLs it after the grace period.
+
+pub mod ports;
+pub mod shim;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// How the agent starts a shim: a program and arguments; the instance directory is appended.
+/// In production `[<skiff binary>, "__shim"]`.
+#[derive(Clone, Debug)]
+pub struct ShimCommand(pub Vec<String>);
+
+/// What the shim runs. Written to `spec.json` in the instance directory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the workload (created if missing).
+    pub cwd: PathBuf,
+    /// Rotate `logs/output.log` when it grows past this many bytes.
+    pub max_log_bytes: u64,
+    /// Rotated files kept (`output.log.1` … `.N`).
+    pub keep_logs: u32,
+}
+
+/// How a workload ended, as the shim recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The workload could not be started at all (e.g. program not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub time_ms: u64,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn describe(&self) -> String {
+        match (&self.error, self.code, self.signal) {
+            (Some(e), _, _) => format!("failed to start: {e}"),
+            (_, Some(c), _) => format!("exited with code {c}"),
+            (_, _, Some(s)) => match Signal::try_from(s) {
+                Ok(sig) => format!("killed by {sig}"),
+                Err(_) => format!("killed by signal {s}"),
+            },
+            _ => "exited".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting shim {program}: {source}")]
+    SpawnShim {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("shim for {dir} did not report within {waited:?}")]
+    ShimTimeout { dir: PathBuf, waited: Duration },
+    #[error("{0}")]
+    Start(String),
+    #[error("no instance in {0}")]
+    NotFound(PathBuf),
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DriverError {
+    let path = path.to_path_buf();
+    move |source| DriverError::Io { op, path, source }
+}
+
+/// Files of an instance directory.
+pub mod files {
+    pub const SPEC: &str = "spec.json";
+    pub const SHIM_PID: &str = "shim.pid";
+    pub const CHILD_PID: &str = "child.pid";
+    pub const EXIT: &str = "exit.json";
+    pub const LOG_DIR: &str = "logs";
+    pub const LOG: &str = "output.log";
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("renaming to", path))
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM would also mean "exists", but we are the owner.
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A started or adopted instance, known by its directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub dir: PathBuf,
+    /// The workload's pid, which is also its process group id.
+    pub pid: i32,
+    pub shim_pid: i32,
+}
+
+/// What an instance is doing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Exited(ExitStatus),
+    /// Neither running nor with a recorded exit (shim killed with -9 together with the
+    /// workload, or the machine rebooted).
+    Lost,
+}
+
+impl Instance {
+    /// Starts a workload under a new shim in `dir` and waits until it is running (or failed).
+    pub fn start(shim: &ShimCommand, dir: &Path, spec: &LaunchSpec) -> Result<Instance> {
+        fs::create_dir_all(dir.join(files::LOG_DIR)).map_err(io("creating", dir))?;
+        for stale in [files::EXIT, files::CHILD_PID, files::SHIM_PID] {
+            let _ = fs::remove_file(dir.join(stale));
+        }
+        let json = serde_json::to_vec_pretty(spec).expect("a launch spec serializes");
+        write_atomic(&dir.join(files::SPEC), &json)?;
+
+        let (program, args) = shim.0.split_first().expect("shim command is not empty");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own process group: a Ctrl-C in the agent's terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut shim_child = cmd.spawn().map_err(|source| DriverError::SpawnShim {
+            program: program.clone(),
+            source,
+        })?;
+
+        // The shim writes child.pid once the workload runs, or exit.json if it could not start.
+        let started = Instant::now();
+        let waited = Duration::from_secs(5);
+        let mut pause = Duration::from_micros(200);
+        loop {
+            if let Some(pid) = read_pid(&dir.join(files::CHILD_PID)) {
+                // Reap the shim later in the background; it lives until the workload exits.
+                std::thread::spawn(move || shim_child.wait());
+                let shim_pid = read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0);
+                return Ok(Instance {
+                    dir: dir.to_path_buf(),
+                    pid,
+                    shim_pid,
+                });
+            }
+            if let Some(exit) = read_exit(dir) {
+                let _ = shim_child.wait();
+                return Err(DriverError::Start(exit.describe()));
+            }
+            if let Ok(Some(status)) = shim_child.try_wait() {
+                return Err(DriverError::Start(format!(
+                    "shim exited before starting the workload ({status})"
+                )));
+            }
+            if started.elapsed() > waited {
+                let _ = shim_child.kill();
+                return Err(DriverError::ShimTimeout {
+                    dir: dir.to_path_buf(),
+                    waited,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Re-attaches to an instance started by an earlier agent.
+    pub fn adopt(dir: &Path) -> Result<Instance> {
+        let pid = read_pid(&dir.join(files::CHILD_PID))
+            .ok_or_else(|| DriverError::NotFound(dir.to_path_buf()))?;
+        Ok(Instance {
+            dir: dir.to_path_buf(),
+            pid,
+            shim_pid: read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        if let Some(exit) = read_exit(&self.dir) {
+            return Status::Exited(exit);
+        }
+        if alive(self.pid) || (self.shim_pid > 0 && alive(self.shim_pid)) {
+            return Status::Running;
+        }
+        // The shim may have written exit.json between the two checks.
+        match read_exit(&self.dir) {
+            Some(exit) => Status::Exited(exit),
+            None => Status::Lost,
+        }
+    }
+
+    /// Sends `signal` to the workload's process group (e.g. SIGHUP to reload).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        match killpg(Pid::from_raw(self.pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(DriverError::Start(format!(
+                "sending {signal} to process group {}: {e}",
+                self.pid
+            ))),
+        }
+    }
+
+    /// Stops the workload: `signal` to its process group, then SIGKILL after `grace`.
+    /// Returns how it ended.
+    pub fn stop(&self, signal: Signal, grace: Duration) -> Result<Status> {
+        if let Status::Exited(e) = self.status() {
+            return Ok(Status::Exited(e));
+        }
+        self.signal(signal)?;
+        if let Some(status) = self.wait_exit(grace) {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGKILL)?;
+        Ok(self
+            .wait_exit(Duration::from_secs(5))
+            .unwrap_or(Status::Lost))
+    }
+
+    /// Waits up to `timeout` for the workload to end.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<Status> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.status() {
+                Status::Running => {}
+                other => return Some(other),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(files::LOG_DIR).join(files::LOG)
+    }
+}
+
+fn read_exit(dir: &Path) -> Option<ExitStatus> {
+    let bytes = fs::read(dir.join(files::EXIT)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
