@@ -1,0 +1,293 @@
+//! `skiff-demo`: the workload of skiff's examples, tests and benchmarks.
+//!
+//! An HTTP service whose behaviour can be steered: health that can be told to fail, slow
+//! start, added latency, crash and memory-hog endpoints, graceful or stubborn shutdown. Its
+//! `probe` subcommand is a health check command (`CMD skiff-demo probe /health`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(name = "skiff-demo", about = "A demo HTTP service for skiff", version)]
+struct Cli {
+    /// Service name shown in responses (default: $SKIFF_SERVICE or "demo").
+    #[arg(long, env = "SKIFF_SERVICE", default_value = "demo")]
+    name: String,
+    /// Version shown in responses.
+    #[arg(long = "app-version", env = "DEMO_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    app_version: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (default: $PORT, else 8080; 0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Wait this long before listening (slow start), e.g. 500ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    start_delay: Duration,
+    /// Added to every request on /, e.g. 20ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    latency: Duration,
+    /// Start with /health failing.
+    #[arg(long)]
+    fail_health: bool,
+    /// Keep running on SIGTERM (to exercise SIGKILL after the grace period).
+    #[arg(long)]
+    ignore_sigterm: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// GET a URL (or a path on 127.0.0.1:$PORT); exit 0 on 2xx/3xx, 1 otherwise.
+    Probe {
+        target: String,
+        /// Variable holding the port when TARGET is a path.
+        #[arg(long, default_value = "PORT")]
+        port_env: String,
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        timeout: Duration,
+    },
+}
+
+/// `250ms`, `2s`, `1m`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| Duration::from_secs_f64(v * mult))
+        .ok_or_else(|| format!("expected a duration such as 500ms or 2s, got {s:?}"))
+}
+
+struct App {
+    name: String,
+    version: String,
+    instance: String,
+    latency: Duration,
+    healthy: AtomicBool,
+    hog: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Some(Sub::Probe {
+            ref target,
+            ref port_env,
+            timeout,
+        }) => rt.block_on(probe(target, port_env, timeout)),
+        None => rt.block_on(serve(cli)),
+    }
+}
+
+async fn serve(cli: Cli) -> std::process::ExitCode {
+    tokio::time::sleep(cli.start_delay).await;
+    let app = Arc::new(App {
+        name: cli.name.clone(),
+        version: cli.app_version.clone(),
+        instance: std::env::var("SKIFF_INSTANCE").unwrap_or_default(),
+        latency: cli.latency,
+        healthy: AtomicBool::new(!cli.fail_health),
+        hog: Default::default(),
+    });
+    let router = Router::new()
+        .route("/", get(root))
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .route("/health/fail", post(|s| set_health(s, false)))
+        .route("/health/ok", post(|s| set_health(s, true)))
+        .route("/env", get(env))
+        .route("/echo", get(echo_headers).post(echo_body))
+        .route("/crash", get(crash))
+        .route("/alloc", get(alloc))
+        .with_state(app);
+    let listener = match tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "skiff-demo: cannot listen on {}:{}: {e}",
+                cli.host, cli.port
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Handlers first, then the announcement: a signal sent right after "listening on" must
+    // find them installed.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let addr: SocketAddr = listener.local_addr().expect("bound address");
+    println!("{} {} listening on {addr}", cli.name, cli.app_version);
+    let ignore_term = cli.ignore_sigterm;
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => if ignore_term { println!("ignoring SIGTERM") } else { break },
+                _ = int.recv() => break,
+                _ = hup.recv() => println!("reloaded"),
+            }
+        }
+        println!("shutting down");
+    };
+    match axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type Shared = State<Arc<App>>;
+
+async fn root(
+    State(app): Shared,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> String {
+    let delay = q
+        .get("latency")
+        .and_then(|l| parse_duration(l).ok())
+        .unwrap_or(app.latency);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    format!("{} {} instance={}\n", app.name, app.version, app.instance)
+}
+
+async fn version(State(app): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": app.name, "version": app.version, "instance": app.instance, "pid": std::process::id(),
+    }))
+}
+
+async fn health(State(app): Shared) -> impl IntoResponse {
+    if app.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    }
+}
+
+async fn set_health(State(app): Shared, ok: bool) -> &'static str {
+    app.healthy.store(ok, Ordering::Relaxed);
+    if ok { "healthy\n" } else { "failing\n" }
+}
+
+async fn env() -> Json<std::collections::BTreeMap<String, String>> {
+    Json(std::env::vars().collect())
+}
+
+async fn echo_headers(headers: HeaderMap) -> Json<std::collections::BTreeMap<String, String>> {
+    Json(
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_string()))
+            .collect(),
+    )
+}
+
+async fn echo_body(body: String) -> String {
+    body
+}
+
+async fn crash() -> &'static str {
+    println!("crashing on request");
+    std::process::exit(3)
+}
+
+async fn alloc(
+    State(app): Shared,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> String {
+    let mb: usize = q.get("mb").and_then(|m| m.parse().ok()).unwrap_or(1);
+    let mut held = app.hog.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..mb {
+        held.push(vec![1u8; 1 << 20]);
+    }
+    format!("holding {} MiB\n", held.len())
+}
+
+/// A minimal HTTP/1.1 GET, so the probe needs no client library.
+async fn probe(target: &str, port_env: &str, timeout: Duration) -> std::process::ExitCode {
+    let url = if target.starts_with('/') {
+        match std::env::var(port_env) {
+            Ok(p) => format!("http://127.0.0.1:{p}{target}"),
+            Err(_) => {
+                eprintln!("probe: ${port_env} is not set");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        target.to_string()
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("probe: only http:// URLs are supported, got {url}");
+        return std::process::ExitCode::FAILURE;
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(host).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(buf)) => {
+            let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
+            let code: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if (200..400).contains(&code) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("probe: {url} answered {code}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("probe: {url}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("probe: {url}: no answer within {timeout:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
