@@ -254,20 +254,25 @@ impl Instance {
         }
     }
 
-    /// Stops the workload: `signal` to its process group, then SIGKILL after `grace`.
-    /// Returns how it ended.
+    /// Stops the workload: `signal` to its process group, SIGKILL after `grace`, and SIGKILL
+    /// to whatever is left of the group once the leader is gone. Returns how it ended.
     pub fn stop(&self, signal: Signal, grace: Duration) -> Result<Status> {
         if let Status::Exited(e) = self.status() {
             return Ok(Status::Exited(e));
         }
         self.signal(signal)?;
-        if let Some(status) = self.wait_exit(grace) {
-            return Ok(status);
-        }
+        let status = match self.wait_exit(grace) {
+            Some(status) => status,
+            None => {
+                self.signal(Signal::SIGKILL)?;
+                self.wait_exit(Duration::from_secs(5))
+                    .unwrap_or(Status::Lost)
+            }
+        };
+        // The leader is gone; nothing else of its group may outlive it (background children
+        // that ignored or were slow to act on the signal).
         self.signal(Signal::SIGKILL)?;
-        Ok(self
-            .wait_exit(Duration::from_secs(5))
-            .unwrap_or(Status::Lost))
+        Ok(status)
     }
 
     /// Waits up to `timeout` for the workload to end.

@@ -104,7 +104,7 @@ fn a_workload_runs_with_its_env_and_cwd_and_its_output_is_logged() {
 }
 
 #[test]
-fn stop_signals_the_whole_process_group_and_the_workload_exits_cleanly() {
+fn stop_signals_the_whole_process_group_and_leaves_nothing_of_it_running() {
     let d = tempfile::tempdir().unwrap();
     let i = Instance::start(
         &shim(),
@@ -124,6 +124,11 @@ fn stop_signals_the_whole_process_group_and_the_workload_exits_cleanly() {
     assert_eq!(e.code, Some(0), "{e:?}");
     assert!(log(&i).contains("got TERM"));
     // The background sleep was in the group too: nothing of it is left running.
+    // Signals are delivered asynchronously: give the kernel a moment to finish the kills.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !live_members(i.pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(live_members(i.pid), Vec::<i32>::new());
 }
 
@@ -211,4 +216,25 @@ fn reload_by_signal_reaches_the_workload_without_a_restart() {
     wait_for_log(&i, "reloaded");
     assert_eq!(i.status(), Status::Running);
     i.stop(Signal::SIGKILL, Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn a_background_child_that_ignores_the_stop_signal_does_not_outlive_the_stop() {
+    let d = tempfile::tempdir().unwrap();
+    let i = Instance::start(
+        &shim(),
+        d.path(),
+        &spec(
+            d.path(),
+            "(trap '' TERM; while true; do sleep 0.05; done) & echo ready; wait",
+        ),
+    )
+    .unwrap();
+    wait_for_log(&i, "ready");
+    i.stop(Signal::SIGTERM, Duration::from_millis(200)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !live_members(i.pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(live_members(i.pid), Vec::<i32>::new());
 }
