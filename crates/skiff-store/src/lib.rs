@@ -5,6 +5,10 @@
 //! survives `kill -9`). [`MemStore`] keeps it in memory for tests. Both pass the same contract
 //! battery (`tests/contract.rs`).
 //!
+//! Releases and desired state are written durably; observed instance state and events are
+//! written without fsync (a crash may roll back their last writes; the agent rebuilds
+//! observed state from the instance directories).
+//!
 //! Values are JSON of the `skiff-model` types; the file records [`FORMAT_VERSION`] and a store
 //! written by a newer skiff is refused rather than misread.
 //!

@@ -73,9 +73,24 @@ impl RedbStore {
         tx.commit().map_err(backend)
     }
 
+    /// A durable write: fsynced before it returns (releases, desired state).
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        self.write_with(Durability::Immediate, f)
+    }
+
+    /// A fast write that a crash may roll back to the last durable one: observed instance
+    /// state and events, which the agent rebuilds from instance directories anyway.
+    fn write_soft<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        self.write_with(Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
         let mut tx = self.db.begin_write().map_err(backend)?;
-        tx.set_durability(Durability::Immediate).map_err(backend)?;
+        tx.set_durability(durability).map_err(backend)?;
         let out = f(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(out)
@@ -210,7 +225,7 @@ impl Store for RedbStore {
     }
 
     fn put_instance(&self, instance: &Instance) -> Result<()> {
-        self.write(|tx| {
+        self.write_soft(|tx| {
             let mut t = tx.open_table(INSTANCES).map_err(backend)?;
             t.insert(
                 instance_key(&instance.id).as_str(),
@@ -222,7 +237,7 @@ impl Store for RedbStore {
     }
 
     fn delete_instance(&self, id: &InstanceId) -> Result<()> {
-        self.write(|tx| {
+        self.write_soft(|tx| {
             let mut t = tx.open_table(INSTANCES).map_err(backend)?;
             t.remove(instance_key(id).as_str()).map_err(backend)?;
             Ok(())
@@ -235,7 +250,7 @@ impl Store for RedbStore {
     }
 
     fn append_event(&self, e: NewEvent) -> Result<Event> {
-        self.write(|tx| {
+        self.write_soft(|tx| {
             let mut t = tx.open_table(EVENTS).map_err(backend)?;
             let seq = t.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
             let event = e.numbered(seq);

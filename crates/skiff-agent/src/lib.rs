@@ -1,0 +1,818 @@
+//! The node agent: makes the running instances match the store's current releases.
+//!
+//! ```text
+//!   store (releases, current) ──▶ reconcile ──start/stop──▶ process driver (shims)
+//!          ▲                          ▲                              │
+//!          └── observed state, events └──── wake ◀── monitor tasks ◀─┘ (exit, readiness)
+//! ```
+//!
+//! One reconcile pass computes the desired instances (`<service>-1..=replicas` of every
+//! stack's current release), stops the ones not desired (or of a changed service), restarts
+//! exited ones by their restart policy, and starts missing ones whose dependencies are met
+//! (`service_started`, `service_healthy`, `service_completed_successfully`), all startable
+//! instances in parallel. A monitor task per instance sees an exit within ~10 ms and probes
+//! readiness right after start.
+//!
+//! **Invariants:**
+//! - Instance directories under `<data>/instances/` are the truth about what runs: on start
+//!   the agent adopts every instance found there (no duplicates, no leaks); the store's
+//!   instance table is a view for `ps`.
+//! - One instance id is acted on by at most one start or stop at a time (the live map holds a
+//!   placeholder while a start or stop is in flight).
+
+pub mod health;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use skiff_driver_process::ports::{PortAllocator, env_name, port_env};
+use skiff_driver_process::{self as driver, LaunchSpec, ShimCommand, Status};
+use skiff_model::{
+    Instance, InstanceId, InstanceState, Release, RestartCondition, ServiceSpec, StackKey, WaitFor,
+};
+use skiff_store::{NewEvent, Store};
+use tokio::sync::Notify;
+
+use crate::health::{Probe, first_probe_delays};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Address instances listen on and are reached at (loopback in `skiff dev`).
+    pub node_addr: IpAddr,
+    pub shim: ShimCommand,
+    /// How often a pass runs when nothing wakes the agent.
+    pub resync: Duration,
+}
+
+/// An instance the agent knows about.
+struct Live {
+    release: u64,
+    spec: ServiceSpec,
+    handle: Option<driver::Instance>,
+    ports: Vec<(String, u16)>,
+    env: BTreeMap<String, String>,
+    observed: Arc<Mutex<Observed>>,
+    busy: bool,
+    monitor: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone, Debug)]
+struct Observed {
+    state: InstanceState,
+    exit: Option<driver::ExitStatus>,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    started: Instant,
+    reason: Option<String>,
+}
+
+pub struct Agent {
+    store: Arc<dyn Store>,
+    cfg: Config,
+    ports: PortAllocator,
+    live: Mutex<HashMap<InstanceId, Live>>,
+    releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
+    wake: Notify,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Agent {
+    pub fn new(store: Arc<dyn Store>, cfg: Config) -> Arc<Agent> {
+        Arc::new(Agent {
+            ports: PortAllocator::new(cfg.node_addr),
+            store,
+            cfg,
+            live: Mutex::new(HashMap::new()),
+            releases: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Asks for a reconcile pass now (after a new release, scale, down…).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn instance_dir(&self, id: &InstanceId) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("instances")
+            .join(&id.stack.env)
+            .join(&id.stack.stack)
+            .join(id.short())
+    }
+
+    fn event(&self, stack: &StackKey, instance: Option<&InstanceId>, kind: &str, message: String) {
+        tracing::info!(stack = %stack, instance = ?instance.map(InstanceId::short), kind, "{message}");
+        let _ = self.store.append_event(NewEvent {
+            time_ms: now_ms(),
+            stack: stack.clone(),
+            instance: instance.map(InstanceId::short),
+            kind: kind.to_string(),
+            message,
+        });
+    }
+
+    /// Runs until `shutdown` resolves; then stops every instance when `stop_all` is set
+    /// (`skiff dev`), or leaves them running for the next agent to adopt.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+        stop_all: bool,
+    ) {
+        self.adopt().await;
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.clone().reconcile().await {
+                tracing::warn!("reconcile: {e}");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.resync) => {}
+            }
+        }
+        if stop_all {
+            self.stop_everything().await;
+        }
+    }
+
+    /// Re-attaches to the instances a previous agent left running.
+    async fn adopt(self: &Arc<Self>) {
+        let root = self.cfg.data_dir.join("instances");
+        let dirs = tokio::task::spawn_blocking(move || instance_dirs(&root))
+            .await
+            .unwrap_or_default();
+        for (id, dir) in dirs {
+            let Ok(handle) = driver::Instance::adopt(&dir) else {
+                continue;
+            };
+            let meta = read_meta(&dir);
+            let Some(meta) = meta else { continue };
+            self.ports.reserve(meta.ports.iter().map(|(_, p)| *p));
+            let observed = Arc::new(Mutex::new(Observed {
+                state: InstanceState::Starting,
+                exit: None,
+                restarts: meta.restarts,
+                restart_at: None,
+                started: Instant::now(),
+                reason: None,
+            }));
+            let running = handle.status() == Status::Running;
+            let mut live = Live {
+                release: meta.release,
+                spec: meta.spec,
+                handle: Some(handle),
+                ports: meta.ports,
+                env: meta.env,
+                observed,
+                busy: false,
+                monitor: None,
+            };
+            if running {
+                self.event(
+                    &id.stack,
+                    Some(&id),
+                    "adopted",
+                    format!(
+                        "re-attached to pid {}",
+                        live.handle.as_ref().map_or(0, |h| h.pid)
+                    ),
+                );
+            }
+            live.monitor = Some(self.spawn_monitor(id.clone(), &live));
+            self.live().insert(id, live);
+        }
+    }
+
+    fn release(&self, stack: &StackKey, number: u64) -> Option<Arc<Release>> {
+        let key = (stack.clone(), number);
+        if let Some(r) = self
+            .releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(r.clone());
+        }
+        let r = Arc::new(self.store.release(stack, number).ok()??);
+        self.releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r.clone());
+        Some(r)
+    }
+
+    /// One pass: stop what is not desired, restart by policy, start what is missing.
+    pub async fn reconcile(self: Arc<Self>) -> Result<(), skiff_store::StoreError> {
+        let mut desired: BTreeMap<InstanceId, (Arc<Release>, String)> = BTreeMap::new();
+        for st in self.store.stacks()? {
+            let Some(n) = st.current else { continue };
+            let Some(rel) = self.release(&st.stack, n) else {
+                continue;
+            };
+            for (svc, spec) in &rel.spec.services {
+                for index in 1..=spec.replicas {
+                    let id = InstanceId {
+                        stack: st.stack.clone(),
+                        service: svc.clone(),
+                        index,
+                    };
+                    desired.insert(id, (rel.clone(), svc.clone()));
+                }
+            }
+        }
+
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut live = self.live();
+            for (id, l) in live.iter_mut() {
+                if l.busy {
+                    continue;
+                }
+                let keep = desired
+                    .get(id)
+                    .is_some_and(|(rel, svc)| rel.spec.services[svc] == l.spec);
+                if !keep {
+                    l.busy = true;
+                    to_stop.push(id.clone());
+                    continue;
+                }
+                if let Some((rel, _)) = desired.get(id) {
+                    l.release = rel.number;
+                }
+                let obs = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if obs.state == InstanceState::Exited
+                    && obs.restart_at.is_some_and(|t| t <= Instant::now())
+                {
+                    l.busy = true;
+                    to_stop.push(id.clone());
+                }
+            }
+            for (id, (rel, svc)) in &desired {
+                if live.contains_key(id) {
+                    continue;
+                }
+                let spec = &rel.spec.services[svc];
+                if self.dependencies_met(&live, id, spec) {
+                    to_start.push((id.clone(), rel.clone(), svc.clone()));
+                }
+            }
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in to_stop {
+            let agent = self.clone();
+            tasks.spawn(async move { agent.stop_instance(id).await });
+        }
+        for (id, rel, svc) in to_start {
+            let agent = self.clone();
+            tasks.spawn(async move { agent.start_instance(id, rel, svc).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    fn dependencies_met(
+        &self,
+        live: &HashMap<InstanceId, Live>,
+        id: &InstanceId,
+        spec: &ServiceSpec,
+    ) -> bool {
+        spec.depends_on.iter().all(|(dep, wait)| {
+            let instances: Vec<&Live> = live
+                .iter()
+                .filter(|(i, _)| i.stack == id.stack && &i.service == dep)
+                .map(|(_, l)| l)
+                .collect();
+            !instances.is_empty()
+                && instances.iter().all(|l| {
+                    let o = l.observed.lock().unwrap_or_else(|p| p.into_inner());
+                    match wait {
+                        WaitFor::Started => matches!(
+                            o.state,
+                            InstanceState::Starting
+                                | InstanceState::Healthy
+                                | InstanceState::Unhealthy
+                        ),
+                        WaitFor::Healthy => o.state == InstanceState::Healthy,
+                        WaitFor::CompletedSuccessfully => {
+                            o.exit.as_ref().is_some_and(driver::ExitStatus::success)
+                        }
+                    }
+                })
+        })
+    }
+
+    /// Address of the first ready instance of `service` (for templates and *_SERVICE_*).
+    fn service_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        let live = self.live();
+        let mut candidates: Vec<(&InstanceId, &Live)> = live
+            .iter()
+            .filter(|(i, _)| &i.stack == stack && i.service == service)
+            .collect();
+        candidates.sort_by_key(|(i, _)| i.index);
+        candidates
+            .iter()
+            .find_map(|(_, l)| l.ports.first().map(|(_, p)| (self.cfg.node_addr, *p)))
+    }
+
+    async fn start_instance(self: Arc<Self>, id: InstanceId, rel: Arc<Release>, svc: String) {
+        let spec = rel.spec.services[&svc].clone();
+        let observed = Arc::new(Mutex::new(Observed {
+            state: InstanceState::Starting,
+            exit: None,
+            restarts: 0,
+            restart_at: None,
+            started: Instant::now(),
+            reason: None,
+        }));
+        // Claim the id first: no second start can race this one.
+        {
+            let mut live = self.live();
+            if live.contains_key(&id) {
+                return;
+            }
+            live.insert(
+                id.clone(),
+                Live {
+                    release: rel.number,
+                    spec: spec.clone(),
+                    handle: None,
+                    ports: Vec::new(),
+                    env: BTreeMap::new(),
+                    observed: observed.clone(),
+                    busy: true,
+                    monitor: None,
+                },
+            );
+        }
+        match self.launch(&id, &rel, &spec, 0).await {
+            Ok((handle, ports, env)) => {
+                let mut live = self.live();
+                if let Some(l) = live.get_mut(&id) {
+                    l.handle = Some(handle);
+                    l.ports = ports;
+                    l.env = env;
+                    l.busy = false;
+                    l.monitor = Some(self.spawn_monitor(id.clone(), l));
+                }
+            }
+            Err(reason) => {
+                self.event(&id.stack, Some(&id), "start_failed", reason.clone());
+                let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                o.state = InstanceState::Exited;
+                o.reason = Some(reason);
+                o.restart_at = Some(Instant::now() + Duration::from_secs(1));
+                drop(o);
+                if let Some(l) = self.live().get_mut(&id) {
+                    l.busy = false;
+                }
+            }
+        }
+        self.write_observed(&id);
+    }
+
+    /// Starts the workload of `id`; returns its handle and host ports.
+    async fn launch(
+        &self,
+        id: &InstanceId,
+        rel: &Release,
+        spec: &ServiceSpec,
+        restarts: u32,
+    ) -> Result<
+        (
+            driver::Instance,
+            Vec<(String, u16)>,
+            BTreeMap<String, String>,
+        ),
+        String,
+    > {
+        let mut ports = Vec::new();
+        for p in &spec.ports {
+            let port = self
+                .ports
+                .allocate()
+                .map_err(|e| format!("allocating a port: {e}"))?;
+            ports.push((p.name.clone(), port));
+        }
+        let mut env = port_env(&ports);
+        env.insert("SKIFF_INSTANCE".into(), id.short());
+        env.insert("SKIFF_SERVICE".into(), id.service.clone());
+        env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
+        env.insert("SKIFF_ENV".into(), id.stack.env.clone());
+        env.insert("SKIFF_RELEASE".into(), rel.number.to_string());
+        for dep in spec.depends_on.keys() {
+            if let Some((host, port)) = self.service_address(&id.stack, dep) {
+                env.insert(format!("{}_SERVICE_HOST", env_name(dep)), host.to_string());
+                env.insert(format!("{}_SERVICE_PORT", env_name(dep)), port.to_string());
+            }
+        }
+        for (k, v) in &spec.environment {
+            let value = self
+                .render(&id.stack, v)
+                .map_err(|e| format!("environment {k}: {e}"))?;
+            env.insert(k.clone(), value);
+        }
+        let dir = self.instance_dir(id);
+        let argv = spec.process_argv();
+        if argv.is_empty() {
+            self.ports.release(ports.iter().map(|(_, p)| *p));
+            return Err("no program to run (set command or x-skiff.executable)".into());
+        }
+        let launch = LaunchSpec {
+            argv,
+            env: env.clone(),
+            cwd: spec
+                .working_dir
+                .as_ref()
+                .map_or_else(|| dir.join("work"), PathBuf::from),
+            max_log_bytes: 10 << 20,
+            keep_logs: 3,
+        };
+        let meta = Meta {
+            id: id.to_string(),
+            release: rel.number,
+            spec: spec.clone(),
+            ports: ports.clone(),
+            env: env.clone(),
+            restarts,
+        };
+        let shim = self.cfg.shim.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let json = serde_json::to_vec(&meta).expect("meta serializes");
+            driver::write_atomic(&dir.join(META), &json).map_err(|e| e.to_string())?;
+            driver::Instance::start(&shim, &dir, &launch).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match result {
+            Ok(handle) => {
+                self.event(
+                    &id.stack,
+                    Some(id),
+                    "started",
+                    format!("pid {} release {}", handle.pid, rel.number),
+                );
+                Ok((handle, ports, env))
+            }
+            Err(e) => {
+                self.ports.release(ports.iter().map(|(_, p)| *p));
+                Err(e)
+            }
+        }
+    }
+
+    /// Renders `{{ service("db").address }}` (also `.host`, `.port`) in an environment value.
+    fn render(&self, stack: &StackKey, value: &str) -> Result<String, String> {
+        if !value.contains("{{") {
+            return Ok(value.to_string());
+        }
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let addresses: BTreeMap<String, (IpAddr, u16)> = {
+            let live = self.live();
+            let mut names: Vec<String> = live
+                .keys()
+                .filter(|i| &i.stack == stack)
+                .map(|i| i.service.clone())
+                .collect();
+            names.dedup();
+            drop(live);
+            names
+                .into_iter()
+                .filter_map(|n| self.service_address(stack, &n).map(|a| (n, a)))
+                .collect()
+        };
+        env.add_function("service", move |name: String| -> Result<minijinja::Value, minijinja::Error> {
+            let (host, port) = addresses.get(&name).ok_or_else(|| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("service {name:?} has no running instance"),
+                )
+            })?;
+            Ok(minijinja::context! { host => host.to_string(), port => port, address => SocketAddr::new(*host, *port).to_string() })
+        });
+        env.render_str(value, ()).map_err(|e| e.to_string())
+    }
+
+    fn spawn_monitor(self: &Arc<Self>, id: InstanceId, live: &Live) -> tokio::task::JoinHandle<()> {
+        let agent = self.clone();
+        let handle = live
+            .handle
+            .clone()
+            .expect("monitored instances have a handle");
+        let observed = live.observed.clone();
+        let spec = live.spec.clone();
+        let env_port = live
+            .ports
+            .first()
+            .map(|(_, p)| SocketAddr::new(self.cfg.node_addr, *p));
+        let probe_env = live.env.clone();
+        tokio::spawn(async move {
+            let probe = Probe::for_instance(spec.health.as_ref(), env_port, &probe_env);
+            let mut delays = first_probe_delays(
+                spec.health
+                    .as_ref()
+                    .map_or(Duration::from_millis(200), |h| {
+                        h.start_interval.min(Duration::from_millis(500))
+                    }),
+            );
+            let mut ready_once = false;
+            let mut failures = 0u32;
+            let mut next_probe = Instant::now();
+            loop {
+                // Exit first: a crash is seen within ~10 ms, not at the next probe.
+                let h = handle.clone();
+                let status = tokio::task::spawn_blocking(move || h.status())
+                    .await
+                    .unwrap_or(Status::Lost);
+                if status != Status::Running {
+                    agent.on_exit(&id, &spec, &observed, status);
+                    return;
+                }
+                if Instant::now() >= next_probe {
+                    let ok = probe.check().await;
+                    let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = o.state;
+                    match ok {
+                        Ok(()) => {
+                            failures = 0;
+                            ready_once = true;
+                            o.state = InstanceState::Healthy;
+                            o.reason = None;
+                        }
+                        Err(why) => {
+                            failures += 1;
+                            let retries = spec.health.as_ref().map_or(1, |h| h.retries.max(1));
+                            if ready_once && failures >= retries {
+                                o.state = InstanceState::Unhealthy;
+                                o.reason = Some(why);
+                            } else if !ready_once {
+                                o.reason = Some(why);
+                            }
+                        }
+                    }
+                    let changed = o.state != before;
+                    drop(o);
+                    if changed {
+                        agent.write_observed(&id);
+                        agent.wake();
+                    }
+                    let interval = spec
+                        .health
+                        .as_ref()
+                        .map_or(Duration::from_secs(5), |h| h.interval);
+                    next_probe = Instant::now()
+                        + if ready_once {
+                            interval
+                        } else {
+                            delays.next().unwrap_or(interval)
+                        };
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+
+    fn on_exit(
+        &self,
+        id: &InstanceId,
+        spec: &ServiceSpec,
+        observed: &Mutex<Observed>,
+        status: Status,
+    ) {
+        let exit = match status {
+            Status::Exited(e) => e,
+            _ => driver::ExitStatus {
+                code: None,
+                signal: None,
+                error: Some("lost (no exit record)".into()),
+                time_ms: now_ms(),
+            },
+        };
+        let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+        let restart = match spec.restart.condition {
+            RestartCondition::Always => true,
+            RestartCondition::OnFailure => !exit.success(),
+            RestartCondition::Never => false,
+        } && spec.restart.max_attempts.is_none_or(|m| o.restarts < m);
+        // Back off by doubling from the policy's delay, up to 10 s; a run longer than 10 s
+        // starts the doubling over.
+        let ran = o.started.elapsed();
+        let exponent = if ran > Duration::from_secs(10) {
+            0
+        } else {
+            o.restarts.min(7)
+        };
+        let delay = (spec.restart.delay * 2u32.pow(exponent)).min(Duration::from_secs(10));
+        o.state = if restart {
+            InstanceState::Exited
+        } else {
+            InstanceState::Failed
+        };
+        o.reason = Some(exit.describe());
+        o.restart_at = restart.then(|| Instant::now() + delay);
+        o.exit = Some(exit.clone());
+        drop(o);
+        let what = if restart {
+            format!("{}; restarting in {delay:?}", exit.describe())
+        } else {
+            format!("{}; not restarting (policy)", exit.describe())
+        };
+        self.event(&id.stack, Some(id), "exited", what);
+        self.write_observed(id);
+        self.wake();
+    }
+
+    async fn stop_instance(self: Arc<Self>, id: InstanceId) {
+        let (handle, ports, spec, monitor, restarting, restarts) = {
+            let mut live = self.live();
+            let Some(l) = live.get_mut(&id) else { return };
+            let o = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let restarting = o.state == InstanceState::Exited && o.restart_at.is_some();
+            (
+                l.handle.clone(),
+                l.ports.clone(),
+                l.spec.clone(),
+                l.monitor.take(),
+                restarting,
+                o.restarts,
+            )
+        };
+        if let Some(m) = monitor {
+            m.abort();
+        }
+        if let Some(h) = handle.clone() {
+            let signal =
+                Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);
+            let grace = spec.stop_grace;
+            let _ = tokio::task::spawn_blocking(move || h.stop(signal, grace)).await;
+        }
+        self.ports.release(ports.iter().map(|(_, p)| *p));
+        let dir = self.instance_dir(&id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        self.live().remove(&id);
+        let _ = self.store.delete_instance(&id);
+        if restarting {
+            // Start again right away, counting the restart.
+            let desired = self.desired_release(&id);
+            if let Some(rel) = desired {
+                let svc = id.service.clone();
+                let agent = self.clone();
+                agent.clone().start_instance(id.clone(), rel, svc).await;
+                if let Some(l) = agent.live().get(&id) {
+                    l.observed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .restarts = restarts + 1;
+                }
+                agent.write_observed(&id);
+            }
+        } else {
+            self.event(&id.stack, Some(&id), "stopped", "stopped".into());
+        }
+    }
+
+    fn desired_release(&self, id: &InstanceId) -> Option<Arc<Release>> {
+        let st = self
+            .store
+            .stacks()
+            .ok()?
+            .into_iter()
+            .find(|s| s.stack == id.stack)?;
+        let rel = self.release(&id.stack, st.current?)?;
+        (rel.spec.services.get(&id.service)?.replicas >= id.index).then_some(rel)
+    }
+
+    /// Records an instance's observed state in the store (for `ps`).
+    fn write_observed(&self, id: &InstanceId) {
+        let record = {
+            let live = self.live();
+            let Some(l) = live.get(id) else { return };
+            let o = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Instance {
+                id: id.clone(),
+                release: l.release,
+                state: o.state,
+                pid: l.handle.as_ref().map(|h| h.pid as u32),
+                ports: l.ports.iter().cloned().collect(),
+                restarts: o.restarts,
+                exit_code: o.exit.as_ref().and_then(|e| e.code),
+                reason: o.reason.clone(),
+                updated_ms: now_ms(),
+            }
+        };
+        let _ = self.store.put_instance(&record);
+    }
+
+    /// Stops every instance (`skiff dev` shutting down).
+    pub async fn stop_everything(self: &Arc<Self>) {
+        let ids: Vec<InstanceId> = self.live().keys().cloned().collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            if let Some(l) = self.live().get_mut(&id) {
+                l.observed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restart_at = None;
+                l.busy = true;
+            }
+            let agent = self.clone();
+            tasks.spawn(async move { agent.stop_instance(id).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Instances the agent runs now, with their observed state.
+    pub fn snapshot(&self) -> Vec<(InstanceId, InstanceState)> {
+        let live = self.live();
+        let mut v: Vec<(InstanceId, InstanceState)> = live
+            .iter()
+            .map(|(id, l)| {
+                (
+                    id.clone(),
+                    l.observed.lock().unwrap_or_else(|p| p.into_inner()).state,
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+fn normalize_signal(s: &str) -> String {
+    let up = s.to_ascii_uppercase();
+    if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    }
+}
+
+/// Written next to the driver's files: what the agent needs to adopt an instance.
+const META: &str = "instance.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    id: String,
+    release: u64,
+    spec: ServiceSpec,
+    ports: Vec<(String, u16)>,
+    env: BTreeMap<String, String>,
+    restarts: u32,
+}
+
+fn read_meta(dir: &Path) -> Option<Meta> {
+    serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()
+}
+
+/// `<root>/<env>/<stack>/<service>-<index>` directories.
+fn instance_dirs(root: &Path) -> Vec<(InstanceId, PathBuf)> {
+    let mut out = Vec::new();
+    let list = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for env in list(root) {
+        for stack in list(&env) {
+            for inst in list(&stack) {
+                let text = format!(
+                    "{}/{}/{}",
+                    env.file_name().unwrap_or_default().to_string_lossy(),
+                    stack.file_name().unwrap_or_default().to_string_lossy(),
+                    inst.file_name().unwrap_or_default().to_string_lossy()
+                );
+                if let Ok(id) = text.parse::<InstanceId>() {
+                    out.push((id, inst));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,284 @@
+//! The agent against real processes: dependency order gated on health, restart policy,
+//! down, and adoption by a new agent without duplicates.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skiff_agent::{Agent, Config};
+use skiff_driver_process::ShimCommand;
+use skiff_model::{
+    HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec, StackKey, StackSpec,
+    WaitFor,
+};
+use skiff_store::{MemStore, Store};
+
+#[test]
+#[ignore = "subprocess: the shim of the other tests"]
+fn shim_entry() {
+    let dir = std::env::args().next_back().expect("instance dir");
+    std::process::exit(skiff_driver_process::shim::run(Path::new(&dir)));
+}
+
+fn config(data: &Path) -> Config {
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    Config {
+        data_dir: data.to_path_buf(),
+        node_addr: "127.0.0.1".parse().unwrap(),
+        shim: ShimCommand(vec![
+            exe,
+            "--exact".into(),
+            "shim_entry".into(),
+            "--ignored".into(),
+            "--quiet".into(),
+        ]),
+        resync: Duration::from_millis(50),
+    }
+}
+
+fn service(script: &str, replicas: u32) -> ServiceSpec {
+    ServiceSpec {
+        driver: skiff_model::Driver::Process,
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        replicas,
+        stop_signal: "SIGTERM".into(),
+        stop_grace: Duration::from_secs(2),
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: None,
+            delay: Duration::from_millis(50),
+            window: Duration::ZERO,
+        },
+        ..ServiceSpec::default()
+    }
+}
+
+fn stack() -> StackKey {
+    StackKey::new("default", "shop").unwrap()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn states(agent: &Agent, service: &str) -> Vec<InstanceState> {
+    agent
+        .snapshot()
+        .into_iter()
+        .filter(|(i, _)| i.service == service)
+        .map(|(_, s)| s)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_start_only_after_their_dependency_is_healthy() {
+    let data = tempfile::tempdir().unwrap();
+    let mark = data.path().join("db-ready");
+    let mut db = service(
+        &format!("sleep 0.4; touch {}; sleep 100", mark.display()),
+        1,
+    );
+    db.health = Some(HealthSpec {
+        test: vec!["CMD-SHELL".into(), format!("test -f {}", mark.display())],
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        retries: 1,
+        start_period: Duration::ZERO,
+        start_interval: Duration::from_millis(50),
+    });
+    let mut api = service("sleep 100", 2);
+    api.depends_on = BTreeMap::from([("db".to_string(), WaitFor::Healthy)]);
+    let spec = StackSpec {
+        services: BTreeMap::from([("db".into(), db), ("api".into(), api)]),
+        batches: vec![vec!["db".into()], vec!["api".into()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+    let agent = Agent::new(store.clone(), config(data.path()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(agent.clone().run(
+        async {
+            let _ = stop_rx.await;
+        },
+        true,
+    ));
+
+    wait_until("db running", Duration::from_secs(5), || {
+        !states(&agent, "db").is_empty()
+    })
+    .await;
+    // While db is not healthy, no api instance may exist.
+    while states(&agent, "db") != vec![InstanceState::Healthy] {
+        assert!(
+            states(&agent, "api").is_empty(),
+            "api started before db was healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_until("two healthy api instances", Duration::from_secs(5), || {
+        states(&agent, "api") == vec![InstanceState::Healthy, InstanceState::Healthy]
+    })
+    .await;
+    let listed = store.instances(Some(&stack())).unwrap();
+    assert_eq!(listed.len(), 3);
+
+    stop_tx.send(()).unwrap();
+    run.await.unwrap();
+    assert!(
+        agent.snapshot().is_empty(),
+        "skiff dev shutdown leaves nothing running"
+    );
+    assert!(
+        std::fs::read_dir(data.path().join("instances/default/shop"))
+            .map_or(true, |d| d.count() == 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
+    let data = tempfile::tempdir().unwrap();
+    let mut crash = service("sleep 0.05; exit 1", 1);
+    crash.restart = RestartPolicy {
+        condition: RestartCondition::OnFailure,
+        max_attempts: Some(2),
+        delay: Duration::from_millis(20),
+        window: Duration::ZERO,
+    };
+    let spec = StackSpec {
+        services: BTreeMap::from([("crash".into(), crash)]),
+        batches: vec![vec!["crash".into()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+    let agent = Agent::new(store.clone(), config(data.path()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(agent.clone().run(
+        async {
+            let _ = stop_rx.await;
+        },
+        true,
+    ));
+    wait_until("the policy to give up", Duration::from_secs(10), || {
+        states(&agent, "crash") == vec![InstanceState::Failed]
+    })
+    .await;
+    let inst = &store.instances(Some(&stack())).unwrap()[0];
+    assert_eq!((inst.restarts, inst.exit_code), (2, Some(1)));
+    let events = store.events_after(0, 100).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "exited" && e.message.contains("not restarting"))
+    );
+    stop_tx.send(()).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_them() {
+    let data = tempfile::tempdir().unwrap();
+    let spec = StackSpec {
+        services: BTreeMap::from([("web".into(), service("sleep 100", 3))]),
+        batches: vec![vec!["web".into()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+
+    // First agent: starts three instances, then "dies" without stopping them.
+    let first = Agent::new(store.clone(), config(data.path()));
+    let (tx1, rx1) = tokio::sync::oneshot::channel::<()>();
+    let run1 = tokio::spawn(first.clone().run(
+        async {
+            let _ = rx1.await;
+        },
+        false,
+    ));
+    wait_until("three running", Duration::from_secs(5), || {
+        states(&first, "web")
+            .iter()
+            .filter(|s| **s == InstanceState::Healthy)
+            .count()
+            == 3
+    })
+    .await;
+    let pids: Vec<Option<u32>> = store
+        .instances(None)
+        .unwrap()
+        .iter()
+        .map(|i| i.pid)
+        .collect();
+    tx1.send(()).unwrap();
+    run1.await.unwrap();
+
+    // Second agent: same data dir; must adopt, not start new ones.
+    let second = Agent::new(store.clone(), config(data.path()));
+    let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
+    let run2 = tokio::spawn(second.clone().run(
+        async {
+            let _ = rx2.await;
+        },
+        true,
+    ));
+    wait_until("three adopted", Duration::from_secs(5), || {
+        states(&second, "web")
+            .iter()
+            .filter(|s| **s == InstanceState::Healthy)
+            .count()
+            == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after: Vec<Option<u32>> = store
+        .instances(None)
+        .unwrap()
+        .iter()
+        .map(|i| i.pid)
+        .collect();
+    assert_eq!(pids, after, "adopted instances keep their pids");
+    assert!(
+        store
+            .events_after(0, 100)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "started")
+            .count()
+            == 3
+    );
+
+    // Down: the desired release goes away, everything stops.
+    store.set_current(&stack(), None).unwrap();
+    second.wake();
+    wait_until("all stopped", Duration::from_secs(5), || {
+        second.snapshot().is_empty()
+    })
+    .await;
+    for pid in pids.into_iter().flatten() {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err()
+                || is_zombie(pid)
+        );
+    }
+    tx2.send(()).unwrap();
+    run2.await.unwrap();
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
