@@ -48,6 +48,8 @@ pub struct Config {
     pub shim: ShimCommand,
     /// How often a pass runs when nothing wakes the agent.
     pub resync: Duration,
+    /// Environment every instance gets under its own (e.g. `PATH` in `skiff dev`).
+    pub base_env: BTreeMap<String, String>,
 }
 
 /// An instance the agent knows about.
@@ -118,11 +120,12 @@ impl Agent {
     }
 
     fn event(&self, stack: &StackKey, instance: Option<&InstanceId>, kind: &str, message: String) {
-        tracing::info!(stack = %stack, instance = ?instance.map(InstanceId::short), kind, "{message}");
+        let instance = instance.map(InstanceId::short).unwrap_or_default();
+        tracing::info!(%stack, %instance, kind, "{message}");
         let _ = self.store.append_event(NewEvent {
             time_ms: now_ms(),
             stack: stack.clone(),
-            instance: instance.map(InstanceId::short),
+            instance: (!instance.is_empty()).then_some(instance),
             kind: kind.to_string(),
             message,
         });
@@ -412,7 +415,8 @@ impl Agent {
                 .map_err(|e| format!("allocating a port: {e}"))?;
             ports.push((p.name.clone(), port));
         }
-        let mut env = port_env(&ports);
+        let mut env = self.cfg.base_env.clone();
+        env.extend(port_env(&ports));
         env.insert("SKIFF_INSTANCE".into(), id.short());
         env.insert("SKIFF_SERVICE".into(), id.service.clone());
         env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
@@ -547,7 +551,11 @@ impl Agent {
                     .await
                     .unwrap_or(Status::Lost);
                 if status != Status::Running {
-                    agent.on_exit(&id, &spec, &observed, status);
+                    // Wake the reconciler when the back-off ends, not at the next resync.
+                    if let Some(delay) = agent.on_exit(&id, &spec, &observed, status) {
+                        tokio::time::sleep(delay).await;
+                        agent.wake();
+                    }
                     return;
                 }
                 if Instant::now() >= next_probe {
@@ -594,13 +602,14 @@ impl Agent {
         })
     }
 
+    /// Records an exit; returns the restart delay when the policy restarts it.
     fn on_exit(
         &self,
         id: &InstanceId,
         spec: &ServiceSpec,
         observed: &Mutex<Observed>,
         status: Status,
-    ) {
+    ) -> Option<Duration> {
         let exit = match status {
             Status::Exited(e) => e,
             _ => driver::ExitStatus {
@@ -642,6 +651,7 @@ impl Agent {
         self.event(&id.stack, Some(id), "exited", what);
         self.write_observed(id);
         self.wake();
+        restart.then_some(delay)
     }
 
     async fn stop_instance(self: Arc<Self>, id: InstanceId) {

@@ -34,6 +34,7 @@ fn config(data: &Path) -> Config {
             "--quiet".into(),
         ]),
         resync: Duration::from_millis(50),
+        base_env: BTreeMap::new(),
     }
 }
 
@@ -281,4 +282,54 @@ fn is_zombie(pid: u32) -> bool {
                 .map(|(_, r)| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync() {
+    let data = tempfile::tempdir().unwrap();
+    let spec = StackSpec {
+        services: BTreeMap::from([("web".into(), service("sleep 100", 1))]),
+        batches: vec![vec!["web".into()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+    let mut cfg = config(data.path());
+    cfg.resync = Duration::from_secs(30);
+    let agent = Agent::new(store.clone(), cfg);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(agent.clone().run(
+        async {
+            let _ = rx.await;
+        },
+        true,
+    ));
+    wait_until("running", Duration::from_secs(5), || {
+        states(&agent, "web") == vec![InstanceState::Healthy]
+    })
+    .await;
+    let pid = store.instances(None).unwrap()[0].pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    wait_until("restarted", Duration::from_secs(5), || {
+        store
+            .instances(None)
+            .unwrap()
+            .first()
+            .is_some_and(|i| i.restarts == 1 && i.state == InstanceState::Healthy)
+    })
+    .await;
+    // Back-off is 50 ms here; resync is 30 s, so only the back-off timer can explain this.
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "restart took {:?}",
+        killed.elapsed()
+    );
+    tx.send(()).unwrap();
+    run.await.unwrap();
 }

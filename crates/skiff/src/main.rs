@@ -1,6 +1,7 @@
 //! `skiff`: the single binary. This crate is wiring, not logic: it parses the command line,
 //! reads files for the pure crates and prints what they return.
 
+mod client;
 mod cmd;
 mod fs_loader;
 mod output;
@@ -22,6 +23,14 @@ struct Cli {
         env = "SKIFF_ENV"
     )]
     env: String,
+    /// Address of the skiff API.
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_ADDR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    addr: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +43,18 @@ enum Command {
     Config(cmd::config::Args),
     /// Print the deploy order: batches of services that can start in parallel.
     Plan(cmd::plan::Args),
+    /// Run the platform in the foreground on this machine: API, store, agent.
+    Dev(cmd::dev::Args),
+    /// Deploy a stack from compose files and wait until it is healthy.
+    Up(cmd::up::UpArgs),
+    /// Stop every instance of a stack (its release history is kept).
+    Down(cmd::up::DownArgs),
+    /// List instances and their state.
+    Ps(cmd::ps::PsArgs),
+    /// List a stack's releases.
+    History(cmd::ps::HistoryArgs),
+    /// Show what happened: starts, exits, restarts, adoptions.
+    Events(cmd::ps::EventsArgs),
     /// Per-instance supervisor of the process driver (started by skiff, not by people).
     #[command(name = "__shim", hide = true)]
     Shim { dir: std::path::PathBuf },
@@ -41,10 +62,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let client = client::Client::new(&cli.addr);
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Config(args) => cmd::config::run(args),
         Command::Plan(args) => cmd::plan::run(args, &cli.env),
+        Command::Dev(args) => cmd::dev::run(args),
+        Command::Up(args) => cmd::up::up(args, &client, &cli.env),
+        Command::Down(args) => cmd::up::down(args, &client, &cli.env),
+        Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),
+        Command::History(args) => cmd::ps::history(args, &client, &cli.env),
+        Command::Events(args) => cmd::ps::events(args, &client),
         Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {

@@ -1,6 +1,9 @@
 //! One module per subcommand; `project` holds the flags every compose-reading command shares.
 
 pub mod config;
+pub mod dev;
 pub mod plan;
 pub mod project;
+pub mod ps;
+pub mod up;
 pub mod validate;

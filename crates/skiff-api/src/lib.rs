@@ -1,0 +1,305 @@
+//! The control plane's HTTP/JSON API. The OpenAPI description is `docs/openapi.json`, served
+//! at `/openapi.json`.
+//!
+//! Every error is a 4xx with a stable `code` and a `message` (`{"code":"stack_not_found",…}`);
+//! clients match on `code`. A store failure is the only 5xx (`store_error`).
+//!
+//! **Invariant:** a `201` for a release means it is durably stored (the store fsyncs it before
+//! answering), so an acknowledged release survives `kill -9`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use skiff_model::{Event, Instance, Release, StackKey, StackSpec};
+use skiff_store::Store;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    /// Called after a change of desired state, to wake the reconciler.
+    pub on_change: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// An error answer: HTTP status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<skiff_store::StoreError> for ApiError {
+    fn from(e: skiff_store::StoreError) -> Self {
+        tracing::error!("store: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            e.to_string(),
+        )
+    }
+}
+
+/// `Json` whose rejections are [`ApiError`]s with code `invalid_body`.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::new(e.status(), "invalid_body", body_reason(&e))),
+        }
+    }
+}
+
+fn body_reason(e: &JsonRejection) -> String {
+    e.body_text()
+}
+
+fn stack_key(env: &str, stack: &str) -> Result<StackKey, ApiError> {
+    StackKey::new(env, stack)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .route("/v1/stacks", get(list_stacks))
+        .route(
+            "/v1/envs/{env}/stacks/{stack}",
+            axum::routing::delete(down_stack),
+        )
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/releases",
+            post(create_release).get(list_releases),
+        )
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/events", get(list_events))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StackView {
+    pub env: String,
+    pub stack: String,
+    /// The release that should run; `null` after `down`.
+    pub current: Option<u64>,
+}
+
+async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, ApiError> {
+    Ok(Json(
+        s.store
+            .stacks()?
+            .into_iter()
+            .map(|st| StackView {
+                env: st.stack.env,
+                stack: st.stack.stack,
+                current: st.current,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewRelease {
+    pub spec: StackSpec,
+    /// The resolved compose file the release was made from.
+    #[serde(default)]
+    pub source: String,
+}
+
+async fn create_release(
+    State(s): State<ApiState>,
+    Path((env, stack)): Path<(String, String)>,
+    Body(req): Body<NewRelease>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    let key = stack_key(&env, &stack)?;
+    for (name, svc) in &req.spec.services {
+        if svc.replicas > 10_000 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_spec",
+                format!("service {name}: at most 10000 replicas"),
+            ));
+        }
+        for dep in svc.depends_on.keys() {
+            if !req.spec.services.contains_key(dep) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_spec",
+                    format!("service {name} depends on unknown service {dep}"),
+                ));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let store = s.store.clone();
+    let release =
+        tokio::task::spawn_blocking(move || store.create_release(&key, req.spec, req.source, now))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            })??;
+    (s.on_change)();
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+/// A release without its spec, for history listings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSummary {
+    pub number: u64,
+    pub created_ms: u64,
+    pub services: Vec<String>,
+    pub current: bool,
+}
+
+async fn list_releases(
+    State(s): State<ApiState>,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    let current = s
+        .store
+        .stacks()?
+        .into_iter()
+        .find(|st| st.stack == key)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "stack_not_found",
+                format!("no stack {key}"),
+            )
+        })?
+        .current;
+    Ok(Json(
+        s.store
+            .releases(&key)?
+            .into_iter()
+            .map(|r| ReleaseSummary {
+                number: r.number,
+                created_ms: r.created_ms,
+                services: r.spec.services.keys().cloned().collect(),
+                current: current == Some(r.number),
+            })
+            .collect(),
+    ))
+}
+
+async fn down_stack(
+    State(s): State<ApiState>,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<StackView>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    if !s.store.stacks()?.iter().any(|st| st.stack == key) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stack_not_found",
+            format!("no stack {key}"),
+        ));
+    }
+    let store = s.store.clone();
+    let k = key.clone();
+    tokio::task::spawn_blocking(move || store.set_current(&k, None))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            )
+        })??;
+    (s.on_change)();
+    Ok(Json(StackView {
+        env: key.env,
+        stack: key.stack,
+        current: None,
+    }))
+}
+
+#[derive(Deserialize)]
+struct InstanceQuery {
+    env: Option<String>,
+    stack: Option<String>,
+}
+
+async fn list_instances(
+    State(s): State<ApiState>,
+    Query(q): Query<InstanceQuery>,
+) -> Result<Json<Vec<Instance>>, ApiError> {
+    let all = s.store.instances(None)?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|i| q.env.as_ref().is_none_or(|e| &i.id.stack.env == e))
+            .filter(|i| q.stack.as_ref().is_none_or(|st| &i.id.stack.stack == st))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn list_events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    Ok(Json(s.store.events_after(
+        q.after,
+        q.limit.unwrap_or(1000).min(10_000),
+    )?))
+}

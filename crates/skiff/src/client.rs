@@ -1,0 +1,66 @@
+//! The CLI's HTTP client for the skiff API (blocking; commands are short-lived).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skiff_api::ErrorBody;
+
+pub struct Client {
+    base: String,
+    http: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Client {
+            base: addr.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach skiff at {}: {e} (is `skiff dev` running? set --addr or SKIFF_ADDR)",
+            self.base
+        )
+    }
+
+    fn read<T: DeserializeOwned>(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<T> {
+        let mut resp = resp.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.body_mut().read_json::<T>()?);
+        }
+        match resp.body_mut().read_json::<ErrorBody>() {
+            Ok(e) => anyhow::bail!("{} ({})", e.message, e.code),
+            Err(_) => anyhow::bail!("skiff answered {status}"),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.read(self.http.get(self.url(path)).call())
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.read(self.http.post(self.url(path)).send_json(body))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.read(self.http.delete(self.url(path)).call())
+    }
+}

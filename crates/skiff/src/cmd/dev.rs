@@ -1,0 +1,127 @@
+//! `skiff dev`: the whole platform in one foreground process — API, store, agent — on
+//! loopback. Ctrl-C or SIGTERM stops every instance it started and exits; `kill -9` leaves
+//! them running for the next `skiff dev` to adopt.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use skiff_agent::{Agent, Config};
+use skiff_api::ApiState;
+use skiff_driver_process::ShimCommand;
+use skiff_store::{RedbStore, Store};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// API listen address (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7700", env = "SKIFF_API_ADDR")]
+    api: SocketAddr,
+    /// State directory (default: $XDG_DATA_HOME/skiff, or ~/.local/share/skiff).
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("skiff");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/skiff")
+}
+
+fn random_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the cluster id")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
+        .init();
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(
+        &data_dir.join("state.redb"),
+        &random_id()?,
+    )?);
+    let exe = std::env::current_exe().context("locating the skiff binary")?;
+    // Workloads find programs built next to skiff (skiff-demo) first.
+    let mut base_env = BTreeMap::new();
+    if let Some(dir) = exe.parent() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        base_env.insert("PATH".to_string(), format!("{}:{path}", dir.display()));
+    }
+    let cfg = Config {
+        data_dir: data_dir.clone(),
+        node_addr: "127.0.0.1".parse().expect("loopback"),
+        shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
+        resync: Duration::from_secs(1),
+        base_env,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let agent = Agent::new(store.clone(), cfg);
+        let wake = agent.clone();
+        let app = skiff_api::router(ApiState {
+            store: store.clone(),
+            on_change: Arc::new(move || wake.wake()),
+        });
+        let listener = tokio::net::TcpListener::bind(args.api)
+            .await
+            .with_context(|| format!("listening for the API on {}", args.api))?;
+        let addr = listener.local_addr()?;
+        println!("skiff dev: cluster {}", store.cluster_id()?);
+        println!("skiff dev: data dir {}", data_dir.display());
+        println!("skiff dev: api listening on http://{addr}");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop_api = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_api.changed().await;
+                })
+                .await
+        });
+        let mut stop_agent = stop_rx.clone();
+        let agent_task = tokio::spawn(agent.clone().run(
+            async move {
+                let _ = stop_agent.changed().await;
+            },
+            true,
+        ));
+        shutdown_signal().await;
+        println!("skiff dev: stopping every instance");
+        let _ = stop_tx.send(true);
+        let _ = agent_task.await;
+        let _ = server.await;
+        println!("skiff dev: stopped");
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

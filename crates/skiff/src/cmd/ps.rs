@@ -1,0 +1,195 @@
+//! Read commands: `skiff ps`, `skiff history`, `skiff events`.
+
+use std::process::ExitCode;
+
+use comfy_table::{Table, presets};
+use skiff_api::ReleaseSummary;
+use skiff_model::{Event, Instance};
+
+use crate::client::Client;
+use crate::output::{self, Format};
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut table = Table::new();
+    table.load_style(presets::NOTHING);
+    table.set_header(header.to_vec());
+    for r in rows {
+        table.add_row(r);
+    }
+    let text = table.to_string();
+    for l in text.lines() {
+        println!("{}", l.strip_prefix(' ').unwrap_or(l).trim_end());
+    }
+}
+
+fn print<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print!("{}", output::json(value)?),
+        Format::Yaml => print!("{}", output::yaml(value)?),
+        Format::Table => table(),
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Only this stack.
+    stack: Option<String>,
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "format",
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+}
+
+pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/instances?env={env}");
+    if let Some(s) = &args.stack {
+        path.push_str(&format!("&stack={s}"));
+    }
+    let instances: Vec<Instance> = client.get(&path)?;
+    print(args.output, &instances, || {
+        let rows = instances
+            .iter()
+            .map(|i| {
+                let ports: Vec<String> = i.ports.iter().map(|(n, p)| format!("{n}->{p}")).collect();
+                vec![
+                    i.id.short(),
+                    i.id.stack.stack.clone(),
+                    format!("{:?}", i.state).to_lowercase(),
+                    i.pid.map_or("-".into(), |p| p.to_string()),
+                    ports.join(","),
+                    i.restarts.to_string(),
+                    i.release.to_string(),
+                    i.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "INSTANCE", "STACK", "STATE", "PID", "PORTS", "RESTARTS", "RELEASE", "REASON",
+            ],
+            rows,
+        );
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    stack: String,
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "format",
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+}
+
+pub fn history(args: HistoryArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let releases: Vec<ReleaseSummary> =
+        client.get(&format!("/v1/envs/{env}/stacks/{}/releases", args.stack))?;
+    print(args.output, &releases, || {
+        let rows = releases
+            .iter()
+            .map(|r| {
+                vec![
+                    r.number.to_string(),
+                    format_time(r.created_ms),
+                    r.services.join(","),
+                    if r.current {
+                        "current".into()
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect();
+        print_table(&["RELEASE", "CREATED (UTC)", "SERVICES", ""], rows);
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Keep printing new events.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Start after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "format",
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+}
+
+pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
+    let mut after = args.after;
+    loop {
+        let batch: Vec<Event> = client.get(&format!("/v1/events?after={after}"))?;
+        for e in &batch {
+            after = e.seq;
+            match args.output {
+                Format::Json => println!("{}", serde_json::to_string(e)?),
+                _ => println!(
+                    "{} {:<6} {:<24} {:<10} {}",
+                    format_time(e.time_ms),
+                    e.seq,
+                    format!("{}/{}", e.stack, e.instance.clone().unwrap_or_default()),
+                    e.kind,
+                    e.message
+                ),
+            }
+        }
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `2026-11-25 03:04:05` from Unix milliseconds (UTC), without a date crate.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_print_as_utc_civil_dates() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_795_575_284_748), "2026-11-25 02:54:44");
+        assert_eq!(super::format_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

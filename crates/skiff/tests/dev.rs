@@ -1,0 +1,225 @@
+//! End to end, as a user runs it: `skiff dev`, then `skiff up/ps/down` against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The example stack runs `skiff-demo`, which `skiff dev` finds next to its own binary.
+fn ensure_demo_built() {
+    let demo = Path::new(SKIFF).with_file_name("skiff-demo");
+    if !demo.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "skiff-demo"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok && demo.exists(),
+            "could not build skiff-demo next to skiff"
+        );
+    }
+}
+
+struct Dev {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(data: &Path) -> Dev {
+    let mut child = Command::new(SKIFF)
+        .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("SKIFF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    for _ in 0..5 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if let Some(a) = line.trim().strip_prefix("skiff dev: api listening on ") {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    Dev {
+        child,
+        addr: addr.expect("listening line"),
+    }
+}
+
+fn skiff(dev: &Dev, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_ADDR", &dev.addr)
+        .env("NO_COLOR", "1")
+        .current_dir(examples())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn pids(dev: &Dev) -> Vec<u64> {
+    let (ok, out, err) = skiff(dev, &["ps", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut p: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    p.sort();
+    p
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let host = addr.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
+    ensure_demo_built();
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+
+    let (ok, out, err) = skiff(&dev, &["up", "-f", "compose.yaml"]);
+    assert!(ok, "up failed: {out}\n{err}");
+    assert!(out.contains("release 1 recorded"), "{out}");
+    assert!(out.contains("6 instances healthy"), "{out}");
+    let (_, ps, _) = skiff(&dev, &["ps"]);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains(" healthy ")).count(),
+        6,
+        "{ps}"
+    );
+    let before = pids(&dev);
+    assert_eq!(before.len(), 6);
+
+    // kill -9 the server: workloads keep running, a new server adopts them.
+    let mut dev = dev;
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+    assert!(
+        before.iter().all(|p| alive(*p)),
+        "workloads died with the server"
+    );
+    drop(dev);
+    let dev = start_dev(data.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids(&dev) != before {
+        assert!(
+            Instant::now() < deadline,
+            "not re-adopted: {:?} vs {before:?}",
+            pids(&dev)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, history, _) = skiff(&dev, &["history", "shop"]);
+    assert!(history.contains("current"), "{history}");
+
+    // Bad requests are 4xx with a stable code.
+    let (code, body) = http(
+        &dev.addr,
+        "POST",
+        "/v1/envs/default/stacks/shop/releases",
+        "{not json",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"code\":\"invalid_body\""), "{body}");
+    let (code, body) = http(&dev.addr, "DELETE", "/v1/envs/default/stacks/nope", "");
+    assert_eq!(
+        (code, body.contains("stack_not_found")),
+        (404, true),
+        "{body}"
+    );
+    let (code, body) = http(&dev.addr, "DELETE", "/v1/envs/Bad/stacks/x", "");
+    assert_eq!((code, body.contains("invalid_name")), (400, true), "{body}");
+    let (code, body) = http(&dev.addr, "GET", "/openapi.json", "");
+    assert_eq!((code, body.contains("\"openapi\"")), (200, true));
+
+    // down stops everything; the history stays.
+    let (ok, out, err) = skiff(&dev, &["down", "shop"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        before.iter().all(|p| !alive(*p)),
+        "instances left after down"
+    );
+
+    // up again, then SIGTERM: the server stops every instance and exits cleanly.
+    let (ok, out, _) = skiff(&dev, &["up", "-f", "compose.yaml"]);
+    assert!(ok && out.contains("release 2 recorded"), "{out}");
+    let again = pids(&dev);
+    let mut dev = dev;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(dev.child.wait().unwrap().success());
+    assert!(
+        again.iter().all(|p| !alive(*p)),
+        "instances left after SIGTERM"
+    );
+}
+
+#[test]
+fn up_without_a_server_says_how_to_start_one() {
+    let out = Command::new(SKIFF)
+        .args(["up", "-f", "compose.yaml"])
+        .env("SKIFF_ADDR", "http://127.0.0.1:1")
+        .current_dir(examples())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `skiff dev` running?"));
+}
