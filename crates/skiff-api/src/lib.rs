@@ -7,6 +7,9 @@
 //! **Invariant:** a `201` for a release means it is durably stored (the store fsyncs it before
 //! answering), so an acknowledged release survives `kill -9`.
 
+mod logs;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -27,6 +30,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Called after a change of desired state, to wake the reconciler.
     pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// The data dir; instance logs live under `instances/`.
+    pub data_dir: PathBuf,
 }
 
 /// An error answer: HTTP status, stable code, message.
@@ -117,6 +122,10 @@ pub fn router(state: ApiState) -> Router {
             post(create_release).get(list_releases),
         )
         .route("/v1/instances", get(list_instances))
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
+            get(logs::instance_logs),
+        )
         .route("/v1/events", get(list_events))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")

@@ -117,6 +117,32 @@ pub mod files {
     pub const LOG: &str = "output.log";
 }
 
+/// One record of an instance log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    pub time_ms: u64,
+    /// `o` for stdout, `e` for stderr.
+    pub stream: char,
+    /// The line, without its line break.
+    pub text: &'a str,
+}
+
+/// Reads a log record written by the shim (`<unix-ms> <o|e> <text>`).
+pub fn parse_log_line(line: &str) -> Option<LogRecord<'_>> {
+    let (ts, rest) = line.split_once(' ')?;
+    let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    let stream = match stream {
+        "o" => 'o',
+        "e" => 'e',
+        _ => return None,
+    };
+    Some(LogRecord {
+        time_ms: ts.parse().ok()?,
+        stream,
+        text: text.trim_end_matches(['\n', '\r']),
+    })
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");

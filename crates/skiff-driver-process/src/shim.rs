@@ -1,11 +1,14 @@
 //! The per-instance shim (`skiff __shim <dir>`): starts the workload, copies its output into
 //! rotated log files, and records how it ended.
 //!
+//! Log format, one record per line: `<unix-ms> <o|e> <text>` (`o` stdout, `e` stderr), so
+//! `skiff logs --since` can filter by time without another index.
+//!
 //! It is plain blocking code with two copy threads, started once per instance; it holds no
 //! connection to the agent, so the agent can restart freely.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,28 +86,17 @@ pub fn run(dir: &Path) -> i32 {
         child
             .stdout
             .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            .map(|s| (b'o', Box::new(s) as Box<dyn Read + Send>)),
         child
             .stderr
             .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            .map(|s| (b'e', Box::new(s) as Box<dyn Read + Send>)),
     ]
     .into_iter()
     .flatten()
-    .map(|mut stream| {
+    .map(|(tag, stream)| {
         let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-                        l.write(&buf[..n]);
-                    }
-                }
-            }
-        })
+        std::thread::spawn(move || copy_lines(stream, tag, &log))
     })
     .collect();
 
@@ -134,6 +126,31 @@ pub fn run(dir: &Path) -> i32 {
     };
     record(&exit);
     0
+}
+
+/// Longest line kept whole; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Copies `stream` line by line into the log, each line stamped with the time it was read.
+fn copy_lines(stream: Box<dyn Read + Send>, tag: u8, log: &Mutex<LogWriter>) {
+    let mut reader = BufReader::with_capacity(MAX_LINE, stream);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                l.write_line(now_ms(), tag, &line);
+            }
+        }
+    }
 }
 
 /// Appends to `output.log`, rotating it to `output.log.1` … `.keep` when it gets too big.
@@ -176,6 +193,17 @@ impl LogWriter {
             .open(self.dir.join(files::LOG))?;
         self.size = 0;
         Ok(())
+    }
+
+    /// Writes one line as `<unix-ms> <o|e> <text>`.
+    pub fn write_line(&mut self, time_ms: u64, tag: u8, line: &[u8]) {
+        let mut record = Vec::with_capacity(line.len() + 17);
+        record.extend_from_slice(time_ms.to_string().as_bytes());
+        record.push(b' ');
+        record.push(tag);
+        record.push(b' ');
+        record.extend_from_slice(line);
+        self.write(&record);
     }
 
     /// Writes `bytes`; log trouble never stops the workload, so errors are dropped.

@@ -98,9 +98,23 @@ fn a_workload_runs_with_its_env_and_cwd_and_its_output_is_logged() {
     let e = exited(i.wait_exit(Duration::from_secs(5)));
     assert_eq!(e.code, Some(7));
     let out = log(&i);
-    for want in ["out\n", "err\n", "FOO=bar\n", "/work\n"] {
-        assert!(out.contains(want), "{want:?} not in {out:?}");
-    }
+    let records: Vec<(char, String)> = out
+        .lines()
+        .map(|l| {
+            let r = skiff_driver_process::parse_log_line(l)
+                .unwrap_or_else(|| panic!("bad record {l:?}"));
+            (r.stream, r.text.to_string())
+        })
+        .collect();
+    assert!(records.contains(&('o', "out".into())), "{records:?}");
+    assert!(records.contains(&('e', "err".into())), "{records:?}");
+    assert!(records.contains(&('o', "FOO=bar".into())), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|(s, t)| *s == 'o' && t.ends_with("/work")),
+        "{records:?}"
+    );
 }
 
 #[test]

@@ -60,6 +60,25 @@ impl Client {
         self.read(self.http.post(self.url(path)).send_json(body))
     }
 
+    /// A streaming GET: the body as a reader (for `logs -f`), with no overall timeout.
+    pub fn stream(&self, path: &str) -> anyhow::Result<impl std::io::Read + use<>> {
+        let mut resp = self
+            .http
+            .get(self.url(path))
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            match resp.body_mut().read_json::<ErrorBody>() {
+                Ok(e) => anyhow::bail!("{} ({})", e.message, e.code),
+                Err(_) => anyhow::bail!("skiff answered {}", resp.status()),
+            }
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.read(self.http.delete(self.url(path)).call())
     }

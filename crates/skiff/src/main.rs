@@ -53,6 +53,8 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
     History(cmd::ps::HistoryArgs),
+    /// Print a service's logs (-f to follow).
+    Logs(cmd::logs::Args),
     /// Show what happened: starts, exits, restarts, adoptions.
     Events(cmd::ps::EventsArgs),
     /// Per-instance supervisor of the process driver (started by skiff, not by people).
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),
         Command::History(args) => cmd::ps::history(args, &client, &cli.env),
         Command::Events(args) => cmd::ps::events(args, &client),
+        Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),
         Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {

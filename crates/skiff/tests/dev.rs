@@ -164,6 +164,53 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Logs: history, --since, and follow picking up a line written after it started.
+    let (ok, logs, err) = skiff(&dev, &["logs", "api"]);
+    assert!(ok, "{err}");
+    assert!(
+        logs.contains("api-1 | api 0.1.0 listening on 127.0.0.1:"),
+        "{logs}"
+    );
+    assert!(logs.contains("api-2 | api 0.1.0 listening on"), "{logs}");
+    let (_, later, _) = skiff(&dev, &["logs", "api", "--since", "0s"]);
+    assert!(
+        !later.contains("listening on"),
+        "--since 0s shows only new lines: {later}"
+    );
+    let mut follow = Command::new(SKIFF)
+        .args(["logs", "web", "--index", "1", "-f"])
+        .env("SKIFF_ADDR", &dev.addr)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .contains("web-1 | web 0.1.0 listening on")
+    );
+    let web1 = {
+        let (_, out, _) = skiff(&dev, &["ps", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"]["service"] == "web" && i["id"]["index"] == 1)
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(web1 as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "web-1 | reloaded");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
     let (_, history, _) = skiff(&dev, &["history", "shop"]);
     assert!(history.contains("current"), "{history}");
 

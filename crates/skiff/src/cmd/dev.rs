@@ -82,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let app = skiff_api::router(ApiState {
             store: store.clone(),
             on_change: Arc::new(move || wake.wake()),
+            data_dir: data_dir.clone(),
         });
         let listener = tokio::net::TcpListener::bind(args.api)
             .await

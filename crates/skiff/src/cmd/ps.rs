@@ -162,6 +162,11 @@ pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `2026-11-25 03:04:05.123` (UTC).
+pub fn format_time_ms(ms: u64) -> String {
+    format!("{}.{:03}", format_time(ms), ms % 1000)
+}
+
 /// `2026-11-25 03:04:05` from Unix milliseconds (UTC), without a date crate.
 fn format_time(ms: u64) -> String {
     let secs = ms / 1000;
