@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 3 benchmark, side by side in one run (compare ratios; the machine is noisy):
+#  (a) wall time from `skiff up` to N replicas of skiff-demo all running and passing their
+#      first health check (TCP readiness), with `skiff dev` on the process driver;
+#  (b) the floor: shared/baselines/spawn100.py — N busybox httpd spawned by a plain script
+#      and polled every 2 ms until each answers;
+#  (c) RSS of `skiff dev` idle, with N demo instances, and with 1000 `sleep` instances.
+# Usage: bench/up100.sh [N=100] [ROUNDS=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100}
+ROUNDS=${2:-3}
+cargo build -q --release -p skiff -p skiff-demo
+skiff=$PWD/target/release/skiff
+if ! command -v busybox >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+fi
+mkdir -p /tmp/baselines/www && echo ok > /tmp/baselines/www/index.html
+baseline=${SKIFF_BASELINES:-../shared/baselines}/spawn100.py
+
+work=$(mktemp -d)
+dev_pid=
+cleanup() { [ -n "$dev_pid" ] && kill -TERM "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+stack() { # name replicas command...
+  local name=$1 n=$2; shift 2
+  printf 'name: %s\nx-skiff: {driver: process}\nservices:\n  s:\n    command: [%s]\n    deploy: {replicas: %s}\n' \
+    "$name" "$(IFS=,; echo "$*")" "$n" > "$work/$name.yaml"
+  [ "$name" = demo ] && printf '    expose: ["8080"]\n' >> "$work/$name.yaml"
+  echo "$work/$name.yaml"
+}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+start_dev() {
+  "$skiff" dev --api 127.0.0.1:0 --data-dir "$work/data-$1" > "$work/dev-$1.log" 2>/dev/null &
+  dev_pid=$!
+  for _ in $(seq 200); do grep -q "listening on" "$work/dev-$1.log" 2>/dev/null && break; sleep 0.05; done
+  export SKIFF_ADDR=$(sed -n 's/.*api listening on //p' "$work/dev-$1.log")
+}
+stop_dev() { kill -TERM "$dev_pid"; wait "$dev_pid" || true; dev_pid=; }
+
+demo=$(stack demo "$N" skiff-demo)
+printf '%-6s %14s %16s %10s %12s\n' round skiff_up_ms spawn_floor_ms ratio rss_idle_kb
+skiff_ms=(); floor_ms=(); rss_idle=(); rss_loaded=()
+for r in $(seq "$ROUNDS"); do
+  start_dev "$r"
+  rss_idle+=("$(rss_kb "$dev_pid")")
+  out=$(PATH=$PWD/target/release:$PATH "$skiff" up -f "$demo")
+  ms=$(echo "$out" | sed -n 's/.*healthy in \([0-9.]*\)s/\1/p' | awk '{printf "%.0f", $1*1000}')
+  rss_loaded+=("$(rss_kb "$dev_pid")")
+  "$skiff" down demo >/dev/null
+  stop_dev
+  fl=$(python3 "$baseline" "$N" 2>/dev/null | sed -n 's/.*all_healthy_ms=\([0-9.]*\).*/\1/p' | awk '{printf "%.0f", $1}')
+  skiff_ms+=("$ms"); floor_ms+=("$fl")
+  printf '%-6s %14s %16s %10s %12s\n' "$r" "$ms" "$fl" "$(awk -v a="$ms" -v b="$fl" 'BEGIN{printf "%.2f", a/b}')" "${rss_idle[-1]}"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ms=$(median "${skiff_ms[@]}"); fl=$(median "${floor_ms[@]}")
+echo "median: skiff up -> $N healthy ${ms} ms; spawn floor ${fl} ms; ratio $(awk -v a="$ms" -v b="$fl" 'BEGIN{printf "%.2f", a/b}')"
+echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N demo instances $(median "${rss_loaded[@]}") kB"
+
+sleepers=$(stack sleepers 1000 sleep,3600)
+start_dev big
+out=$("$skiff" up --timeout 300 -f "$sleepers")
+echo "1000 sleep instances: $(echo "$out" | tail -1)"
+sleep 2
+echo "skiff dev RSS with 1000 instances: $(rss_kb "$dev_pid") kB"
+"$skiff" down sleepers >/dev/null
+stop_dev
