@@ -249,16 +249,19 @@ impl Agent {
                 if l.busy {
                     continue;
                 }
+                // A new release that only changes the replica count (scale) keeps the
+                // instances that stay; any other change replaces them.
                 let keep = desired
                     .get(id)
-                    .is_some_and(|(rel, svc)| rel.spec.services[svc] == l.spec);
+                    .is_some_and(|(rel, svc)| same_but_replicas(&rel.spec.services[svc], &l.spec));
                 if !keep {
                     l.busy = true;
                     to_stop.push(id.clone());
                     continue;
                 }
-                if let Some((rel, _)) = desired.get(id) {
+                if let Some((rel, svc)) = desired.get(id) {
                     l.release = rel.number;
+                    l.spec = rel.spec.services[svc].clone();
                 }
                 let obs = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if obs.state == InstanceState::Exited
@@ -767,6 +770,16 @@ impl Agent {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    ServiceSpec {
+        replicas: 0,
+        ..a.clone()
+    } == ServiceSpec {
+        replicas: 0,
+        ..b.clone()
     }
 }
 

@@ -121,6 +121,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/envs/{env}/stacks/{stack}/releases",
             post(create_release).get(list_releases),
         )
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/releases/{number}",
+            get(get_release),
+        )
+        .route("/v1/envs/{env}/stacks/{stack}/scale", post(scale_service))
         .route("/v1/instances", get(list_instances))
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
@@ -155,6 +160,31 @@ async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, 
     ))
 }
 
+/// Stores a new release (durably) and wakes the reconciler.
+async fn record_release(
+    s: &ApiState,
+    key: StackKey,
+    spec: StackSpec,
+    source: String,
+) -> Result<Release, ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let store = s.store.clone();
+    let release =
+        tokio::task::spawn_blocking(move || store.create_release(&key, spec, source, now))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            })??;
+    (s.on_change)();
+    Ok(release)
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct NewRelease {
     pub spec: StackSpec,
@@ -187,22 +217,76 @@ async fn create_release(
             }
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let store = s.store.clone();
-    let release =
-        tokio::task::spawn_blocking(move || store.create_release(&key, req.spec, req.source, now))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    e.to_string(),
-                )
-            })??;
-    (s.on_change)();
+    let release = record_release(&s, key, req.spec, req.source).await?;
     Ok((StatusCode::CREATED, Json(release)))
+}
+
+async fn get_release(
+    State(s): State<ApiState>,
+    Path((env, stack, number)): Path<(String, String, u64)>,
+) -> Result<Json<Release>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    s.store.release(&key, number)?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "release_not_found",
+            format!("no release {number} of {key}"),
+        )
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// Records a new release equal to the current one but for `service`'s replica count, so
+/// scaling shows in the history and can be rolled back like any release.
+async fn scale_service(
+    State(s): State<ApiState>,
+    Path((env, stack)): Path<(String, String)>,
+    Body(req): Body<ScaleRequest>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    let key = stack_key(&env, &stack)?;
+    if req.replicas > 10_000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_spec",
+            "at most 10000 replicas",
+        ));
+    }
+    let current = s
+        .store
+        .stacks()?
+        .into_iter()
+        .find(|st| st.stack == key)
+        .and_then(|st| st.current)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "stack_not_found",
+                format!("no running stack {key}"),
+            )
+        })?;
+    let release = s.store.release(&key, current)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stack_not_found",
+            format!("no release {current} of {key}"),
+        )
+    })?;
+    let mut spec = release.spec;
+    let svc = spec.services.get_mut(&req.service).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "service_not_found",
+            format!("stack {key} has no service {:?}", req.service),
+        )
+    })?;
+    svc.replicas = req.replicas;
+    let new = record_release(&s, key, spec, release.source).await?;
+    Ok((StatusCode::CREATED, Json(new)))
 }
 
 /// A release without its spec, for history listings.

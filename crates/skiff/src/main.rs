@@ -49,6 +49,8 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Stop every instance of a stack (its release history is kept).
     Down(cmd::up::DownArgs),
+    /// Change a service's replica count (recorded as a new release): `skiff scale web=5`.
+    Scale(cmd::up::ScaleArgs),
     /// List instances and their state.
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Up(args) => cmd::up::up(args, &client, &cli.env),
         Command::Down(args) => cmd::up::down(args, &client, &cli.env),
         Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),
+        Command::Scale(args) => cmd::up::scale(args, &client, &cli.env),
         Command::History(args) => cmd::ps::history(args, &client, &cli.env),
         Command::Events(args) => cmd::ps::events(args, &client),
         Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),

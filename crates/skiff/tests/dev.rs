@@ -96,6 +96,18 @@ fn pids(dev: &Dev) -> Vec<u64> {
     p
 }
 
+fn instance_pid(dev: &Dev, service: &str, index: u64) -> u64 {
+    let (_, out, _) = skiff(dev, &["ps", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"]["service"] == service && i["id"]["index"] == index)
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
+
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -191,17 +203,7 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
             .unwrap()
             .contains("web-1 | web 0.1.0 listening on")
     );
-    let web1 = {
-        let (_, out, _) = skiff(&dev, &["ps", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"]["service"] == "web" && i["id"]["index"] == 1)
-            .unwrap()["pid"]
-            .as_u64()
-            .unwrap()
-    };
+    let web1 = instance_pid(&dev, "web", 1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(web1 as i32),
         nix::sys::signal::Signal::SIGHUP,
@@ -211,8 +213,34 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 
+    // Scale is a new release: up to 4, down to 1, both in the history; web-1 is kept.
+    let kept = instance_pid(&dev, "web", 1);
+    let (ok, out, err) = skiff(&dev, &["scale", "web=4"]);
+    assert!(
+        ok && out.contains("release 2: web scaled to 4"),
+        "{out}{err}"
+    );
+    assert_eq!(pids(&dev).len(), 8);
+    let (ok, out, err) = skiff(&dev, &["scale", "web=1"]);
+    assert!(
+        ok && out.contains("release 3: web scaled to 1"),
+        "{out}{err}"
+    );
+    assert_eq!(pids(&dev).len(), 5);
+    assert_eq!(
+        instance_pid(&dev, "web", 1),
+        kept,
+        "scaling restarted an instance that stays"
+    );
+    let (ok, _, err) = skiff(&dev, &["scale", "nope=2"]);
+    assert!(!ok && err.contains("no running stack"), "{err}");
     let (_, history, _) = skiff(&dev, &["history", "shop"]);
-    assert!(history.contains("current"), "{history}");
+    assert!(
+        history
+            .lines()
+            .any(|l| l.starts_with('3') && l.contains("current")),
+        "{history}"
+    );
 
     // Bad requests are 4xx with a stable code.
     let (code, body) = http(
@@ -244,7 +272,7 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
 
     // up again, then SIGTERM: the server stops every instance and exits cleanly.
     let (ok, out, _) = skiff(&dev, &["up", "-f", "compose.yaml"]);
-    assert!(ok && out.contains("release 2 recorded"), "{out}");
+    assert!(ok && out.contains("release 4 recorded"), "{out}");
     let again = pids(&dev);
     let mut dev = dev;
     nix::sys::signal::kill(

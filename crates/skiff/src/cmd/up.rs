@@ -157,3 +157,82 @@ pub fn down(args: DownArgs, client: &Client, env: &str) -> anyhow::Result<ExitCo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[derive(clap::Args)]
+pub struct ScaleArgs {
+    /// SERVICE=N, e.g. web=5.
+    target: String,
+    /// The stack (default: the only stack of the environment that has this service).
+    #[arg(long)]
+    stack: Option<String>,
+}
+
+pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let (service, n) = args
+        .target
+        .split_once('=')
+        .and_then(|(s, n)| Some((s.to_string(), n.parse::<u32>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("expected SERVICE=N (e.g. web=5), got {:?}", args.target))?;
+    let stack = match args.stack {
+        Some(s) => s,
+        None => {
+            let stacks: Vec<StackView> = client.get("/v1/stacks")?;
+            let mut with_service = Vec::new();
+            for st in stacks
+                .iter()
+                .filter(|st| st.env == env && st.current.is_some())
+            {
+                let rel: Release = client.get(&format!(
+                    "/v1/envs/{env}/stacks/{}/releases/{}",
+                    st.stack,
+                    st.current.unwrap_or_default()
+                ))?;
+                if rel.spec.services.contains_key(&service) {
+                    with_service.push(st.stack.clone());
+                }
+            }
+            match with_service.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!("no running stack in env {env} has a service {service:?}"),
+                many => anyhow::bail!(
+                    "several stacks have {service:?} ({}): pick one with --stack",
+                    many.join(", ")
+                ),
+            }
+        }
+    };
+    let release: Release = client.post(
+        &format!("/v1/envs/{env}/stacks/{stack}/scale"),
+        &skiff_api::ScaleRequest {
+            service: service.clone(),
+            replicas: n,
+        },
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let instances: Vec<Instance> =
+            client.get(&format!("/v1/instances?env={env}&stack={stack}"))?;
+        let mine: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| i.id.service == service)
+            .collect();
+        let healthy = mine
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy && i.id.index <= n)
+            .count();
+        if mine.len() == n as usize && healthy == n as usize {
+            println!(
+                "stack {stack} release {}: {service} scaled to {n}",
+                release.number
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{service}: {healthy} of {n} healthy, {} instances after 120s",
+                mine.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
