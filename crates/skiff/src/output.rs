@@ -44,3 +44,17 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
 pub fn yaml<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string(value)?)
 }
+
+/// A borderless table like docker's and kubectl's: a header row, columns aligned by spaces.
+pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(header.to_vec());
+    for r in rows {
+        table.add_row(r);
+    }
+    // The borderless style still pads each cell by one space; drop each row's leading pad.
+    for line in table.to_string().lines() {
+        println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+    }
+}

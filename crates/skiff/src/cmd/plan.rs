@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets};
 use skiff_spec::model::Condition;
 use skiff_spec::order;
 
@@ -43,9 +42,7 @@ pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
                 plan.env,
                 plan.batches.len()
             );
-            let mut table = Table::new();
-            table.load_style(presets::NOTHING);
-            table.set_header(["BATCH", "SERVICE", "DRIVER", "REPLICAS", "WAITS FOR"]);
+            let mut rows = Vec::new();
             for (i, batch) in plan.batches.iter().enumerate() {
                 for s in batch {
                     let waits: Vec<String> = s
@@ -60,7 +57,7 @@ pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
                             format!("{} ({c})", w.service)
                         })
                         .collect();
-                    table.add_row([
+                    rows.push(vec![
                         (i + 1).to_string(),
                         s.service.clone(),
                         s.driver.to_string(),
@@ -69,13 +66,10 @@ pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
                     ]);
                 }
             }
-            // The borderless style still pads each cell by one space; drop the row's leading pad.
-            let text = table.to_string();
-            let lines: Vec<&str> = text
-                .lines()
-                .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
-                .collect();
-            println!("{}", lines.join("\n"));
+            output::print_table(
+                &["BATCH", "SERVICE", "DRIVER", "REPLICAS", "WAITS FOR"],
+                rows,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

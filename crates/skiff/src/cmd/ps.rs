@@ -2,25 +2,11 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets};
 use skiff_api::ReleaseSummary;
 use skiff_model::{Event, Instance};
 
 use crate::client::Client;
 use crate::output::{self, Format};
-
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut table = Table::new();
-    table.load_style(presets::NOTHING);
-    table.set_header(header.to_vec());
-    for r in rows {
-        table.add_row(r);
-    }
-    let text = table.to_string();
-    for l in text.lines() {
-        println!("{}", l.strip_prefix(' ').unwrap_or(l).trim_end());
-    }
-}
 
 fn print<T: serde::Serialize>(
     format: Format,
@@ -72,7 +58,7 @@ pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
                 ]
             })
             .collect();
-        print_table(
+        output::print_table(
             &[
                 "INSTANCE", "STACK", "STATE", "PID", "PORTS", "RESTARTS", "RELEASE", "REASON",
             ],
@@ -114,7 +100,7 @@ pub fn history(args: HistoryArgs, client: &Client, env: &str) -> anyhow::Result<
                 ]
             })
             .collect();
-        print_table(&["RELEASE", "CREATED (UTC)", "SERVICES", ""], rows);
+        output::print_table(&["RELEASE", "CREATED (UTC)", "SERVICES", ""], rows);
     })?;
     Ok(ExitCode::SUCCESS)
 }
