@@ -50,6 +50,9 @@ pub struct Config {
     pub resync: Duration,
     /// Environment every instance gets under its own (e.g. `PATH` in `skiff dev`).
     pub base_env: BTreeMap<String, String>,
+    /// Where instances' cgroups go, or why there are none (then a service with limits does
+    /// not start: limits are never silently dropped).
+    pub cgroups: Result<skiff_cgroup::Cgroups, String>,
 }
 
 /// An instance the agent knows about.
@@ -152,6 +155,9 @@ impl Agent {
         }
         if stop_all {
             self.stop_everything().await;
+            if let Ok(cg) = &self.cfg.cgroups {
+                cg.remove_base_if_empty();
+            }
         }
     }
 
@@ -443,7 +449,14 @@ impl Agent {
             self.ports.release(ports.iter().map(|(_, p)| *p));
             return Err("no program to run (set command or x-skiff.executable)".into());
         }
-        let launch = LaunchSpec {
+        let limits = skiff_cgroup::Limits {
+            memory_bytes: spec.limits.memory_bytes,
+            cpus: spec.limits.cpus,
+            pids: spec.limits.pids,
+        };
+        let cgroups = self.cfg.cgroups.clone();
+        let group_name = cgroup_name(id);
+        let mut launch = LaunchSpec {
             argv,
             env: env.clone(),
             cwd: spec
@@ -452,6 +465,7 @@ impl Agent {
                 .map_or_else(|| dir.join("work"), PathBuf::from),
             max_log_bytes: 10 << 20,
             keep_logs: 3,
+            cgroup_procs: Vec::new(),
         };
         let meta = Meta {
             id: id.to_string(),
@@ -463,6 +477,20 @@ impl Agent {
         };
         let shim = self.cfg.shim.clone();
         let result = tokio::task::spawn_blocking(move || {
+            match &cgroups {
+                Ok(cg) => {
+                    // A group left by a crashed run would carry its OOM count and processes.
+                    if let Ok(stale) = cg.open(&group_name) {
+                        stale.remove().map_err(|e| e.to_string())?;
+                    }
+                    let group = cg.create(&group_name, &limits).map_err(|e| e.to_string())?;
+                    launch.cgroup_procs = group.procs_files();
+                }
+                Err(why) if limits != skiff_cgroup::Limits::default() => {
+                    return Err(format!("resource limits need cgroups: {why}"));
+                }
+                Err(_) => {}
+            }
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let json = serde_json::to_vec(&meta).expect("meta serializes");
@@ -622,6 +650,7 @@ impl Agent {
                 time_ms: now_ms(),
             },
         };
+        let oom = self.oom_killed(id, spec);
         let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
         let restart = match spec.restart.condition {
             RestartCondition::Always => true,
@@ -642,19 +671,38 @@ impl Agent {
         } else {
             InstanceState::Failed
         };
-        o.reason = Some(exit.describe());
+        let describe = match &oom {
+            Some(why) => format!("{} ({why})", exit.describe()),
+            None => exit.describe(),
+        };
+        o.reason = Some(describe.clone());
         o.restart_at = restart.then(|| Instant::now() + delay);
         o.exit = Some(exit.clone());
         drop(o);
         let what = if restart {
-            format!("{}; restarting in {delay:?}", exit.describe())
+            format!("{describe}; restarting in {delay:?}")
         } else {
-            format!("{}; not restarting (policy)", exit.describe())
+            format!("{describe}; not restarting (policy)")
         };
-        self.event(&id.stack, Some(id), "exited", what);
+        let kind = if oom.is_some() {
+            "oom_killed"
+        } else {
+            "exited"
+        };
+        self.event(&id.stack, Some(id), kind, what);
         self.write_observed(id);
         self.wake();
         restart.then_some(delay)
+    }
+
+    /// Why the kernel killed the instance for memory, if it did.
+    fn oom_killed(&self, id: &InstanceId, spec: &ServiceSpec) -> Option<String> {
+        let cg = self.cfg.cgroups.as_ref().ok()?;
+        let kills = cg.open(&cgroup_name(id)).ok()?.oom_kills();
+        (kills > 0).then(|| match spec.limits.memory_bytes {
+            Some(b) => format!("out of memory: limit {} MiB", b >> 20),
+            None => "out of memory".to_string(),
+        })
     }
 
     async fn stop_instance(self: Arc<Self>, id: InstanceId) {
@@ -680,6 +728,16 @@ impl Agent {
                 Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);
             let grace = spec.stop_grace;
             let _ = tokio::task::spawn_blocking(move || h.stop(signal, grace)).await;
+        }
+        // Whatever escaped the process group (a daemon that called setsid) dies with the
+        // group.
+        if let Ok(cg) = &self.cfg.cgroups
+            && let Ok(group) = cg.open(&cgroup_name(&id))
+        {
+            let removed = tokio::task::spawn_blocking(move || group.remove()).await;
+            if let Ok(Err(e)) = removed {
+                self.event(&id.stack, Some(&id), "cgroup", format!("removing: {e}"));
+            }
         }
         self.ports.release(ports.iter().map(|(_, p)| *p));
         let dir = self.instance_dir(&id);
@@ -771,6 +829,11 @@ impl Agent {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// `<env>/<stack>/<service>-<index>` below the agent's cgroup base.
+fn cgroup_name(id: &InstanceId) -> String {
+    format!("{}/{}/{}", id.stack.env, id.stack.stack, id.short())
 }
 
 fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {

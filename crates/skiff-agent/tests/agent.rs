@@ -35,6 +35,12 @@ fn config(data: &Path) -> Config {
         ]),
         resync: Duration::from_millis(50),
         base_env: BTreeMap::new(),
+        // Agents of parallel tests run the same stack names: one subtree per data dir.
+        cgroups: skiff_cgroup::Cgroups::detect(&format!(
+            "skiff-test/{}",
+            data.file_name().unwrap().to_string_lossy()
+        ))
+        .map_err(|e| e.to_string()),
     }
 }
 
@@ -57,6 +63,30 @@ fn service(script: &str, replicas: u32) -> ServiceSpec {
 
 fn stack() -> StackKey {
     StackKey::new("default", "shop").unwrap()
+}
+
+/// An agent run in the background, as `skiff dev` runs it (stopping everything at the end).
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(agent: &Arc<Agent>) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(agent.clone().run(
+            async {
+                let _ = stopped.await;
+            },
+            true,
+        ));
+        Running { stop, run }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.run.await.unwrap();
+    }
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -103,13 +133,7 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
         .create_release(&stack(), spec, String::new(), 0)
         .unwrap();
     let agent = Agent::new(store.clone(), config(data.path()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(agent.clone().run(
-        async {
-            let _ = stop_rx.await;
-        },
-        true,
-    ));
+    let running = Running::start(&agent);
 
     wait_until("db running", Duration::from_secs(5), || {
         !states(&agent, "db").is_empty()
@@ -130,8 +154,7 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
     let listed = store.instances(Some(&stack())).unwrap();
     assert_eq!(listed.len(), 3);
 
-    stop_tx.send(()).unwrap();
-    run.await.unwrap();
+    running.stop().await;
     assert!(
         agent.snapshot().is_empty(),
         "skiff dev shutdown leaves nothing running"
@@ -161,13 +184,7 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
         .create_release(&stack(), spec, String::new(), 0)
         .unwrap();
     let agent = Agent::new(store.clone(), config(data.path()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(agent.clone().run(
-        async {
-            let _ = stop_rx.await;
-        },
-        true,
-    ));
+    let running = Running::start(&agent);
     wait_until("the policy to give up", Duration::from_secs(10), || {
         states(&agent, "crash") == vec![InstanceState::Failed]
     })
@@ -180,8 +197,7 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
             .iter()
             .any(|e| e.kind == "exited" && e.message.contains("not restarting"))
     );
-    stop_tx.send(()).unwrap();
-    run.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,4 +348,92 @@ async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync()
     );
     tx.send(()).unwrap();
     run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reason() {
+    if std::env::var_os("SKIFF_TEST_NO_CGROUPS").is_some() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut capped = service("sleep 100", 1);
+    capped.limits = skiff_model::ResourceLimits {
+        memory_bytes: Some(48 << 20),
+        cpus: Some(0.5),
+        pids: Some(20),
+    };
+    // `tail` holds a line until its end: 256 MiB without a newline.
+    let mut hog = service("head -c 268435456 /dev/zero | tail -n 1", 1);
+    hog.limits.memory_bytes = Some(32 << 20);
+    hog.restart.condition = RestartCondition::Never;
+    let spec = StackSpec {
+        services: BTreeMap::from([("capped".into(), capped), ("hog".into(), hog)]),
+        batches: vec![vec!["capped".into(), "hog".into()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+    let cfg = config(data.path());
+    let cgroups = cfg.cgroups.clone().expect("cgroups on this machine");
+    let agent = Agent::new(store.clone(), cfg);
+    let running = Running::start(&agent);
+    wait_until("hog to be OOM killed", Duration::from_secs(10), || {
+        states(&agent, "hog") == vec![InstanceState::Failed]
+    })
+    .await;
+    let events = store.events_after(0, 100).unwrap();
+    let oom = events
+        .iter()
+        .find(|e| e.kind == "oom_killed")
+        .unwrap_or_else(|| panic!("no oom_killed event in {events:#?}"));
+    assert!(
+        oom.message.contains("out of memory: limit 32 MiB"),
+        "{}",
+        oom.message
+    );
+    let hog = store
+        .instances(Some(&stack()))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id.service == "hog")
+        .unwrap();
+    assert!(
+        hog.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("out of memory"),
+        "{hog:?}"
+    );
+
+    // The running workload is inside its group, whose files hold the limits.
+    let capped = store
+        .instances(Some(&stack()))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id.service == "capped")
+        .unwrap();
+    let group = cgroups.open("default/shop/capped-1").unwrap();
+    assert!(
+        group.pids().contains(&(capped.pid.unwrap() as i32)),
+        "pid {:?} not in {:?}",
+        capped.pid,
+        group.pids()
+    );
+    assert_eq!(group.stats().memory_limit_bytes, Some(48 << 20));
+    let dirs: Vec<_> = group.dirs().map(Path::to_path_buf).collect();
+    let read = |file: &str| {
+        dirs.iter()
+            .map(|d| d.join(file))
+            .find(|f| f.exists())
+            .map(|f| std::fs::read_to_string(f).unwrap().trim().to_string())
+    };
+    assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("50000"));
+    assert_eq!(read("pids.max").as_deref(), Some("20"));
+
+    running.stop().await;
+    assert!(
+        group.dirs().all(|d| !d.exists()),
+        "groups are removed with their instances"
+    );
 }

@@ -45,6 +45,9 @@ pub struct LaunchSpec {
     pub max_log_bytes: u64,
     /// Rotated files kept (`output.log.1` … `.N`).
     pub keep_logs: u32,
+    /// `cgroup.procs` files the workload joins before it runs its program (its limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// How a workload ended, as the shim recorded it.

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,6 +64,16 @@ pub fn run(dir: &Path) -> i32 {
         ));
     }
 
+    // Opened here, written in the child: it is in its cgroups before its program runs, so
+    // not one page or fork of the workload escapes its limits.
+    let mut cgroup_files = Vec::with_capacity(spec.cgroup_procs.len());
+    for path in &spec.cgroup_procs {
+        match OpenOptions::new().write(true).open(path) {
+            Ok(f) => cgroup_files.push(OwnedFd::from(f)),
+            Err(e) => return failed(format!("joining cgroup {}: {e}", path.display())),
+        }
+    }
+
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(&spec.env)
@@ -71,6 +82,9 @@ pub fn run(dir: &Path) -> i32 {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if !cgroup_files.is_empty() {
+        join_cgroups_before_exec(&mut cmd, cgroup_files);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return failed(format!("{program}: {e}")),
@@ -126,6 +140,23 @@ pub fn run(dir: &Path) -> i32 {
     };
     record(&exit);
     0
+}
+
+/// Makes the child write `0` (itself) to each `cgroup.procs` between fork and exec.
+#[allow(unsafe_code)]
+fn join_cgroups_before_exec(cmd: &mut Command, files: Vec<OwnedFd>) {
+    // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are
+    // allowed: it calls write(2) on descriptors opened before the fork and builds its error
+    // from an errno, without allocating or taking a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &files {
+                nix::unistd::write(fd, b"0")
+                    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Longest line kept whole; longer ones are split.

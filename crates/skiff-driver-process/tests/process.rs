@@ -35,6 +35,7 @@ fn spec(dir: &Path, script: &str) -> LaunchSpec {
         cwd: dir.join("work"),
         max_log_bytes: 1 << 20,
         keep_logs: 2,
+        cgroup_procs: Vec::new(),
     }
 }
 

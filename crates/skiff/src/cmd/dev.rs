@@ -68,12 +68,26 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let path = std::env::var("PATH").unwrap_or_default();
         base_env.insert("PATH".to_string(), format!("{}:{path}", dir.display()));
     }
+    // One subtree per cluster: two `skiff dev` with different data dirs never share groups.
+    let cgroups = skiff_cgroup::Cgroups::detect(&format!("skiff/{}", store.cluster_id()?))
+        .map_err(|e| e.to_string());
+    match &cgroups {
+        Ok(cg) => println!(
+            "skiff dev: cgroup {} under {}",
+            cg.version(),
+            cg.bases()
+                .next()
+                .map_or_else(String::new, |(_, p)| p.display().to_string())
+        ),
+        Err(why) => println!("skiff dev: no resource limits ({why})"),
+    }
     let cfg = Config {
         data_dir: data_dir.clone(),
         node_addr: "127.0.0.1".parse().expect("loopback"),
         shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
         resync: Duration::from_secs(1),
         base_env,
+        cgroups,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

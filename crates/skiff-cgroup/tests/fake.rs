@@ -1,0 +1,254 @@
+//! Layout and limit files against a fake cgroupfs in a temporary directory, populated the way
+//! the kernel populates a new group. cgroup v2 cannot be exercised for real on the
+//! development machines (cgroup v1 hybrid), so these tests are its ground truth.
+
+use std::fs;
+use std::path::Path;
+
+use skiff_cgroup::{Cgroups, Error, Limits, Version};
+
+/// This machine's layout: v1 controllers plus a cgroup2 mount that has only hugetlb.
+const HYBRID_MOUNTINFO: &str = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset
+35 30 0:31 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+";
+const HYBRID_SELF: &str = "\
+8:pids:/
+5:memory:/process_api/abc
+3:cpuset:/
+2:cpu,cpuacct:/
+0::/
+";
+
+const V2_MOUNTINFO: &str =
+    "25 21 0:22 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n";
+const V2_SELF: &str = "0::/system.slice/skiff.service\n";
+
+/// Creates `files` (name, content) in `dir`, like the kernel does on mkdir.
+fn populate(dir: &Path, files: &[(&str, &str)]) {
+    fs::create_dir_all(dir).unwrap();
+    for (name, content) in files {
+        fs::write(dir.join(name), content).unwrap();
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn hybrid_layout_is_v1_below_the_own_cgroup_of_each_controller() {
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(HYBRID_MOUNTINFO, HYBRID_SELF, root.path(), "skiff").unwrap();
+    assert_eq!(cg.version(), Version::V1);
+    let bases: Vec<String> = cg
+        .bases()
+        .map(|(_, p)| p.strip_prefix(root.path()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        bases,
+        [
+            "sys/fs/cgroup/memory/process_api/abc/skiff",
+            "sys/fs/cgroup/cpu,cpuacct/skiff",
+            "sys/fs/cgroup/pids/skiff",
+        ]
+    );
+}
+
+#[test]
+fn v1_limits_disable_swap_and_set_quota_and_pids() {
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(HYBRID_MOUNTINFO, HYBRID_SELF, root.path(), "skiff").unwrap();
+    let group = cg.open("dev/shop/api-1").unwrap();
+    let dirs: Vec<_> = group.dirs().map(Path::to_path_buf).collect();
+    let [mem, cpu, pids] = &dirs[..] else {
+        panic!("{dirs:?}")
+    };
+    populate(
+        mem,
+        &[
+            ("cgroup.procs", ""),
+            ("memory.limit_in_bytes", "9223372036854771712"),
+            ("memory.memsw.limit_in_bytes", "9223372036854771712"),
+            ("memory.swappiness", "60"),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            ),
+        ],
+    );
+    populate(
+        cpu,
+        &[
+            ("cgroup.procs", ""),
+            ("cpu.cfs_period_us", "100000"),
+            ("cpu.cfs_quota_us", "-1"),
+        ],
+    );
+    populate(pids, &[("cgroup.procs", ""), ("pids.max", "max")]);
+
+    let limits = Limits {
+        memory_bytes: Some(64 << 20),
+        cpus: Some(0.5),
+        pids: Some(32),
+    };
+    let group = cg.create("dev/shop/api-1", &limits).unwrap();
+    assert_eq!(read(&mem.join("memory.limit_in_bytes")), "67108864");
+    assert_eq!(read(&mem.join("memory.memsw.limit_in_bytes")), "67108864");
+    assert_eq!(read(&mem.join("memory.swappiness")), "0");
+    assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read(&pids.join("pids.max")), "32");
+    assert_eq!(
+        group.procs_files(),
+        [
+            mem.join("cgroup.procs"),
+            cpu.join("cgroup.procs"),
+            pids.join("cgroup.procs")
+        ]
+    );
+
+    // The kernel counts an OOM kill.
+    fs::write(
+        mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    )
+    .unwrap();
+    assert_eq!(group.oom_kills(), 1);
+    assert_eq!(group.stats().oom_kills, 1);
+
+    group.remove().unwrap();
+    assert!(!mem.exists() && !cpu.exists() && !pids.exists());
+    // Empty parents go too, the base stays until the supervisor removes it.
+    assert!(!mem.parent().unwrap().exists());
+    assert!(cg.bases().all(|(_, b)| b.exists()));
+    cg.remove_base_if_empty();
+    assert!(cg.bases().all(|(_, b)| !b.exists()));
+}
+
+#[test]
+fn v2_enables_controllers_at_every_level_and_writes_unified_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = root.path().join("sys/fs/cgroup");
+    populate(
+        &mount,
+        &[(
+            "cgroup.controllers",
+            "cpuset cpu io memory hugetlb pids rdma misc",
+        )],
+    );
+    let own = mount.join("system.slice/skiff.service");
+    populate(
+        &own,
+        &[("cgroup.procs", ""), ("cgroup.subtree_control", "")],
+    );
+    let cg = Cgroups::from_system(V2_MOUNTINFO, V2_SELF, root.path(), "skiff").unwrap();
+    assert_eq!(cg.version(), Version::V2);
+
+    let base = own.join("skiff");
+    let leaf = base.join("dev/shop/api-1");
+    for level in [&base, &base.join("dev"), &base.join("dev/shop")] {
+        populate(
+            level,
+            &[("cgroup.procs", ""), ("cgroup.subtree_control", "")],
+        );
+    }
+    populate(
+        &leaf,
+        &[
+            ("cgroup.procs", ""),
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"),
+            ("cpu.max", "max 100000"),
+            ("pids.max", "max"),
+        ],
+    );
+    let limits = Limits {
+        memory_bytes: Some(128 << 20),
+        cpus: Some(1.5),
+        pids: Some(100),
+    };
+    let group = cg.create("dev/shop/api-1", &limits).unwrap();
+    for level in [&own, &base, &base.join("dev"), &base.join("dev/shop")] {
+        assert_eq!(
+            read(&level.join("cgroup.subtree_control")),
+            "+memory +cpu +pids",
+            "{}",
+            level.display()
+        );
+    }
+    assert_eq!(read(&leaf.join("memory.max")), "134217728");
+    assert_eq!(read(&leaf.join("memory.swap.max")), "0");
+    assert_eq!(read(&leaf.join("cpu.max")), "150000 100000");
+    assert_eq!(read(&leaf.join("pids.max")), "100");
+    assert_eq!(group.procs_files(), [leaf.join("cgroup.procs")]);
+
+    fs::write(
+        leaf.join("memory.events"),
+        "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n",
+    )
+    .unwrap();
+    assert_eq!(group.oom_kills(), 2);
+    fs::write(leaf.join("memory.current"), "1048576\n").unwrap();
+    fs::write(leaf.join("pids.current"), "3\n").unwrap();
+    let stats = group.stats();
+    assert_eq!(stats.memory_bytes, Some(1 << 20));
+    assert_eq!(stats.memory_limit_bytes, Some(128 << 20));
+    assert_eq!(stats.pids, Some(3));
+}
+
+#[test]
+fn v2_without_a_controller_refuses_that_limit_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = root.path().join("sys/fs/cgroup");
+    populate(&mount, &[("cgroup.controllers", "cpu memory")]);
+    let cg = Cgroups::from_system(V2_MOUNTINFO, V2_SELF, root.path(), "skiff").unwrap();
+    let err = cg
+        .create(
+            "a/b-1",
+            &Limits {
+                pids: Some(5),
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)));
+    assert!(err.to_string().contains("pids controller"), "{err}");
+}
+
+#[test]
+fn hybrid_cgroup2_with_only_hugetlb_and_no_v1_is_unavailable() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = root.path().join("sys/fs/cgroup/unified");
+    populate(&mount, &[("cgroup.controllers", "hugetlb")]);
+    let mountinfo = "31 24 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+    let err = Cgroups::from_system(mountinfo, "0::/\n", root.path(), "skiff").unwrap_err();
+    assert!(
+        err.to_string().contains("offers none of memory, cpu, pids"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_limit_file_missing_from_the_group_is_an_error_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(HYBRID_MOUNTINFO, HYBRID_SELF, root.path(), "skiff").unwrap();
+    let err = cg
+        .create(
+            "x/y-1",
+            &Limits {
+                pids: Some(5),
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("pids/skiff/x/y-1/pids.max"),
+        "{err}"
+    );
+}
