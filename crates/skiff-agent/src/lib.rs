@@ -58,6 +58,8 @@ pub struct Config {
 /// An instance the agent knows about.
 struct Live {
     release: u64,
+    /// The service's restart generation this instance was started for.
+    generation: u64,
     spec: ServiceSpec,
     handle: Option<driver::Instance>,
     ports: Vec<(String, u16)>,
@@ -185,6 +187,7 @@ impl Agent {
             let running = handle.status() == Status::Running;
             let mut live = Live {
                 release: meta.release,
+                generation: meta.generation,
                 spec: meta.spec,
                 handle: Some(handle),
                 ports: meta.ports,
@@ -206,6 +209,15 @@ impl Agent {
             }
             live.monitor = Some(self.spawn_monitor(id.clone(), &live));
             self.live().insert(id, live);
+        }
+        // The instance table is written without fsync: after a crash it may still list
+        // instances that were stopped before it. The directories are the truth.
+        if let Ok(listed) = self.store.instances(None) {
+            for inst in listed {
+                if !self.live().contains_key(&inst.id) {
+                    let _ = self.store.delete_instance(&inst.id);
+                }
+            }
         }
     }
 
@@ -229,20 +241,24 @@ impl Agent {
 
     /// One pass: stop what is not desired, restart by policy, start what is missing.
     pub async fn reconcile(self: Arc<Self>) -> Result<(), skiff_store::StoreError> {
-        let mut desired: BTreeMap<InstanceId, (Arc<Release>, String)> = BTreeMap::new();
+        let mut desired: BTreeMap<InstanceId, (Arc<Release>, String, u64)> = BTreeMap::new();
         for st in self.store.stacks()? {
             let Some(n) = st.current else { continue };
             let Some(rel) = self.release(&st.stack, n) else {
                 continue;
             };
             for (svc, spec) in &rel.spec.services {
+                let control = st.controls.get(svc).cloned().unwrap_or_default();
+                if control.stopped {
+                    continue;
+                }
                 for index in 1..=spec.replicas {
                     let id = InstanceId {
                         stack: st.stack.clone(),
                         service: svc.clone(),
                         index,
                     };
-                    desired.insert(id, (rel.clone(), svc.clone()));
+                    desired.insert(id, (rel.clone(), svc.clone(), control.generation));
                 }
             }
         }
@@ -256,16 +272,17 @@ impl Agent {
                     continue;
                 }
                 // A new release that only changes the replica count (scale) keeps the
-                // instances that stay; any other change replaces them.
-                let keep = desired
-                    .get(id)
-                    .is_some_and(|(rel, svc)| same_but_replicas(&rel.spec.services[svc], &l.spec));
+                // instances that stay; any other change, or a restart, replaces them.
+                let keep = desired.get(id).is_some_and(|(rel, svc, generation)| {
+                    *generation == l.generation
+                        && same_but_replicas(&rel.spec.services[svc], &l.spec)
+                });
                 if !keep {
                     l.busy = true;
                     to_stop.push(id.clone());
                     continue;
                 }
-                if let Some((rel, svc)) = desired.get(id) {
+                if let Some((rel, svc, _)) = desired.get(id) {
                     l.release = rel.number;
                     l.spec = rel.spec.services[svc].clone();
                 }
@@ -277,13 +294,13 @@ impl Agent {
                     to_stop.push(id.clone());
                 }
             }
-            for (id, (rel, svc)) in &desired {
+            for (id, (rel, svc, generation)) in &desired {
                 if live.contains_key(id) {
                     continue;
                 }
                 let spec = &rel.spec.services[svc];
                 if self.dependencies_met(&live, id, spec) {
-                    to_start.push((id.clone(), rel.clone(), svc.clone()));
+                    to_start.push((id.clone(), rel.clone(), svc.clone(), *generation));
                 }
             }
         }
@@ -293,9 +310,9 @@ impl Agent {
             let agent = self.clone();
             tasks.spawn(async move { agent.stop_instance(id).await });
         }
-        for (id, rel, svc) in to_start {
+        for (id, rel, svc, generation) in to_start {
             let agent = self.clone();
-            tasks.spawn(async move { agent.start_instance(id, rel, svc).await });
+            tasks.spawn(async move { agent.start_instance(id, rel, svc, generation).await });
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
@@ -345,7 +362,13 @@ impl Agent {
             .find_map(|(_, l)| l.ports.first().map(|(_, p)| (self.cfg.node_addr, *p)))
     }
 
-    async fn start_instance(self: Arc<Self>, id: InstanceId, rel: Arc<Release>, svc: String) {
+    async fn start_instance(
+        self: Arc<Self>,
+        id: InstanceId,
+        rel: Arc<Release>,
+        svc: String,
+        generation: u64,
+    ) {
         let spec = rel.spec.services[&svc].clone();
         let observed = Arc::new(Mutex::new(Observed {
             state: InstanceState::Starting,
@@ -365,6 +388,7 @@ impl Agent {
                 id.clone(),
                 Live {
                     release: rel.number,
+                    generation,
                     spec: spec.clone(),
                     handle: None,
                     ports: Vec::new(),
@@ -375,7 +399,7 @@ impl Agent {
                 },
             );
         }
-        match self.launch(&id, &rel, &spec, 0).await {
+        match self.launch(&id, &rel, &spec, generation, 0).await {
             Ok((handle, ports, env)) => {
                 let mut live = self.live();
                 if let Some(l) = live.get_mut(&id) {
@@ -407,6 +431,7 @@ impl Agent {
         id: &InstanceId,
         rel: &Release,
         spec: &ServiceSpec,
+        generation: u64,
         restarts: u32,
     ) -> Result<
         (
@@ -470,6 +495,7 @@ impl Agent {
         let meta = Meta {
             id: id.to_string(),
             release: rel.number,
+            generation,
             spec: spec.clone(),
             ports: ports.clone(),
             env: env.clone(),
@@ -747,10 +773,13 @@ impl Agent {
         if restarting {
             // Start again right away, counting the restart.
             let desired = self.desired_release(&id);
-            if let Some(rel) = desired {
+            if let Some((rel, generation)) = desired {
                 let svc = id.service.clone();
                 let agent = self.clone();
-                agent.clone().start_instance(id.clone(), rel, svc).await;
+                agent
+                    .clone()
+                    .start_instance(id.clone(), rel, svc, generation)
+                    .await;
                 if let Some(l) = agent.live().get(&id) {
                     l.observed
                         .lock()
@@ -761,18 +790,28 @@ impl Agent {
             }
         } else {
             self.event(&id.stack, Some(&id), "stopped", "stopped".into());
+            // Replaced (new release, restart): its successor starts now, not at the resync.
+            if self.desired_release(&id).is_some() {
+                self.wake();
+            }
         }
     }
 
-    fn desired_release(&self, id: &InstanceId) -> Option<Arc<Release>> {
+    /// The release and restart generation `id` should run now, if it should run.
+    fn desired_release(&self, id: &InstanceId) -> Option<(Arc<Release>, u64)> {
         let st = self
             .store
             .stacks()
             .ok()?
             .into_iter()
             .find(|s| s.stack == id.stack)?;
+        let control = st.controls.get(&id.service).cloned().unwrap_or_default();
+        if control.stopped {
+            return None;
+        }
         let rel = self.release(&id.stack, st.current?)?;
-        (rel.spec.services.get(&id.service)?.replicas >= id.index).then_some(rel)
+        (rel.spec.services.get(&id.service)?.replicas >= id.index)
+            .then_some((rel, control.generation))
     }
 
     /// Records an instance's observed state in the store (for `ps`).
@@ -812,6 +851,27 @@ impl Agent {
             tasks.spawn(async move { agent.stop_instance(id).await });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Resource usage of an instance this agent runs (from its cgroup).
+    pub fn stats(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
+        if !self.live().contains_key(id) {
+            return None;
+        }
+        let group = self
+            .cfg
+            .cgroups
+            .as_ref()
+            .ok()?
+            .open(&cgroup_name(id))
+            .ok()?;
+        let st = group.stats();
+        Some(skiff_model::InstanceStats {
+            memory_bytes: st.memory_bytes,
+            memory_limit_bytes: st.memory_limit_bytes,
+            pids: st.pids,
+            oom_kills: st.oom_kills,
+        })
     }
 
     /// Instances the agent runs now, with their observed state.
@@ -862,6 +922,8 @@ const META: &str = "instance.json";
 struct Meta {
     id: String,
     release: u64,
+    #[serde(default)]
+    generation: u64,
     spec: ServiceSpec,
     ports: Vec<(String, u16)>,
     env: BTreeMap<String, String>,

@@ -19,11 +19,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use skiff_model::{Event, Instance, Release, StackKey, StackSpec};
+use skiff_model::{
+    Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, ServiceSpec, StackKey,
+    StackSpec,
+};
 use skiff_store::Store;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// Reads an instance's resource usage.
+pub type StatsFn = Arc<dyn Fn(&InstanceId) -> Option<InstanceStats> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -32,6 +38,8 @@ pub struct ApiState {
     pub on_change: Arc<dyn Fn() + Send + Sync>,
     /// The data dir; instance logs live under `instances/`.
     pub data_dir: PathBuf,
+    /// Resource usage of an instance, from the agent that runs it.
+    pub stats: StatsFn,
 }
 
 /// An error answer: HTTP status, stable code, message.
@@ -126,6 +134,14 @@ pub fn router(state: ApiState) -> Router {
             get(get_release),
         )
         .route("/v1/envs/{env}/stacks/{stack}/scale", post(scale_service))
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/services/{service}",
+            get(service_status),
+        )
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/services/{service}/{action}",
+            post(control_service),
+        )
         .route("/v1/instances", get(list_instances))
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
@@ -160,6 +176,50 @@ async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, 
     ))
 }
 
+/// Runs a store call off the async threads (redb commits fsync).
+async fn blocking<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&dyn Store) -> skiff_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = s.store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            )
+        })??)
+}
+
+/// The release a stack runs now, or 404 `stack_not_found`.
+fn current_release(s: &ApiState, key: &StackKey) -> Result<Release, ApiError> {
+    let not_running = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stack_not_found",
+            format!("no running stack {key}"),
+        )
+    };
+    let current = s
+        .store
+        .stacks()?
+        .into_iter()
+        .find(|st| &st.stack == key)
+        .and_then(|st| st.current)
+        .ok_or_else(not_running)?;
+    s.store.release(key, current)?.ok_or_else(not_running)
+}
+
+fn service_not_found(key: &StackKey, service: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "service_not_found",
+        format!("stack {key} has no service {service:?}"),
+    )
+}
+
 /// Stores a new release (durably) and wakes the reconciler.
 async fn record_release(
     s: &ApiState,
@@ -170,17 +230,7 @@ async fn record_release(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let store = s.store.clone();
-    let release =
-        tokio::task::spawn_blocking(move || store.create_release(&key, spec, source, now))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    e.to_string(),
-                )
-            })??;
+    let release = blocking(s, move |st| st.create_release(&key, spec, source, now)).await?;
     (s.on_change)();
     Ok(release)
 }
@@ -217,7 +267,15 @@ async fn create_release(
             }
         }
     }
-    let release = record_release(&s, key, req.spec, req.source).await?;
+    let release = record_release(&s, key.clone(), req.spec, req.source).await?;
+    // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
+    blocking(&s, move |st| {
+        st.update_controls(&key, &mut |c| {
+            c.values_mut().for_each(|c| c.stopped = false)
+        })
+    })
+    .await?;
+    (s.on_change)();
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -256,34 +314,12 @@ async fn scale_service(
             "at most 10000 replicas",
         ));
     }
-    let current = s
-        .store
-        .stacks()?
-        .into_iter()
-        .find(|st| st.stack == key)
-        .and_then(|st| st.current)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "stack_not_found",
-                format!("no running stack {key}"),
-            )
-        })?;
-    let release = s.store.release(&key, current)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "stack_not_found",
-            format!("no release {current} of {key}"),
-        )
-    })?;
+    let release = current_release(&s, &key)?;
     let mut spec = release.spec;
-    let svc = spec.services.get_mut(&req.service).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "service_not_found",
-            format!("stack {key} has no service {:?}", req.service),
-        )
-    })?;
+    let svc = spec
+        .services
+        .get_mut(&req.service)
+        .ok_or_else(|| service_not_found(&key, &req.service))?;
     svc.replicas = req.replicas;
     let new = record_release(&s, key, spec, release.source).await?;
     Ok((StatusCode::CREATED, Json(new)))
@@ -342,17 +378,8 @@ async fn down_stack(
             format!("no stack {key}"),
         ));
     }
-    let store = s.store.clone();
     let k = key.clone();
-    tokio::task::spawn_blocking(move || store.set_current(&k, None))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_error",
-                e.to_string(),
-            )
-        })??;
+    blocking(&s, move |st| st.set_current(&k, None)).await?;
     (s.on_change)();
     Ok(Json(StackView {
         env: key.env,
@@ -395,4 +422,124 @@ async fn list_events(
         q.after,
         q.limit.unwrap_or(1000).min(10_000),
     )?))
+}
+
+/// A service's control state after `stop`, `start` or `restart`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceControlView {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    pub stopped: bool,
+    /// Bumped by every restart; instances of an older generation are replaced.
+    pub generation: u64,
+}
+
+/// `stop` keeps the service's instances stopped until `start` (or the next deploy);
+/// `restart` replaces every instance (and starts a stopped service).
+async fn control_service(
+    State(s): State<ApiState>,
+    Path((env, stack, service, action)): Path<(String, String, String, String)>,
+) -> Result<Json<ServiceControlView>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    let change: fn(&mut ServiceControl) = match action.as_str() {
+        "stop" => |c| c.stopped = true,
+        "start" => |c| c.stopped = false,
+        "restart" => |c| {
+            c.stopped = false;
+            c.generation += 1;
+        },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action {other:?} (stop, start, restart)"),
+            ));
+        }
+    };
+    if !current_release(&s, &key)?
+        .spec
+        .services
+        .contains_key(&service)
+    {
+        return Err(service_not_found(&key, &service));
+    }
+    let (k, svc) = (key.clone(), service.clone());
+    let controls = blocking(&s, move |st| {
+        st.update_controls(&k, &mut |c| change(c.entry(svc.clone()).or_default()))
+    })
+    .await?;
+    (s.on_change)();
+    let control = controls.get(&service).cloned().unwrap_or_default();
+    Ok(Json(ServiceControlView {
+        env: key.env,
+        stack: key.stack,
+        service,
+        stopped: control.stopped,
+        generation: control.generation,
+    }))
+}
+
+/// One instance in a service status: observed state and resource usage.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InstanceStatus {
+    #[serde(flatten)]
+    pub instance: Instance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<InstanceStats>,
+}
+
+/// What `skiff status SERVICE` shows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    /// The stack's current release.
+    pub release: u64,
+    pub stopped: bool,
+    pub generation: u64,
+    pub spec: ServiceSpec,
+    pub instances: Vec<InstanceStatus>,
+}
+
+async fn service_status(
+    State(s): State<ApiState>,
+    Path((env, stack, service)): Path<(String, String, String)>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    let release = current_release(&s, &key)?;
+    let spec = release
+        .spec
+        .services
+        .get(&service)
+        .cloned()
+        .ok_or_else(|| service_not_found(&key, &service))?;
+    let control = s
+        .store
+        .stacks()?
+        .into_iter()
+        .find(|st| st.stack == key)
+        .and_then(|st| st.controls.get(&service).cloned())
+        .unwrap_or_default();
+    let instances = s
+        .store
+        .instances(Some(&key))?
+        .into_iter()
+        .filter(|i| i.id.service == service)
+        .map(|i| InstanceStatus {
+            stats: (s.stats)(&i.id),
+            instance: i,
+        })
+        .collect();
+    Ok(Json(ServiceStatus {
+        env: key.env,
+        stack: key.stack,
+        service,
+        release: release.number,
+        stopped: control.stopped,
+        generation: control.generation,
+        spec,
+        instances,
+    }))
 }

@@ -142,6 +142,20 @@ pub struct Release {
     pub source: String,
 }
 
+/// What an operator asked of one service, apart from its release: `skiff stop`/`start` and
+/// `skiff restart` (which bumps the generation; instances of an older one are replaced).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceControl {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The runtime view of a stack.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StackSpec {
@@ -282,6 +296,19 @@ pub struct ResourceLimits {
 }
 
 // === instances and events ===
+
+/// Resource usage of a running instance (from its cgroup).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(default)]
+    pub oom_kills: u64,
+}
 
 /// Observed state of an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

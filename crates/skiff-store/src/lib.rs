@@ -21,7 +21,9 @@ mod redb_store;
 
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
-use skiff_model::{Event, Instance, InstanceId, Release, StackKey, StackSpec};
+use std::collections::BTreeMap;
+
+use skiff_model::{Event, Instance, InstanceId, Release, ServiceControl, StackKey, StackSpec};
 
 /// Version of the on-disk encoding.
 pub const FORMAT_VERSION: u64 = 1;
@@ -48,7 +50,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StackState {
     pub stack: StackKey,
     pub current: Option<u64>,
+    /// Per-service stop flags and restart generations (absent = running, generation 0).
+    pub controls: BTreeMap<String, ServiceControl>,
 }
+
+/// Controls of a stack's services, by service name.
+pub type Controls = BTreeMap<String, ServiceControl>;
 
 /// An event before the store numbers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +120,13 @@ pub trait Store: Send + Sync {
     fn set_current(&self, stack: &StackKey, number: Option<u64>) -> Result<()>;
 
     fn stacks(&self) -> Result<Vec<StackState>>;
+
+    /// Changes a stack's service controls with `f` in one durable transaction; returns them.
+    fn update_controls(
+        &self,
+        stack: &StackKey,
+        f: &mut dyn FnMut(&mut Controls),
+    ) -> Result<Controls>;
 
     fn put_instance(&self, instance: &Instance) -> Result<()>;
 

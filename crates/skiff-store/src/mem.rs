@@ -5,12 +5,13 @@ use std::sync::Mutex;
 
 use skiff_model::{Event, Instance, InstanceId, Release, StackKey, StackSpec};
 
-use crate::{NewEvent, Result, StackState, Store};
+use crate::{Controls, NewEvent, Result, StackState, Store};
 
 #[derive(Default)]
 struct State {
     releases: BTreeMap<(StackKey, u64), Release>,
     current: BTreeMap<StackKey, Option<u64>>,
+    controls: BTreeMap<StackKey, Controls>,
     instances: BTreeMap<String, Instance>,
     events: Vec<Event>,
 }
@@ -78,15 +79,27 @@ impl Store for MemStore {
     }
 
     fn stacks(&self) -> Result<Vec<StackState>> {
-        Ok(self
-            .lock()
-            .current
+        let s = self.lock();
+        Ok(s.current
             .iter()
             .map(|(k, c)| StackState {
                 stack: k.clone(),
                 current: *c,
+                controls: s.controls.get(k).cloned().unwrap_or_default(),
             })
             .collect())
+    }
+
+    fn update_controls(
+        &self,
+        stack: &StackKey,
+        f: &mut dyn FnMut(&mut Controls),
+    ) -> Result<Controls> {
+        let mut s = self.lock();
+        let controls = s.controls.entry(stack.clone()).or_default();
+        f(controls);
+        controls.retain(|_, c| *c != Default::default());
+        Ok(controls.clone())
     }
 
     fn put_instance(&self, instance: &Instance) -> Result<()> {

@@ -6,14 +6,16 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use skiff_model::{Event, Instance, InstanceId, Release, StackKey, StackSpec};
 
 use crate::{
-    FORMAT_VERSION, NewEvent, Result, StackState, Store, StoreError, decode, encode, instance_key,
-    release_key, stack_prefix,
+    Controls, FORMAT_VERSION, NewEvent, Result, StackState, Store, StoreError, decode, encode,
+    instance_key, release_key, stack_prefix,
 };
 
 /// Key → JSON value tables.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
+/// `<env>/<stack>/` → `{service: ServiceControl}`.
+const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("controls");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
@@ -67,6 +69,7 @@ impl RedbStore {
             // Create every table so readers never meet a missing one.
             tx.open_table(RELEASES).map_err(backend)?;
             tx.open_table(CURRENT).map_err(backend)?;
+            tx.open_table(CONTROLS).map_err(backend)?;
             tx.open_table(INSTANCES).map_err(backend)?;
             tx.open_table(EVENTS).map_err(backend)?;
         }
@@ -202,6 +205,7 @@ impl Store for RedbStore {
     fn stacks(&self) -> Result<Vec<StackState>> {
         let tx = self.db.begin_read().map_err(backend)?;
         let t = tx.open_table(CURRENT).map_err(backend)?;
+        let controls = tx.open_table(CONTROLS).map_err(backend)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
@@ -219,9 +223,37 @@ impl Store for RedbStore {
                     stack: stack.to_string(),
                 },
                 current: decode(key, v.value())?,
+                controls: controls
+                    .get(key)
+                    .map_err(backend)?
+                    .map(|c| decode(key, c.value()))
+                    .transpose()?
+                    .unwrap_or_default(),
             });
         }
         Ok(out)
+    }
+
+    fn update_controls(
+        &self,
+        stack: &StackKey,
+        f: &mut dyn FnMut(&mut Controls),
+    ) -> Result<Controls> {
+        self.write(|tx| {
+            let mut t = tx.open_table(CONTROLS).map_err(backend)?;
+            let key = stack_prefix(stack);
+            let mut controls: Controls = t
+                .get(key.as_str())
+                .map_err(backend)?
+                .map(|v| decode(&key, v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            f(&mut controls);
+            controls.retain(|_, c| *c != Default::default());
+            t.insert(key.as_str(), encode(&controls)?.as_slice())
+                .map_err(backend)?;
+            Ok(controls)
+        })
     }
 
     fn put_instance(&self, instance: &Instance) -> Result<()> {

@@ -64,6 +64,41 @@ macro_rules! store_battery {
             }
 
             #[test]
+            fn service_controls_are_per_stack_and_defaults_are_not_kept() {
+                let (s, _d) = store();
+                let a = stack("a");
+                let b = stack("b");
+                s.create_release(&a, StackSpec::default(), String::new(), 1)
+                    .unwrap();
+                s.create_release(&b, StackSpec::default(), String::new(), 1)
+                    .unwrap();
+                let after = s
+                    .update_controls(&a, &mut |c| {
+                        c.entry("web".into()).or_default().stopped = true;
+                        c.entry("db".into()).or_default().generation += 1;
+                    })
+                    .unwrap();
+                assert_eq!(after.len(), 2);
+                let controls = |k: &StackKey| {
+                    s.stacks()
+                        .unwrap()
+                        .into_iter()
+                        .find(|st| &st.stack == k)
+                        .unwrap()
+                        .controls
+                };
+                assert!(controls(&a)["web"].stopped);
+                assert_eq!(controls(&a)["db"].generation, 1);
+                assert!(controls(&b).is_empty());
+                // Back to the default: nothing is stored for web.
+                s.update_controls(&a, &mut |c| {
+                    c.entry("web".into()).or_default().stopped = false;
+                })
+                .unwrap();
+                assert_eq!(controls(&a).keys().collect::<Vec<_>>(), ["db"]);
+            }
+
+            #[test]
             fn a_new_release_becomes_current_and_down_keeps_history() {
                 let (s, _d) = store();
                 let a = stack("a");

@@ -50,7 +50,15 @@ enum Command {
     /// Stop every instance of a stack (its release history is kept).
     Down(cmd::up::DownArgs),
     /// Change a service's replica count (recorded as a new release): `skiff scale web=5`.
-    Scale(cmd::up::ScaleArgs),
+    Scale(cmd::service::ScaleArgs),
+    /// Stop a service's instances; they stay stopped until `skiff start` or the next `up`.
+    Stop(cmd::service::ControlArgs),
+    /// Start a service stopped by `skiff stop`.
+    Start(cmd::service::ControlArgs),
+    /// Replace every instance of a service with a fresh one (same release).
+    Restart(cmd::service::ControlArgs),
+    /// Show a service: spec in brief, instances with state and resource usage.
+    Status(cmd::service::StatusArgs),
     /// List instances and their state.
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
@@ -75,7 +83,17 @@ fn main() -> ExitCode {
         Command::Up(args) => cmd::up::up(args, &client, &cli.env),
         Command::Down(args) => cmd::up::down(args, &client, &cli.env),
         Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),
-        Command::Scale(args) => cmd::up::scale(args, &client, &cli.env),
+        Command::Scale(args) => cmd::service::scale(args, &client, &cli.env),
+        Command::Stop(args) => {
+            cmd::service::control(args, cmd::service::Action::Stop, &client, &cli.env)
+        }
+        Command::Start(args) => {
+            cmd::service::control(args, cmd::service::Action::Start, &client, &cli.env)
+        }
+        Command::Restart(args) => {
+            cmd::service::control(args, cmd::service::Action::Restart, &client, &cli.env)
+        }
+        Command::Status(args) => cmd::service::status(args, &client, &cli.env),
         Command::History(args) => cmd::ps::history(args, &client, &cli.env),
         Command::Events(args) => cmd::ps::events(args, &client),
         Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),

@@ -12,6 +12,19 @@ pub enum Format {
     Yaml,
 }
 
+/// `-o/--output json|yaml|table` (alias `--format`), table by default.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct OutputArg {
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "format",
+        value_enum,
+        default_value = "table"
+    )]
+    pub format: Format,
+}
+
 fn color(stream_is_tty: bool) -> bool {
     stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -43,6 +56,20 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
 
 pub fn yaml<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string(value)?)
+}
+
+/// Prints `value` as JSON or YAML, or calls `table` for people.
+pub fn print<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print!("{}", json(value)?),
+        Format::Yaml => print!("{}", yaml(value)?),
+        Format::Table => table(),
+    }
+    Ok(())
 }
 
 /// A borderless table like docker's and kubectl's: a header row, columns aligned by spaces.

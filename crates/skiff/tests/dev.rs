@@ -242,6 +242,56 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
         "{history}"
     );
 
+    // status: the spec in brief, and each instance with its cgroup's usage and limit.
+    let (ok, out, err) = skiff(&dev, &["status", "api", "-o", "json"]);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["instances"].as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(
+        st["instances"][0]["stats"]["memory_limit_bytes"],
+        128 << 20,
+        "{out}"
+    );
+    let (_, table, _) = skiff(&dev, &["status", "api"]);
+    assert!(
+        table.contains("2/2 healthy") && table.contains("MEMORY"),
+        "{table}"
+    );
+
+    // stop holds across a kill -9 of the server; start brings the service back.
+    let web1 = instance_pid(&dev, "web", 1);
+    let (ok, out, err) = skiff(&dev, &["stop", "web"]);
+    assert!(ok && out.contains("web: stopped"), "{out}{err}");
+    assert!(!alive(web1));
+    let mut dev = dev;
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+    drop(dev);
+    let dev = start_dev(data.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pids(&dev).len(), 4, "a stopped service came back");
+    let (_, table, _) = skiff(&dev, &["status", "web"]);
+    assert!(
+        table.contains("stopped (skiff start web runs it)"),
+        "{table}"
+    );
+    let (ok, out, err) = skiff(&dev, &["start", "web"]);
+    assert!(ok && out.contains("web: 1 instances healthy"), "{out}{err}");
+
+    // restart replaces every instance of the service, and only those.
+    let api = [instance_pid(&dev, "api", 1), instance_pid(&dev, "api", 2)];
+    let db = instance_pid(&dev, "db", 1);
+    let (ok, out, err) = skiff(&dev, &["restart", "api"]);
+    assert!(ok && out.contains("api: 2 instances healthy"), "{out}{err}");
+    assert!(
+        api.iter().all(|p| !alive(*p)),
+        "old api instances still run"
+    );
+    assert!(!api.contains(&instance_pid(&dev, "api", 1)));
+    assert_eq!(instance_pid(&dev, "db", 1), db, "restart api touched db");
+    let (ok, _, err) = skiff(&dev, &["restart", "nope"]);
+    assert!(!ok && err.contains("no running stack"), "{err}");
+
     // Bad requests are 4xx with a stable code.
     let (code, body) = http(
         &dev.addr,
@@ -259,6 +309,13 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
     );
     let (code, body) = http(&dev.addr, "DELETE", "/v1/envs/Bad/stacks/x", "");
     assert_eq!((code, body.contains("invalid_name")), (400, true), "{body}");
+    let (code, body) = http(
+        &dev.addr,
+        "POST",
+        "/v1/envs/default/stacks/shop/services/web/explode",
+        "",
+    );
+    assert_eq!((code, body.contains("not_found")), (404, true), "{body}");
     let (code, body) = http(&dev.addr, "GET", "/openapi.json", "");
     assert_eq!((code, body.contains("\"openapi\"")), (200, true));
 

@@ -93,10 +93,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     rt.block_on(async move {
         let agent = Agent::new(store.clone(), cfg);
         let wake = agent.clone();
+        let stats = agent.clone();
         let app = skiff_api::router(ApiState {
             store: store.clone(),
             on_change: Arc::new(move || wake.wake()),
             data_dir: data_dir.clone(),
+            stats: Arc::new(move |id| stats.stats(id)),
         });
         let listener = tokio::net::TcpListener::bind(args.api)
             .await

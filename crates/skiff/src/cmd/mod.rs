@@ -6,5 +6,6 @@ pub mod logs;
 pub mod plan;
 pub mod project;
 pub mod ps;
+pub mod service;
 pub mod up;
 pub mod validate;

@@ -6,21 +6,15 @@ use skiff_spec::model::Condition;
 use skiff_spec::order;
 
 use super::project::ProjectArgs;
-use crate::output::{self, Format};
+use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     project: ProjectArgs,
     /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        alias = "format",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Format,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
@@ -31,7 +25,7 @@ pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
     output::print_diagnostics(&[], &loaded.warnings);
     let plan = order::plan(&loaded.project, &loaded.name, env)
         .map_err(|cycle| anyhow::anyhow!("dependency cycle {}", cycle.join(" -> ")))?;
-    match args.output {
+    match args.output.format {
         Format::Json => print!("{}", output::json(&plan)?),
         Format::Yaml => print!("{}", output::yaml(&plan)?),
         Format::Table => {

@@ -6,33 +6,14 @@ use skiff_api::ReleaseSummary;
 use skiff_model::{Event, Instance};
 
 use crate::client::Client;
-use crate::output::{self, Format};
-
-fn print<T: serde::Serialize>(
-    format: Format,
-    value: &T,
-    table: impl FnOnce(),
-) -> anyhow::Result<()> {
-    match format {
-        Format::Json => print!("{}", output::json(value)?),
-        Format::Yaml => print!("{}", output::yaml(value)?),
-        Format::Table => table(),
-    }
-    Ok(())
-}
+use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
 pub struct PsArgs {
     /// Only this stack.
     stack: Option<String>,
-    #[arg(
-        short = 'o',
-        long = "output",
-        alias = "format",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Format,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
@@ -41,7 +22,7 @@ pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
         path.push_str(&format!("&stack={s}"));
     }
     let instances: Vec<Instance> = client.get(&path)?;
-    print(args.output, &instances, || {
+    output::print(args.output.format, &instances, || {
         let rows = instances
             .iter()
             .map(|i| {
@@ -71,20 +52,14 @@ pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
 #[derive(clap::Args)]
 pub struct HistoryArgs {
     stack: String,
-    #[arg(
-        short = 'o',
-        long = "output",
-        alias = "format",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Format,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 pub fn history(args: HistoryArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let releases: Vec<ReleaseSummary> =
         client.get(&format!("/v1/envs/{env}/stacks/{}/releases", args.stack))?;
-    print(args.output, &releases, || {
+    output::print(args.output.format, &releases, || {
         let rows = releases
             .iter()
             .map(|r| {
@@ -113,14 +88,8 @@ pub struct EventsArgs {
     /// Start after this sequence number.
     #[arg(long, default_value_t = 0)]
     after: u64,
-    #[arg(
-        short = 'o',
-        long = "output",
-        alias = "format",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Format,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
@@ -129,7 +98,7 @@ pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
         let batch: Vec<Event> = client.get(&format!("/v1/events?after={after}"))?;
         for e in &batch {
             after = e.seq;
-            match args.output {
+            match args.output.format {
                 Format::Json => println!("{}", serde_json::to_string(e)?),
                 _ => println!(
                     "{} {:<6} {:<24} {:<10} {}",

@@ -5,21 +5,15 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::project::ProjectArgs;
-use crate::output::{self, Format};
+use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     project: ProjectArgs,
     /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        alias = "format",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Format,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 #[derive(Serialize)]
@@ -41,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         services: loaded.project.services.len(),
         warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
     };
-    match args.output {
+    match args.output.format {
         Format::Json => print!("{}", output::json(&report)?),
         Format::Yaml => print!("{}", output::yaml(&report)?),
         Format::Table => {
