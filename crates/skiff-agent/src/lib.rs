@@ -521,7 +521,10 @@ impl Agent {
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let json = serde_json::to_vec(&meta).expect("meta serializes");
             driver::write_atomic(&dir.join(META), &json).map_err(|e| e.to_string())?;
-            driver::Instance::start(&shim, &dir, &launch).map_err(|e| e.to_string())
+            skiff_store::crash_point("instance-dir-written");
+            let started = driver::Instance::start(&shim, &dir, &launch).map_err(|e| e.to_string());
+            skiff_store::crash_point("instance-started");
+            started
         })
         .await
         .map_err(|e| e.to_string())
@@ -754,6 +757,7 @@ impl Agent {
                 Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);
             let grace = spec.stop_grace;
             let _ = tokio::task::spawn_blocking(move || h.stop(signal, grace)).await;
+            skiff_store::crash_point("instance-stopped");
         }
         // Whatever escaped the process group (a daemon that called setsid) dies with the
         // group.

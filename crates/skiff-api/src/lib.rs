@@ -231,6 +231,7 @@ async fn record_release(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let release = blocking(s, move |st| st.create_release(&key, spec, source, now)).await?;
+    skiff_store::crash_point("release-stored");
     (s.on_change)();
     Ok(release)
 }

@@ -1,6 +1,9 @@
 //! The durable store: one redb file under the data dir.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use skiff_model::{Event, Instance, InstanceId, Release, StackKey, StackSpec};
@@ -20,9 +23,15 @@ const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances"
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     path: String,
+    /// Set by a soft write; the flusher makes it durable within [`FLUSH_EVERY`].
+    dirty: Arc<AtomicBool>,
 }
+
+/// How long a soft write (event, observed instance state) may stay undurable: a group
+/// commit every this often persists all of them with one fsync.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -36,9 +45,39 @@ impl RedbStore {
             path: shown.clone(),
             message: e.to_string(),
         })?;
-        let store = RedbStore { db, path: shown };
+        let store = RedbStore {
+            db: Arc::new(db),
+            path: shown,
+            dirty: Arc::new(AtomicBool::new(false)),
+        };
         store.init(new_cluster_id)?;
+        store.start_flusher();
         Ok(store)
+    }
+
+    /// Group commit: an empty `Durability::Immediate` transaction makes every earlier
+    /// `Durability::None` commit durable. The thread ends with the store.
+    fn start_flusher(&self) {
+        let db: Weak<Database> = Arc::downgrade(&self.db);
+        let dirty = self.dirty.clone();
+        let spawned = std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    let Some(db) = db.upgrade() else { return };
+                    if !dirty.swap(false, Ordering::AcqRel) {
+                        continue;
+                    }
+                    if let Err(e) = group_commit(&db) {
+                        tracing::warn!("store: group commit: {e}");
+                        dirty.store(true, Ordering::Release);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("store: no group-commit thread ({e}); soft writes stay undurable");
+        }
     }
 
     fn init(&self, new_cluster_id: &str) -> Result<()> {
@@ -84,7 +123,9 @@ impl RedbStore {
     /// A fast write that a crash may roll back to the last durable one: observed instance
     /// state and events, which the agent rebuilds from instance directories anyway.
     fn write_soft<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
-        self.write_with(Durability::None, f)
+        let out = self.write_with(Durability::None, f)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(out)
     }
 
     fn write_with<T>(
@@ -116,6 +157,13 @@ impl RedbStore {
         }
         Ok(out)
     }
+}
+
+fn group_commit(db: &Database) -> std::result::Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    tx.commit()?;
+    Ok(())
 }
 
 impl Store for RedbStore {

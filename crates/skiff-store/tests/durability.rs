@@ -115,3 +115,52 @@ fn kill_9_never_loses_an_acknowledged_release() {
         assert_eq!(numbers.first(), Some(&1));
     }
 }
+
+const EVENTS_CHILD: &str = "SKIFF_STORE_EVENTS_CHILD";
+
+/// Child mode: append 50 events (soft writes), say so, then idle until killed.
+#[test]
+#[ignore = "subprocess of soft_writes_survive_kill_9_after_the_group_commit"]
+fn events_child_writer() {
+    let path = std::env::var(EVENTS_CHILD).expect("run by the events test");
+    let s = RedbStore::open(std::path::Path::new(&path), "events").unwrap();
+    for i in 0..50 {
+        s.append_event(skiff_store::NewEvent {
+            time_ms: i,
+            stack: stack(),
+            instance: None,
+            kind: "test".into(),
+            message: format!("event {i}"),
+        })
+        .unwrap();
+    }
+    println!("appended");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn soft_writes_survive_kill_9_after_the_group_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("state.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "events_child_writer", "--ignored", "--nocapture"])
+        .env(EVENTS_CHILD, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("appended"))),
+        "child died"
+    );
+    // Soft writes are fsynced by the next group commit, at most FLUSH_EVERY later; wait well
+    // past it (a loaded machine may delay the flusher thread).
+    std::thread::sleep(skiff_store::FLUSH_EVERY * 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let s = RedbStore::open(&path, "x").unwrap();
+    let events = s.events_after(0, 100).unwrap();
+    assert_eq!(events.len(), 50, "events lost by kill -9");
+    assert_eq!(events[49].message, "event 49");
+}

@@ -1,0 +1,178 @@
+//! Helpers shared by the end-to-end tests: a `skiff dev` server, the CLI against it, a raw
+//! HTTP client and process checks.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The example stack runs `skiff-demo`, which `skiff dev` finds next to its own binary.
+pub fn ensure_demo_built() {
+    let demo = Path::new(SKIFF).with_file_name("skiff-demo");
+    if !demo.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "skiff-demo"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok && demo.exists(),
+            "could not build skiff-demo next to skiff"
+        );
+    }
+}
+
+pub struct Dev {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Dev {
+    /// A handle for the CLI only (another thread's server): dropping it kills nothing.
+    pub fn detached(addr: String) -> Dev {
+        Dev {
+            child: Command::new("true").spawn().unwrap(),
+            addr,
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_dev(data: &Path) -> Dev {
+    start_dev_with(data, &[])
+}
+
+/// `skiff dev` with extra environment (e.g. `SKIFF_CRASH_AT`).
+pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
+    let mut child = Command::new(SKIFF)
+        .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("SKIFF_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    for _ in 0..5 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if let Some(a) = line.trim().strip_prefix("skiff dev: api listening on ") {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    Dev {
+        child,
+        addr: addr.expect("listening line"),
+    }
+}
+
+pub fn skiff(dev: &Dev, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_ADDR", &dev.addr)
+        .env("NO_COLOR", "1")
+        .current_dir(examples())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI run in `dir` with extra environment.
+pub fn skiff_in(
+    dev: &Dev,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_ADDR", &dev.addr)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+pub fn pids(dev: &Dev) -> Vec<u64> {
+    let (ok, out, err) = skiff(dev, &["ps", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut p: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    p.sort();
+    p
+}
+
+pub fn instance_pid(dev: &Dev, service: &str, index: u64) -> u64 {
+    let (_, out, _) = skiff(dev, &["ps", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"]["service"] == service && i["id"]["index"] == index)
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let host = addr.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
