@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -103,6 +104,42 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 
 fn body_reason(e: &JsonRejection) -> String {
     e.body_text()
+}
+
+/// `Path` whose rejections are [`ApiError`]s with code `invalid_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Query` whose rejections are [`ApiError`]s with code `invalid_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                e.body_text(),
+            )),
+        }
+    }
 }
 
 fn stack_key(env: &str, stack: &str) -> Result<StackKey, ApiError> {
@@ -246,16 +283,37 @@ pub struct NewRelease {
 
 async fn create_release(
     State(s): State<ApiState>,
-    Path((env, stack)): Path<(String, String)>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
     Body(req): Body<NewRelease>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
     for (name, svc) in &req.spec.services {
+        if !skiff_model::valid_service_name(name) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_spec",
+                format!(
+                    "service name {name:?}: start with a letter or digit, then letters, \
+                     digits, '_', '.' or '-' (at most 255)"
+                ),
+            ));
+        }
         if svc.replicas > 10_000 {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_spec",
                 format!("service {name}: at most 10000 replicas"),
+            ));
+        }
+        let l = &svc.limits;
+        if l.cpus.is_some_and(|c| !c.is_finite() || c <= 0.0)
+            || l.memory_bytes == Some(0)
+            || l.pids == Some(0)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_spec",
+                format!("service {name}: limits must be positive (cpus, memory_bytes, pids)"),
             ));
         }
         for dep in svc.depends_on.keys() {
@@ -282,7 +340,7 @@ async fn create_release(
 
 async fn get_release(
     State(s): State<ApiState>,
-    Path((env, stack, number)): Path<(String, String, u64)>,
+    ApiPath((env, stack, number)): ApiPath<(String, String, u64)>,
 ) -> Result<Json<Release>, ApiError> {
     let key = stack_key(&env, &stack)?;
     s.store.release(&key, number)?.map(Json).ok_or_else(|| {
@@ -304,7 +362,7 @@ pub struct ScaleRequest {
 /// scaling shows in the history and can be rolled back like any release.
 async fn scale_service(
     State(s): State<ApiState>,
-    Path((env, stack)): Path<(String, String)>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
     Body(req): Body<ScaleRequest>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
@@ -337,7 +395,7 @@ pub struct ReleaseSummary {
 
 async fn list_releases(
     State(s): State<ApiState>,
-    Path((env, stack)): Path<(String, String)>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
 ) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
     let key = stack_key(&env, &stack)?;
     let current = s
@@ -369,7 +427,7 @@ async fn list_releases(
 
 async fn down_stack(
     State(s): State<ApiState>,
-    Path((env, stack)): Path<(String, String)>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
 ) -> Result<Json<StackView>, ApiError> {
     let key = stack_key(&env, &stack)?;
     if !s.store.stacks()?.iter().any(|st| st.stack == key) {
@@ -397,7 +455,7 @@ struct InstanceQuery {
 
 async fn list_instances(
     State(s): State<ApiState>,
-    Query(q): Query<InstanceQuery>,
+    ApiQuery(q): ApiQuery<InstanceQuery>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
     let all = s.store.instances(None)?;
     Ok(Json(
@@ -417,7 +475,7 @@ struct EventQuery {
 
 async fn list_events(
     State(s): State<ApiState>,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     Ok(Json(s.store.events_after(
         q.after,
@@ -440,7 +498,7 @@ pub struct ServiceControlView {
 /// `restart` replaces every instance (and starts a stopped service).
 async fn control_service(
     State(s): State<ApiState>,
-    Path((env, stack, service, action)): Path<(String, String, String, String)>,
+    ApiPath((env, stack, service, action)): ApiPath<(String, String, String, String)>,
 ) -> Result<Json<ServiceControlView>, ApiError> {
     let key = stack_key(&env, &stack)?;
     let change: fn(&mut ServiceControl) = match action.as_str() {
@@ -506,7 +564,7 @@ pub struct ServiceStatus {
 
 async fn service_status(
     State(s): State<ApiState>,
-    Path((env, stack, service)): Path<(String, String, String)>,
+    ApiPath((env, stack, service)): ApiPath<(String, String, String)>,
 ) -> Result<Json<ServiceStatus>, ApiError> {
     let key = stack_key(&env, &stack)?;
     let release = current_release(&s, &key)?;

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use skiff_driver_process::{files, parse_log_line};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::{ApiError, ApiState, stack_key};
+use crate::{ApiError, ApiPath, ApiQuery, ApiState, stack_key};
 
 #[derive(Deserialize)]
 pub struct LogQuery {
@@ -52,8 +52,8 @@ fn filter(buf: &mut Vec<u8>, chunk: &[u8], since_ms: u64) -> Vec<u8> {
 
 pub async fn instance_logs(
     State(s): State<ApiState>,
-    UrlPath((env, stack, instance)): UrlPath<(String, String, String)>,
-    Query(q): Query<LogQuery>,
+    ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let key = stack_key(&env, &stack)?;
     if instance.contains('/') || instance.contains("..") || instance.is_empty() {

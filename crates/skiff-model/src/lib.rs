@@ -49,6 +49,15 @@ fn check_label(what: &'static str, s: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A compose service name: starts with a letter or digit, then letters, digits, `_`, `.`,
+/// `-`; at most 255 characters (it names directories and cgroups).
+pub fn valid_service_name(n: &str) -> bool {
+    let mut c = n.chars();
+    n.len() <= 255
+        && matches!(c.next(), Some(ch) if ch.is_ascii_alphanumeric())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+}
+
 /// A stack within an environment: the unit that releases apply to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StackKey {
@@ -116,8 +125,11 @@ impl FromStr for InstanceId {
             .ok()
             .filter(|i| *i >= 1)
             .ok_or_else(|| err("index must be a number from 1"))?;
-        if service.is_empty() {
-            return Err(err("service name is empty"));
+        if !valid_service_name(service) {
+            return Err(err(
+                "a service name starts with a letter or digit and has only letters, digits, \
+                 '_', '.' and '-'",
+            ));
         }
         Ok(InstanceId {
             stack: StackKey::new(env, stack)?,

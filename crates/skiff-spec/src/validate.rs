@@ -134,11 +134,7 @@ pub fn validate(
     }
 }
 
-fn valid_service_name(n: &str) -> bool {
-    let mut c = n.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphanumeric())
-        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
-}
+use skiff_model::valid_service_name;
 
 fn check_service(
     f: &mut Findings,

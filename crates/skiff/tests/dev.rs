@@ -186,6 +186,31 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
         "",
     );
     assert_eq!((code, body.contains("not_found")), (404, true), "{body}");
+    let (code, body) = http(&dev.addr, "GET", "/v1/events?limit=lots", "");
+    assert_eq!(
+        (code, body.contains("\"code\":\"invalid_request\"")),
+        (400, true),
+        "{body}"
+    );
+    let (code, body) = http(
+        &dev.addr,
+        "POST",
+        "/v1/envs/default/stacks/x/releases",
+        r#"{"spec":{"services":{"web":{}},"batches":[]}}"#,
+    );
+    assert_eq!(code, 422, "an incomplete service spec: {body}");
+    // A service name is a directory and cgroup name: no path tricks.
+    let evil = serde_json::json!({"spec": {
+        "services": {"../../etc": skiff_model::ServiceSpec::default()},
+        "batches": [],
+    }});
+    let (code, body) = http(
+        &dev.addr,
+        "POST",
+        "/v1/envs/default/stacks/x/releases",
+        &evil.to_string(),
+    );
+    assert_eq!((code, body.contains("invalid_spec")), (400, true), "{body}");
     let (code, body) = http(&dev.addr, "GET", "/openapi.json", "");
     assert_eq!((code, body.contains("\"openapi\"")), (200, true));
 
