@@ -26,7 +26,8 @@ struct Cli {
     /// Version shown in responses.
     #[arg(long = "app-version", env = "DEMO_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     app_version: String,
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address to listen on (0.0.0.0 in a container image).
+    #[arg(long, env = "DEMO_HOST", default_value = "127.0.0.1")]
     host: String,
     /// Port (default: $PORT, else 8080; 0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 8080)]
