@@ -24,6 +24,14 @@ pub enum Probe {
         timeout: Duration,
     },
     Tcp(SocketAddr),
+    /// A compose health check run inside a container.
+    Exec {
+        engine: skiff_driver_docker::Engine,
+        container: String,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        timeout: Duration,
+    },
     /// No health check and no port: running is ready.
     Running,
 }
@@ -33,16 +41,27 @@ impl Probe {
         health: Option<&HealthSpec>,
         first_port: Option<SocketAddr>,
         env: &BTreeMap<String, String>,
+        container: Option<(skiff_driver_docker::Engine, String)>,
     ) -> Probe {
         match health {
             Some(h) => {
                 let argv = match h.test.split_first() {
                     Some((kind, rest)) if kind == "CMD-SHELL" => {
-                        vec!["sh".into(), "-c".into(), rest.join(" ")]
+                        vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
                     }
                     Some((_, rest)) => rest.to_vec(),
                     None => Vec::new(),
                 };
+                if let Some((engine, container)) = container {
+                    return Probe::Exec {
+                        engine,
+                        container,
+                        argv,
+                        // The container has its environment already.
+                        env: BTreeMap::new(),
+                        timeout: h.timeout,
+                    };
+                }
                 Probe::Command {
                     argv,
                     env: env.clone(),
@@ -70,6 +89,24 @@ impl Probe {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
                     Err(_) => Err(format!("connect {addr}: timed out")),
+                }
+            }
+            Probe::Exec {
+                engine,
+                container,
+                argv,
+                env,
+                timeout,
+            } => {
+                let run = engine.exec(container, argv, env);
+                match tokio::time::timeout(*timeout, run).await {
+                    Ok(Ok((0, _))) => Ok(()),
+                    Ok(Ok((code, out))) => Err(format!(
+                        "health check exited {code}: {}",
+                        out.lines().last().unwrap_or("").trim()
+                    )),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("health check timed out after {timeout:?}")),
                 }
             }
             Probe::Command { argv, env, timeout } => {
@@ -143,11 +180,16 @@ mod tests {
             start_period: Duration::ZERO,
             start_interval: Duration::from_millis(100),
         };
-        let p = Probe::for_instance(Some(&h(&["CMD-SHELL", "test $PORT = 1234"])), None, &env);
+        let p = Probe::for_instance(
+            Some(&h(&["CMD-SHELL", "test $PORT = 1234"])),
+            None,
+            &env,
+            None,
+        );
         assert!(p.check().await.is_ok());
-        let p = Probe::for_instance(Some(&h(&["CMD", "false"])), None, &env);
+        let p = Probe::for_instance(Some(&h(&["CMD", "false"])), None, &env, None);
         assert!(p.check().await.is_err());
-        let p = Probe::for_instance(Some(&h(&["CMD-SHELL", "sleep 5"])), None, &env);
+        let p = Probe::for_instance(Some(&h(&["CMD-SHELL", "sleep 5"])), None, &env, None);
         let mut slow = p.clone();
         if let Probe::Command { timeout, .. } = &mut slow {
             *timeout = Duration::from_millis(100);

@@ -21,6 +21,7 @@
 //!   placeholder while a start or stop is in flight).
 
 pub mod health;
+pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,7 @@ use skiff_store::{NewEvent, Store};
 use tokio::sync::Notify;
 
 use crate::health::{Probe, first_probe_delays};
+use crate::workload::{Container, Handle};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -53,6 +55,8 @@ pub struct Config {
     /// Where instances' cgroups go, or why there are none (then a service with limits does
     /// not start: limits are never silently dropped).
     pub cgroups: Result<skiff_cgroup::Cgroups, String>,
+    /// The Docker engine, or why there is none (then docker services fail to start, saying so).
+    pub docker: Result<skiff_driver_docker::Engine, String>,
 }
 
 /// An instance the agent knows about.
@@ -61,7 +65,7 @@ struct Live {
     /// The service's restart generation this instance was started for.
     generation: u64,
     spec: ServiceSpec,
-    handle: Option<driver::Instance>,
+    handle: Option<Handle>,
     ports: Vec<(String, u16)>,
     env: BTreeMap<String, String>,
     observed: Arc<Mutex<Observed>>,
@@ -86,6 +90,8 @@ pub struct Agent {
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
     wake: Notify,
+    /// One image build per tag at a time; replicas starting together share it.
+    builds: tokio::sync::Mutex<HashMap<String, BuildOnce>>,
 }
 
 fn now_ms() -> u64 {
@@ -103,6 +109,7 @@ impl Agent {
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            builds: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -169,12 +176,34 @@ impl Agent {
         let dirs = tokio::task::spawn_blocking(move || instance_dirs(&root))
             .await
             .unwrap_or_default();
+        let mut adopted_containers = std::collections::HashSet::new();
         for (id, dir) in dirs {
-            let Ok(handle) = driver::Instance::adopt(&dir) else {
+            let Some(meta) = read_meta(&dir) else {
                 continue;
             };
-            let meta = read_meta(&dir);
-            let Some(meta) = meta else { continue };
+            let handle = match (&meta.container, &self.cfg.docker) {
+                (Some(cid), Ok(engine)) => {
+                    // A container that is gone was removed behind our back: not adopted, its
+                    // directory is replaced by the next start.
+                    match engine.state(cid).await {
+                        Ok(skiff_driver_docker::State::Missing) | Err(_) => continue,
+                        Ok(_) => {}
+                    }
+                    adopted_containers.insert(cid.clone());
+                    let pid = engine
+                        .list()
+                        .await
+                        .ok()
+                        .and_then(|l| l.into_iter().find(|c| &c.id == cid).and_then(|c| c.pid));
+                    Handle::Container(Container::watch(engine.clone(), cid.clone(), pid, &dir))
+                }
+                // Its containers cannot be managed without the engine: leave them alone.
+                (Some(_), Err(_)) => continue,
+                (None, _) => match driver::Instance::adopt(&dir) {
+                    Ok(h) => Handle::Process(h),
+                    Err(_) => continue,
+                },
+            };
             self.ports.reserve(meta.ports.iter().map(|(_, p)| *p));
             let observed = Arc::new(Mutex::new(Observed {
                 state: InstanceState::Starting,
@@ -184,7 +213,7 @@ impl Agent {
                 started: Instant::now(),
                 reason: None,
             }));
-            let running = handle.status() == Status::Running;
+            let running = handle.status().await == Status::Running;
             let mut live = Live {
                 release: meta.release,
                 generation: meta.generation,
@@ -203,12 +232,24 @@ impl Agent {
                     "adopted",
                     format!(
                         "re-attached to pid {}",
-                        live.handle.as_ref().map_or(0, |h| h.pid)
+                        live.handle.as_ref().and_then(Handle::pid).unwrap_or(0)
                     ),
                 );
             }
             live.monitor = Some(self.spawn_monitor(id.clone(), &live));
             self.live().insert(id, live);
+        }
+        // Containers of this cluster that no instance directory names: created by an agent that
+        // died before recording them, or left by a crash during `down`. Nothing owns them.
+        if let Ok(engine) = &self.cfg.docker
+            && let Ok(all) = engine.list().await
+        {
+            for c in all {
+                if !adopted_containers.contains(&c.id) {
+                    tracing::info!(container = %c.name, "removing an orphaned container");
+                    let _ = engine.remove(&c.id).await;
+                }
+            }
         }
         // The instance table is written without fsync: after a crash it may still list
         // instances that were stopped before it. The directories are the truth.
@@ -433,14 +474,12 @@ impl Agent {
         spec: &ServiceSpec,
         generation: u64,
         restarts: u32,
-    ) -> Result<
-        (
-            driver::Instance,
-            Vec<(String, u16)>,
-            BTreeMap<String, String>,
-        ),
-        String,
-    > {
+    ) -> Result<Launched, String> {
+        if spec.driver == skiff_model::Driver::Docker {
+            return self
+                .launch_container(id, rel, spec, generation, restarts)
+                .await;
+        }
         let mut ports = Vec::new();
         for p in &spec.ports {
             let port = self
@@ -450,23 +489,12 @@ impl Agent {
             ports.push((p.name.clone(), port));
         }
         let mut env = self.cfg.base_env.clone();
-        env.extend(port_env(&ports));
-        env.insert("SKIFF_INSTANCE".into(), id.short());
-        env.insert("SKIFF_SERVICE".into(), id.service.clone());
-        env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
-        env.insert("SKIFF_ENV".into(), id.stack.env.clone());
-        env.insert("SKIFF_RELEASE".into(), rel.number.to_string());
-        for dep in spec.depends_on.keys() {
-            if let Some((host, port)) = self.service_address(&id.stack, dep) {
-                env.insert(format!("{}_SERVICE_HOST", env_name(dep)), host.to_string());
-                env.insert(format!("{}_SERVICE_PORT", env_name(dep)), port.to_string());
+        match self.instance_env(id, rel, spec, &ports, false) {
+            Ok(e) => env.extend(e),
+            Err(e) => {
+                self.ports.release(ports.iter().map(|(_, p)| *p));
+                return Err(e);
             }
-        }
-        for (k, v) in &spec.environment {
-            let value = self
-                .render(&id.stack, v)
-                .map_err(|e| format!("environment {k}: {e}"))?;
-            env.insert(k.clone(), value);
         }
         let dir = self.instance_dir(id);
         let argv = spec.process_argv();
@@ -500,6 +528,7 @@ impl Agent {
             ports: ports.clone(),
             env: env.clone(),
             restarts,
+            container: None,
         };
         let shim = self.cfg.shim.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -537,7 +566,7 @@ impl Agent {
                     "started",
                     format!("pid {} release {}", handle.pid, rel.number),
                 );
-                Ok((handle, ports, env))
+                Ok((Handle::Process(handle), ports, env))
             }
             Err(e) => {
                 self.ports.release(ports.iter().map(|(_, p)| *p));
@@ -546,36 +575,265 @@ impl Agent {
         }
     }
 
+    /// The environment skiff gives an instance: `PORT`/`SKIFF_PORT_*` (the ports it listens
+    /// on: host ports for processes, container ports for containers), `SKIFF_*`, the address
+    /// of each dependency as `<SVC>_SERVICE_HOST/PORT`, then the service's own `environment`
+    /// with `{{ service("x") }}` rendered.
+    fn instance_env(
+        &self,
+        id: &InstanceId,
+        rel: &Release,
+        spec: &ServiceSpec,
+        listen_ports: &[(String, u16)],
+        container: bool,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut env = port_env(listen_ports);
+        env.insert("SKIFF_INSTANCE".into(), id.short());
+        env.insert("SKIFF_SERVICE".into(), id.service.clone());
+        env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
+        env.insert("SKIFF_ENV".into(), id.stack.env.clone());
+        env.insert("SKIFF_RELEASE".into(), rel.number.to_string());
+        for dep in spec.depends_on.keys() {
+            if let Some((host, port)) = self.dependency_address(&id.stack, rel, dep, container) {
+                env.insert(format!("{}_SERVICE_HOST", env_name(dep)), host);
+                env.insert(format!("{}_SERVICE_PORT", env_name(dep)), port.to_string());
+            }
+        }
+        for (k, v) in &spec.environment {
+            let value = self
+                .render(&id.stack, rel, v, container)
+                .map_err(|e| format!("environment {k}: {e}"))?;
+            env.insert(k.clone(), value);
+        }
+        Ok(env)
+    }
+
+    /// Where an instance reaches `dep`: from a container, a container dependency is its
+    /// service name (a network alias) and container port; otherwise the node address and the
+    /// first running instance's host port.
+    fn dependency_address(
+        &self,
+        stack: &StackKey,
+        rel: &Release,
+        dep: &str,
+        container: bool,
+    ) -> Option<(String, u16)> {
+        let dep_spec = rel.spec.services.get(dep)?;
+        if container && dep_spec.driver == skiff_model::Driver::Docker {
+            return dep_spec.ports.first().map(|p| (dep.to_string(), p.target));
+        }
+        self.service_address(stack, dep)
+            .map(|(ip, port)| (ip.to_string(), port))
+    }
+
+    /// Starts `id` as a container: the image (built once per release when the service has
+    /// `build`), the stack's network, then the container with its labels and limits.
+    async fn launch_container(
+        &self,
+        id: &InstanceId,
+        rel: &Release,
+        spec: &ServiceSpec,
+        generation: u64,
+        restarts: u32,
+    ) -> Result<Launched, String> {
+        use skiff_driver_docker::labels;
+        let engine = self.cfg.docker.clone().map_err(|why| {
+            format!(
+                "service {} runs on Docker ({why}); x-skiff: {{driver: process}} runs it as a \
+                 process instead",
+                id.service
+            )
+        })?;
+        let image = self.ensure_image(&engine, id, rel, spec).await?;
+        let targets: Vec<(String, u16)> = spec
+            .ports
+            .iter()
+            .map(|p| (p.name.clone(), p.target))
+            .collect();
+        let env = self.instance_env(id, rel, spec, &targets, true)?;
+        let stack_labels = BTreeMap::from([
+            (labels::STACK.to_string(), id.stack.stack.clone()),
+            (labels::ENV.to_string(), id.stack.env.clone()),
+        ]);
+        let network = format!("skiff_{}_{}", id.stack.stack, id.stack.env);
+        engine
+            .ensure_network(&network, &stack_labels)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut container_labels = stack_labels;
+        container_labels.insert(labels::SERVICE.into(), id.service.clone());
+        container_labels.insert(labels::INSTANCE.into(), id.to_string());
+        container_labels.insert(labels::RELEASE.into(), rel.number.to_string());
+        let name = format!(
+            "skiff-{}-{}-{}-{}",
+            engine.cluster(),
+            id.stack.env,
+            id.stack.stack,
+            id.short()
+        );
+        // A container of this name left by a crash before it was recorded.
+        let _ = engine.remove(&name).await;
+        let dir = self.instance_dir(id);
+        let mut meta = Meta {
+            id: id.to_string(),
+            release: rel.number,
+            generation,
+            spec: spec.clone(),
+            ports: Vec::new(),
+            env: env.clone(),
+            restarts,
+            container: None,
+        };
+        write_meta(&dir, &meta).await?;
+        skiff_store::crash_point("instance-dir-written");
+        let run = skiff_driver_docker::ContainerSpec {
+            name,
+            image,
+            entrypoint: spec.entrypoint.clone(),
+            command: spec.command.clone(),
+            env: env.clone(),
+            working_dir: spec.working_dir.clone(),
+            labels: container_labels,
+            ports: spec
+                .ports
+                .iter()
+                .map(|p| (p.name.clone(), p.target, p.protocol.clone()))
+                .collect(),
+            host_ip: self.cfg.node_addr.to_string(),
+            network: Some((network, vec![id.service.clone()])),
+            mounts: Vec::new(),
+            memory_bytes: spec.limits.memory_bytes,
+            cpus: spec.limits.cpus,
+            pids: spec.limits.pids,
+            stop_signal: normalize_signal(&spec.stop_signal),
+            stop_grace: spec.stop_grace,
+        };
+        let container = engine.run(&run).await.map_err(|e| e.to_string())?;
+        meta.container = Some(container.id.clone());
+        meta.ports = container.ports.clone();
+        write_meta(&dir, &meta).await?;
+        skiff_store::crash_point("instance-started");
+        self.event(
+            &id.stack,
+            Some(id),
+            "started",
+            format!(
+                "container {} release {}",
+                &container.id[..12.min(container.id.len())],
+                rel.number
+            ),
+        );
+        let handle = Handle::Container(Container::watch(engine, container.id, container.pid, &dir));
+        Ok((handle, container.ports, env))
+    }
+
+    /// The image a container of `spec` runs: built from `build` (once per release, shared
+    /// by the replicas starting together), or `image` as it is on this machine.
+    async fn ensure_image(
+        &self,
+        engine: &skiff_driver_docker::Engine,
+        id: &InstanceId,
+        rel: &Release,
+        spec: &ServiceSpec,
+    ) -> Result<String, String> {
+        match (&spec.build, &spec.image) {
+            (Some(build), image) => {
+                // As compose does: with both, the built image gets the `image` name.
+                let tag = image.clone().unwrap_or_else(|| {
+                    format!(
+                        "skiff-{}-{}-{}:r{}",
+                        id.stack.env, id.stack.stack, id.service, rel.number
+                    )
+                    .to_lowercase()
+                });
+                let cell = self
+                    .builds
+                    .lock()
+                    .await
+                    .entry(format!("{tag}#{}", rel.number))
+                    .or_default()
+                    .clone();
+                cell.get_or_init(|| async {
+                    self.event(&id.stack, Some(id), "building", format!("image {tag}"));
+                    let started = Instant::now();
+                    let built = engine
+                        .build(
+                            Path::new(&build.context),
+                            build.dockerfile.as_deref(),
+                            &tag,
+                            |line| tracing::debug!(image = %tag, "{line}"),
+                        )
+                        .await
+                        .map_err(|e| e.to_string());
+                    if built.is_ok() {
+                        self.event(
+                            &id.stack,
+                            Some(id),
+                            "built",
+                            format!("image {tag} in {:.1}s", started.elapsed().as_secs_f64()),
+                        );
+                    }
+                    built
+                })
+                .await
+                .clone()?;
+                Ok(tag)
+            }
+            (None, Some(image)) => {
+                if engine.has_image(image).await {
+                    Ok(image.clone())
+                } else {
+                    Err(format!(
+                        "image {image} is not on this machine (skiff does not pull from \
+                         registries yet): build it, or give the service a build: section"
+                    ))
+                }
+            }
+            (None, None) => Err(format!(
+                "service {} has neither an image nor a build context",
+                id.service
+            )),
+        }
+    }
+
     /// Renders `{{ service("db").address }}` (also `.host`, `.port`) in an environment value.
-    fn render(&self, stack: &StackKey, value: &str) -> Result<String, String> {
+    fn render(
+        &self,
+        stack: &StackKey,
+        rel: &Release,
+        value: &str,
+        container: bool,
+    ) -> Result<String, String> {
         if !value.contains("{{") {
             return Ok(value.to_string());
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        let addresses: BTreeMap<String, (IpAddr, u16)> = {
-            let live = self.live();
-            let mut names: Vec<String> = live
-                .keys()
-                .filter(|i| &i.stack == stack)
-                .map(|i| i.service.clone())
-                .collect();
-            names.dedup();
-            drop(live);
-            names
-                .into_iter()
-                .filter_map(|n| self.service_address(stack, &n).map(|a| (n, a)))
-                .collect()
-        };
-        env.add_function("service", move |name: String| -> Result<minijinja::Value, minijinja::Error> {
-            let (host, port) = addresses.get(&name).ok_or_else(|| {
-                minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    format!("service {name:?} has no running instance"),
-                )
-            })?;
-            Ok(minijinja::context! { host => host.to_string(), port => port, address => SocketAddr::new(*host, *port).to_string() })
-        });
+        let addresses: BTreeMap<String, (String, u16)> = rel
+            .spec
+            .services
+            .keys()
+            .filter_map(|n| {
+                self.dependency_address(stack, rel, n, container)
+                    .map(|a| (n.clone(), a))
+            })
+            .collect();
+        env.add_function(
+            "service",
+            move |name: String| -> Result<minijinja::Value, minijinja::Error> {
+                let (host, port) = addresses.get(&name).ok_or_else(|| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("service {name:?} has no running instance"),
+                    )
+                })?;
+                let address = match host.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, *port).to_string(),
+                    Err(_) => format!("{host}:{port}"),
+                };
+                Ok(minijinja::context! { host => host, port => port, address => address })
+            },
+        );
         env.render_str(value, ()).map_err(|e| e.to_string())
     }
 
@@ -593,7 +851,11 @@ impl Agent {
             .map(|(_, p)| SocketAddr::new(self.cfg.node_addr, *p));
         let probe_env = live.env.clone();
         tokio::spawn(async move {
-            let probe = Probe::for_instance(spec.health.as_ref(), env_port, &probe_env);
+            let container = match &handle {
+                Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
+                Handle::Process(_) => None,
+            };
+            let probe = Probe::for_instance(spec.health.as_ref(), env_port, &probe_env, container);
             let mut delays = first_probe_delays(
                 spec.health
                     .as_ref()
@@ -606,13 +868,12 @@ impl Agent {
             let mut next_probe = Instant::now();
             loop {
                 // Exit first: a crash is seen within ~10 ms, not at the next probe.
-                let h = handle.clone();
-                let status = tokio::task::spawn_blocking(move || h.status())
-                    .await
-                    .unwrap_or(Status::Lost);
+                let status = handle.status().await;
                 if status != Status::Running {
+                    let container_oom = handle.container_oom_killed();
                     // Wake the reconciler when the back-off ends, not at the next resync.
-                    if let Some(delay) = agent.on_exit(&id, &spec, &observed, status) {
+                    if let Some(delay) = agent.on_exit(&id, &spec, &observed, status, container_oom)
+                    {
                         tokio::time::sleep(delay).await;
                         agent.wake();
                     }
@@ -669,6 +930,7 @@ impl Agent {
         spec: &ServiceSpec,
         observed: &Mutex<Observed>,
         status: Status,
+        container_oom: bool,
     ) -> Option<Duration> {
         let exit = match status {
             Status::Exited(e) => e,
@@ -679,7 +941,14 @@ impl Agent {
                 time_ms: now_ms(),
             },
         };
-        let oom = self.oom_killed(id, spec);
+        let oom = if container_oom {
+            Some(match spec.limits.memory_bytes {
+                Some(b) => format!("out of memory: limit {} MiB", b >> 20),
+                None => "out of memory".to_string(),
+            })
+        } else {
+            self.oom_killed(id, spec)
+        };
         let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
         let restart = match spec.restart.condition {
             RestartCondition::Always => true,
@@ -755,21 +1024,30 @@ impl Agent {
         if let Some(h) = handle.clone() {
             let signal =
                 Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);
-            let grace = spec.stop_grace;
-            let _ = tokio::task::spawn_blocking(move || h.stop(signal, grace)).await;
+            h.stop(signal, spec.stop_grace).await;
             skiff_store::crash_point("instance-stopped");
         }
-        // Whatever escaped the process group (a daemon that called setsid) dies with the
-        // group.
-        if let Ok(cg) = &self.cfg.cgroups
-            && let Ok(group) = cg.open(&cgroup_name(&id))
-        {
-            let removed = tokio::task::spawn_blocking(move || group.remove()).await;
-            if let Ok(Err(e)) = removed {
-                self.event(&id.stack, Some(&id), "cgroup", format!("removing: {e}"));
+        let is_container = handle.as_ref().is_some_and(|h| h.container_id().is_some());
+        if is_container {
+            // The stack's network goes with its last container (the engine refuses to remove
+            // one in use).
+            if let Ok(engine) = &self.cfg.docker {
+                let _ = engine.remove_unused_networks().await;
             }
+        } else {
+            // Whatever escaped the process group (a daemon that called setsid) dies with the
+            // group.
+            if let Ok(cg) = &self.cfg.cgroups
+                && let Ok(group) = cg.open(&cgroup_name(&id))
+            {
+                let removed = tokio::task::spawn_blocking(move || group.remove()).await;
+                if let Ok(Err(e)) = removed {
+                    self.event(&id.stack, Some(&id), "cgroup", format!("removing: {e}"));
+                }
+            }
+            // Host ports of containers are the engine's; only processes' are ours.
+            self.ports.release(ports.iter().map(|(_, p)| *p));
         }
-        self.ports.release(ports.iter().map(|(_, p)| *p));
         let dir = self.instance_dir(&id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         self.live().remove(&id);
@@ -828,7 +1106,7 @@ impl Agent {
                 id: id.clone(),
                 release: l.release,
                 state: o.state,
-                pid: l.handle.as_ref().map(|h| h.pid as u32),
+                pid: l.handle.as_ref().and_then(Handle::pid),
                 ports: l.ports.iter().cloned().collect(),
                 restarts: o.restarts,
                 exit_code: o.exit.as_ref().and_then(|e| e.code),
@@ -857,10 +1135,17 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Resource usage of an instance this agent runs (from its cgroup).
-    pub fn stats(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
-        if !self.live().contains_key(id) {
-            return None;
+    /// Resource usage of an instance this agent runs (from its cgroup, or the engine).
+    pub async fn stats(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
+        let handle = self.live().get(id)?.handle.clone()?;
+        if let Handle::Container(c) = handle {
+            let st = c.engine.stats(&c.id).await.ok()?;
+            return Some(skiff_model::InstanceStats {
+                memory_bytes: st.memory_bytes,
+                memory_limit_bytes: st.memory_limit_bytes,
+                pids: st.pids,
+                oom_kills: u64::from(Handle::Container(c).container_oom_killed()),
+            });
         }
         let group = self
             .cfg
@@ -932,7 +1217,28 @@ struct Meta {
     ports: Vec<(String, u16)>,
     env: BTreeMap<String, String>,
     restarts: u32,
+    /// The container's id (Docker driver), once it is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
 }
+
+async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
+    let json = serde_json::to_vec(meta).expect("meta serializes");
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(dir.join(driver::files::LOG_DIR))
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        driver::write_atomic(&dir.join(META), &json).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// One image build, awaited by every replica that needs it.
+type BuildOnce = Arc<tokio::sync::OnceCell<Result<(), String>>>;
+
+/// What a start returns: the workload, its ports as reached from the node, its environment.
+type Launched = (Handle, Vec<(String, u16)>, BTreeMap<String, String>);
 
 fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()

@@ -41,6 +41,7 @@ fn config(data: &Path) -> Config {
             data.file_name().unwrap().to_string_lossy()
         ))
         .map_err(|e| e.to_string()),
+        docker: Err("these tests run processes".into()),
     }
 }
 

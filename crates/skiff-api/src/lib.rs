@@ -29,8 +29,12 @@ use skiff_store::Store;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-/// Reads an instance's resource usage.
-pub type StatsFn = Arc<dyn Fn(&InstanceId) -> Option<InstanceStats> + Send + Sync>;
+/// Reads an instance's resource usage (from its cgroup, or the Docker engine).
+pub type StatsFn = Arc<
+    dyn Fn(InstanceId) -> futures_util::future::BoxFuture<'static, Option<InstanceStats>>
+        + Send
+        + Sync,
+>;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -41,6 +45,9 @@ pub struct ApiState {
     pub data_dir: PathBuf,
     /// Resource usage of an instance, from the agent that runs it.
     pub stats: StatsFn,
+    /// Why this server has no Docker engine, if it has none: releases with Docker services
+    /// are refused up front instead of failing instance by instance.
+    pub docker_unavailable: Option<String>,
 }
 
 /// An error answer: HTTP status, stable code, message.
@@ -326,6 +333,26 @@ async fn create_release(
             }
         }
     }
+    if let Some(why) = &s.docker_unavailable {
+        let docker: Vec<&str> = req
+            .spec
+            .services
+            .iter()
+            .filter(|(_, svc)| svc.driver == skiff_model::Driver::Docker && svc.replicas > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !docker.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "engine_unavailable",
+                format!(
+                    "services {} run on Docker, and this server has none ({why}); start \
+                     dockerd, or give them x-skiff: {{driver: process}}",
+                    docker.join(", ")
+                ),
+            ));
+        }
+    }
     let release = record_release(&s, key.clone(), req.spec, req.source).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
     blocking(&s, move |st| {
@@ -581,16 +608,15 @@ async fn service_status(
         .find(|st| st.stack == key)
         .and_then(|st| st.controls.get(&service).cloned())
         .unwrap_or_default();
-    let instances = s
-        .store
-        .instances(Some(&key))?
-        .into_iter()
-        .filter(|i| i.id.service == service)
-        .map(|i| InstanceStatus {
-            stats: (s.stats)(&i.id),
-            instance: i,
-        })
-        .collect();
+    let mut instances = Vec::new();
+    for i in s.store.instances(Some(&key))? {
+        if i.id.service == service {
+            instances.push(InstanceStatus {
+                stats: (s.stats)(i.id.clone()).await,
+                instance: i,
+            });
+        }
+    }
     Ok(Json(ServiceStatus {
         env: key.env,
         stack: key.stack,

@@ -35,6 +35,9 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
 pub mod labels {
     pub const CLUSTER: &str = "io.skiff.cluster";
     pub const STACK: &str = "io.skiff.stack";
@@ -570,6 +573,60 @@ impl Engine {
             };
             Ok(parse_log(stream, &String::from_utf8_lossy(&bytes)))
         })
+    }
+
+    /// Waits until the container is not running, then says how it ended.
+    pub async fn wait_exit(&self, id: &str) -> Result<State> {
+        let mut waiting = self.docker.wait_container(id, None);
+        // bollard reports a non-zero exit as an error item: either way, it has ended (or the
+        // connection broke, which the state below tells apart).
+        let _ = waiting.next().await;
+        self.state(id).await
+    }
+
+    /// Runs `cmd` inside the container; returns its exit code and combined output.
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<(i64, String)> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(api("creating exec"))?;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(api("starting exec"))?
+        {
+            while let Some(chunk) = out.next().await {
+                output.push_str(&chunk.map_err(api("reading exec output"))?.to_string());
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(api("inspecting exec"))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, output))
     }
 
     /// One sample of the container's resource usage.

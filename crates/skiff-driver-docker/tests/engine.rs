@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -20,51 +18,15 @@ fn skip() -> bool {
     std::env::var_os("SKIFF_TEST_NO_DOCKER").is_some()
 }
 
-/// A statically linked skiff-demo (it runs `FROM scratch`).
-fn static_demo() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let target_dir = root.join("target/static");
-            let ok = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-q",
-                    "--release",
-                    "-p",
-                    "skiff-demo",
-                    "--target",
-                    "x86_64-unknown-linux-gnu",
-                ])
-                .arg("--target-dir")
-                .arg(&target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .current_dir(&root)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "building a static skiff-demo failed");
-            target_dir.join("x86_64-unknown-linux-gnu/release/skiff-demo")
-        })
-        .clone()
-}
-
 /// Builds the demo image through the driver (once per test binary).
 async fn demo_image(engine: &Engine) {
     static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     ONCE.get_or_init(|| async {
-        let demo = tokio::task::spawn_blocking(static_demo).await.unwrap();
         let ctx = tempfile::tempdir().unwrap();
-        std::fs::copy(&demo, ctx.path().join("skiff-demo")).unwrap();
-        std::fs::copy("/bin/busybox", ctx.path().join("busybox"))
-            .expect("busybox-static at /bin/busybox (apt-get install busybox-static)");
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\n\
-             COPY skiff-demo /bin/skiff-demo\nENV DEMO_HOST=0.0.0.0\nENTRYPOINT [\"/bin/skiff-demo\"]\n",
-        )
-        .unwrap();
+        let dir = ctx.path().to_path_buf();
+        tokio::task::spawn_blocking(move || skiff_driver_docker::testkit::demo_build_context(&dir))
+            .await
+            .unwrap();
         let mut lines = Vec::new();
         engine
             .build(ctx.path(), None, IMAGE, |l| lines.push(l.to_string()))
@@ -279,6 +241,22 @@ async fn logs_carry_timestamps_and_a_signal_reloads_without_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fx.engine.state(&c.id).await.unwrap(), State::Running);
+    // exec runs inside the container, with extra environment, and reports the exit code.
+    let env = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+    let sh = |s: &str| vec!["/bin/sh".to_string(), "-c".into(), s.into()];
+    let (code, out) = fx
+        .engine
+        .exec(&c.id, &sh("echo $GREETING from $PORT; exit 3"), &env)
+        .await
+        .unwrap();
+    assert_eq!((code, out.trim()), (3, "hi from 8080"));
+    // wait_exit returns once the container ends.
+    fx.engine.signal(&c.id, "SIGTERM").await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), fx.engine.wait_exit(&c.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(end, State::Exited { code: 0, .. }), "{end:?}");
     fx.cleanup().await;
 }
 

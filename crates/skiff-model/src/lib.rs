@@ -190,6 +190,9 @@ pub struct ServiceSpec {
     pub driver: Driver,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Build the image from this context (Docker driver), tagged per release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
     /// Compose `entrypoint` (exec form); `None` keeps the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
@@ -229,6 +232,16 @@ impl ServiceSpec {
 }
 
 /// A port of the service. Each instance gets its own host port for `target`.
+/// Where an image is built from: a directory on the machine that runs `skiff up`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// Absolute path of the build context.
+    pub context: String,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     /// The long syntax's `name:`, else the target port number as text.

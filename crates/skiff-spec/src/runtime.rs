@@ -55,6 +55,10 @@ fn service_spec(svc: &Service) -> ServiceSpec {
             _ => Driver::Docker,
         },
         image: svc.image.clone(),
+        build: svc.build.as_ref().map(|b| skiff_model::BuildSpec {
+            context: b.context.clone().unwrap_or_else(|| ".".into()),
+            dockerfile: b.dockerfile.clone(),
+        }),
         entrypoint: svc.entrypoint.as_ref().map(|c| c.0.clone()),
         command: svc.command.as_ref().map(|c| c.0.clone()),
         executable: x.and_then(|x| x.executable.clone()),

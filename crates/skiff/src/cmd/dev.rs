@@ -81,6 +81,16 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         ),
         Err(why) => println!("skiff dev: no resource limits ({why})"),
     }
+    let rt = tokio::runtime::Runtime::new()?;
+    let cluster = store.cluster_id()?;
+    let docker = rt
+        .block_on(skiff_driver_docker::Engine::connect(&cluster))
+        .map_err(|e| e.to_string());
+    match &docker {
+        Ok(engine) => println!("skiff dev: docker engine (API {})", engine.api_version),
+        Err(why) => println!("skiff dev: no docker driver ({why})"),
+    }
+    let docker_unavailable = docker.as_ref().err().cloned();
     let cfg = Config {
         data_dir: data_dir.clone(),
         node_addr: "127.0.0.1".parse().expect("loopback"),
@@ -88,8 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         resync: Duration::from_secs(1),
         base_env,
         cgroups,
+        docker,
     };
-    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let agent = Agent::new(store.clone(), cfg);
         let wake = agent.clone();
@@ -98,7 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             store: store.clone(),
             on_change: Arc::new(move || wake.wake()),
             data_dir: data_dir.clone(),
-            stats: Arc::new(move |id| stats.stats(id)),
+            docker_unavailable: docker_unavailable.clone(),
+            stats: Arc::new(move |id| {
+                let agent = stats.clone();
+                Box::pin(async move { agent.stats(&id).await })
+            }),
         });
         let listener = tokio::net::TcpListener::bind(args.api)
             .await

@@ -28,6 +28,8 @@ pub fn ensure_demo_built() {
 pub struct Dev {
     pub child: Child,
     pub addr: String,
+    /// The data dir's cluster id (labels every container of this server).
+    pub cluster: String,
 }
 
 impl Dev {
@@ -36,6 +38,7 @@ impl Dev {
         Dev {
             child: Command::new("true").spawn().unwrap(),
             addr,
+            cluster: String::new(),
         }
     }
 }
@@ -64,9 +67,13 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut addr = None;
-    for _ in 0..5 {
+    let mut cluster = String::new();
+    for _ in 0..8 {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
+        if let Some(c) = line.trim().strip_prefix("skiff dev: cluster ") {
+            cluster = c.to_string();
+        }
         if let Some(a) = line.trim().strip_prefix("skiff dev: api listening on ") {
             addr = Some(a.to_string());
             break;
@@ -77,6 +84,7 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
     Dev {
         child,
         addr: addr.expect("listening line"),
+        cluster,
     }
 }
 
@@ -175,4 +183,19 @@ pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default(),
     )
+}
+
+#[allow(unused_imports)]
+pub use skiff_driver_docker::testkit::demo_build_context;
+
+/// `docker ps -q` with a label filter (all states).
+pub fn containers_labelled(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }

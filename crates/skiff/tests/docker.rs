@@ -1,0 +1,199 @@
+//! End to end on the Docker driver, as a user runs it: `skiff dev`, then `up` of a stack whose
+//! image is built from its compose file, against the real engine (scripts/test starts it).
+//! `SKIFF_TEST_NO_DOCKER=1` skips explicitly; a missing engine otherwise fails.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const COMPOSE: &str = r#"
+name: dockershop
+services:
+  db:
+    build: .
+    command: [--name, db]
+    expose: ["8080"]
+    mem_limit: 64m
+    healthcheck:
+      test: ["CMD-SHELL", "/bin/busybox wget -qO- http://127.0.0.1:8080/health"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+  web:
+    build: .
+    command: [--name, web]
+    expose: ["8080"]
+    environment:
+      DB_URL: "http://{{ service(\"db\").address }}"
+    depends_on:
+      db: {condition: service_healthy}
+    deploy:
+      replicas: 2
+"#;
+
+fn json(dev: &Dev, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = skiff_in(dev, dir, &[], args);
+    assert!(ok, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
+    if std::env::var_os("SKIFF_TEST_NO_DOCKER").is_some() {
+        return;
+    }
+    let project = tempfile::tempdir().unwrap();
+    demo_build_context(project.path());
+    std::fs::write(project.path().join("compose.yaml"), COMPOSE).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let cluster = format!("io.skiff.cluster={}", dev.cluster);
+
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(ok, "up failed: {out}\n{err}");
+    assert!(out.contains("3 instances healthy"), "{out}");
+    let running = containers_labelled(&cluster);
+    assert_eq!(running.len(), 3, "{running:?}");
+
+    // The published port answers; dependencies are reached by service name on the network.
+    let ps = json(&dev, project.path(), &["ps", "-o", "json"]);
+    let web1 = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"]["service"] == "web" && i["id"]["index"] == 1)
+        .unwrap()
+        .clone();
+    let port = web1["ports"]["http"]
+        .as_u64()
+        .or_else(|| web1["ports"].as_object()?.values().next()?.as_u64())
+        .unwrap() as u16;
+    let (code, body) = http(&format!("127.0.0.1:{port}"), "GET", "/env", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"DB_URL\":\"http://db:8080\""), "{body}");
+    assert!(body.contains("\"DB_SERVICE_HOST\":\"db\""), "{body}");
+    let (_, logs, _) = skiff_in(&dev, project.path(), &[], &["logs", "web"]);
+    assert!(logs.contains("web-1 | web 0.1.0 listening on"), "{logs}");
+    let status = json(&dev, project.path(), &["status", "db", "-o", "json"]);
+    assert_eq!(
+        status["instances"][0]["stats"]["memory_limit_bytes"],
+        64 << 20,
+        "{status}"
+    );
+
+    // kill -9 of the server: containers keep running; the next server adopts them (no
+    // duplicates) and removes a container of its cluster that no instance owns.
+    let pids: Vec<u64> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    let mut dev = dev;
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+    let orphan = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--label",
+            &cluster,
+            "--entrypoint",
+            "/bin/busybox",
+        ])
+        .arg("skiff-default-dockershop-db:r1")
+        .args(["sleep", "300"])
+        .output()
+        .unwrap();
+    assert!(orphan.status.success(), "{orphan:?}");
+    drop(dev);
+    let dev = start_dev(data.path());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = json(&dev, project.path(), &["ps", "-o", "json"]);
+        let now_pids: Vec<u64> = now
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["pid"].as_u64())
+            .collect();
+        let listed = containers_labelled(&cluster);
+        if now_pids == pids && listed.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not re-adopted: {now_pids:?} vs {pids:?}; containers {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(containers_labelled(&cluster), running, "same containers");
+
+    // A crashed container is seen at once and replaced by the restart policy.
+    let victim = &running[0];
+    let killed = Command::new("docker")
+        .args(["kill", victim])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = json(&dev, project.path(), &["ps", "-o", "json"]);
+        let all = now.as_array().unwrap();
+        let healthy = all.iter().filter(|i| i["state"] == "healthy").count();
+        let restarted = all.iter().any(|i| i["restarts"] == 1);
+        if healthy == 3 && restarted && containers_labelled(&cluster).len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!containers_labelled(&cluster).contains(victim));
+
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["down", "dockershop"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        containers_labelled(&cluster).is_empty(),
+        "containers after down"
+    );
+    let nets = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={cluster}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nets.stdout).trim().is_empty(),
+        "the stack network stays after down"
+    );
+}
+
+#[test]
+fn without_an_engine_up_of_a_docker_service_fails_at_once_naming_it() {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("compose.yaml"),
+        "name: noengine\nservices:\n  web: {image: nginx}\n  worker:\n    command: [sleep, '100']\n    x-skiff: {driver: process}\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev_with(
+        data.path(),
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    let started = Instant::now();
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("services web run on Docker") && err.contains("driver: process"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
