@@ -701,7 +701,11 @@ impl Agent {
                 .collect(),
             host_ip: self.cfg.node_addr.to_string(),
             network: Some((network, vec![id.service.clone()])),
-            mounts: Vec::new(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| docker_mount(m, &id.stack.env))
+                .collect(),
             memory_bytes: spec.limits.memory_bytes,
             cpus: spec.limits.cpus,
             pids: spec.limits.pids,
@@ -1163,6 +1167,79 @@ impl Agent {
         })
     }
 
+    /// Runs `cmd` in an instance: inside its container, or (a process) with the instance's
+    /// environment and working directory.
+    pub async fn exec(&self, id: &InstanceId, cmd: &[String]) -> Result<(i64, String), String> {
+        let (handle, env, spec) = {
+            let live = self.live();
+            let l = live
+                .get(id)
+                .ok_or_else(|| format!("{id} is not running here"))?;
+            (l.handle.clone(), l.env.clone(), l.spec.clone())
+        };
+        match handle.ok_or_else(|| format!("{id} is starting"))? {
+            Handle::Container(c) => c
+                .engine
+                .exec(&c.id, cmd, &BTreeMap::new())
+                .await
+                .map_err(|e| e.to_string()),
+            Handle::Process(_) => {
+                let (program, args) = cmd.split_first().ok_or("empty command")?;
+                let cwd = spec
+                    .working_dir
+                    .map_or_else(|| self.instance_dir(id).join("work"), PathBuf::from);
+                let mut c = tokio::process::Command::new(program);
+                c.args(args)
+                    .env_clear()
+                    .envs(&env)
+                    .current_dir(cwd)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true);
+                let out = tokio::time::timeout(Duration::from_secs(300), c.output())
+                    .await
+                    .map_err(|_| "timed out after 300s".to_string())?
+                    .map_err(|e| format!("{program}: {e}"))?;
+                let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+                output.push_str(&String::from_utf8_lossy(&out.stderr));
+                let code = out.status.code().map_or_else(
+                    || {
+                        128 + i64::from(
+                            std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0),
+                        )
+                    },
+                    i64::from,
+                );
+                Ok((code, output))
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `SIGHUP`, `HUP`) to an instance's workload.
+    pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<(), String> {
+        let name = normalize_signal(signal);
+        let sig = Signal::from_str(&name).map_err(|_| format!("unknown signal {signal:?}"))?;
+        let handle = self
+            .live()
+            .get(id)
+            .and_then(|l| l.handle.clone())
+            .ok_or_else(|| format!("{id} is not running here"))?;
+        match handle {
+            Handle::Container(c) => c
+                .engine
+                .signal(&c.id, sig.as_str())
+                .await
+                .map_err(|e| e.to_string()),
+            Handle::Process(p) => p.signal(sig).map_err(|e| e.to_string()),
+        }?;
+        self.event(
+            &id.stack,
+            Some(id),
+            "signalled",
+            format!("{} sent", sig.as_str()),
+        );
+        Ok(())
+    }
+
     /// Instances the agent runs now, with their observed state.
     pub fn snapshot(&self) -> Vec<(InstanceId, InstanceState)> {
         let live = self.live();
@@ -1177,6 +1254,43 @@ impl Agent {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+/// A mount as the engine takes it. Volumes are per environment (an environment is an isolated
+/// copy of the stack, databases included), except in `default` and for external ones, which
+/// keep the name compose gives them.
+fn docker_mount(m: &skiff_model::MountSpec, env: &str) -> skiff_driver_docker::MountSpec {
+    use skiff_driver_docker::MountSpec as D;
+    use skiff_model::MountSpec as M;
+    match m {
+        M::Bind {
+            source,
+            target,
+            read_only,
+        } => D::Bind {
+            source: source.clone(),
+            target: target.clone(),
+            read_only: *read_only,
+        },
+        M::Volume {
+            name,
+            external,
+            target,
+            read_only,
+        } => D::Volume {
+            name: if name.is_empty() || *external || env == "default" {
+                name.clone()
+            } else {
+                format!("{name}_{env}")
+            },
+            target: target.clone(),
+            read_only: *read_only,
+        },
+        M::Tmpfs { target, size_bytes } => D::Tmpfs {
+            target: target.clone(),
+            size_bytes: *size_bytes,
+        },
     }
 }
 

@@ -29,12 +29,25 @@ use skiff_store::Store;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-/// Reads an instance's resource usage (from its cgroup, or the Docker engine).
-pub type StatsFn = Arc<
-    dyn Fn(InstanceId) -> futures_util::future::BoxFuture<'static, Option<InstanceStats>>
-        + Send
-        + Sync,
->;
+/// What the API asks of the agent that runs an instance.
+pub trait Instances: Send + Sync {
+    /// Resource usage (from its cgroup, or the Docker engine).
+    fn stats(&self, id: InstanceId) -> BoxFuture<'static, Option<InstanceStats>>;
+    /// Runs a command in the instance (inside a container; with a process's environment and
+    /// working directory): exit code and combined output.
+    fn exec(&self, id: InstanceId, cmd: Vec<String>) -> BoxFuture<'static, Result<Exec, String>>;
+    /// Sends a signal to the instance's workload (`SIGHUP` to reload).
+    fn signal(&self, id: InstanceId, signal: String) -> BoxFuture<'static, Result<(), String>>;
+}
+
+pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
+
+/// The result of `exec`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub exit_code: i64,
+    pub output: String,
+}
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -44,7 +57,7 @@ pub struct ApiState {
     /// The data dir; instance logs live under `instances/`.
     pub data_dir: PathBuf,
     /// Resource usage of an instance, from the agent that runs it.
-    pub stats: StatsFn,
+    pub instances: Arc<dyn Instances>,
     /// Why this server has no Docker engine, if it has none: releases with Docker services
     /// are refused up front instead of failing instance by instance.
     pub docker_unavailable: Option<String>,
@@ -187,6 +200,14 @@ pub fn router(state: ApiState) -> Router {
             post(control_service),
         )
         .route("/v1/instances", get(list_instances))
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/instances/{instance}/exec",
+            post(exec_instance),
+        )
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/instances/{instance}/signal",
+            post(signal_instance),
+        )
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
             get(logs::instance_logs),
@@ -612,7 +633,7 @@ async fn service_status(
     for i in s.store.instances(Some(&key))? {
         if i.id.service == service {
             instances.push(InstanceStatus {
-                stats: (s.stats)(i.id.clone()).await,
+                stats: s.instances.stats(i.id.clone()).await,
                 instance: i,
             });
         }
@@ -627,4 +648,71 @@ async fn service_status(
         spec,
         instances,
     }))
+}
+
+/// The instance `<service>-<index>` of a stack, known to the store.
+fn instance_id(
+    s: &ApiState,
+    env: &str,
+    stack: &str,
+    instance: &str,
+) -> Result<InstanceId, ApiError> {
+    let key = stack_key(env, stack)?;
+    let id: InstanceId =
+        format!("{key}/{instance}")
+            .parse()
+            .map_err(|e: skiff_model::NameError| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+            })?;
+    if !s.store.instances(Some(&key))?.iter().any(|i| i.id == id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "instance_not_found",
+            format!("no instance {id}"),
+        ));
+    }
+    Ok(id)
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+}
+
+async fn exec_instance(
+    State(s): State<ApiState>,
+    ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
+    Body(req): Body<ExecRequest>,
+) -> Result<Json<Exec>, ApiError> {
+    let id = instance_id(&s, &env, &stack, &instance)?;
+    if req.cmd.is_empty() || req.cmd.len() > 1024 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "cmd: one program and its arguments (at most 1024)",
+        ));
+    }
+    s.instances
+        .exec(id, req.cmd)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "exec_failed", e))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SignalRequest {
+    pub signal: String,
+}
+
+async fn signal_instance(
+    State(s): State<ApiState>,
+    ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
+    Body(req): Body<SignalRequest>,
+) -> Result<StatusCode, ApiError> {
+    let id = instance_id(&s, &env, &stack, &instance)?;
+    s.instances
+        .signal(id, req.signal)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "signal_failed", e))
 }

@@ -676,7 +676,8 @@ fn mount(m: &MountSpec) -> Mount {
             read_only,
         } => Mount {
             typ: Some(MountType::VOLUME),
-            source: Some(name.clone()),
+            // Empty: an anonymous volume, removed with its container.
+            source: Some(name.clone()).filter(|n| !n.is_empty()),
             target: Some(target.clone()),
             read_only: Some(*read_only),
             ..Default::default()

@@ -207,6 +207,9 @@ pub struct ServiceSpec {
     /// Values may hold `{{ service("x").address }}` templates, rendered at start.
     pub environment: BTreeMap<String, String>,
     pub ports: Vec<PortSpec>,
+    /// Bind mounts, volumes and tmpfs (Docker driver).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
     pub replicas: u32,
     pub depends_on: BTreeMap<String, WaitFor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +235,35 @@ impl ServiceSpec {
 }
 
 /// A port of the service. Each instance gets its own host port for `target`.
+/// A file system a container gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountSpec {
+    /// A host path (absolute).
+    Bind {
+        source: String,
+        target: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// A named volume (`name` as compose resolves it, e.g. `shop_data`), or an anonymous one
+    /// (`name` empty). Outside the default environment a non-external volume is per
+    /// environment.
+    Volume {
+        name: String,
+        #[serde(default)]
+        external: bool,
+        target: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    Tmpfs {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_bytes: Option<u64>,
+    },
+}
+
 /// Where an image is built from: a directory on the machine that runs `skiff up`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSpec {

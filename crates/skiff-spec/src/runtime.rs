@@ -21,7 +21,7 @@ pub fn stack_spec(project: &Project) -> StackSpec {
     let services: BTreeMap<String, ServiceSpec> = project
         .services
         .iter()
-        .map(|(name, svc)| (name.clone(), service_spec(svc)))
+        .map(|(name, svc)| (name.clone(), service_spec(project, svc)))
         .collect();
     let deps = project
         .services
@@ -34,7 +34,7 @@ pub fn stack_spec(project: &Project) -> StackSpec {
     StackSpec { services, batches }
 }
 
-fn service_spec(svc: &Service) -> ServiceSpec {
+fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
     let x = svc.x_skiff.as_deref();
     let deploy = svc.deploy.as_deref();
     let global = matches!(
@@ -69,6 +69,7 @@ fn service_spec(svc: &Service) -> ServiceSpec {
             .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
             .collect(),
         ports: ports(svc),
+        mounts: mounts(project, svc),
         replicas,
         depends_on: svc
             .depends_on
@@ -97,6 +98,52 @@ fn service_spec(svc: &Service) -> ServiceSpec {
                 .and_then(|p| u64::try_from(p).ok()),
         },
     }
+}
+
+/// `volumes` (bind, named or anonymous volume, tmpfs) and `tmpfs`; a named volume takes the
+/// name compose resolves for it (`<project>_<volume>`, or its `name:`).
+fn mounts(project: &Project, svc: &Service) -> Vec<skiff_model::MountSpec> {
+    use skiff_model::MountSpec;
+    let mut out: Vec<MountSpec> = svc
+        .volumes
+        .iter()
+        .filter_map(|v| match v.kind {
+            model::VolumeKind::Bind => Some(MountSpec::Bind {
+                source: v.source.clone().unwrap_or_default(),
+                target: v.target.clone(),
+                read_only: v.read_only,
+            }),
+            model::VolumeKind::Volume => {
+                let (name, external) = match &v.source {
+                    Some(src) => match project.volumes.get(src) {
+                        Some(top) => (
+                            top.name.clone().unwrap_or_else(|| src.clone()),
+                            top.external.is_some(),
+                        ),
+                        None => (src.clone(), false),
+                    },
+                    None => (String::new(), false),
+                };
+                Some(MountSpec::Volume {
+                    name,
+                    external,
+                    target: v.target.clone(),
+                    read_only: v.read_only,
+                })
+            }
+            model::VolumeKind::Tmpfs => Some(MountSpec::Tmpfs {
+                target: v.target.clone(),
+                size_bytes: v.tmpfs.as_ref().and_then(|t| t.size).map(|b| b.0),
+            }),
+            // Not supported by the Docker driver yet; validate warns about them.
+            _ => None,
+        })
+        .collect();
+    out.extend(svc.tmpfs.iter().map(|t| MountSpec::Tmpfs {
+        target: t.split(':').next().unwrap_or(t).to_string(),
+        size_bytes: None,
+    }));
+    out
 }
 
 /// Ports from `ports` and `expose`, one per target port.

@@ -79,6 +79,22 @@ impl Client {
         Ok(resp.into_body().into_reader())
     }
 
+    /// A POST whose answer has no body (204).
+    pub fn post_empty<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        let mut resp = self
+            .http
+            .post(self.url(path))
+            .send_json(body)
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        match resp.body_mut().read_json::<ErrorBody>() {
+            Ok(e) => anyhow::bail!("{} ({})", e.message, e.code),
+            Err(_) => anyhow::bail!("skiff answered {}", resp.status()),
+        }
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.read(self.http.delete(self.url(path)).call())
     }

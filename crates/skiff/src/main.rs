@@ -59,6 +59,10 @@ enum Command {
     Restart(cmd::service::ControlArgs),
     /// Show a service: spec in brief, instances with state and resource usage.
     Status(cmd::service::StatusArgs),
+    /// Run a command in an instance: `skiff exec db -- psql -c 'select 1'`.
+    Exec(cmd::service::ExecArgs),
+    /// Send a signal to a service's instances (`-s HUP` reloads without a restart).
+    Kill(cmd::service::KillArgs),
     /// List instances and their state.
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
             cmd::service::control(args, cmd::service::Action::Restart, &client, &cli.env)
         }
         Command::Status(args) => cmd::service::status(args, &client, &cli.env),
+        Command::Exec(args) => cmd::service::exec(args, &client, &cli.env),
+        Command::Kill(args) => cmd::service::kill(args, &client, &cli.env),
         Command::History(args) => cmd::ps::history(args, &client, &cli.env),
         Command::Events(args) => cmd::ps::events(args, &client),
         Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),

@@ -73,13 +73,15 @@ fn up_runs_the_example_stack_and_it_survives_kill_9_of_the_server() {
             .unwrap()
             .contains("web-1 | web 0.1.0 listening on")
     );
-    let web1 = instance_pid(&dev, "web", 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(web1 as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    let (ok, out, err) = skiff(&dev, &["kill", "-s", "HUP", "web", "--index", "1"]);
+    assert!(ok, "{out}{err}");
     assert_eq!(lines.next().unwrap().unwrap(), "web-1 | reloaded");
+    // exec runs with the instance's environment.
+    let (ok, out, err) = skiff(
+        &dev,
+        &["exec", "api", "--", "sh", "-c", "echo $SKIFF_INSTANCE"],
+    );
+    assert!(ok && out.trim() == "api-1", "{out}{err}");
     follow.kill().unwrap();
     follow.wait().unwrap();
 

@@ -17,6 +17,9 @@ services:
     command: [--name, db]
     expose: ["8080"]
     mem_limit: 64m
+    volumes:
+      - data:/data
+    tmpfs: /scratch
     healthcheck:
       test: ["CMD-SHELL", "/bin/busybox wget -qO- http://127.0.0.1:8080/health"]
       interval: 1s
@@ -32,7 +35,33 @@ services:
       db: {condition: service_healthy}
     deploy:
       replicas: 2
+volumes:
+  data: {}
 "#;
+
+/// The id of the one container of `service` in the cluster of `cluster_label`.
+fn container_of(cluster_label: &str, service: &str) -> String {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label={cluster_label}")])
+        .args(["--filter", &format!("label=io.skiff.service={service}")])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 1, "{service}: {ids:?}");
+    ids[0].clone()
+}
+
+fn docker_exec(id: &str, script: &str) -> String {
+    let out = Command::new("docker")
+        .args(["exec", id, "/bin/sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 fn json(dev: &Dev, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     let (ok, out, err) = skiff_in(dev, dir, &[], args);
@@ -83,6 +112,59 @@ fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
         64 << 20,
         "{status}"
     );
+
+    // A named volume outlives its container; tmpfs is mounted.
+    let db = container_of(&cluster, "db");
+    docker_exec(&db, "echo kept > /data/file && test -d /scratch");
+    let mounts = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Type}}:{{.Name}} {{end}}",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&mounts.stdout).contains("volume:dockershop_data"),
+        "{mounts:?}"
+    );
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["restart", "db"]);
+    assert!(ok, "{out}{err}");
+    let db2 = container_of(&cluster, "db");
+    assert_ne!(db, db2);
+    assert_eq!(docker_exec(&db2, "cat /data/file"), "kept");
+    // exec runs inside the container and passes the exit code on.
+    let (ok, out, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["exec", "db", "--", "/bin/busybox", "cat", "/data/file"],
+    );
+    assert!(ok && out.trim() == "kept", "{out}{err}");
+    let code = Command::new(SKIFF)
+        .args(["exec", "db", "--", "/bin/sh", "-c", "exit 3"])
+        .env("SKIFF_ADDR", &dev.addr)
+        .status()
+        .unwrap();
+    assert_eq!(code.code(), Some(3));
+    // kill -s HUP reloads every instance without a restart.
+    let before = containers_labelled(&cluster);
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["kill", "-s", "HUP", "web"]);
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, logs, _) = skiff_in(&dev, project.path(), &[], &["logs", "web"]);
+        if logs.contains("web-1 | reloaded") && logs.contains("web-2 | reloaded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload: {logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(containers_labelled(&cluster), before);
+
+    let ps = json(&dev, project.path(), &["ps", "-o", "json"]);
+    let running = containers_labelled(&cluster);
 
     // kill -9 of the server: containers keep running; the next server adopts them (no
     // duplicates) and removes a container of its cluster that no instance owns.
@@ -173,6 +255,12 @@ fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
         String::from_utf8_lossy(&nets.stdout).trim().is_empty(),
         "the stack network stays after down"
     );
+    // Named volumes outlive down, as with docker compose down (without -v).
+    let rm = Command::new("docker")
+        .args(["volume", "rm", "dockershop_data"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{rm:?}");
 }
 
 #[test]

@@ -103,16 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     rt.block_on(async move {
         let agent = Agent::new(store.clone(), cfg);
         let wake = agent.clone();
-        let stats = agent.clone();
+        let instances = Arc::new(AgentInstances(agent.clone()));
         let app = skiff_api::router(ApiState {
             store: store.clone(),
             on_change: Arc::new(move || wake.wake()),
             data_dir: data_dir.clone(),
             docker_unavailable: docker_unavailable.clone(),
-            stats: Arc::new(move |id| {
-                let agent = stats.clone();
-                Box::pin(async move { agent.stats(&id).await })
-            }),
+            instances,
         });
         let listener = tokio::net::TcpListener::bind(args.api)
             .await
@@ -154,5 +151,39 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// The API's view of the agent's instances.
+struct AgentInstances(Arc<Agent>);
+
+impl skiff_api::Instances for AgentInstances {
+    fn stats(
+        &self,
+        id: skiff_model::InstanceId,
+    ) -> skiff_api::BoxFuture<'static, Option<skiff_model::InstanceStats>> {
+        let agent = self.0.clone();
+        Box::pin(async move { agent.stats(&id).await })
+    }
+
+    fn exec(
+        &self,
+        id: skiff_model::InstanceId,
+        cmd: Vec<String>,
+    ) -> skiff_api::BoxFuture<'static, Result<skiff_api::Exec, String>> {
+        let agent = self.0.clone();
+        Box::pin(async move {
+            let (exit_code, output) = agent.exec(&id, &cmd).await?;
+            Ok(skiff_api::Exec { exit_code, output })
+        })
+    }
+
+    fn signal(
+        &self,
+        id: skiff_model::InstanceId,
+        signal: String,
+    ) -> skiff_api::BoxFuture<'static, Result<(), String>> {
+        let agent = self.0.clone();
+        Box::pin(async move { agent.signal(&id, &signal).await })
     }
 }

@@ -352,3 +352,72 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    service: String,
+    /// The instance (`--index 2` is `<service>-2`; default 1).
+    #[arg(long, default_value_t = 1)]
+    index: u32,
+    /// The stack (needed when several stacks of the environment have the service).
+    #[arg(long)]
+    stack: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// `skiff exec SERVICE -- CMD...`: runs a command in an instance (inside its container, or
+/// with a process's environment), prints its output and exits with its code.
+pub fn exec(args: ExecArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let stack = stack_of_service(client, env, &args.service, args.stack.as_deref())?;
+    let out: skiff_api::Exec = client.post(
+        &format!(
+            "/v1/envs/{env}/stacks/{stack}/instances/{}-{}/exec",
+            args.service, args.index
+        ),
+        &skiff_api::ExecRequest { cmd: args.cmd },
+    )?;
+    print!("{}", out.output);
+    Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    service: String,
+    /// The signal (SIGHUP, HUP, …).
+    #[arg(short = 's', long, default_value = "SIGKILL")]
+    signal: String,
+    /// Only this instance (default: every instance of the service).
+    #[arg(long)]
+    index: Option<u32>,
+    /// The stack (needed when several stacks of the environment have the service).
+    #[arg(long)]
+    stack: Option<String>,
+}
+
+/// `skiff kill [-s SIGNAL] SERVICE`: signals a service's instances, like `docker compose
+/// kill` (`-s HUP` reloads without a restart; a killed instance restarts by its policy).
+pub fn kill(args: KillArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let stack = stack_of_service(client, env, &args.service, args.stack.as_deref())?;
+    let targets: Vec<Instance> = instances(client, env, &stack, &args.service)?
+        .into_iter()
+        .filter(|i| args.index.is_none_or(|n| i.id.index == n))
+        .collect();
+    if targets.is_empty() {
+        anyhow::bail!("no running instance of {}", args.service);
+    }
+    for i in targets {
+        client.post_empty(
+            &format!(
+                "/v1/envs/{env}/stacks/{stack}/instances/{}/signal",
+                i.id.short()
+            ),
+            &skiff_api::SignalRequest {
+                signal: args.signal.clone(),
+            },
+        )?;
+        println!("{}: {}", i.id.short(), args.signal);
+    }
+    Ok(ExitCode::SUCCESS)
+}
