@@ -173,7 +173,17 @@ pub struct Engine {
     cluster: String,
     /// The engine's API version (e.g. "1.41").
     pub api_version: String,
+    /// Network creation is check-then-create, and the engine (API 1.41) accepts two networks
+    /// of one name: replicas starting together must not race it.
+    /// Also remembers the networks known to exist.
+    network_lock: std::sync::Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Creates and starts in flight at once: dockerd serializes much of a start internally,
+    /// and 100 concurrent requests queue behind each other slower than a few at a time.
+    starts: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Default for [`Engine`]'s concurrent container starts (`SKIFF_DOCKER_PARALLEL` overrides).
+pub const PARALLEL_STARTS: usize = 4;
 
 impl Engine {
     /// Connects to the local engine (`DOCKER_HOST` or `/var/run/docker.sock`) and checks that
@@ -189,6 +199,14 @@ impl Engine {
             docker,
             cluster: cluster.to_string(),
             api_version: version.api_version.unwrap_or_default(),
+            network_lock: Default::default(),
+            starts: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::env::var("SKIFF_DOCKER_PARALLEL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or(PARALLEL_STARTS),
+            )),
         })
     }
 
@@ -245,7 +263,12 @@ impl Engine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
+        let mut known = self.network_lock.lock().await;
+        if known.contains(name) {
+            return Ok(());
+        }
         if self.networks("name", name).await?.iter().any(|n| n == name) {
+            known.insert(name.to_string());
             return Ok(());
         }
         let mut labels: HashMap<String, String> = labels.clone().into_iter().collect();
@@ -260,9 +283,10 @@ impl Engine {
             })
             .await
         {
-            Ok(_) => Ok(()),
-            // Created concurrently by another start: fine.
-            Err(e) if e.to_string().contains("already exists") => Ok(()),
+            Ok(_) => {
+                known.insert(name.to_string());
+                Ok(())
+            }
             Err(e) => Err(api("creating network")(e)),
         }
     }
@@ -270,6 +294,8 @@ impl Engine {
     /// Removes networks of this cluster that no container uses.
     pub async fn remove_unused_networks(&self) -> Result<()> {
         let label = format!("{}={}", labels::CLUSTER, self.cluster);
+        let mut known = self.network_lock.lock().await;
+        known.clear();
         for name in self.networks("label", &label).await? {
             // In use: the engine refuses, which is what we want.
             let _ = self.docker.remove_network(&name).await;
@@ -356,6 +382,7 @@ impl Engine {
             networking_config,
             ..Default::default()
         };
+        let _slot = self.starts.acquire().await;
         let created = self
             .docker
             .create_container(

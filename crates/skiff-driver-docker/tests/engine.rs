@@ -127,6 +127,16 @@ async fn wait_http(port: u16, path: &str) -> (u16, String) {
     }
 }
 
+fn docker_network_count(name: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", &format!("name=^{name}$")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count()
+}
+
 fn docker_inspect(id: &str, format: &str) -> String {
     let out = Command::new("docker")
         .args(["inspect", "-f", format, id])
@@ -305,11 +315,18 @@ async fn containers_on_a_stack_network_reach_each_other_by_service_name() {
         .ensure_network(&net, &BTreeMap::new())
         .await
         .unwrap();
-    // Twice is fine.
-    fx.engine
-        .ensure_network(&net, &BTreeMap::new())
-        .await
-        .unwrap();
+    // 20 times at once (replicas starting together): one network, not 20 of one name.
+    let fresh = format!("{net}-race");
+    let labels = BTreeMap::new();
+    let all =
+        futures_util::future::join_all((0..20).map(|_| fx.engine.ensure_network(&fresh, &labels)))
+            .await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(
+        docker_network_count(&fresh),
+        1,
+        "ensure_network raced into duplicates"
+    );
     let mut db = fx.spec("db");
     db.network = Some((net.clone(), vec!["db".into()]));
     let db = fx.engine.run(&db).await.unwrap();
