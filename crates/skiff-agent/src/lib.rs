@@ -1139,8 +1139,23 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Resource usage of an instance this agent runs (from its cgroup, or the engine).
+    /// Resource usage of an instance this agent runs (from its cgroup, or the engine); the
+    /// CPU in use is measured over [`CPU_SAMPLE`].
     pub async fn stats(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
+        let first = self.sample(id).await?;
+        let t0 = Instant::now();
+        tokio::time::sleep(CPU_SAMPLE).await;
+        let mut last = self.sample(id).await?;
+        let window = t0.elapsed().as_nanos().max(1) as u64;
+        last.cpu_millis = match (first.cpu_ns, last.cpu_ns) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).saturating_mul(1000) / window),
+            _ => None,
+        };
+        Some(last)
+    }
+
+    /// One reading of an instance's usage counters.
+    async fn sample(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
         let handle = self.live().get(id)?.handle.clone()?;
         if let Handle::Container(c) = handle {
             let st = c.engine.stats(&c.id).await.ok()?;
@@ -1149,6 +1164,8 @@ impl Agent {
                 memory_limit_bytes: st.memory_limit_bytes,
                 pids: st.pids,
                 oom_kills: u64::from(Handle::Container(c).container_oom_killed()),
+                cpu_ns: st.cpu_ns,
+                cpu_millis: None,
             });
         }
         let group = self
@@ -1164,6 +1181,8 @@ impl Agent {
             memory_limit_bytes: st.memory_limit_bytes,
             pids: st.pids,
             oom_kills: st.oom_kills,
+            cpu_ns: st.cpu_ns,
+            cpu_millis: None,
         })
     }
 
@@ -1319,6 +1338,9 @@ fn normalize_signal(s: &str) -> String {
 }
 
 /// Written next to the driver's files: what the agent needs to adopt an instance.
+/// How long `stats` watches the CPU counter to tell the CPU in use.
+const CPU_SAMPLE: Duration = Duration::from_millis(200);
+
 const META: &str = "instance.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]

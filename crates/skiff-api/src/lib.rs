@@ -629,15 +629,20 @@ async fn service_status(
         .find(|st| st.stack == key)
         .and_then(|st| st.controls.get(&service).cloned())
         .unwrap_or_default();
-    let mut instances = Vec::new();
-    for i in s.store.instances(Some(&key))? {
-        if i.id.service == service {
-            instances.push(InstanceStatus {
-                stats: s.instances.stats(i.id.clone()).await,
-                instance: i,
-            });
-        }
-    }
+    // Sampled together: each takes a CPU sample window.
+    let mine: Vec<Instance> = s
+        .store
+        .instances(Some(&key))?
+        .into_iter()
+        .filter(|i| i.id.service == service)
+        .collect();
+    let samples =
+        futures_util::future::join_all(mine.iter().map(|i| s.instances.stats(i.id.clone()))).await;
+    let instances = mine
+        .into_iter()
+        .zip(samples)
+        .map(|(instance, stats)| InstanceStatus { instance, stats })
+        .collect();
     Ok(Json(ServiceStatus {
         env: key.env,
         stack: key.stack,

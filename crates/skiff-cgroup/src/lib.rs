@@ -86,17 +86,25 @@ pub enum Controller {
     Memory,
     Cpu,
     Pids,
+    /// v1 only, for usage figures (often co-mounted with `cpu`); v2's `cpu` has them.
+    CpuAcct,
     Unified,
 }
 
 impl Controller {
-    const V1: [Controller; 3] = [Controller::Memory, Controller::Cpu, Controller::Pids];
+    const V1: [Controller; 4] = [
+        Controller::Memory,
+        Controller::Cpu,
+        Controller::Pids,
+        Controller::CpuAcct,
+    ];
 
     fn v1_name(self) -> &'static str {
         match self {
             Controller::Memory => "memory",
             Controller::Cpu => "cpu",
             Controller::Pids => "pids",
+            Controller::CpuAcct => "cpuacct",
             Controller::Unified => "",
         }
     }
@@ -365,19 +373,23 @@ pub struct Stats {
     pub memory_limit_bytes: Option<u64>,
     pub pids: Option<u64>,
     pub oom_kills: u64,
+    /// CPU time used by the group's processes so far, in nanoseconds.
+    pub cpu_ns: Option<u64>,
 }
 
 impl Group {
     /// The `cgroup.procs` files a process writes `0` to (itself) to join the group.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs
-            .iter()
-            .map(|(_, d)| d.join("cgroup.procs"))
-            .collect()
+        self.dirs().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// The group's directories, each once (co-mounted v1 controllers share one).
     pub fn dirs(&self) -> impl Iterator<Item = &Path> {
-        self.dirs.iter().map(|(_, d)| d.as_path())
+        self.dirs
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, d))| !self.dirs[..*i].iter().any(|(_, e)| e == d))
+            .map(|(_, (_, d))| d.as_path())
     }
 
     fn dir(&self, c: Controller) -> Option<&Path> {
@@ -443,6 +455,12 @@ impl Group {
                 .filter(|l| *l < i64::MAX as u64 / 2),
             pids: number(read(Controller::Pids, pids)),
             oom_kills: self.oom_kills(),
+            cpu_ns: match self.version {
+                Version::V1 => number(read(Controller::CpuAcct, "cpuacct.usage")),
+                Version::V2 => read(Controller::Cpu, "cpu.stat")
+                    .and_then(|t| keyed_value(&t, "usage_usec"))
+                    .map(|us| us * 1000),
+            },
         }
     }
 
@@ -471,7 +489,7 @@ impl Group {
     /// the base). A group that does not exist is already removed.
     pub fn remove(&self) -> Result<()> {
         self.kill_all(Duration::from_secs(5))?;
-        for (_, dir) in &self.dirs {
+        for dir in self.dirs() {
             rmdir_retrying(dir, self.kernel)?;
             let mut parent = dir.parent();
             while let Some(p) = parent {
@@ -524,7 +542,7 @@ fn apply_v1(c: Controller, dir: &Path, limits: &Limits) -> Result<()> {
                 write_file(&dir.join("pids.max"), &n.to_string())?;
             }
         }
-        Controller::Unified => {}
+        Controller::CpuAcct | Controller::Unified => {}
     }
     Ok(())
 }

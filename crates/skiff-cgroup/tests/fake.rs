@@ -55,6 +55,8 @@ fn hybrid_layout_is_v1_below_the_own_cgroup_of_each_controller() {
             "sys/fs/cgroup/memory/process_api/abc/skiff",
             "sys/fs/cgroup/cpu,cpuacct/skiff",
             "sys/fs/cgroup/pids/skiff",
+            // cpuacct, co-mounted with cpu: one directory serves both.
+            "sys/fs/cgroup/cpu,cpuacct/skiff",
         ]
     );
 }
@@ -87,6 +89,7 @@ fn v1_limits_disable_swap_and_set_quota_and_pids() {
             ("cgroup.procs", ""),
             ("cpu.cfs_period_us", "100000"),
             ("cpu.cfs_quota_us", "-1"),
+            ("cpuacct.usage", "2500000000"),
         ],
     );
     populate(pids, &[("cgroup.procs", ""), ("pids.max", "max")]);
@@ -120,6 +123,7 @@ fn v1_limits_disable_swap_and_set_quota_and_pids() {
     .unwrap();
     assert_eq!(group.oom_kills(), 1);
     assert_eq!(group.stats().oom_kills, 1);
+    assert_eq!(group.stats().cpu_ns, Some(2_500_000_000));
 
     group.remove().unwrap();
     assert!(!mem.exists() && !cpu.exists() && !pids.exists());
@@ -196,7 +200,13 @@ fn v2_enables_controllers_at_every_level_and_writes_unified_limits() {
     assert_eq!(group.oom_kills(), 2);
     fs::write(leaf.join("memory.current"), "1048576\n").unwrap();
     fs::write(leaf.join("pids.current"), "3\n").unwrap();
+    fs::write(
+        leaf.join("cpu.stat"),
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+    )
+    .unwrap();
     let stats = group.stats();
+    assert_eq!(stats.cpu_ns, Some(1_500_000));
     assert_eq!(stats.memory_bytes, Some(1 << 20));
     assert_eq!(stats.memory_limit_bytes, Some(128 << 20));
     assert_eq!(stats.pids, Some(3));

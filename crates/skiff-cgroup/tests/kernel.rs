@@ -111,6 +111,7 @@ fn cpu_quota_caps_a_busy_loop() {
     std::thread::sleep(Duration::from_millis(1500));
     let ticks = cpu_ticks(child.id());
     let wall = started.elapsed().as_secs_f64();
+    let counted = group.stats().cpu_ns.expect("cpu usage of the group") as f64 / 1e9;
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(9));
@@ -119,6 +120,11 @@ fn cpu_quota_caps_a_busy_loop() {
     assert!(
         used <= wall * 0.35,
         "a 0.2-CPU quota used {used:.2} s of CPU in {wall:.2} s"
+    );
+    // The group's own account agrees with the process's (within a tick or two).
+    assert!(
+        (counted - used).abs() < 0.05 && counted > 0.1,
+        "group counted {counted:.3} s, the process used {used:.3} s"
     );
     group.remove().unwrap();
 }

@@ -365,6 +365,12 @@ pub struct InstanceStats {
     pub pids: Option<u64>,
     #[serde(default)]
     pub oom_kills: u64,
+    /// CPU time used since the instance started, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns: Option<u64>,
+    /// CPU in use now (over a short sample), in thousandths of a CPU: 1000 is one full core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
 }
 
 /// Observed state of an instance.

@@ -252,3 +252,48 @@ fn up_without_a_server_says_how_to_start_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `skiff dev` running?"));
 }
+
+#[test]
+fn up_fails_fast_naming_the_cause_when_a_service_cannot_start() {
+    let project = project(
+        "name: loops\nx-p: &p {driver: process}\nservices:\n  ok:\n    command: [sleep, '100']\n    x-skiff: *p\n  bad:\n    command: [/nonexistent/app, --config, /etc/app.conf]\n    x-skiff: *p\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let started = Instant::now();
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up", "--timeout", "100"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("bad-1: restarted 3 times")
+            && err.contains("/nonexistent/app: No such file or directory"),
+        "{err}"
+    );
+    assert!(err.contains("skiff logs bad"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn status_shows_the_cpu_in_use_held_to_the_quota() {
+    let project = project(
+        "name: busy\nservices:\n  spin:\n    command: [sh, -c, 'while :; do :; done']\n    cpus: 0.5\n    x-skiff: {driver: process}\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, err) = skiff(&dev, &["status", "spin", "-o", "json"]);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &st["instances"][0]["stats"];
+    let millis = stats["cpu_millis"].as_u64().expect("cpu in use");
+    // Half a CPU at most (a little slack for the sample's edges); well above idle.
+    assert!((100..=650).contains(&millis), "{stats}");
+    assert!(stats["cpu_ns"].as_u64() > Some(100_000_000), "{stats}");
+    let (_, table, _) = skiff(&dev, &["status", "spin"]);
+    assert!(table.contains("CPU") && table.contains('%'), "{table}");
+}

@@ -112,6 +112,11 @@ fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
         64 << 20,
         "{status}"
     );
+    assert!(
+        status["instances"][0]["stats"]["cpu_ns"].as_u64() > Some(0)
+            && status["instances"][0]["stats"]["cpu_millis"].is_u64(),
+        "{status}"
+    );
 
     // A named volume outlives its container; tmpfs is mounted.
     let db = container_of(&cluster, "db");
@@ -265,12 +270,9 @@ fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
 
 #[test]
 fn without_an_engine_up_of_a_docker_service_fails_at_once_naming_it() {
-    let project = tempfile::tempdir().unwrap();
-    std::fs::write(
-        project.path().join("compose.yaml"),
+    let project = project(
         "name: noengine\nservices:\n  web: {image: nginx}\n  worker:\n    command: [sleep, '100']\n    x-skiff: {driver: process}\n",
-    )
-    .unwrap();
+    );
     let data = tempfile::tempdir().unwrap();
     let dev = start_dev_with(
         data.path(),

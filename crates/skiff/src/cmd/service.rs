@@ -289,11 +289,18 @@ fn print_status(st: &ServiceStatus) {
                     None => mib(m),
                 },
             );
+            // As `docker stats`: 100% is one full CPU.
+            let cpu = i
+                .stats
+                .as_ref()
+                .and_then(|s| s.cpu_millis)
+                .map_or("-".into(), |m| format!("{:.1}%", m as f64 / 10.0));
             vec![
                 inst.id.short(),
                 state_name(inst.state),
                 inst.pid.map_or("-".into(), |p| p.to_string()),
                 ports.join(","),
+                cpu,
                 mem,
                 i.stats
                     .as_ref()
@@ -306,7 +313,7 @@ fn print_status(st: &ServiceStatus) {
         .collect();
     output::print_table(
         &[
-            "INSTANCE", "STATE", "PID", "PORTS", "MEMORY", "PIDS", "RESTARTS", "REASON",
+            "INSTANCE", "STATE", "PID", "PORTS", "CPU", "MEMORY", "PIDS", "RESTARTS", "REASON",
         ],
         rows,
     );

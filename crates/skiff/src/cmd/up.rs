@@ -24,6 +24,10 @@ pub struct UpArgs {
     timeout: u64,
 }
 
+/// Restarts after which an instance that never became healthy fails `up` (a crash loop,
+/// or a start that cannot succeed: a missing image, a bad command).
+const CRASH_LOOP: u32 = 3;
+
 pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let loaded = match args.project.load()? {
         Ok(p) => p,
@@ -66,11 +70,16 @@ pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
                 .filter(|i| i.state == InstanceState::Healthy)
                 .count();
             for i in &mine {
+                let reason = i.reason.clone().unwrap_or_default();
                 if i.state == InstanceState::Failed {
+                    failed.push(format!("{}: {reason}", i.id.short()));
+                } else if i.state != InstanceState::Healthy && i.restarts >= CRASH_LOOP {
+                    // Waiting out the timeout would only hide the cause.
                     failed.push(format!(
-                        "{}: {}",
+                        "{}: restarted {} times without becoming healthy; last: {reason} \
+                         (see `skiff logs {svc}`)",
                         i.id.short(),
-                        i.reason.clone().unwrap_or_default()
+                        i.restarts
                     ));
                 }
             }

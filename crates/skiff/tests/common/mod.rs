@@ -44,7 +44,23 @@ impl Dev {
 }
 
 impl Drop for Dev {
+    /// SIGTERM, as Ctrl-C: `skiff dev` stops every instance it started, so no test leaves
+    /// workloads behind. (Tests that mean a crash kill -9 the child themselves first.)
     fn drop(&mut self) {
+        // Already reaped (killed by the test): its pid may belong to someone else now.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -198,4 +214,11 @@ pub fn containers_labelled(label: &str) -> Vec<String> {
         .split_whitespace()
         .map(String::from)
         .collect()
+}
+
+/// A project directory holding `compose.yaml` with `compose`.
+pub fn project(compose: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    dir
 }
