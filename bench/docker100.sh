@@ -13,7 +13,8 @@ ROUNDS=${2:-3}
 P=${3:-4}
 scripts/ensure-docker >/dev/null
 cargo build -q --release -p skiff -p skiff-demo
-skiff=$PWD/target/release/skiff
+target=$(realpath "${CARGO_TARGET_DIR:-target}")
+skiff=$target/release/skiff
 image=skiff-demo-bench:1
 
 work=$(mktemp -d)
@@ -43,7 +44,7 @@ now_ms() { date +%s%3N; }
 
 run_skiff() {
   local data=$work/data-$1
-  "$skiff" dev --api 127.0.0.1:0 --data-dir "$data" > "$work/dev.out" 2>/dev/null &
+  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$data" > "$work/dev.out" 2>/dev/null &
   dev_pid=$!
   local addr=
   for _ in $(seq 100); do

@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 N=${1:-100}
 ROUNDS=${2:-3}
 cargo build -q --release -p skiff -p skiff-demo
-skiff=$PWD/target/release/skiff
+target=$(realpath "${CARGO_TARGET_DIR:-target}")
+skiff=$target/release/skiff
 if ! command -v busybox >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
@@ -32,7 +33,7 @@ stack() { # name replicas command...
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_dev() {
-  "$skiff" dev --api 127.0.0.1:0 --data-dir "$work/data-$1" > "$work/dev-$1.log" 2>/dev/null &
+  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$work/data-$1" > "$work/dev-$1.log" 2>/dev/null &
   dev_pid=$!
   for _ in $(seq 200); do grep -q "listening on" "$work/dev-$1.log" 2>/dev/null && break; sleep 0.05; done
   export SKIFF_ADDR=$(sed -n 's/.*api listening on //p' "$work/dev-$1.log")
@@ -45,7 +46,7 @@ skiff_ms=(); floor_ms=(); rss_idle=(); rss_loaded=()
 for r in $(seq "$ROUNDS"); do
   start_dev "$r"
   rss_idle+=("$(rss_kb "$dev_pid")")
-  out=$(PATH=$PWD/target/release:$PATH "$skiff" up -f "$demo")
+  out=$(PATH=$target/release:$PATH "$skiff" up -f "$demo")
   ms=$(echo "$out" | sed -n 's/.*healthy in \([0-9.]*\)s/\1/p' | awk '{printf "%.0f", $1*1000}')
   rss_loaded+=("$(rss_kb "$dev_pid")")
   "$skiff" down demo >/dev/null

@@ -1,8 +1,10 @@
-//! Readiness probes.
+//! Readiness and liveness probes.
 //!
-//! An instance with a compose `healthcheck` is ready when its test passes (`CMD` runs the
-//! program, `CMD-SHELL` runs `sh -c`), in the instance's environment; without one, when its
-//! first port accepts a TCP connection; without ports, as soon as it runs.
+//! An instance is ready when its readiness check passes: `x-skiff.readiness` (http, tcp or a
+//! test), else compose's `healthcheck` (`CMD` runs the program, `CMD-SHELL` runs `sh -c`, in
+//! the instance's environment — inside the container for containers); without either, when
+//! its first port accepts a TCP connection; without ports, as soon as it runs. A liveness
+//! check (`x-skiff.liveness`) is probed the same way.
 //!
 //! The first probe runs right after start and retries fast (from ~10 ms, doubling) until the
 //! first success; then probes settle to the interval (compose#12782: no waiting a full
@@ -24,6 +26,15 @@ pub enum Probe {
         timeout: Duration,
     },
     Tcp(SocketAddr),
+    /// `GET path`; passes on `status`, else on any 2xx or 3xx.
+    Http {
+        addr: SocketAddr,
+        path: String,
+        status: Option<u16>,
+        timeout: Duration,
+    },
+    /// A check names a port the instance does not have.
+    Broken(String),
     /// A compose health check run inside a container.
     Exec {
         engine: skiff_driver_docker::Engine,
@@ -37,13 +48,40 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// The probe of `health` for an instance reached at `node` on `ports` (name, host port);
+    /// without a check, the readiness default.
     pub fn for_instance(
         health: Option<&HealthSpec>,
-        first_port: Option<SocketAddr>,
+        node: std::net::IpAddr,
+        ports: &[(String, u16)],
         env: &BTreeMap<String, String>,
         container: Option<(skiff_driver_docker::Engine, String)>,
     ) -> Probe {
+        let addr_of = |name: &str| {
+            ports
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| SocketAddr::new(node, *p))
+        };
         match health {
+            Some(h) if h.http.is_some() || h.tcp.is_some() => {
+                let name = h
+                    .http
+                    .as_ref()
+                    .map_or_else(|| h.tcp.clone().unwrap_or_default(), |x| x.port.clone());
+                let Some(addr) = addr_of(&name) else {
+                    return Probe::Broken(format!("the instance has no port {name:?}"));
+                };
+                match &h.http {
+                    Some(x) => Probe::Http {
+                        addr,
+                        path: x.path.clone(),
+                        status: x.status,
+                        timeout: h.timeout,
+                    },
+                    None => Probe::Tcp(addr),
+                }
+            }
             Some(h) => {
                 let argv = match h.test.split_first() {
                     Some((kind, rest)) if kind == "CMD-SHELL" => {
@@ -68,8 +106,8 @@ impl Probe {
                     timeout: h.timeout,
                 }
             }
-            None => match first_port {
-                Some(addr) => Probe::Tcp(addr),
+            None => match ports.first() {
+                Some((_, p)) => Probe::Tcp(SocketAddr::new(node, *p)),
                 None => Probe::Running,
             },
         }
@@ -79,6 +117,27 @@ impl Probe {
     pub async fn check(&self) -> Result<(), String> {
         match self {
             Probe::Running => Ok(()),
+            Probe::Broken(why) => Err(why.clone()),
+            Probe::Http {
+                addr,
+                path,
+                status,
+                timeout,
+            } => match tokio::time::timeout(*timeout, http_get(*addr, path)).await {
+                Ok(Ok(code)) => {
+                    let pass = match status {
+                        Some(want) => code == *want,
+                        None => (200..400).contains(&code),
+                    };
+                    if pass {
+                        Ok(())
+                    } else {
+                        Err(format!("GET {path} on {addr}: status {code}"))
+                    }
+                }
+                Ok(Err(e)) => Err(format!("GET {path} on {addr}: {e}")),
+                Err(_) => Err(format!("GET {path} on {addr}: timed out after {timeout:?}")),
+            },
             Probe::Tcp(addr) => {
                 match tokio::time::timeout(
                     Duration::from_secs(1),
@@ -141,6 +200,136 @@ impl Probe {
     }
 }
 
+/// The status code of `GET path` on `addr` (HTTP/1.1, one connection per probe).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::USER_AGENT, "skiff-health")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    conn.abort();
+    Ok(resp?.status().as_u16())
+}
+
+/// What one probe means for the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Failed, but not yet `retries` times in a row since the last pass (or never passed yet).
+    Failing(String),
+    /// Failed `retries` times in a row after having passed.
+    Failed(String),
+}
+
+/// Runs a probe on its schedule: right after start, then fast (10 ms, doubling up to the
+/// start interval) until the first pass, then every `interval` counted from each probe's
+/// start. Failures inside `start_period` before the first pass do not count.
+pub struct Checker {
+    probe: Probe,
+    interval: Duration,
+    retries: u32,
+    start_period: Duration,
+    fast: Box<dyn Iterator<Item = Duration> + Send>,
+    next: Option<tokio::time::Instant>,
+    passed_once: bool,
+    failures: u32,
+    /// Liveness: probes at the interval from the start, and fails without having passed.
+    liveness: bool,
+}
+
+impl Checker {
+    pub fn new(probe: Probe, spec: Option<&HealthSpec>) -> Checker {
+        let (interval, retries, start_period, start_interval) = match spec {
+            Some(h) => (
+                h.interval,
+                h.retries.max(1),
+                h.start_period,
+                h.start_interval.min(Duration::from_millis(500)),
+            ),
+            // The readiness default (a TCP connect or "running").
+            None => (
+                Duration::from_secs(5),
+                1,
+                Duration::ZERO,
+                Duration::from_millis(200),
+            ),
+        };
+        Checker {
+            probe,
+            interval,
+            retries,
+            start_period,
+            fast: Box::new(first_probe_delays(start_interval)),
+            next: None,
+            passed_once: false,
+            failures: 0,
+            liveness: false,
+        }
+    }
+
+    /// A liveness checker: no fast first probes, and an instance that never passed fails too
+    /// (after `start_period`).
+    pub fn liveness(probe: Probe, spec: &HealthSpec) -> Checker {
+        Checker {
+            liveness: true,
+            ..Checker::new(probe, Some(spec))
+        }
+    }
+
+    /// Probes when one is due; `None` when none is.
+    pub async fn due(&mut self, started: std::time::Instant) -> Option<Verdict> {
+        let now = tokio::time::Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return None;
+        }
+        let result = self.probe.check().await;
+        self.next = Some(
+            now + if self.passed_once || result.is_ok() || self.liveness {
+                self.interval
+            } else {
+                self.fast.next().unwrap_or(self.interval)
+            },
+        );
+        Some(match result {
+            Ok(()) => {
+                self.passed_once = true;
+                self.failures = 0;
+                Verdict::Pass
+            }
+            Err(why) if !self.passed_once => {
+                if started.elapsed() >= self.start_period {
+                    self.failures = self.failures.saturating_add(1);
+                }
+                if self.liveness && self.failures >= self.retries {
+                    Verdict::Failed(why)
+                } else {
+                    Verdict::Failing(why)
+                }
+            }
+            Err(why) => {
+                self.failures += 1;
+                if self.failures >= self.retries {
+                    Verdict::Failed(why)
+                } else {
+                    Verdict::Failing(why)
+                }
+            }
+        })
+    }
+}
+
 /// Delays between probes before the first success: 10 ms, doubling, capped at `cap`.
 pub fn first_probe_delays(cap: Duration) -> impl Iterator<Item = Duration> {
     let cap = cap.max(Duration::from_millis(10));
@@ -169,32 +358,135 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn command_probes_use_cmd_and_cmd_shell_with_the_instance_env() {
-        let env = BTreeMap::from([("PORT".to_string(), "1234".to_string())]);
-        let h = |test: &[&str]| HealthSpec {
+    fn spec(test: &[&str]) -> HealthSpec {
+        HealthSpec {
             test: test.iter().map(|s| s.to_string()).collect(),
+            http: None,
+            tcp: None,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             retries: 3,
             start_period: Duration::ZERO,
             start_interval: Duration::from_millis(100),
-        };
-        let p = Probe::for_instance(
-            Some(&h(&["CMD-SHELL", "test $PORT = 1234"])),
-            None,
-            &env,
-            None,
+        }
+    }
+
+    const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn command_probes_use_cmd_and_cmd_shell_with_the_instance_env() {
+        let env = BTreeMap::from([("PORT".to_string(), "1234".to_string())]);
+        let probe = |t: &[&str]| Probe::for_instance(Some(&spec(t)), LO, &[], &env, None);
+        assert!(
+            probe(&["CMD-SHELL", "test $PORT = 1234"])
+                .check()
+                .await
+                .is_ok()
         );
-        assert!(p.check().await.is_ok());
-        let p = Probe::for_instance(Some(&h(&["CMD", "false"])), None, &env, None);
-        assert!(p.check().await.is_err());
-        let p = Probe::for_instance(Some(&h(&["CMD-SHELL", "sleep 5"])), None, &env, None);
-        let mut slow = p.clone();
+        assert!(probe(&["CMD", "false"]).check().await.is_err());
+        let mut slow = probe(&["CMD-SHELL", "sleep 5"]);
         if let Probe::Command { timeout, .. } = &mut slow {
             *timeout = Duration::from_millis(100);
         }
         assert!(slow.check().await.unwrap_err().contains("timed out"));
+    }
+
+    /// A one-connection-at-a-time HTTP server answering `status` to every request.
+    fn http_server(status: u16) -> SocketAddr {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_probes_pass_on_2xx_3xx_or_the_expected_status() {
+        let http = |port: &str, status: Option<u16>| HealthSpec {
+            test: Vec::new(),
+            http: Some(skiff_model::HttpProbe {
+                port: port.into(),
+                path: "/healthz".into(),
+                status,
+            }),
+            ..spec(&[])
+        };
+        let ok = http_server(204).port();
+        let down = http_server(503).port();
+        let ports = [("web".to_string(), ok), ("admin".to_string(), down)];
+        let env = BTreeMap::new();
+        let check = |h: HealthSpec| Probe::for_instance(Some(&h), LO, &ports, &env, None);
+        let check = |h| {
+            let p = check(h);
+            async move { p.check().await }
+        };
+        assert!(check(http("web", None)).await.is_ok());
+        let err = check(http("admin", None)).await.unwrap_err();
+        assert!(err.contains("status 503"), "{err}");
+        assert!(check(http("admin", Some(503))).await.is_ok());
+        assert!(check(http("web", Some(200))).await.is_err());
+        let err = check(http("grpc", None)).await.unwrap_err();
+        assert!(err.contains("no port \"grpc\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_only_after_retries_in_a_row_once_it_passed() {
+        let flag = std::env::temp_dir().join(format!("skiff-ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let test = format!("test -f {}", flag.display());
+        let h = HealthSpec {
+            retries: 2,
+            interval: Duration::from_millis(300),
+            ..spec(&["CMD-SHELL", &test])
+        };
+        let env = BTreeMap::new();
+        let mut c = Checker::new(Probe::for_instance(Some(&h), LO, &[], &env, None), Some(&h));
+        let started = std::time::Instant::now();
+        let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        // Before the first pass: failing, never failed (readiness), probed again fast.
+        assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
+        assert!(c.due(started).await.is_none(), "not due again at once");
+        sleep(15).await;
+        assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
+        std::fs::write(&flag, "").unwrap();
+        sleep(25).await;
+        assert_eq!(c.due(started).await, Some(Verdict::Pass));
+        // Then at the interval; two failures in a row make it fail.
+        std::fs::remove_file(&flag).unwrap();
+        assert!(c.due(started).await.is_none());
+        sleep(310).await;
+        assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
+        sleep(310).await;
+        assert!(matches!(c.due(started).await, Some(Verdict::Failed(_))));
+    }
+
+    #[tokio::test]
+    async fn liveness_fails_an_instance_that_never_passed() {
+        let h = HealthSpec {
+            retries: 2,
+            interval: Duration::from_millis(300),
+            ..spec(&["CMD", "false"])
+        };
+        let env = BTreeMap::new();
+        let mut c = Checker::liveness(Probe::for_instance(Some(&h), LO, &[], &env, None), &h);
+        let started = std::time::Instant::now();
+        assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            c.due(started).await.is_none(),
+            "liveness waits the interval"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(c.due(started).await, Some(Verdict::Failed(_))));
     }
 
     #[test]

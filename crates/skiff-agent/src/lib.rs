@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use skiff_catalog::{Catalog, ServiceKey};
 use skiff_driver_process::ports::{PortAllocator, env_name, port_env};
 use skiff_driver_process::{self as driver, LaunchSpec, ShimCommand, Status};
 use skiff_model::{
@@ -39,7 +40,7 @@ use skiff_model::{
 use skiff_store::{NewEvent, Store};
 use tokio::sync::Notify;
 
-use crate::health::{Probe, first_probe_delays};
+use crate::health::{Checker, Probe, Verdict};
 use crate::workload::{Container, Handle};
 
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub struct Config {
     pub cgroups: Result<skiff_cgroup::Cgroups, String>,
     /// The Docker engine, or why there is none (then docker services fail to start, saying so).
     pub docker: Result<skiff_driver_docker::Engine, String>,
+    /// Where ready instances are published (for DNS, the ingress and the API).
+    pub catalog: Arc<Catalog>,
 }
 
 /// An instance the agent knows about.
@@ -283,12 +286,17 @@ impl Agent {
     /// One pass: stop what is not desired, restart by policy, start what is missing.
     pub async fn reconcile(self: Arc<Self>) -> Result<(), skiff_store::StoreError> {
         let mut desired: BTreeMap<InstanceId, (Arc<Release>, String, u64)> = BTreeMap::new();
+        let mut known = BTreeMap::new();
         for st in self.store.stacks()? {
             let Some(n) = st.current else { continue };
             let Some(rel) = self.release(&st.stack, n) else {
                 continue;
             };
             for (svc, spec) in &rel.spec.services {
+                known.insert(
+                    ServiceKey::new(&st.stack, svc),
+                    spec.ports.iter().map(|p| p.name.clone()).collect(),
+                );
                 let control = st.controls.get(svc).cloned().unwrap_or_default();
                 if control.stopped {
                     continue;
@@ -345,6 +353,8 @@ impl Agent {
                 }
             }
         }
+        // Names of services without a current release stop resolving now.
+        self.cfg.catalog.set_services(known);
 
         let mut tasks = tokio::task::JoinSet::new();
         for id in to_stop {
@@ -849,78 +859,123 @@ impl Agent {
             .expect("monitored instances have a handle");
         let observed = live.observed.clone();
         let spec = live.spec.clone();
-        let env_port = live
-            .ports
-            .first()
-            .map(|(_, p)| SocketAddr::new(self.cfg.node_addr, *p));
+        let ports = live.ports.clone();
         let probe_env = live.env.clone();
+        let node = self.cfg.node_addr;
         tokio::spawn(async move {
             let container = match &handle {
                 Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
                 Handle::Process(_) => None,
             };
-            let probe = Probe::for_instance(spec.health.as_ref(), env_port, &probe_env, container);
-            let mut delays = first_probe_delays(
-                spec.health
-                    .as_ref()
-                    .map_or(Duration::from_millis(200), |h| {
-                        h.start_interval.min(Duration::from_millis(500))
-                    }),
+            let readiness = Checker::new(
+                Probe::for_instance(
+                    spec.health.as_ref(),
+                    node,
+                    &ports,
+                    &probe_env,
+                    container.clone(),
+                ),
+                spec.health.as_ref(),
             );
-            let mut ready_once = false;
-            let mut failures = 0u32;
-            let mut next_probe = Instant::now();
+            let liveness = spec.liveness.as_ref().map(|h| {
+                Checker::liveness(
+                    Probe::for_instance(Some(h), node, &ports, &probe_env, container),
+                    h,
+                )
+            });
+            let endpoint: BTreeMap<String, u16> = ports.iter().cloned().collect();
+            let started = Instant::now();
+            let mut readiness = readiness;
+            let mut liveness = liveness;
+            let mut killed_for: Option<String> = None;
+            // Failed liveness under keep_failed: out of traffic for good.
+            let mut held = false;
             loop {
                 // Exit first: a crash is seen within ~10 ms, not at the next probe.
                 let status = handle.status().await;
                 if status != Status::Running {
+                    agent.cfg.catalog.remove(&id);
                     let container_oom = handle.container_oom_killed();
                     // Wake the reconciler when the back-off ends, not at the next resync.
-                    if let Some(delay) = agent.on_exit(&id, &spec, &observed, status, container_oom)
-                    {
+                    if let Some(delay) = agent.on_exit(
+                        &id,
+                        &spec,
+                        &observed,
+                        status,
+                        container_oom,
+                        killed_for.take(),
+                    ) {
                         tokio::time::sleep(delay).await;
                         agent.wake();
                     }
                     return;
                 }
-                if Instant::now() >= next_probe {
-                    let ok = probe.check().await;
+                if killed_for.is_some() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                if let Some(verdict) = readiness.due(started).await {
                     let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
                     let before = o.state;
-                    match ok {
-                        Ok(()) => {
-                            failures = 0;
-                            ready_once = true;
+                    match verdict {
+                        Verdict::Pass if !held => {
                             o.state = InstanceState::Healthy;
                             o.reason = None;
                         }
-                        Err(why) => {
-                            failures += 1;
-                            let retries = spec.health.as_ref().map_or(1, |h| h.retries.max(1));
-                            if ready_once && failures >= retries {
-                                o.state = InstanceState::Unhealthy;
-                                o.reason = Some(why);
-                            } else if !ready_once {
-                                o.reason = Some(why);
-                            }
+                        Verdict::Pass => {}
+                        Verdict::Failing(why) => o.reason = Some(why),
+                        Verdict::Failed(why) => {
+                            o.state = InstanceState::Unhealthy;
+                            o.reason = Some(why);
                         }
                     }
-                    let changed = o.state != before;
+                    let now = o.state;
                     drop(o);
-                    if changed {
+                    if now != before {
+                        // Out of traffic before anything else learns of it.
+                        if now == InstanceState::Healthy {
+                            agent.cfg.catalog.add(&id, node, endpoint.clone());
+                        } else {
+                            agent.cfg.catalog.remove(&id);
+                        }
                         agent.write_observed(&id);
                         agent.wake();
                     }
-                    let interval = spec
-                        .health
-                        .as_ref()
-                        .map_or(Duration::from_secs(5), |h| h.interval);
-                    next_probe = Instant::now()
-                        + if ready_once {
-                            interval
-                        } else {
-                            delays.next().unwrap_or(interval)
-                        };
+                }
+                if let Some(live) = liveness.as_mut()
+                    && let Some(Verdict::Failed(why)) = live.due(started).await
+                {
+                    agent.cfg.catalog.remove(&id);
+                    if spec.keep_failed {
+                        let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                        o.state = InstanceState::Unhealthy;
+                        o.reason = Some(format!(
+                            "liveness: {why}; kept running for inspection (keep_failed)"
+                        ));
+                        drop(o);
+                        agent.event(
+                            &id.stack,
+                            Some(&id),
+                            "liveness_failed",
+                            format!("{why}; kept running out of traffic (keep_failed)"),
+                        );
+                        agent.write_observed(&id);
+                        liveness = None;
+                        held = true;
+                    } else {
+                        agent.event(
+                            &id.stack,
+                            Some(&id),
+                            "liveness_failed",
+                            format!("{why}; restarting"),
+                        );
+                        killed_for = Some(format!("liveness check failed: {why}"));
+                        let signal = Signal::from_str(&normalize_signal(&spec.stop_signal))
+                            .unwrap_or(Signal::SIGTERM);
+                        let h = handle.clone();
+                        let grace = spec.stop_grace;
+                        tokio::spawn(async move { h.stop(signal, grace).await });
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -935,6 +990,7 @@ impl Agent {
         observed: &Mutex<Observed>,
         status: Status,
         container_oom: bool,
+        cause: Option<String>,
     ) -> Option<Duration> {
         let exit = match status {
             Status::Exited(e) => e,
@@ -973,7 +1029,7 @@ impl Agent {
         } else {
             InstanceState::Failed
         };
-        let describe = match &oom {
+        let describe = match oom.as_ref().or(cause.as_ref()) {
             Some(why) => format!("{} ({why})", exit.describe()),
             None => exit.describe(),
         };
@@ -1025,6 +1081,8 @@ impl Agent {
         if let Some(m) = monitor {
             m.abort();
         }
+        // Deregister first: nothing routes to it by the time it gets its stop signal.
+        self.cfg.catalog.remove(&id);
         if let Some(h) = handle.clone() {
             let signal =
                 Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);

@@ -42,6 +42,7 @@ fn config(data: &Path) -> Config {
         ))
         .map_err(|e| e.to_string()),
         docker: Err("these tests run processes".into()),
+        catalog: skiff_catalog::Catalog::new(),
     }
 }
 
@@ -117,6 +118,8 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
     );
     db.health = Some(HealthSpec {
         test: vec!["CMD-SHELL".into(), format!("test -f {}", mark.display())],
+        http: None,
+        tcp: None,
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(1),
         retries: 1,

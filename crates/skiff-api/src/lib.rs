@@ -7,6 +7,8 @@
 //! **Invariant:** a `201` for a release means it is durably stored (the store fsyncs it before
 //! answering), so an acknowledged release survives `kill -9`.
 
+mod catalog;
+pub use catalog::{CatalogService, CatalogView, DnsView};
 mod logs;
 
 use std::path::PathBuf;
@@ -61,6 +63,10 @@ pub struct ApiState {
     /// Why this server has no Docker engine, if it has none: releases with Docker services
     /// are refused up front instead of failing instance by instance.
     pub docker_unavailable: Option<String>,
+    /// Ready instances per service, as DNS and the ingress see them.
+    pub catalog: Arc<skiff_catalog::Catalog>,
+    /// The DNS zone (for `GET /v1/dns`, what the DNS server would answer).
+    pub zone: skiff_dns::Zone,
 }
 
 /// An error answer: HTTP status, stable code, message.
@@ -213,6 +219,8 @@ pub fn router(state: ApiState) -> Router {
             get(logs::instance_logs),
         )
         .route("/v1/events", get(list_events))
+        .route("/v1/catalog", get(catalog::list))
+        .route("/v1/dns", get(catalog::dns))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

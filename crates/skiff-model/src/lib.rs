@@ -212,8 +212,15 @@ pub struct ServiceSpec {
     pub mounts: Vec<MountSpec>,
     pub replicas: u32,
     pub depends_on: BTreeMap<String, WaitFor>,
+    /// Readiness: gates traffic, `service_healthy` dependents and rollouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
+    /// Liveness: failing `retries` times in a row restarts the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<HealthSpec>,
+    /// A failed liveness check leaves the instance running, out of traffic, for inspection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_failed: bool,
     pub restart: RestartPolicy,
     pub stop_signal: String,
     #[serde(with = "duration_ms")]
@@ -296,10 +303,18 @@ pub enum WaitFor {
     CompletedSuccessfully,
 }
 
+/// A health check: a command (`test`), an HTTP GET (`http`) or a TCP connect (`tcp`) —
+/// exactly one of them is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthSpec {
-    /// `["CMD", …]` or `["CMD-SHELL", "…"]`.
+    /// `["CMD", …]` or `["CMD-SHELL", "…"]`; empty for http and tcp checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    /// A TCP connect to the instance's port of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
     #[serde(with = "duration_ms")]
     pub interval: Duration,
     #[serde(with = "duration_ms")]
@@ -309,6 +324,15 @@ pub struct HealthSpec {
     pub start_period: Duration,
     #[serde(with = "duration_ms")]
     pub start_interval: Duration,
+}
+
+/// `GET path` on the instance's port named `port`; passes on `status`, else on any 2xx/3xx.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub port: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -344,6 +344,12 @@ pub const NOT_ACTED_ON: &[&str] = &[
 
 /// Every field name of the compose-spec and of `x-skiff`, for "did you mean" hints.
 const ALL_FIELDS: &[&str] = &[
+    "readiness",
+    "liveness",
+    "keep_failed",
+    "http",
+    "tcp",
+    "status",
     "version",
     "name",
     "include",
@@ -1507,6 +1513,74 @@ pub struct XSkiffService {
     pub routes: Vec<Route>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
+    /// When an instance is ready for traffic; replaces compose's `healthcheck` for that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Check>,
+    /// When an instance is alive: failing it `retries` times in a row restarts the instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Check>,
+    /// A failed liveness check keeps the instance running, out of traffic, for inspection.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_failed: bool,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// A health check: exactly one of `http`, `tcp` or `test` (compose's form), with compose's
+/// timing fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Check {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    #[serde(
+        deserialize_with = "health_test",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub test: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// An HTTP GET of `path` on a port of the instance, passing on `status` (default: any 2xx
+/// or 3xx).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A port `name` or target number; default the first port.
+    #[serde(
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// A TCP connect to a port of the instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TcpCheck {
+    /// A port `name` or target number; default the first port.
+    #[serde(
+        deserialize_with = "opt_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<String>,
     #[serde(flatten)]
     pub x: Extensions,
 }

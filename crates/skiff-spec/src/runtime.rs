@@ -83,7 +83,12 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
                 (d.clone(), w)
             })
             .collect(),
-        health: health(svc),
+        health: x
+            .and_then(|x| x.readiness.as_ref())
+            .map(|c| check(svc, c))
+            .or_else(|| health(svc)),
+        liveness: x.and_then(|x| x.liveness.as_ref()).map(|c| check(svc, c)),
+        keep_failed: x.is_some_and(|x| x.keep_failed),
         restart: restart(svc),
         stop_signal: svc.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
         stop_grace: svc
@@ -193,12 +198,45 @@ fn health(svc: &Service) -> Option<HealthSpec> {
     }
     Some(HealthSpec {
         test: h.test.clone(),
+        http: None,
+        tcp: None,
         interval: h.interval.map_or(Duration::from_secs(30), |d| d.0),
         timeout: h.timeout.map_or(Duration::from_secs(30), |d| d.0),
         retries: h.retries.unwrap_or(3),
         start_period: h.start_period.map_or(Duration::ZERO, |d| d.0),
         start_interval: h.start_interval.map_or(Duration::from_secs(5), |d| d.0),
     })
+}
+
+/// An `x-skiff` readiness or liveness check. Defaults suit a fast check of a local instance
+/// (interval 10s, timeout 2s, retries 3), not compose's 30s.
+fn check(svc: &Service, c: &model::Check) -> HealthSpec {
+    let port_of = |p: &Option<String>| -> String {
+        let all = ports(svc);
+        p.as_ref()
+            .and_then(|p| {
+                all.iter()
+                    .find(|x| x.name == *p || x.target.to_string() == *p)
+            })
+            .or(all.first())
+            .map(|x| x.name.clone())
+            .unwrap_or_default()
+    };
+    let interval = c.interval.map_or(Duration::from_secs(10), |d| d.0);
+    HealthSpec {
+        test: c.test.clone(),
+        http: c.http.as_ref().map(|h| skiff_model::HttpProbe {
+            port: port_of(&h.port),
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            status: h.status,
+        }),
+        tcp: c.tcp.as_ref().map(|t| port_of(&t.port)),
+        interval,
+        timeout: c.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        retries: c.retries.unwrap_or(3),
+        start_period: c.start_period.map_or(Duration::ZERO, |d| d.0),
+        start_interval: interval.min(Duration::from_secs(5)),
+    }
 }
 
 fn restart(svc: &Service) -> RestartPolicy {
@@ -281,6 +319,29 @@ mod tests {
         assert_eq!(s.services["b"].restart.condition, RestartCondition::Never);
         assert_eq!(s.services["c"].restart.max_attempts, Some(3));
         assert_eq!(s.services["d"].restart.condition, RestartCondition::Never);
+    }
+
+    #[test]
+    fn x_skiff_checks_name_ports_and_override_the_healthcheck_for_readiness() {
+        let s = spec(
+            "services:\n  a:\n    image: a\n    ports: [{name: web, target: 80}, {target: 9000}]\n    healthcheck: {test: \"true\"}\n    x-skiff:\n      readiness: {http: {path: /ready, port: \"9000\", status: 204}, interval: 1s}\n      liveness: {tcp: {}, retries: 2}\n      keep_failed: true\n",
+        );
+        let a = &s.services["a"];
+        let r = a.health.as_ref().unwrap();
+        assert!(r.test.is_empty());
+        assert_eq!(
+            r.http,
+            Some(skiff_model::HttpProbe {
+                port: "9000".into(),
+                path: "/ready".into(),
+                status: Some(204)
+            })
+        );
+        assert_eq!(r.interval, Duration::from_secs(1));
+        let l = a.liveness.as_ref().unwrap();
+        assert_eq!(l.tcp.as_deref(), Some("web"), "default: the first port");
+        assert_eq!((l.retries, l.timeout), (2, Duration::from_secs(2)));
+        assert!(a.keep_failed);
     }
 
     #[test]

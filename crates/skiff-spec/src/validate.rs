@@ -390,17 +390,68 @@ fn check_x_skiff(f: &mut Findings, name: &str, svc: &Service, x: &XSkiffService,
                 format!("{h:?} is not a host name (wildcards only as a leading *.)"),
             );
         }
-        if let Some(port) = &r.port {
-            let known =
-                svc.ports.iter().any(|p| {
-                    p.name.as_deref() == Some(port.as_str()) || p.target.to_string() == *port
-                }) || svc.expose.iter().any(|e| e.0 == *port);
-            if !known {
+        if let Some(port) = &r.port
+            && !known_port(svc, port)
+        {
+            err(
+                path(&["routes", &idx, "port"]),
+                format!("no port named or numbered {port:?} in ports or expose"),
+            );
+        }
+    }
+    for (field, check) in [("readiness", &x.readiness), ("liveness", &x.liveness)] {
+        let Some(c) = check else { continue };
+        let kinds = [c.http.is_some(), c.tcp.is_some(), !c.test.is_empty()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            err(
+                path(&[field]),
+                "give exactly one of http, tcp or test".into(),
+            );
+        }
+        if c.test.first().map(String::as_str) == Some("NONE") {
+            err(
+                path(&[field, "test"]),
+                "NONE disables compose's healthcheck; leave the check out instead".into(),
+            );
+        }
+        let port = c
+            .http
+            .as_ref()
+            .map(|h| (&h.port, "http"))
+            .or(c.tcp.as_ref().map(|t| (&t.port, "tcp")));
+        if let Some((port, kind)) = port {
+            match port {
+                Some(p) if !known_port(svc, p) => err(
+                    path(&[field, kind, "port"]),
+                    format!("no port named or numbered {p:?} in ports or expose"),
+                ),
+                None if svc.ports.is_empty() && svc.expose.is_empty() => err(
+                    path(&[field, kind]),
+                    "the service has no ports or expose to check; name one with port".into(),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(h) = &c.http {
+            if let Some(p) = &h.path
+                && !p.starts_with('/')
+            {
                 err(
-                    path(&["routes", &idx, "port"]),
-                    format!("no port named or numbered {port:?} in ports or expose"),
+                    path(&[field, "http", "path"]),
+                    format!("must start with /, got {p:?}"),
                 );
             }
+            if let Some(code) = h.status
+                && !(100..=599).contains(&code)
+            {
+                err(
+                    path(&[field, "http", "status"]),
+                    format!("{code} is not an HTTP status (100-599)"),
+                );
+            }
+        }
+        if c.retries == Some(0) {
+            err(path(&[field, "retries"]), "must be at least 1".into());
         }
     }
     if let Some(rel) = &x.release {
@@ -557,6 +608,14 @@ fn warn_service(
             ));
         }
     }
+}
+
+/// Is `port` a port `name` or target number of the service's `ports`, or in its `expose`?
+fn known_port(svc: &Service, port: &str) -> bool {
+    svc.ports
+        .iter()
+        .any(|p| p.name.as_deref() == Some(port) || p.target.to_string() == port)
+        || svc.expose.iter().any(|e| e.0 == port)
 }
 
 #[cfg(test)]

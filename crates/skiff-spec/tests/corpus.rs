@@ -171,6 +171,30 @@ fn x_skiff_rules_are_checked_with_positions() {
             "services.a.x-skiff.routes.0.path: must start with /",
         ),
         (
+            "services:\n  a:\n    image: a\n    x-skiff:\n      readiness: {http: {path: /h}, tcp: {}}\n",
+            "services.a.x-skiff.readiness: give exactly one of http, tcp or test",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    expose: [\"80\"]\n    x-skiff:\n      liveness: {http: {port: admin}}\n",
+            "services.a.x-skiff.liveness.http.port: no port named or numbered \"admin\" in ports or expose",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    x-skiff:\n      readiness: {tcp: {}}\n",
+            "services.a.x-skiff.readiness.tcp: the service has no ports or expose to check",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    expose: [\"80\"]\n    x-skiff:\n      readiness: {http: {path: h, status: 700}}\n",
+            "services.a.x-skiff.readiness.http.path: must start with /",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    expose: [\"80\"]\n    x-skiff:\n      readiness: {http: {status: 700}}\n",
+            "services.a.x-skiff.readiness.http.status: 700 is not an HTTP status (100-599)",
+        ),
+        (
+            "services:\n  a:\n    image: a\n    x-skiff:\n      liveness: {test: [CMD, 'true'], intervall: 1s}\n",
+            "services.a.x-skiff.liveness.intervall: unknown field, did you mean \"interval\"?",
+        ),
+        (
             "services:\n  a:\n    image: a\n    environment: {DB: '{{ service(\"db\").address }}'}\n",
             "c.yaml:4:19: services.a.environment.DB: template refers to undefined service \"db\"",
         ),

@@ -71,6 +71,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Show what happened: starts, exits, restarts, adoptions.
     Events(cmd::ps::EventsArgs),
+    /// What skiff's DNS answers for a name: `skiff dns web.shop.default.skiff SRV`.
+    Dns(cmd::dns::Args),
     /// Per-instance supervisor of the process driver (started by skiff, not by people).
     #[command(name = "__shim", hide = true)]
     Shim { dir: std::path::PathBuf },
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Command::History(args) => cmd::ps::history(args, &client, &cli.env),
         Command::Events(args) => cmd::ps::events(args, &client),
         Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),
+        Command::Dns(args) => cmd::dns::run(args, &client),
         Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {

@@ -23,6 +23,15 @@ pub struct Args {
     /// State directory (default: $XDG_DATA_HOME/skiff, or ~/.local/share/skiff).
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// DNS listen address, UDP and TCP (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7753", env = "SKIFF_DNS_ADDR")]
+    dns: SocketAddr,
+    /// Domain of the DNS names `<service>.<stack>.<env>.<domain>`.
+    #[arg(long, default_value = "skiff", env = "SKIFF_DOMAIN")]
+    domain: String,
+    /// TTL of DNS answers, in seconds (0 or 1: answers follow the live catalog).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    dns_ttl: u32,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -91,6 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Err(why) => println!("skiff dev: no docker driver ({why})"),
     }
     let docker_unavailable = docker.as_ref().err().cloned();
+    let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl).map_err(anyhow::Error::msg)?;
+    let catalog = skiff_catalog::Catalog::new();
     let cfg = Config {
         data_dir: data_dir.clone(),
         node_addr: "127.0.0.1".parse().expect("loopback"),
@@ -99,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         base_env,
         cgroups,
         docker,
+        catalog: catalog.clone(),
     };
     rt.block_on(async move {
         let agent = Agent::new(store.clone(), cfg);
@@ -110,13 +122,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             data_dir: data_dir.clone(),
             docker_unavailable: docker_unavailable.clone(),
             instances,
+            catalog: catalog.clone(),
+            zone: zone.clone(),
         });
+        let dns = skiff_dns::DnsServer::start(args.dns, zone, catalog)
+            .await
+            .with_context(|| format!("listening for DNS on {}", args.dns))?;
         let listener = tokio::net::TcpListener::bind(args.api)
             .await
             .with_context(|| format!("listening for the API on {}", args.api))?;
         let addr = listener.local_addr()?;
         println!("skiff dev: cluster {}", store.cluster_id()?);
         println!("skiff dev: data dir {}", data_dir.display());
+        println!("skiff dev: dns listening on {} (udp, tcp)", dns.addr);
         println!("skiff dev: api listening on http://{addr}");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop_api = stop_rx.clone();
@@ -139,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let _ = stop_tx.send(true);
         let _ = agent_task.await;
         let _ = server.await;
+        drop(dns);
         println!("skiff dev: stopped");
         Ok(std::process::ExitCode::SUCCESS)
     })

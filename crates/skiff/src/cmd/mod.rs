@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod dns;
 pub mod logs;
 pub mod plan;
 pub mod project;

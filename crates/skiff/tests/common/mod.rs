@@ -30,6 +30,8 @@ pub struct Dev {
     pub addr: String,
     /// The data dir's cluster id (labels every container of this server).
     pub cluster: String,
+    /// Where its DNS server listens (UDP and TCP).
+    pub dns: String,
 }
 
 impl Dev {
@@ -39,6 +41,7 @@ impl Dev {
             child: Command::new("true").spawn().unwrap(),
             addr,
             cluster: String::new(),
+            dns: String::new(),
         }
     }
 }
@@ -73,7 +76,14 @@ pub fn start_dev(data: &Path) -> Dev {
 /// `skiff dev` with extra environment (e.g. `SKIFF_CRASH_AT`).
 pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
     let mut child = Command::new(SKIFF)
-        .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--api",
+            "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .env("SKIFF_LOG", "warn")
         .envs(env.iter().copied())
@@ -84,11 +94,15 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut addr = None;
     let mut cluster = String::new();
-    for _ in 0..8 {
+    let mut dns = String::new();
+    for _ in 0..10 {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         if let Some(c) = line.trim().strip_prefix("skiff dev: cluster ") {
             cluster = c.to_string();
+        }
+        if let Some(d) = line.trim().strip_prefix("skiff dev: dns listening on ") {
+            dns = d.split_whitespace().next().unwrap_or_default().to_string();
         }
         if let Some(a) = line.trim().strip_prefix("skiff dev: api listening on ") {
             addr = Some(a.to_string());
@@ -101,6 +115,7 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
         child,
         addr: addr.expect("listening line"),
         cluster,
+        dns,
     }
 }
 

@@ -1,0 +1,171 @@
+//! `GET /v1/catalog`: ready instances per service, as a blocking query (Consul-style: pass the
+//! last `index` seen and how long to `wait`; the answer comes at the next change or at the
+//! deadline). `GET /v1/dns`: what the DNS server answers for a name, without DNS.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use skiff_catalog::{Endpoint, ServiceKey};
+
+use crate::{ApiError, ApiQuery, ApiState};
+
+/// Longest a blocking query may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CatalogQuery {
+    env: Option<String>,
+    stack: Option<String>,
+    service: Option<String>,
+    /// Answer only once the catalog's index is past this one (or `wait` ran out).
+    index: Option<u64>,
+    /// How long to block, e.g. `30s`, `500ms` (default 60s, at most 5m).
+    wait: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogView {
+    /// Pass as `index` to wait for the next change.
+    pub index: u64,
+    pub services: Vec<CatalogService>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogService {
+    #[serde(flatten)]
+    pub key: ServiceKey,
+    /// Port names, in the order the service declares them.
+    pub ports: Vec<String>,
+    /// Instances ready for traffic now.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `30s`, `500ms`, `2m`, or plain seconds.
+fn parse_wait(s: &str) -> Option<Duration> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<CatalogQuery>,
+) -> Result<Response, ApiError> {
+    let wait = match &q.wait {
+        Some(w) => parse_wait(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("wait: {w:?} is not a duration like 30s, 500ms or 2m"),
+            )
+        })?,
+        None => Duration::from_secs(60),
+    }
+    .min(MAX_WAIT);
+    let (env, stack, service) = (q.env.as_deref(), q.stack.as_deref(), q.service.as_deref());
+    let mut snap = s.catalog.snapshot();
+    // An index beyond the catalog's own (the server restarted since) answers at once, so
+    // the client starts over from the index it gets.
+    if let Some(after) = q.index.filter(|i| *i <= snap.index) {
+        // Wake on changes of what the query selects, not on every change of the catalog.
+        let deadline = tokio::time::Instant::now() + wait;
+        while snap.index_of(env, stack, service) <= after {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            snap = s.catalog.wait_past(snap.index, left).await;
+        }
+    }
+    let view = CatalogView {
+        index: snap.index_of(env, stack, service),
+        services: snap
+            .select(env, stack, service)
+            .map(|(k, e)| CatalogService {
+                key: k.clone(),
+                ports: e.ports.clone(),
+                endpoints: e.endpoints.values().cloned().collect(),
+            })
+            .collect(),
+    };
+    Ok(([("x-skiff-index", view.index.to_string())], Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsQuery {
+    name: String,
+    /// A, AAAA, SRV, SOA… (default A).
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DnsView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub qtype: String,
+    /// NOERROR, NXDOMAIN or REFUSED.
+    pub rcode: String,
+    /// Records in zone-file form.
+    pub answers: Vec<String>,
+    pub authorities: Vec<String>,
+    pub additionals: Vec<String>,
+}
+
+pub(crate) async fn dns(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<DnsQuery>,
+) -> Result<Json<DnsView>, ApiError> {
+    use hickory_proto::rr::{Name, RecordType};
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let mut name = Name::from_ascii(&q.name).map_err(|e| bad(format!("name: {e}")))?;
+    name.set_fqdn(true);
+    let qtype_text = q.qtype.as_deref().unwrap_or("A").to_ascii_uppercase();
+    let qtype: RecordType = qtype_text
+        .parse()
+        .map_err(|_| bad(format!("type: {qtype_text:?} is not a DNS record type")))?;
+    let answer = skiff_dns::lookup(&s.catalog.snapshot(), &s.zone, &name, qtype);
+    let text = |rs: &[hickory_proto::rr::Record]| rs.iter().map(|r| r.to_string()).collect();
+    Ok(Json(DnsView {
+        name: name.to_string(),
+        qtype: qtype.to_string(),
+        rcode: match answer.rcode {
+            hickory_proto::op::ResponseCode::NoError => "NOERROR".into(),
+            hickory_proto::op::ResponseCode::NXDomain => "NXDOMAIN".into(),
+            hickory_proto::op::ResponseCode::Refused => "REFUSED".into(),
+            other => format!("{other:?}").to_uppercase(),
+        },
+        answers: text(&answer.answers),
+        authorities: text(&answer.authorities),
+        additionals: text(&answer.additionals),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_as_durations() {
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_wait("1h"), None);
+        assert_eq!(parse_wait(""), None);
+        assert_eq!(parse_wait("99999999999999999999m"), None);
+    }
+}

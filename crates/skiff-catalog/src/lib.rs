@@ -1,0 +1,298 @@
+//! The live service catalog: for every service of every stack's current release, the instances
+//! that are ready for traffic now, and where they listen.
+//!
+//! ```text
+//!   agent monitors ──add/remove──▶ Catalog ──snapshot (Arc)──▶ DNS (prepared answers)
+//!   (exit seen in ~10 ms,          │  index += 1 per change  ──▶ API blocking queries
+//!    readiness probes)             └─ watch::Sender<index>   ──▶ ingress (#6)
+//! ```
+//!
+//! **Invariants:**
+//! - A snapshot is immutable and every change publishes a new one with `index` one higher, so
+//!   a reader that saw index `n` and waits for `> n` never misses a change.
+//! - An instance is in the catalog only while it runs and passes readiness; it leaves before
+//!   its stop signal is sent (deregister, drain, then signal).
+//! - A service is *known* (its name resolves, possibly to no instance) exactly while a current
+//!   release has it; unknown names are NXDOMAIN, known ones without instances are empty.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skiff_model::{InstanceId, StackKey};
+use tokio::sync::watch;
+
+/// A service of a stack in an environment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+}
+
+impl ServiceKey {
+    pub fn new(stack: &StackKey, service: &str) -> ServiceKey {
+        ServiceKey {
+            env: stack.env.clone(),
+            stack: stack.stack.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    pub fn of(id: &InstanceId) -> ServiceKey {
+        ServiceKey::new(&id.stack, &id.service)
+    }
+}
+
+/// A ready instance and where it is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Instance index within the service (`web-2` is 2).
+    pub index: u32,
+    pub address: IpAddr,
+    /// Port name (the long syntax's `name:`, else the target number) → port to connect to.
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// A known service: its port names in declaration order and its ready instances by index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub ports: Vec<String>,
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    /// The catalog index of this entry's last change (for blocking queries on one service).
+    pub modified: u64,
+}
+
+/// The catalog at one index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub index: u64,
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+}
+
+/// The live catalog. Cheap to read (an `Arc` clone), every write publishes a new snapshot.
+pub struct Catalog {
+    current: Mutex<Arc<Snapshot>>,
+    index: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = self.snapshot();
+        f.debug_struct("Catalog")
+            .field("index", &snap.index)
+            .field("services", &snap.services.len())
+            .finish()
+    }
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            current: Mutex::new(Arc::new(Snapshot::default())),
+            index: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Catalog {
+    pub fn new() -> Arc<Catalog> {
+        Arc::new(Catalog::default())
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sees every index change (the value is the newest index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
+    }
+
+    /// Applies `change` to a copy of the current snapshot; publishes it when it differs.
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<ServiceKey, ServiceEntry>)) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut services = cur.services.clone();
+        change(&mut services);
+        if services == cur.services {
+            return;
+        }
+        let index = cur.index + 1;
+        for (k, e) in services.iter_mut() {
+            if cur.services.get(k) != Some(e) {
+                e.modified = index;
+            }
+        }
+        *cur = Arc::new(Snapshot { index, services });
+        drop(cur);
+        self.index.send_replace(index);
+    }
+
+    /// The services that exist now (those of current releases) with their port names; others
+    /// are forgotten with their endpoints. Endpoints of services that stay are kept.
+    pub fn set_services(&self, known: BTreeMap<ServiceKey, Vec<String>>) {
+        self.update(|services| {
+            services.retain(|k, _| known.contains_key(k));
+            for (k, ports) in known {
+                services.entry(k).or_default().ports = ports;
+            }
+        });
+    }
+
+    /// `id` is ready at `address` on `ports`. Ignored for a service no release has.
+    pub fn add(&self, id: &InstanceId, address: IpAddr, ports: BTreeMap<String, u16>) {
+        self.update(|services| {
+            if let Some(s) = services.get_mut(&ServiceKey::of(id)) {
+                s.endpoints.insert(
+                    id.index,
+                    Endpoint {
+                        index: id.index,
+                        address,
+                        ports,
+                    },
+                );
+            }
+        });
+    }
+
+    /// `id` takes no traffic any more (exited, unhealthy, stopping).
+    pub fn remove(&self, id: &InstanceId) {
+        self.update(|services| {
+            if let Some(s) = services.get_mut(&ServiceKey::of(id)) {
+                s.endpoints.remove(&id.index);
+            }
+        });
+    }
+
+    /// Waits until the index passes `after` (at most `wait`); returns the snapshot then.
+    pub async fn wait_past(&self, after: u64, wait: Duration) -> Arc<Snapshot> {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > after)).await;
+        self.snapshot()
+    }
+}
+
+impl Snapshot {
+    /// The entries of one environment, optionally of one stack and service.
+    pub fn select<'a>(
+        &'a self,
+        env: Option<&'a str>,
+        stack: Option<&'a str>,
+        service: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a ServiceKey, &'a ServiceEntry)> {
+        self.services.iter().filter(move |(k, _)| {
+            env.is_none_or(|e| k.env == e)
+                && stack.is_none_or(|s| k.stack == s)
+                && service.is_none_or(|s| k.service == s)
+        })
+    }
+
+    /// The known service keys.
+    pub fn keys(&self) -> BTreeSet<&ServiceKey> {
+        self.services.keys().collect()
+    }
+
+    /// The index of the last change to what a filter selects: the newest `modified` of the
+    /// selected entries; the catalog's index when nothing is filtered or nothing matches (a
+    /// service that went away is a change too).
+    pub fn index_of(&self, env: Option<&str>, stack: Option<&str>, service: Option<&str>) -> u64 {
+        if env.is_none() && stack.is_none() && service.is_none() {
+            return self.index;
+        }
+        self.select(env, stack, service)
+            .map(|(_, e)| e.modified)
+            .max()
+            .unwrap_or(self.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(service: &str, index: u32) -> InstanceId {
+        InstanceId {
+            stack: StackKey::new("default", "shop").unwrap(),
+            service: service.into(),
+            index,
+        }
+    }
+
+    fn known(services: &[&str]) -> BTreeMap<ServiceKey, Vec<String>> {
+        let stack = StackKey::new("default", "shop").unwrap();
+        services
+            .iter()
+            .map(|s| (ServiceKey::new(&stack, s), vec!["http".to_string()]))
+            .collect()
+    }
+
+    #[test]
+    fn each_change_publishes_one_index_and_no_change_publishes_none() {
+        let c = Catalog::default();
+        c.set_services(known(&["web"]));
+        assert_eq!(c.snapshot().index, 1);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        c.add(&id("web", 1), lo, BTreeMap::from([("http".into(), 4001)]));
+        c.add(&id("web", 2), lo, BTreeMap::from([("http".into(), 4002)]));
+        assert_eq!(c.snapshot().index, 3);
+        c.remove(&id("web", 3));
+        c.set_services(known(&["web"]));
+        assert_eq!(c.snapshot().index, 3, "no-op changes publish nothing");
+        c.remove(&id("web", 1));
+        let snap = c.snapshot();
+        assert_eq!(snap.index, 4);
+        let web = snap.select(None, None, Some("web")).next().unwrap().1;
+        assert_eq!(web.endpoints.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(web.modified, 4);
+        assert_eq!(snap.index_of(None, None, Some("web")), 4);
+    }
+
+    #[test]
+    fn a_change_to_one_service_leaves_the_others_index_alone() {
+        let c = Catalog::default();
+        c.set_services(known(&["web", "db"]));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        c.add(&id("web", 1), lo, BTreeMap::new());
+        c.add(&id("db", 1), lo, BTreeMap::new());
+        let snap = c.snapshot();
+        assert_eq!(snap.index, 3);
+        assert_eq!(snap.index_of(None, None, Some("web")), 2);
+        assert_eq!(snap.index_of(None, None, Some("db")), 3);
+        assert_eq!(snap.index_of(None, None, Some("gone")), 3);
+    }
+
+    #[test]
+    fn unknown_services_take_no_endpoints_and_forgotten_ones_lose_theirs() {
+        let c = Catalog::default();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        c.add(&id("web", 1), lo, BTreeMap::new());
+        assert!(c.snapshot().services.is_empty());
+        c.set_services(known(&["web", "db"]));
+        c.add(&id("web", 1), lo, BTreeMap::new());
+        c.set_services(known(&["db"]));
+        let snap = c.snapshot();
+        assert_eq!(snap.services.len(), 1);
+        assert!(snap.select(None, None, Some("web")).next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_on_the_next_change_or_at_its_deadline() {
+        let c = Arc::new(Catalog::default());
+        c.set_services(known(&["web"]));
+        let start = std::time::Instant::now();
+        let snap = c.wait_past(1, Duration::from_millis(50)).await;
+        assert_eq!(snap.index, 1);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move { c2.wait_past(1, Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        c.add(&id("web", 1), "127.0.0.1".parse().unwrap(), BTreeMap::new());
+        let snap = waiter.await.unwrap();
+        assert_eq!(snap.index, 2);
+    }
+}
