@@ -867,7 +867,7 @@ impl Agent {
                 Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
                 Handle::Process(_) => None,
             };
-            let readiness = Checker::new(
+            let mut readiness = Checker::new(
                 Probe::for_instance(
                     spec.health.as_ref(),
                     node,
@@ -877,7 +877,7 @@ impl Agent {
                 ),
                 spec.health.as_ref(),
             );
-            let liveness = spec.liveness.as_ref().map(|h| {
+            let mut liveness = spec.liveness.as_ref().map(|h| {
                 Checker::liveness(
                     Probe::for_instance(Some(h), node, &ports, &probe_env, container),
                     h,
@@ -885,8 +885,6 @@ impl Agent {
             });
             let endpoint: BTreeMap<String, u16> = ports.iter().cloned().collect();
             let started = Instant::now();
-            let mut readiness = readiness;
-            let mut liveness = liveness;
             let mut killed_for: Option<String> = None;
             // Failed liveness under keep_failed: out of traffic for good.
             let mut held = false;
@@ -970,10 +968,8 @@ impl Agent {
                             format!("{why}; restarting"),
                         );
                         killed_for = Some(format!("liveness check failed: {why}"));
-                        let signal = Signal::from_str(&normalize_signal(&spec.stop_signal))
-                            .unwrap_or(Signal::SIGTERM);
-                        let h = handle.clone();
-                        let grace = spec.stop_grace;
+                        let (h, signal, grace) =
+                            (handle.clone(), stop_signal(&spec), spec.stop_grace);
                         tokio::spawn(async move { h.stop(signal, grace).await });
                     }
                 }
@@ -1084,9 +1080,7 @@ impl Agent {
         // Deregister first: nothing routes to it by the time it gets its stop signal.
         self.cfg.catalog.remove(&id);
         if let Some(h) = handle.clone() {
-            let signal =
-                Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM);
-            h.stop(signal, spec.stop_grace).await;
+            h.stop(stop_signal(&spec), spec.stop_grace).await;
             skiff_store::crash_point("instance-stopped");
         }
         let is_container = handle.as_ref().is_some_and(|h| h.container_id().is_some());
@@ -1384,6 +1378,11 @@ fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         replicas: 0,
         ..b.clone()
     }
+}
+
+/// The signal that stops an instance of `spec` (compose's `stop_signal`, else SIGTERM).
+fn stop_signal(spec: &ServiceSpec) -> Signal {
+    Signal::from_str(&normalize_signal(&spec.stop_signal)).unwrap_or(Signal::SIGTERM)
 }
 
 fn normalize_signal(s: &str) -> String {

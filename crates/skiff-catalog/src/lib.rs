@@ -15,7 +15,7 @@
 //! - A service is *known* (its name resolves, possibly to no instance) exactly while a current
 //!   release has it; unknown names are NXDOMAIN, known ones without instances are empty.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -190,11 +190,6 @@ impl Snapshot {
                 && stack.is_none_or(|s| k.stack == s)
                 && service.is_none_or(|s| k.service == s)
         })
-    }
-
-    /// The known service keys.
-    pub fn keys(&self) -> BTreeSet<&ServiceKey> {
-        self.services.keys().collect()
     }
 
     /// The index of the last change to what a filter selects: the newest `modified` of the

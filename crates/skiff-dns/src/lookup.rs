@@ -77,7 +77,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn new(rcode: ResponseCode) -> Answer {
+    /// An answer with `rcode` and no records.
+    pub fn new(rcode: ResponseCode) -> Answer {
         Answer {
             rcode,
             answers: Vec::new(),
@@ -90,7 +91,7 @@ impl Answer {
 /// What `name` under `zone` is, in `snap`.
 enum Target<'a> {
     Service(&'a ServiceKey, &'a ServiceEntry),
-    Port(&'a ServiceEntry, String),
+    Port(&'a ServiceKey, &'a ServiceEntry, String),
     Instance(&'a Endpoint),
     /// A name with names below it but no records (`<env>.<domain>`, the apex…).
     Empty,
@@ -147,20 +148,15 @@ fn find<'a>(snap: &'a Snapshot, labels: &[String]) -> Target<'a> {
             }
         }
         5 if labels[1] == "_tcp" => {
-            let Some((_, e)) = services().find(|(k, _)| matches(k, &labels[2..])) else {
+            let Some((k, e)) = services().find(|(k, _)| matches(k, &labels[2..])) else {
                 return Target::Unknown;
             };
-            match labels[0].strip_prefix('_') {
-                Some(port) if e.ports.iter().any(|p| p.eq_ignore_ascii_case(port)) => {
-                    let name = e
-                        .ports
-                        .iter()
-                        .find(|p| p.eq_ignore_ascii_case(port))
-                        .cloned()
-                        .unwrap_or_default();
-                    Target::Port(e, name)
-                }
-                _ => Target::Unknown,
+            let port = labels[0]
+                .strip_prefix('_')
+                .and_then(|p| e.ports.iter().find(|x| x.eq_ignore_ascii_case(p)));
+            match port {
+                Some(port) => Target::Port(k, e, port.clone()),
+                None => Target::Unknown,
             }
         }
         _ => Target::Unknown,
@@ -212,16 +208,9 @@ pub fn lookup(snap: &Snapshot, zone: &Zone, name: &Name, qtype: RecordType) -> A
             }
             _ => out.answers = addresses(&mut entry.endpoints.values()),
         },
-        Target::Port(entry, port) => {
+        Target::Port(key, entry, port) => {
             if qtype == RecordType::SRV {
-                let key = snap
-                    .services
-                    .iter()
-                    .find(|(_, e)| std::ptr::eq(*e, entry))
-                    .map(|(k, _)| k);
-                if let Some(key) = key {
-                    srv(zone, &name, key, entry, Some(&port), &mut out);
-                }
+                srv(zone, &name, key, entry, Some(&port), &mut out);
             }
         }
     }

@@ -159,12 +159,7 @@ impl RequestHandler for TcpHandler {
                 &info.query.name().into(),
                 info.query.query_type(),
             ),
-            Err(_) => crate::lookup::Answer {
-                rcode: ResponseCode::FormErr,
-                answers: Vec::new(),
-                authorities: Vec::new(),
-                additionals: Vec::new(),
-            },
+            Err(_) => crate::lookup::Answer::new(ResponseCode::FormErr),
         };
         metadata.authoritative = answer.rcode != ResponseCode::Refused;
         metadata.response_code = answer.rcode;

@@ -125,15 +125,6 @@ impl Prepared {
         }
         Prepared { table }
     }
-
-    /// Names and types prepared.
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
 }
 
 /// Writes the response to `query` into `out`; `false` when nothing should be sent (not a
@@ -224,10 +215,7 @@ fn slow(query: &[u8], snap: &Snapshot, zone: &Zone, out: &mut Vec<u8>, edns: boo
         let answer = if q.query_class() == hickory_proto::rr::DNSClass::IN {
             lookup(snap, zone, q.name(), q.query_type())
         } else {
-            let mut a = lookup(snap, zone, &Name::root(), RecordType::A);
-            a.rcode = ResponseCode::Refused;
-            a.authorities.clear();
-            a
+            Answer::new(ResponseCode::Refused)
         };
         let Some(v) = Variant::new(q.name(), q.query_type(), &answer) else {
             reply(ResponseCode::ServFail, out);

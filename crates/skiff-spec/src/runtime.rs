@@ -211,8 +211,8 @@ fn health(svc: &Service) -> Option<HealthSpec> {
 /// An `x-skiff` readiness or liveness check. Defaults suit a fast check of a local instance
 /// (interval 10s, timeout 2s, retries 3), not compose's 30s.
 fn check(svc: &Service, c: &model::Check) -> HealthSpec {
+    let all = ports(svc);
     let port_of = |p: &Option<String>| -> String {
-        let all = ports(svc);
         p.as_ref()
             .and_then(|p| {
                 all.iter()
