@@ -580,8 +580,17 @@ fn io(op: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
+/// `mkdir -p`, retried when a parent vanished halfway: removing a group removes its empty
+/// parents, and a sibling's removal may take a parent between our mkdirs. Once `dir` exists
+/// its parents are not empty, so they stay.
 fn mkdir_all(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io("creating", dir))
+    let mut attempts = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 100 => attempts += 1,
+            other => return other.map_err(io("creating", dir)),
+        }
+    }
 }
 
 /// Writes to a file the kernel created (never creates one).

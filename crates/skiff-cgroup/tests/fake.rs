@@ -262,3 +262,28 @@ fn a_limit_file_missing_from_the_group_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn groups_created_while_a_sibling_is_removed_never_lose_their_parent() {
+    // Removing a group removes its parents when they are empty; a sibling being created in
+    // the same parent at that moment must still succeed (`down` then `up` of one stack).
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(HYBRID_MOUNTINFO, HYBRID_SELF, root.path(), "skiff").unwrap();
+    let cg = std::sync::Arc::new(cg);
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let cg = cg.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let group = cg
+                        .create(&format!("dev/shop/web-{t}"), &Limits::default())
+                        .unwrap_or_else(|e| panic!("worker {t}, round {i}: {e}"));
+                    group.remove().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
