@@ -867,7 +867,7 @@ impl Agent {
                 Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
                 Handle::Process(_) => None,
             };
-            let mut readiness = Checker::new(
+            let readiness = Checker::new(
                 Probe::for_instance(
                     spec.health.as_ref(),
                     node,
@@ -877,105 +877,127 @@ impl Agent {
                 ),
                 spec.health.as_ref(),
             );
-            let mut liveness = spec.liveness.as_ref().map(|h| {
+            let liveness = spec.liveness.as_ref().map(|h| {
                 Checker::liveness(
                     Probe::for_instance(Some(h), node, &ports, &probe_env, container),
                     h,
                 )
             });
-            let endpoint: BTreeMap<String, u16> = ports.iter().cloned().collect();
-            let started = Instant::now();
-            let mut killed_for: Option<String> = None;
-            // Failed liveness under keep_failed: out of traffic for good.
-            let mut held = false;
-            loop {
-                // Exit first: a crash is seen within ~10 ms, not at the next probe.
-                let status = handle.status().await;
-                if status != Status::Running {
-                    agent.cfg.catalog.remove(&id);
-                    let container_oom = handle.container_oom_killed();
-                    // Wake the reconciler when the back-off ends, not at the next resync.
-                    if let Some(delay) = agent.on_exit(
-                        &id,
-                        &spec,
-                        &observed,
-                        status,
-                        container_oom,
-                        killed_for.take(),
-                    ) {
-                        tokio::time::sleep(delay).await;
-                        agent.wake();
+            let mut probes = Probes {
+                endpoint: ports.iter().cloned().collect(),
+                started: Instant::now(),
+                readiness,
+                liveness,
+                held: false,
+                killed_for: None,
+            };
+            // The exit is watched beside the probes, not between them: a crash during a
+            // probe that hangs until its timeout is still seen within ~10 ms.
+            let exit = watch_exit(handle.clone());
+            tokio::pin!(exit);
+            let status = loop {
+                let round = async {
+                    if probes.killed_for.is_none() {
+                        agent
+                            .probe_once(&id, &spec, &observed, &handle, &mut probes)
+                            .await;
                     }
-                    return;
-                }
-                if killed_for.is_some() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                };
+                tokio::select! {
+                    biased;
+                    status = &mut exit => break status,
+                    () = round => {}
                 }
-                if let Some(verdict) = readiness.due(started).await {
-                    let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = o.state;
-                    match verdict {
-                        Verdict::Pass if !held => {
-                            o.state = InstanceState::Healthy;
-                            o.reason = None;
-                        }
-                        Verdict::Pass => {}
-                        Verdict::Failing(why) => o.reason = Some(why),
-                        Verdict::Failed(why) => {
-                            o.state = InstanceState::Unhealthy;
-                            o.reason = Some(why);
-                        }
-                    }
-                    let now = o.state;
-                    drop(o);
-                    if now != before {
-                        // Out of traffic before anything else learns of it.
-                        if now == InstanceState::Healthy {
-                            agent.cfg.catalog.add(&id, node, endpoint.clone());
-                        } else {
-                            agent.cfg.catalog.remove(&id);
-                        }
-                        agent.write_observed(&id);
-                        agent.wake();
-                    }
-                }
-                if let Some(live) = liveness.as_mut()
-                    && let Some(Verdict::Failed(why)) = live.due(started).await
-                {
-                    agent.cfg.catalog.remove(&id);
-                    if spec.keep_failed {
-                        let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
-                        o.state = InstanceState::Unhealthy;
-                        o.reason = Some(format!(
-                            "liveness: {why}; kept running for inspection (keep_failed)"
-                        ));
-                        drop(o);
-                        agent.event(
-                            &id.stack,
-                            Some(&id),
-                            "liveness_failed",
-                            format!("{why}; kept running out of traffic (keep_failed)"),
-                        );
-                        agent.write_observed(&id);
-                        liveness = None;
-                        held = true;
-                    } else {
-                        agent.event(
-                            &id.stack,
-                            Some(&id),
-                            "liveness_failed",
-                            format!("{why}; restarting"),
-                        );
-                        killed_for = Some(format!("liveness check failed: {why}"));
-                        let (h, signal, grace) =
-                            (handle.clone(), stop_signal(&spec), spec.stop_grace);
-                        tokio::spawn(async move { h.stop(signal, grace).await });
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            agent.cfg.catalog.remove(&id);
+            let container_oom = handle.container_oom_killed();
+            // Wake the reconciler when the back-off ends, not at the next resync.
+            if let Some(delay) = agent.on_exit(
+                &id,
+                &spec,
+                &observed,
+                status,
+                container_oom,
+                probes.killed_for.take(),
+            ) {
+                tokio::time::sleep(delay).await;
+                agent.wake();
             }
         })
+    }
+
+    /// One round of the monitor's probes: readiness (into or out of the catalog), then
+    /// liveness (stop for a restart, or hold out of traffic under `keep_failed`).
+    async fn probe_once(
+        &self,
+        id: &InstanceId,
+        spec: &ServiceSpec,
+        observed: &Mutex<Observed>,
+        handle: &Handle,
+        p: &mut Probes,
+    ) {
+        let node = self.cfg.node_addr;
+        if let Some(verdict) = p.readiness.due(p.started).await {
+            let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+            let before = o.state;
+            match verdict {
+                Verdict::Pass if !p.held => {
+                    o.state = InstanceState::Healthy;
+                    o.reason = None;
+                }
+                Verdict::Pass => {}
+                Verdict::Failing(why) => o.reason = Some(why),
+                Verdict::Failed(why) => {
+                    o.state = InstanceState::Unhealthy;
+                    o.reason = Some(why);
+                }
+            }
+            let now = o.state;
+            drop(o);
+            if now != before {
+                // Out of traffic before anything else learns of it.
+                if now == InstanceState::Healthy {
+                    self.cfg.catalog.add(id, node, p.endpoint.clone());
+                } else {
+                    self.cfg.catalog.remove(id);
+                }
+                self.write_observed(id);
+                self.wake();
+            }
+        }
+        if let Some(live) = p.liveness.as_mut()
+            && let Some(Verdict::Failed(why)) = live.due(p.started).await
+        {
+            self.cfg.catalog.remove(id);
+            if spec.keep_failed {
+                let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                o.state = InstanceState::Unhealthy;
+                o.reason = Some(format!(
+                    "liveness: {why}; kept running for inspection (keep_failed)"
+                ));
+                drop(o);
+                self.event(
+                    &id.stack,
+                    Some(id),
+                    "liveness_failed",
+                    format!("{why}; kept running out of traffic (keep_failed)"),
+                );
+                self.write_observed(id);
+                p.liveness = None;
+                p.held = true;
+            } else {
+                self.event(
+                    &id.stack,
+                    Some(id),
+                    "liveness_failed",
+                    format!("{why}; restarting"),
+                );
+                p.killed_for = Some(format!("liveness check failed: {why}"));
+                let (h, signal, grace) = (handle.clone(), stop_signal(spec), spec.stop_grace);
+                tokio::spawn(async move { h.stop(signal, grace).await });
+            }
+        }
     }
 
     /// Records an exit; returns the restart delay when the policy restarts it.
@@ -1377,6 +1399,29 @@ fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     } == ServiceSpec {
         replicas: 0,
         ..b.clone()
+    }
+}
+
+/// An instance's probes and what they decided so far.
+struct Probes {
+    endpoint: BTreeMap<String, u16>,
+    started: Instant,
+    readiness: Checker,
+    liveness: Option<Checker>,
+    /// Failed liveness under `keep_failed`: out of traffic for good.
+    held: bool,
+    /// Stopped by skiff after failed liveness: the cause recorded with the exit.
+    killed_for: Option<String>,
+}
+
+/// Resolves when the workload is no longer running (checked every 10 ms).
+async fn watch_exit(handle: Handle) -> Status {
+    loop {
+        let status = handle.status().await;
+        if status != Status::Running {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

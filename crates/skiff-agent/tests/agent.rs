@@ -67,6 +67,19 @@ fn stack() -> StackKey {
     StackKey::new("default", "shop").unwrap()
 }
 
+/// A store with one release of `stack()`: the single service `name`.
+fn one_service(name: &str, spec: ServiceSpec) -> Arc<dyn Store> {
+    let spec = StackSpec {
+        services: BTreeMap::from([(name.to_string(), spec)]),
+        batches: vec![vec![name.to_string()]],
+    };
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+    store
+        .create_release(&stack(), spec, String::new(), 0)
+        .unwrap();
+    store
+}
+
 /// An agent run in the background, as `skiff dev` runs it (stopping everything at the end).
 struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -179,14 +192,7 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
         delay: Duration::from_millis(20),
         window: Duration::ZERO,
     };
-    let spec = StackSpec {
-        services: BTreeMap::from([("crash".into(), crash)]),
-        batches: vec![vec!["crash".into()]],
-    };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
-    store
-        .create_release(&stack(), spec, String::new(), 0)
-        .unwrap();
+    let store = one_service("crash", crash);
     let agent = Agent::new(store.clone(), config(data.path()));
     let running = Running::start(&agent);
     wait_until("the policy to give up", Duration::from_secs(10), || {
@@ -207,14 +213,7 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_them() {
     let data = tempfile::tempdir().unwrap();
-    let spec = StackSpec {
-        services: BTreeMap::from([("web".into(), service("sleep 100", 3))]),
-        batches: vec![vec!["web".into()]],
-    };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
-    store
-        .create_release(&stack(), spec, String::new(), 0)
-        .unwrap();
+    let store = one_service("web", service("sleep 100", 3));
 
     // First agent: starts three instances, then "dies" without stopping them.
     let first = Agent::new(store.clone(), config(data.path()));
@@ -307,14 +306,7 @@ fn is_zombie(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync() {
     let data = tempfile::tempdir().unwrap();
-    let spec = StackSpec {
-        services: BTreeMap::from([("web".into(), service("sleep 100", 1))]),
-        batches: vec![vec!["web".into()]],
-    };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
-    store
-        .create_release(&stack(), spec, String::new(), 0)
-        .unwrap();
+    let store = one_service("web", service("sleep 100", 1));
     let mut cfg = config(data.path());
     cfg.resync = Duration::from_secs(30);
     let agent = Agent::new(store.clone(), cfg);
@@ -440,4 +432,53 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
         group.dirs().all(|d| !d.exists()),
         "groups are removed with their instances"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_during_a_hanging_probe_is_seen_at_once_not_at_the_probe_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let mut web = service("sleep 100", 1);
+    // The readiness probe hangs for 60 s; the exit must not wait for it.
+    web.health = Some(HealthSpec {
+        test: vec!["CMD-SHELL".into(), "sleep 60".into()],
+        http: None,
+        tcp: None,
+        interval: Duration::from_secs(60),
+        timeout: Duration::from_secs(60),
+        retries: 1,
+        start_period: Duration::ZERO,
+        start_interval: Duration::from_millis(50),
+    });
+    let store = one_service("web", web);
+    let agent = Agent::new(store.clone(), config(data.path()));
+    let running = Running::start(&agent);
+    let first_pid = || {
+        store
+            .instances(None)
+            .unwrap()
+            .first()
+            .and_then(|i| i.pid.filter(|_| i.restarts == 0))
+    };
+    wait_until("started", Duration::from_secs(5), || first_pid().is_some()).await;
+    let pid = first_pid().unwrap();
+    // Let the probe begin hanging.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the exit recorded while the probe still hangs",
+        Duration::from_secs(10),
+        || {
+            store
+                .instances(None)
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.restarts >= 1)
+        },
+    )
+    .await;
+    running.stop().await;
 }
