@@ -209,7 +209,7 @@ fn health(svc: &Service) -> Option<HealthSpec> {
 }
 
 /// An `x-skiff` readiness or liveness check. Defaults suit a fast check of a local instance
-/// (interval 10s, timeout 2s, retries 3), not compose's 30s.
+/// (interval 10s, timeout 2s or a third of the interval, retries 3), not compose's 30s.
 fn check(svc: &Service, c: &model::Check) -> HealthSpec {
     let all = ports(svc);
     let port_of = |p: &Option<String>| -> String {
@@ -232,7 +232,11 @@ fn check(svc: &Service, c: &model::Check) -> HealthSpec {
         }),
         tcp: c.tcp.as_ref().map(|t| port_of(&t.port)),
         interval,
-        timeout: c.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        // Unset: 2 s, but at most a third of the interval, so that `retries` failures of a
+        // hung instance take at most `retries` intervals and a third of one.
+        timeout: c
+            .timeout
+            .map_or(Duration::from_secs(2).min(interval / 3), |d| d.0),
         retries: c.retries.unwrap_or(3),
         start_period: c.start_period.map_or(Duration::ZERO, |d| d.0),
         start_interval: interval.min(Duration::from_secs(5)),
@@ -338,6 +342,7 @@ mod tests {
             })
         );
         assert_eq!(r.interval, Duration::from_secs(1));
+        assert_eq!(r.timeout, r.interval / 3, "at most a third of the interval");
         let l = a.liveness.as_ref().unwrap();
         assert_eq!(l.tcp.as_deref(), Some("web"), "default: the first port");
         assert_eq!((l.retries, l.timeout), (2, Duration::from_secs(2)));
