@@ -20,9 +20,10 @@ target=$(realpath "${CARGO_TARGET_DIR:-target}")
 skiff=$target/release/skiff
 
 work=$(mktemp -d)
-dev_pid=; nsd_pid=
+. bench/lib.sh
+nsd_pid=
 cleanup() {
-  [ -n "$dev_pid" ] && kill -TERM "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
+  stop_dev
   [ -n "$nsd_pid" ] && kill -TERM "$nsd_pid" 2>/dev/null
   rm -rf "$work"
 }
@@ -68,16 +69,9 @@ nsd_pid=$(cat "$work/nsd/nsd.pid")
 
 # skiff dev with one ready instance of `web` in stack `bench`.
 printf 'name: bench\nservices:\n  web:\n    command: [sleep, "3600"]\n    x-skiff: {driver: process}\n' > "$work/compose.yaml"
-"$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$work/data" > "$work/dev.out" 2>/dev/null &
-dev_pid=$!
-for _ in $(seq 100); do
-  grep -q "api listening" "$work/dev.out" 2>/dev/null && break
-  sleep 0.1
-done
-api=$(sed -n 's/^skiff dev: api listening on //p' "$work/dev.out")
-dns=$(sed -n 's/^skiff dev: dns listening on \([^ ]*\).*/\1/p' "$work/dev.out")
-SKIFF_ADDR=$api "$skiff" up -f "$work/compose.yaml" > /dev/null
-skiff_port=${dns##*:}
+start_dev "$work/data"
+"$skiff" up -f "$work/compose.yaml" > /dev/null
+skiff_port=${dev_dns##*:}
 
 for port in "$nsd_port" "$skiff_port"; do
   got=$(dig @127.0.0.1 -p "$port" +short "$name")

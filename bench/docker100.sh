@@ -18,9 +18,9 @@ skiff=$target/release/skiff
 image=skiff-demo-bench:1
 
 work=$(mktemp -d)
-dev_pid=
+. bench/lib.sh
 cleanup() {
-  [ -n "$dev_pid" ] && kill -TERM "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null
+  stop_dev
   docker rm -f $(docker ps -aq --filter label=bench=skiff-par) >/dev/null 2>&1 || true
   # An interrupted round leaves the skiff side's containers behind too.
   docker rm -f $(docker ps -aq --filter label=io.skiff.stack=bench) >/dev/null 2>&1 || true
@@ -43,21 +43,13 @@ printf 'name: bench\nservices:\n  s:\n    image: %s\n    command: [--name, s]\n 
 now_ms() { date +%s%3N; }
 
 run_skiff() {
-  local data=$work/data-$1
-  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$data" > "$work/dev.out" 2>/dev/null &
-  dev_pid=$!
-  local addr=
-  for _ in $(seq 100); do
-    addr=$(sed -n 's/^skiff dev: api listening on //p' "$work/dev.out")
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
+  start_dev "$work/data-$1"
   local t0; t0=$(now_ms)
-  SKIFF_ADDR=$addr "$skiff" up -f "$work/compose.yaml" --timeout 600 > "$work/up.out"
+  "$skiff" up -f "$work/compose.yaml" --timeout 600 > "$work/up.out"
   local t1; t1=$(now_ms)
   grep -q "$N instances healthy" "$work/up.out" || { cat "$work/up.out" >&2; exit 1; }
-  SKIFF_ADDR=$addr "$skiff" down bench > /dev/null
-  kill -TERM "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
+  "$skiff" down bench > /dev/null
+  stop_dev
   echo $((t1 - t0))
 }
 

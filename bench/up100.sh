@@ -20,8 +20,8 @@ mkdir -p /tmp/baselines/www && echo ok > /tmp/baselines/www/index.html
 baseline=${SKIFF_BASELINES:-../shared/baselines}/spawn100.py
 
 work=$(mktemp -d)
-dev_pid=
-cleanup() { [ -n "$dev_pid" ] && kill -TERM "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null; rm -rf "$work"; }
+. bench/lib.sh
+cleanup() { stop_dev; rm -rf "$work"; }
 trap cleanup EXIT
 
 stack() { # name replicas command...
@@ -32,19 +32,12 @@ stack() { # name replicas command...
   echo "$work/$name.yaml"
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-start_dev() {
-  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$work/data-$1" > "$work/dev-$1.log" 2>/dev/null &
-  dev_pid=$!
-  for _ in $(seq 200); do grep -q "listening on" "$work/dev-$1.log" 2>/dev/null && break; sleep 0.05; done
-  export SKIFF_ADDR=$(sed -n 's/.*api listening on //p' "$work/dev-$1.log")
-}
-stop_dev() { kill -TERM "$dev_pid"; wait "$dev_pid" || true; dev_pid=; }
 
 demo=$(stack demo "$N" skiff-demo)
 printf '%-6s %14s %16s %10s %12s\n' round skiff_up_ms spawn_floor_ms ratio rss_idle_kb
 skiff_ms=(); floor_ms=(); rss_idle=(); rss_loaded=()
 for r in $(seq "$ROUNDS"); do
-  start_dev "$r"
+  start_dev "$work/data-$r"
   rss_idle+=("$(rss_kb "$dev_pid")")
   out=$(PATH=$target/release:$PATH "$skiff" up -f "$demo")
   ms=$(echo "$out" | sed -n 's/.*healthy in \([0-9.]*\)s/\1/p' | awk '{printf "%.0f", $1*1000}')
@@ -61,7 +54,7 @@ echo "median: skiff up -> $N healthy ${ms} ms; spawn floor ${fl} ms; ratio $(awk
 echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N demo instances $(median "${rss_loaded[@]}") kB"
 
 sleepers=$(stack sleepers 1000 sleep,3600)
-start_dev big
+start_dev "$work/data-big"
 out=$("$skiff" up --timeout 300 -f "$sleepers")
 echo "1000 sleep instances: $(echo "$out" | tail -1)"
 sleep 2
