@@ -399,6 +399,41 @@ mod tests {
     }
 
     #[test]
+    fn instances_on_an_ipv6_node_answer_aaaa_and_srv_targets_resolve_to_it() {
+        let c = Catalog::default();
+        let stack = StackKey::new("default", "shop").unwrap();
+        c.set_services(BTreeMap::from([(
+            ServiceKey::new(&stack, "web"),
+            vec!["http".to_string()],
+        )]));
+        let id = InstanceId {
+            stack,
+            service: "web".into(),
+            index: 1,
+        };
+        c.add(
+            &id,
+            "fd00::7".parse().unwrap(),
+            BTreeMap::from([("http".into(), 4001)]),
+        );
+        let snap = c.snapshot();
+        let zone = Zone::new("skiff", 1).unwrap();
+        let ask = |n: &str, t| lookup(&snap, &zone, &Name::from_ascii(n).unwrap(), t);
+        let aaaa = ask("web.shop.default.skiff.", RecordType::AAAA);
+        assert_eq!(rdata(&aaaa), vec!["fd00::7"]);
+        assert_eq!(aaaa.answers[0].ttl, 1);
+        let a = ask("web.shop.default.skiff.", RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert!(a.answers.is_empty(), "no A for a v6-only service");
+        let srv = ask("web.shop.default.skiff.", RecordType::SRV);
+        assert_eq!(rdata(&srv), vec!["0 10 4001 web-1.web.shop.default.skiff."]);
+        assert_eq!(
+            rdata(&ask("web-1.web.shop.default.skiff.", RecordType::AAAA)),
+            vec!["fd00::7"]
+        );
+    }
+
+    #[test]
     fn prepared_names_cover_services_ports_and_instances() {
         let n = names(&catalog(), &Zone::new("skiff", 0).unwrap());
         let s: Vec<String> = n.iter().map(|(n, t)| format!("{n} {t}")).collect();

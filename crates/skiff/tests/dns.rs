@@ -221,3 +221,67 @@ fn the_catalog_api_blocks_until_the_next_change() {
     );
     assert_eq!(code, 400, "{body}");
 }
+
+#[test]
+fn service_healthy_dependents_wait_for_an_x_skiff_http_readiness_to_pass() {
+    ensure_demo_built();
+    // db answers /ready with 503 until told otherwise; api depends on it being healthy.
+    let project = project(
+        "name: gate
+x-skiff: {driver: process}
+services:
+  db:
+    command: [skiff-demo, --name, db, --fail-health]
+    ports: [{name: http, target: 8080}]
+    x-skiff:
+      readiness: {http: {path: /health, status: 200}, interval: 200ms, retries: 1}
+  api:
+    command: [sleep, '300']
+    depends_on: {db: {condition: service_healthy}}
+",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up", "--detach"]);
+    assert!(ok, "{out}{err}");
+    let state = |service: &str| -> Option<String> {
+        let (_, out, _) = skiff_in(&dev, project.path(), &[], &["ps", "-o", "json"]);
+        let ps: serde_json::Value = serde_json::from_str(&out).ok()?;
+        ps.as_array()?
+            .iter()
+            .find(|i| i["id"]["service"] == service)
+            .and_then(|i| i["state"].as_str().map(str::to_string))
+    };
+    let db_port = || -> Option<u16> {
+        let (_, out, _) = skiff_in(&dev, project.path(), &[], &["ps", "-o", "json"]);
+        let ps: serde_json::Value = serde_json::from_str(&out).ok()?;
+        ps.as_array()?
+            .iter()
+            .find(|i| i["id"]["service"] == "db")
+            .and_then(|i| i["ports"]["http"].as_u64())
+            .map(|p| p as u16)
+    };
+    wait_for("db started", || db_port().is_some());
+    // Well past several probes: api has not started.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_ne!(state("db").as_deref(), Some("healthy"));
+    assert!(
+        matches!(state("api").as_deref(), None | Some("pending")),
+        "api must wait for db's readiness: {:?}",
+        state("api")
+    );
+    assert!(
+        !dig(&dev, &["SRV", "db.gate.default.skiff"]).contains(' '),
+        "not ready: not in DNS"
+    );
+
+    // db passes its readiness: it enters DNS and api starts.
+    let port = db_port().expect("db has its port");
+    let (code, _) = http(&format!("127.0.0.1:{port}"), "POST", "/health/ok", "");
+    assert_eq!(code, 200);
+    wait_for("api started once db is ready", || {
+        state("api").as_deref() == Some("healthy")
+    });
+    assert_eq!(state("db").as_deref(), Some("healthy"));
+    assert!(dig(&dev, &["SRV", "db.gate.default.skiff"]).contains(&port.to_string()));
+}
