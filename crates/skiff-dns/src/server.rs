@@ -91,11 +91,11 @@ impl Drop for DnsServer {
 fn serve_udp(sock: UdpSocket, zone: Zone, catalog: Arc<Catalog>, stop: Arc<AtomicBool>) {
     let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
     let mut changes = catalog.subscribe();
+    let mut rng = fastrand::Rng::new();
     let mut snap = catalog.snapshot();
-    let mut prepared = Prepared::build(&snap, &zone);
+    let mut prepared = Prepared::build(&snap, &zone, &mut rng);
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(1500);
-    let mut pick = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
@@ -117,10 +117,9 @@ fn serve_udp(sock: UdpSocket, zone: Zone, catalog: Arc<Catalog>, stop: Arc<Atomi
         if changes.has_changed().unwrap_or(false) {
             changes.mark_unchanged();
             snap = catalog.snapshot();
-            prepared = Prepared::build(&snap, &zone);
+            prepared = Prepared::build(&snap, &zone, &mut rng);
         }
-        pick = pick.wrapping_add(1);
-        if respond(&buf[..n], &prepared, &snap, &zone, pick, &mut out)
+        if respond(&buf[..n], &prepared, &snap, &zone, rng.usize(..), &mut out)
             && let Err(e) = sock.send_to(&out, from)
         {
             tracing::debug!("dns: send to {from}: {e}");
@@ -153,12 +152,16 @@ impl RequestHandler for TcpHandler {
         }
         let snap = self.catalog.snapshot();
         let answer = match request.request_info() {
-            Ok(info) => lookup(
-                &snap,
-                &self.zone,
-                &info.query.name().into(),
-                info.query.query_type(),
-            ),
+            Ok(info) => {
+                let mut a = lookup(
+                    &snap,
+                    &self.zone,
+                    &info.query.name().into(),
+                    info.query.query_type(),
+                );
+                fastrand::shuffle(&mut a.answers);
+                a
+            }
             Err(_) => crate::lookup::Answer::new(ResponseCode::FormErr),
         };
         metadata.authoritative = answer.rcode != ResponseCode::Refused;

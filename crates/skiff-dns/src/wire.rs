@@ -16,8 +16,9 @@ use skiff_catalog::Snapshot;
 
 use crate::lookup::{Answer, Zone, lookup, names};
 
-/// Rotations prepared for answers with several records.
-const ROTATIONS: usize = 8;
+/// Orders prepared for answers with several records: every record comes first in one of
+/// them (with more records than this, evenly spaced ones do).
+const ROTATIONS: usize = 32;
 /// OPT record appended when the query had EDNS: root name, type 41, payload 1232, no flags.
 const OPT: [u8; 11] = [0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0];
 const HEADER: usize = 12;
@@ -105,17 +106,23 @@ fn encode(name: &Name, qtype: RecordType, answer: &Answer) -> Option<Vec<u8>> {
 }
 
 impl Prepared {
-    pub fn build(snap: &Snapshot, zone: &Zone) -> Prepared {
+    /// Every answer in random orders: a random order rotated so that each record (or, past
+    /// [`ROTATIONS`], evenly spaced ones) comes first once, the rest shuffled behind it.
+    pub fn build(snap: &Snapshot, zone: &Zone, rng: &mut fastrand::Rng) -> Prepared {
         let mut table = HashMap::new();
         for (name, qtype) in names(snap, zone) {
-            let answer = lookup(snap, zone, &name, qtype);
+            let mut answer = lookup(snap, zone, &name, qtype);
+            rng.shuffle(&mut answer.answers);
             let n = answer.answers.len();
-            let variants: Vec<Variant> = (0..n.clamp(1, ROTATIONS))
+            let k = n.clamp(1, ROTATIONS);
+            let variants: Vec<Variant> = (0..k)
                 .filter_map(|r| {
                     let mut a = answer.clone();
-                    a.answers.rotate_left(r % n.max(1));
-                    let extra = a.additionals.len().max(1);
-                    a.additionals.rotate_left(r % extra);
+                    a.answers.rotate_left(r * n / k);
+                    if let Some(rest) = a.answers.get_mut(1..) {
+                        rng.shuffle(rest);
+                    }
+                    rng.shuffle(&mut a.additionals);
                     Variant::new(&name, qtype, &a)
                 })
                 .collect();
@@ -213,7 +220,9 @@ fn slow(query: &[u8], snap: &Snapshot, zone: &Zone, out: &mut Vec<u8>, edns: boo
     } else {
         let q = &msg.queries[0];
         let answer = if q.query_class() == hickory_proto::rr::DNSClass::IN {
-            lookup(snap, zone, q.name(), q.query_type())
+            let mut a = lookup(snap, zone, q.name(), q.query_type());
+            fastrand::shuffle(&mut a.answers);
+            a
         } else {
             Answer::new(ResponseCode::Refused)
         };
@@ -277,10 +286,18 @@ mod tests {
 
     fn ask(snap: &Snapshot, q: &[u8], pick: usize) -> Message {
         let zone = Zone::new("skiff", 0).unwrap();
-        let prepared = Prepared::build(snap, &zone);
+        let prepared = Prepared::build(snap, &zone, &mut fastrand::Rng::with_seed(7));
         let mut out = Vec::new();
         assert!(respond(q, &prepared, snap, &zone, pick, &mut out));
         Message::from_vec(&out).unwrap()
+    }
+
+    /// The first A record of the answer in order `pick`.
+    fn first_address(snap: &Snapshot, q: &[u8], pick: usize) -> String {
+        match &ask(snap, q, pick).answers[0].data {
+            RData::A(a) => a.0.to_string(),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -301,12 +318,19 @@ mod tests {
     fn rotations_vary_the_order_of_records() {
         let snap = snapshot(3);
         let q = query(1, "web.shop.default.skiff.", RecordType::A, false);
-        let first = |pick| match &ask(&snap, &q, pick).answers[0].data {
-            RData::A(a) => a.0.to_string(),
-            other => panic!("{other:?}"),
-        };
-        let seen: std::collections::BTreeSet<String> = (0..3).map(first).collect();
+        let seen: std::collections::BTreeSet<String> =
+            (0..3).map(|pick| first_address(&snap, &q, pick)).collect();
         assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn past_the_prepared_orders_evenly_spaced_records_come_first() {
+        let snap = snapshot(60);
+        let q = query(1, "web.shop.default.skiff.", RecordType::A, true);
+        let seen: std::collections::BTreeSet<String> = (0..ROTATIONS)
+            .map(|pick| first_address(&snap, &q, pick))
+            .collect();
+        assert_eq!(seen.len(), ROTATIONS, "{seen:?}");
     }
 
     #[test]
@@ -364,7 +388,7 @@ mod tests {
     fn garbage_gets_formerr_or_silence_never_a_panic() {
         let snap = snapshot(1);
         let zone = Zone::new("skiff", 0).unwrap();
-        let prepared = Prepared::build(&snap, &zone);
+        let prepared = Prepared::build(&snap, &zone, &mut fastrand::Rng::new());
         let mut out = Vec::new();
         let mut rng = 0x1234_5678u32;
         for len in 0..600 {
