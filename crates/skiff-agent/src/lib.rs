@@ -295,7 +295,10 @@ impl Agent {
             for (svc, spec) in &rel.spec.services {
                 known.insert(
                     ServiceKey::new(&st.stack, svc),
-                    spec.ports.iter().map(|p| p.name.clone()).collect(),
+                    skiff_catalog::ServiceInfo {
+                        ports: spec.ports.iter().map(|p| p.name.clone()).collect(),
+                        routes: spec.routes.clone(),
+                    },
                 );
                 let control = st.controls.get(svc).cloned().unwrap_or_default();
                 if control.stopped {
@@ -1099,8 +1102,25 @@ impl Agent {
         if let Some(m) = monitor {
             m.abort();
         }
-        // Deregister first: nothing routes to it by the time it gets its stop signal.
-        self.cfg.catalog.remove(&id);
+        // Deregister, drain, then signal: nothing routes to it by the time it gets its stop
+        // signal, and the requests it was serving have finished (at most the stop grace
+        // period, capped at 30 s, is spent waiting for them).
+        if let Some(traffic) = self.cfg.catalog.remove(&id)
+            && !traffic
+                .drained(spec.stop_grace.min(Duration::from_secs(30)))
+                .await
+        {
+            self.event(
+                &id.stack,
+                Some(&id),
+                "drain_timeout",
+                format!(
+                    "{} requests still in flight after {:?}; stopping anyway",
+                    traffic.in_flight(),
+                    spec.stop_grace.min(Duration::from_secs(30))
+                ),
+            );
+        }
         if let Some(h) = handle.clone() {
             h.stop(stop_signal(&spec), spec.stop_grace).await;
             skiff_store::crash_point("instance-stopped");

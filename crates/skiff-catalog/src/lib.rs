@@ -14,14 +14,19 @@
 //!   its stop signal is sent (deregister, drain, then signal).
 //! - A service is *known* (its name resolves, possibly to no instance) exactly while a current
 //!   release has it; unknown names are NXDOMAIN, known ones without instances are empty.
+//! - Every ready instance has one [`Traffic`] that proxies count their requests on. `remove`
+//!   marks it withdrawn before anything else; a proxy that counted a request on a withdrawn
+//!   instance takes it back and picks another one. So once `remove` returned and the count
+//!   reached zero, no request is or will be on the instance: it can be signalled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use skiff_model::{InstanceId, StackKey};
+use skiff_model::{InstanceId, RouteSpec, StackKey};
 use tokio::sync::watch;
 
 /// A service of a stack in an environment.
@@ -56,10 +61,31 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
 }
 
+/// What the current release says about a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Port names in declaration order.
+    pub ports: Vec<String>,
+    /// Ingress routes besides the service's default host.
+    pub routes: Vec<RouteSpec>,
+}
+
+impl ServiceInfo {
+    /// A service with these ports and no routes of its own.
+    pub fn with_ports(names: &[&str]) -> ServiceInfo {
+        ServiceInfo {
+            ports: names.iter().map(|n| n.to_string()).collect(),
+            routes: Vec::new(),
+        }
+    }
+}
+
 /// A known service: its port names in declaration order and its ready instances by index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
     pub endpoints: BTreeMap<u32, Endpoint>,
     /// The catalog index of this entry's last change (for blocking queries on one service).
     pub modified: u64,
@@ -76,6 +102,52 @@ pub struct Snapshot {
 pub struct Catalog {
     current: Mutex<Arc<Snapshot>>,
     index: watch::Sender<u64>,
+    traffic: Mutex<HashMap<(ServiceKey, u32), Arc<Traffic>>>,
+}
+
+/// Requests in flight to one ready instance, counted by every proxy that sends it traffic.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    in_flight: AtomicUsize,
+    withdrawn: AtomicBool,
+}
+
+impl Traffic {
+    /// Counts a request about to be sent; `false` (and not counted) when the instance was
+    /// withdrawn meanwhile: pick another one.
+    pub fn begin(&self) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.withdrawn.load(Ordering::SeqCst) {
+            self.end();
+            return false;
+        }
+        true
+    }
+
+    /// The request (and its response body) is done.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no request is in flight (at most `max`); `false` when some still were.
+    pub async fn drained(&self, max: Duration) -> bool {
+        let deadline = Instant::now() + max;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -93,6 +165,7 @@ impl Default for Catalog {
         Catalog {
             current: Mutex::new(Arc::new(Snapshot::default())),
             index: watch::Sender::new(0),
+            traffic: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -133,21 +206,37 @@ impl Catalog {
         self.index.send_replace(index);
     }
 
-    /// The services that exist now (those of current releases) with their port names; others
-    /// are forgotten with their endpoints. Endpoints of services that stay are kept.
-    pub fn set_services(&self, known: BTreeMap<ServiceKey, Vec<String>>) {
+    /// The services that exist now (those of current releases) with their ports and routes;
+    /// others are forgotten with their endpoints. Endpoints of services that stay are kept.
+    pub fn set_services(&self, known: BTreeMap<ServiceKey, ServiceInfo>) {
         self.update(|services| {
             services.retain(|k, _| known.contains_key(k));
-            for (k, ports) in known {
-                services.entry(k).or_default().ports = ports;
+            for (k, info) in known {
+                let e = services.entry(k).or_default();
+                e.ports = info.ports;
+                e.routes = info.routes;
             }
+        });
+        let snap = self.snapshot();
+        self.traffic_table().retain(|(k, i), t| {
+            let kept = snap
+                .services
+                .get(k)
+                .is_some_and(|e| e.endpoints.contains_key(i));
+            if !kept {
+                t.withdrawn.store(true, Ordering::SeqCst);
+            }
+            kept
         });
     }
 
     /// `id` is ready at `address` on `ports`. Ignored for a service no release has.
     pub fn add(&self, id: &InstanceId, address: IpAddr, ports: BTreeMap<String, u16>) {
+        let key = ServiceKey::of(id);
+        let mut added = false;
         self.update(|services| {
-            if let Some(s) = services.get_mut(&ServiceKey::of(id)) {
+            if let Some(s) = services.get_mut(&key) {
+                added = true;
                 s.endpoints.insert(
                     id.index,
                     Endpoint {
@@ -158,15 +247,35 @@ impl Catalog {
                 );
             }
         });
+        if added {
+            self.traffic_table()
+                .entry((key, id.index))
+                .or_insert_with(|| Arc::new(Traffic::default()));
+        }
     }
 
-    /// `id` takes no traffic any more (exited, unhealthy, stopping).
-    pub fn remove(&self, id: &InstanceId) {
+    /// `id` takes no traffic any more (exited, unhealthy, stopping). Returns its traffic
+    /// counter, already withdrawn, to wait on for the requests in flight to finish.
+    pub fn remove(&self, id: &InstanceId) -> Option<Arc<Traffic>> {
+        let traffic = self.traffic_table().remove(&(ServiceKey::of(id), id.index));
+        if let Some(t) = &traffic {
+            t.withdrawn.store(true, Ordering::SeqCst);
+        }
         self.update(|services| {
             if let Some(s) = services.get_mut(&ServiceKey::of(id)) {
                 s.endpoints.remove(&id.index);
             }
         });
+        traffic
+    }
+
+    /// The traffic counter of a ready instance (`None` when it is not in the catalog).
+    pub fn traffic(&self, service: &ServiceKey, index: u32) -> Option<Arc<Traffic>> {
+        self.traffic_table().get(&(service.clone(), index)).cloned()
+    }
+
+    fn traffic_table(&self) -> std::sync::MutexGuard<'_, HashMap<(ServiceKey, u32), Arc<Traffic>>> {
+        self.traffic.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until the index passes `after` (at most `wait`); returns the snapshot then.
@@ -218,12 +327,46 @@ mod tests {
         }
     }
 
-    fn known(services: &[&str]) -> BTreeMap<ServiceKey, Vec<String>> {
+    fn known(services: &[&str]) -> BTreeMap<ServiceKey, ServiceInfo> {
         let stack = StackKey::new("default", "shop").unwrap();
         services
             .iter()
-            .map(|s| (ServiceKey::new(&stack, s), vec!["http".to_string()]))
+            .map(|s| {
+                (
+                    ServiceKey::new(&stack, s),
+                    ServiceInfo::with_ports(&["http"]),
+                )
+            })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_removed_instance_refuses_new_requests_and_drains_those_in_flight() {
+        let c = Catalog::default();
+        c.set_services(known(&["web"]));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        c.add(&id("web", 1), lo, BTreeMap::new());
+        let key = ServiceKey::of(&id("web", 1));
+        let t = c.traffic(&key, 1).expect("a ready instance has a counter");
+        assert!(t.begin());
+        assert!(t.begin());
+        t.end();
+        let removed = c.remove(&id("web", 1)).unwrap();
+        assert!(Arc::ptr_eq(&t, &removed));
+        assert!(c.traffic(&key, 1).is_none());
+        assert!(!t.begin(), "withdrawn: the proxy picks another instance");
+        assert_eq!(t.in_flight(), 1);
+        assert!(!removed.drained(Duration::from_millis(20)).await);
+        let t2 = t.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            t2.end();
+        });
+        assert!(removed.drained(Duration::from_secs(5)).await);
+        // Ready again: a fresh counter.
+        c.add(&id("web", 1), lo, BTreeMap::new());
+        let again = c.traffic(&key, 1).unwrap();
+        assert!(!Arc::ptr_eq(&t, &again) && again.begin());
     }
 
     #[test]

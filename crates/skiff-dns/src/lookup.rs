@@ -291,7 +291,7 @@ pub fn names(snap: &Snapshot, zone: &Zone) -> Vec<(Name, RecordType)> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use skiff_catalog::Catalog;
+    use skiff_catalog::{Catalog, ServiceInfo};
     use skiff_model::{InstanceId, StackKey};
 
     use super::*;
@@ -302,9 +302,12 @@ mod tests {
         c.set_services(BTreeMap::from([
             (
                 ServiceKey::new(&stack, "web"),
-                vec!["http".to_string(), "9090".to_string()],
+                ServiceInfo::with_ports(&["http", "9090"]),
             ),
-            (ServiceKey::new(&stack, "db"), vec!["5432".to_string()]),
+            (
+                ServiceKey::new(&stack, "db"),
+                ServiceInfo::with_ports(&["5432"]),
+            ),
         ]));
         for (i, port) in [(1, 4001), (2, 4002)] {
             c.add(
@@ -404,7 +407,7 @@ mod tests {
         let stack = StackKey::new("default", "shop").unwrap();
         c.set_services(BTreeMap::from([(
             ServiceKey::new(&stack, "web"),
-            vec!["http".to_string()],
+            ServiceInfo::with_ports(&["http"]),
         )]));
         let id = InstanceId {
             stack,

@@ -248,7 +248,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use hickory_proto::rr::RData;
-    use skiff_catalog::{Catalog, ServiceKey};
+    use skiff_catalog::{Catalog, ServiceInfo, ServiceKey};
     use skiff_model::{InstanceId, StackKey};
 
     use super::*;
@@ -258,7 +258,7 @@ mod tests {
         let stack = StackKey::new("default", "shop").unwrap();
         c.set_services(BTreeMap::from([(
             ServiceKey::new(&stack, "web"),
-            vec!["http".to_string()],
+            ServiceInfo::with_ports(&["http"]),
         )]));
         for i in 1..=n {
             c.add(

@@ -221,6 +221,9 @@ pub struct ServiceSpec {
     /// A failed liveness check leaves the instance running, out of traffic, for inspection.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_failed: bool,
+    /// Ingress routes from `x-skiff.routes`, besides the service's default host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
     pub restart: RestartPolicy,
     pub stop_signal: String,
     #[serde(with = "duration_ms")]
@@ -293,6 +296,21 @@ pub struct PortSpec {
     /// `mode: host`: the instance binds the published port itself.
     #[serde(default)]
     pub host_mode: bool,
+}
+
+/// An ingress route to a service: requests for `host` (the service's default host when
+/// unset; a leading `*.` matches any one or more labels) whose path starts with `path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Prefix, `/` for everything.
+    pub path: String,
+    /// Port name (as in [`PortSpec::name`]).
+    pub port: String,
+    /// Remove `path` from the request path before forwarding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -89,6 +89,17 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
             .or_else(|| health(svc)),
         liveness: x.and_then(|x| x.liveness.as_ref()).map(|c| check(svc, c)),
         keep_failed: x.is_some_and(|x| x.keep_failed),
+        routes: x.map_or_else(Vec::new, |x| {
+            x.routes
+                .iter()
+                .map(|r| skiff_model::RouteSpec {
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    path: r.path.clone().unwrap_or_else(|| "/".into()),
+                    port: port_name(svc, r.port.as_ref()),
+                    strip_prefix: r.strip_prefix,
+                })
+                .collect()
+        }),
         restart: restart(svc),
         stop_signal: svc.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
         stop_grace: svc
@@ -152,6 +163,18 @@ fn mounts(project: &Project, svc: &Service) -> Vec<skiff_model::MountSpec> {
 }
 
 /// Ports from `ports` and `expose`, one per target port.
+/// The name of the port `p` designates (a name or target number), else of the first port.
+fn port_name(svc: &Service, p: Option<&String>) -> String {
+    let all = ports(svc);
+    p.and_then(|p| {
+        all.iter()
+            .find(|x| x.name == *p || x.target.to_string() == *p)
+    })
+    .or(all.first())
+    .map(|x| x.name.clone())
+    .unwrap_or_default()
+}
+
 fn ports(svc: &Service) -> Vec<PortSpec> {
     let mut out: Vec<PortSpec> = Vec::new();
     for p in &svc.ports {
@@ -211,17 +234,7 @@ fn health(svc: &Service) -> Option<HealthSpec> {
 /// An `x-skiff` readiness or liveness check. Defaults suit a fast check of a local instance
 /// (interval 10s, timeout 2s or a third of the interval, retries 3), not compose's 30s.
 fn check(svc: &Service, c: &model::Check) -> HealthSpec {
-    let all = ports(svc);
-    let port_of = |p: &Option<String>| -> String {
-        p.as_ref()
-            .and_then(|p| {
-                all.iter()
-                    .find(|x| x.name == *p || x.target.to_string() == *p)
-            })
-            .or(all.first())
-            .map(|x| x.name.clone())
-            .unwrap_or_default()
-    };
+    let port_of = |p: &Option<String>| port_name(svc, p.as_ref());
     let interval = c.interval.map_or(Duration::from_secs(10), |d| d.0);
     HealthSpec {
         test: c.test.clone(),
@@ -347,6 +360,31 @@ mod tests {
         assert_eq!(l.tcp.as_deref(), Some("web"), "default: the first port");
         assert_eq!((l.retries, l.timeout), (2, Duration::from_secs(2)));
         assert!(a.keep_failed);
+    }
+
+    #[test]
+    fn x_skiff_routes_name_their_port_and_default_to_the_first_one_and_path_slash() {
+        let s = spec(
+            "services:\n  a:\n    image: a\n    ports: [{name: web, target: 80}, {target: 9000}]\n    x-skiff:\n      routes:\n        - {host: Shop.Example.Test}\n        - {path: /admin, port: \"9000\", strip_prefix: true}\n",
+        );
+        let r = &s.services["a"].routes;
+        assert_eq!(
+            r,
+            &vec![
+                skiff_model::RouteSpec {
+                    host: Some("shop.example.test".into()),
+                    path: "/".into(),
+                    port: "web".into(),
+                    strip_prefix: false,
+                },
+                skiff_model::RouteSpec {
+                    host: None,
+                    path: "/admin".into(),
+                    port: "9000".into(),
+                    strip_prefix: true,
+                },
+            ]
+        );
     }
 
     #[test]
