@@ -4,7 +4,7 @@ dev_pid=
 
 # start_dev DATA_DIR: sets dev_pid, exports SKIFF_ADDR (the API), sets dev_dns (host:port).
 start_dev() {
-  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --data-dir "$1" \
+  "$skiff" dev --api 127.0.0.1:0 --dns 127.0.0.1:0 --ingress 127.0.0.1:0 --data-dir "$1" \
     > "$work/dev.out" 2> "$work/dev.err" &
   dev_pid=$!
   for _ in $(seq 200); do

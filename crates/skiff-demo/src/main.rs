@@ -124,6 +124,7 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         .route("/health/ok", post(|s| set_health(s, true)))
         .route("/env", get(env))
         .route("/echo", get(echo_headers).post(echo_body))
+        .route("/upgrade", get(upgrade))
         .route("/crash", get(crash))
         .route("/alloc", get(alloc))
         .with_state(app);
@@ -218,6 +219,31 @@ async fn echo_headers(headers: HeaderMap) -> Json<std::collections::BTreeMap<Str
 
 async fn echo_body(body: String) -> String {
     body
+}
+
+/// `Upgrade: echo`: switches protocols, then sends back every byte it receives (the way a
+/// websocket or any upgraded connection goes through a proxy).
+async fn upgrade(mut req: axum::extract::Request) -> axum::response::Response {
+    let wants_echo = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"echo"));
+    if !wants_echo {
+        return (StatusCode::UPGRADE_REQUIRED, "send Upgrade: echo\n").into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::UPGRADE, "echo")
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
 }
 
 async fn crash() -> &'static str {

@@ -53,14 +53,6 @@ fn srv_ports(dev: &Dev) -> Vec<u16> {
     ports
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn host_port(dev: &Dev, project: &std::path::Path, index: u64) -> u16 {
     let (_, out, _) = skiff_in(dev, project, &[], &["ps", "-o", "json"]);
     let ps: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -72,20 +64,9 @@ fn host_port(dev: &Dev, project: &std::path::Path, index: u64) -> u16 {
         .unwrap() as u16
 }
 
-/// `skiff dev` running STACK (the data dir lives as long as the returned guard).
-fn up_stack() -> (Dev, tempfile::TempDir, tempfile::TempDir) {
-    ensure_demo_built();
-    let project = project(STACK);
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
-    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
-    assert!(ok, "{out}{err}");
-    (dev, project, data)
-}
-
 #[test]
 fn dig_sees_ready_instances_and_answers_follow_kills_health_and_scaling() {
-    let (dev, project, _data) = up_stack();
+    let (dev, project, _data) = up_stack(STACK);
 
     // A and SRV of every ready instance; SRV targets resolve; unknown names are NXDOMAIN.
     assert_eq!(dig(&dev, &["web.shop.default.skiff"]).trim(), "127.0.0.1");
@@ -163,7 +144,7 @@ fn dig_sees_ready_instances_and_answers_follow_kills_health_and_scaling() {
 
 #[test]
 fn the_catalog_api_blocks_until_the_next_change() {
-    let (dev, _project, _data) = up_stack();
+    let (dev, _project, _data) = up_stack(STACK);
     let addr = dev.addr.trim_start_matches("http://").to_string();
     let (code, body) = http(&addr, "GET", "/v1/catalog?service=web", "");
     assert_eq!(code, 200, "{body}");

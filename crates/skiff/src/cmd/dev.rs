@@ -32,6 +32,13 @@ pub struct Args {
     /// TTL of DNS answers, in seconds (0 or 1: answers follow the live catalog).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
     dns_ttl: u32,
+    /// Ingress (HTTP reverse proxy) listen address (port 0 picks a free port; printed).
+    #[arg(long, default_value = "127.0.0.1:7780", env = "SKIFF_INGRESS_ADDR")]
+    ingress: SocketAddr,
+    /// Domain of the ingress hosts `<service>.<stack>.<env>.<domain>` (`*.localhost`
+    /// resolves to loopback in browsers and curl).
+    #[arg(long, default_value = "localhost", env = "SKIFF_INGRESS_DOMAIN")]
+    ingress_domain: String,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -125,9 +132,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             catalog: catalog.clone(),
             zone: zone.clone(),
         });
-        let dns = skiff_dns::DnsServer::start(args.dns, zone, catalog)
+        let dns = skiff_dns::DnsServer::start(args.dns, zone, catalog.clone())
             .await
             .with_context(|| format!("listening for DNS on {}", args.dns))?;
+        let ingress = skiff_ingress::Ingress::start(
+            args.ingress,
+            skiff_ingress::Config {
+                domain: args.ingress_domain.to_ascii_lowercase(),
+                limits: skiff_ingress::Limits::default(),
+            },
+            catalog,
+        )
+        .await
+        .with_context(|| format!("listening for the ingress on {}", args.ingress))?;
         let listener = tokio::net::TcpListener::bind(args.api)
             .await
             .with_context(|| format!("listening for the API on {}", args.api))?;
@@ -135,6 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!("skiff dev: cluster {}", store.cluster_id()?);
         println!("skiff dev: data dir {}", data_dir.display());
         println!("skiff dev: dns listening on {} (udp, tcp)", dns.addr);
+        println!("skiff dev: ingress listening on http://{}", ingress.addr);
         println!("skiff dev: api listening on http://{addr}");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop_api = stop_rx.clone();
@@ -158,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let _ = agent_task.await;
         let _ = server.await;
         drop(dns);
+        drop(ingress);
         println!("skiff dev: stopped");
         Ok(std::process::ExitCode::SUCCESS)
     })

@@ -32,6 +32,8 @@ pub struct Dev {
     pub cluster: String,
     /// Where its DNS server listens (UDP and TCP).
     pub dns: String,
+    /// Where its ingress listens (host:port).
+    pub ingress: String,
 }
 
 impl Dev {
@@ -42,6 +44,7 @@ impl Dev {
             addr,
             cluster: String::new(),
             dns: String::new(),
+            ingress: String::new(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
             "127.0.0.1:0",
             "--dns",
             "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)
@@ -95,6 +100,7 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
     let mut addr = None;
     let mut cluster = String::new();
     let mut dns = String::new();
+    let mut ingress = String::new();
     for _ in 0..10 {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -103,6 +109,12 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
         }
         if let Some(d) = line.trim().strip_prefix("skiff dev: dns listening on ") {
             dns = d.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        if let Some(i) = line
+            .trim()
+            .strip_prefix("skiff dev: ingress listening on http://")
+        {
+            ingress = i.to_string();
         }
         if let Some(a) = line.trim().strip_prefix("skiff dev: api listening on ") {
             addr = Some(a.to_string());
@@ -116,6 +128,7 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
         addr: addr.expect("listening line"),
         cluster,
         dns,
+        ingress,
     }
 }
 
@@ -236,4 +249,87 @@ pub fn project(compose: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
     dir
+}
+
+/// A keep-alive HTTP/1.1 client connection (responses need a Content-Length).
+#[allow(dead_code)]
+pub struct HttpConn {
+    reader: BufReader<TcpStream>,
+}
+
+#[allow(dead_code)]
+impl HttpConn {
+    pub fn connect(addr: &str) -> std::io::Result<HttpConn> {
+        let s = TcpStream::connect(addr.trim_start_matches("http://"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(HttpConn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// `GET path` with `Host: host`: the status and the body.
+    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+        write!(
+            self.reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        )?;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut status = String::new();
+        if self.reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad(&format!("status line {status:?}")))?;
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let n = length.ok_or_else(|| bad("no content-length"))?;
+        let mut body = vec![0; n];
+        self.reader.read_exact(&mut body)?;
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// `skiff dev` with `compose` up (the project and data dirs live as long as the guards).
+#[allow(dead_code)]
+pub fn up_stack(compose: &str) -> (Dev, tempfile::TempDir, tempfile::TempDir) {
+    ensure_demo_built();
+    let project = project(compose);
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(ok, "{out}{err}");
+    (dev, project, data)
+}
+
+/// Polls `cond` every 20 ms for up to 20 s.
+#[allow(dead_code)]
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Issue 6 benchmarks, side by side in one run, loopback only, every load stops by itself:
+#  (a) wrk through skiff's ingress vs through nginx as a reverse proxy (the baselines'
+#      nginx-proxy.conf: 1 worker, upstream keep-alive) to the same backend: an nginx serving
+#      a 12-byte file, run by skiff as an instance (target >= 1.15x nginx's rps, must >= 1.0x,
+#      p99 no worse); interleaved rounds, median of round ratios;
+#  (b) kill -9 of one of 3 skiff-demo instances under wrk load: failed requests (target 0);
+#  (c) scale 3 -> 10 -> 3 under wrk load: failed requests (must be 0).
+# Failed = socket errors (connect, read, write, timeout) + non-2xx/3xx answers, as wrk counts.
+# Usage: bench/ingress.sh [ROUNDS=3] [SECONDS=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-10}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build -q --release -p skiff -p skiff-demo
+target=$(realpath "${CARGO_TARGET_DIR:-target}")
+skiff=$target/release/skiff
+
+work=$(mktemp -d)
+chmod 755 "$work"
+. bench/lib.sh
+proxy_pid=
+cleanup() {
+  [ -n "$proxy_pid" ] && kill -QUIT "$proxy_pid" 2>/dev/null
+  stop_dev
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The backend: nginx serving a 12-byte file on the port skiff gives it ($PORT).
+mkdir -p "$work/www" "$work/logs"
+printf 'hello world\n' > "$work/www/index.html"
+cat > "$work/backend.conf.in" <<EOF2
+worker_processes 1;
+daemon off;
+pid @DIR@/backend.pid;
+error_log @DIR@/backend.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:@PORT@ backlog=4096;
+    root $work/www;
+    location / { index index.html; }
+  }
+}
+EOF2
+cat > "$work/compose.yaml" <<EOF2
+name: bench
+x-skiff: {driver: process}
+services:
+  be:
+    command: [sh, -c, 'd=\$\$(mktemp -d); sed "s|@PORT@|\$\$PORT|; s|@DIR@|\$\$d|g" $work/backend.conf.in > \$\$d/nginx.conf; exec $nginx -c \$\$d/nginx.conf']
+    ports: [{name: http, target: 8080}]
+  demo:
+    command: [skiff-demo, --name, demo]
+    ports: [{name: http, target: 8080}]
+    deploy:
+      replicas: 3
+      restart_policy: {condition: any, delay: 100ms}
+    stop_grace_period: 5s
+    x-skiff:
+      readiness: {http: {path: /health}, interval: 1s, retries: 2}
+EOF2
+start_dev "$work/data"
+ingress=$(sed -n 's|^skiff dev: ingress listening on http://||p' "$work/dev.out")
+"$skiff" up -f "$work/compose.yaml" > /dev/null
+be_port=$("$skiff" ps -o json | python3 -c 'import json,sys; print(next(i["ports"]["http"] for i in json.load(sys.stdin) if i["id"]["service"]=="be"))')
+
+# The comparator: the baselines' nginx reverse proxy, pointed at the same backend.
+proxy_port=18780
+sed -e "s|/tmp/baselines/logs|$work/logs|g" -e "s|127.0.0.1:8081|127.0.0.1:$be_port|" \
+    -e "s|127.0.0.1:8080|127.0.0.1:$proxy_port|" "${SKIFF_BASELINES:-../shared/baselines}/nginx-proxy.conf" \
+    > "$work/proxy.conf"
+"$nginx" -c "$work/proxy.conf"
+for _ in $(seq 50); do [ -s "$work/logs/proxy.pid" ] && break; sleep 0.1; done
+proxy_pid=$(cat "$work/logs/proxy.pid")
+
+host=be.bench.default.localhost
+for url in "http://127.0.0.1:$proxy_port/" "http://$ingress/"; do
+  got=$(curl -s -H "Host: $host" "$url")
+  [ "$got" = "hello world" ] || { echo "$url answered '$got'" >&2; exit 1; }
+done
+
+# wrk summary: rps, p99 (ms), failed requests.
+run_wrk() { # url seconds [connections]
+  wrk -t2 -c"${3:-64}" -d"$2"s --latency -H "Host: $host" "$1" 2>&1 | awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; p99=v}
+    /Socket errors/ {gsub(/,/,""); err=$4+$6+$8+$10}
+    /Non-2xx/ {bad=$5}
+    END {printf "%d %.2f %d\n", rps, p99, err+bad}'
+}
+
+echo "== (a) wrk -t2 -c64 -d${SECS}s: nginx proxy vs skiff ingress -> same nginx backend"
+printf '%-6s %12s %10s %12s %10s %8s\n' round nginx_rps nginx_p99 skiff_rps skiff_p99 ratio
+ratios=()
+for r in $(seq "$ROUNDS"); do
+  read -r n_rps n_p99 n_err < <(run_wrk "http://127.0.0.1:$proxy_port/" "$SECS")
+  read -r s_rps s_p99 s_err < <(run_wrk "http://$ingress/" "$SECS")
+  ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
+  ratios+=("$ratio")
+  printf '%-6s %12s %8sms %12s %8sms %8s\n' "$r" "$n_rps" "$n_p99" "$s_rps" "$s_p99" "$ratio"
+  [ "$n_err$s_err" = 00 ] || echo "  (failed requests: nginx $n_err, skiff $s_err)"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
+echo "median of round ratios (skiff/nginx rps): $(median "${ratios[@]}") (target >= 1.15, must >= 1.0)"
+
+host=demo.bench.default.localhost
+echo "== (b) kill -9 one of 3 instances under wrk load (${SECS}s)"
+pid=$("$skiff" ps -o json | python3 -c 'import json,sys; print(next(i["pid"] for i in json.load(sys.stdin) if i["id"]["service"]=="demo" and i["id"]["index"]==2))')
+run_wrk "http://$ingress/" "$SECS" 16 > "$work/b.out" &
+wrk_pid=$!
+sleep $((SECS / 3)); kill -9 "$pid"
+wait $wrk_pid
+read -r rps p99 failed < "$work/b.out"
+echo "rps $rps, p99 ${p99}ms, failed requests: $failed (target 0)"
+
+echo "== (c) scale 3 -> 10 -> 3 under wrk load ($((SECS * 2))s)"
+run_wrk "http://$ingress/" "$((SECS * 2))" 16 > "$work/c.out" &
+wrk_pid=$!
+sleep 1
+"$skiff" scale demo=10 > /dev/null
+sleep $((SECS / 2))
+"$skiff" scale demo=3 > /dev/null
+wait $wrk_pid
+read -r rps p99 failed < "$work/c.out"
+echo "rps $rps, p99 ${p99}ms, failed requests: $failed (must be 0)"

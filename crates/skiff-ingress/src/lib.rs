@@ -1,0 +1,174 @@
+//! The ingress: an HTTP/1.1 and HTTP/2 reverse proxy (hyper 1 + hyper-util) in front of every
+//! ready instance of a service with a port.
+//!
+//! ```text
+//!   Catalog ──watch──▶ table task ──RouteTable (Arc, swapped whole)──▶ connections
+//!                        │ rebuilt on every catalog change                 │ per request:
+//!                        └ passive health kept per backend                 ▼ route, pick, forward
+//! ```
+//!
+//! **Invariants:**
+//! - The table is replaced, never edited: a request sees one consistent table; no reload, no
+//!   connection is dropped when instances come and go.
+//! - Every request is counted on its backend's [`skiff_catalog::Traffic`] from before it is
+//!   sent until its response body ends; a backend withdrawn from the catalog refuses new
+//!   requests at once (even through an older table), so the agent can drain, then signal.
+
+pub mod balance;
+pub mod proxy;
+pub mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use skiff_catalog::{Catalog, ServiceKey, Traffic};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use proxy::Limits;
+use proxy::Proxy;
+use routes::{Counters, RouteTable};
+
+use crate::balance::Health;
+
+/// How the ingress is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Domain of the default hosts `<service>.<stack>.<env>.<domain>`.
+    pub domain: String,
+    pub limits: Limits,
+}
+
+/// A running ingress; dropping it stops accepting connections.
+pub struct Ingress {
+    pub addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+    refresh: tokio::task::JoinHandle<()>,
+    table: watch::Receiver<Arc<RouteTable>>,
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.refresh.abort();
+    }
+}
+
+impl Ingress {
+    /// Listens on `addr` (port 0 picks a free one). Must be called inside a tokio runtime.
+    pub async fn start(
+        addr: SocketAddr,
+        cfg: Config,
+        catalog: Arc<Catalog>,
+    ) -> std::io::Result<Ingress> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Registry {
+            catalog: catalog.clone(),
+            health: Mutex::new(HashMap::new()),
+        });
+        let first = RouteTable::build(&catalog.snapshot(), &cfg.domain, counters.as_ref());
+        let (tx, table) = watch::channel(Arc::new(first));
+        let refresh = tokio::spawn(refresh(catalog, cfg.domain.clone(), counters, tx));
+        let proxy = Arc::new(Proxy::new(table.clone(), cfg.limits));
+        let accept = tokio::spawn(accept(listener, proxy));
+        Ok(Ingress {
+            addr,
+            accept,
+            refresh,
+            table,
+        })
+    }
+
+    /// The catalog index the current route table was built from.
+    pub fn table_index(&self) -> u64 {
+        self.table.borrow().index
+    }
+}
+
+/// Rebuilds the table on every catalog change.
+async fn refresh(
+    catalog: Arc<Catalog>,
+    domain: String,
+    counters: Arc<Registry>,
+    tx: watch::Sender<Arc<RouteTable>>,
+) {
+    let mut changes = catalog.subscribe();
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        let snap = catalog.snapshot();
+        let table = RouteTable::build(&snap, &domain, counters.as_ref());
+        tx.send_replace(Arc::new(table));
+        counters.forget_unused();
+    }
+}
+
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>) {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    server.http2().max_header_list_size(64 * 1024);
+    let server = Arc::new(server);
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("ingress: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| proxy.clone().handle(req, client));
+            if let Err(e) = server
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%client, "ingress: connection: {e}");
+            }
+        });
+    }
+}
+
+/// Counters for table builds: traffic from the catalog, passive health kept here.
+struct Registry {
+    catalog: Arc<Catalog>,
+    health: Mutex<HashMap<(ServiceKey, u32, String), Arc<Health>>>,
+}
+
+impl Counters for Registry {
+    fn traffic(&self, service: &ServiceKey, index: u32) -> Option<Arc<Traffic>> {
+        self.catalog.traffic(service, index)
+    }
+
+    fn health(&self, service: &ServiceKey, index: u32, port: &str) -> Arc<Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((service.clone(), index, port.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+impl Registry {
+    /// Drops the health of backends no table has any more.
+    fn forget_unused(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.retain(|_, h| Arc::strong_count(h) > 1);
+    }
+}

@@ -1,0 +1,483 @@
+//! One request through the ingress: route, pick a backend, forward, retry what is safe to
+//! retry, and answer for the backend when none can (404 no route, 413 too large, 502 failed,
+//! 503 no ready instance, 504 timed out), always with a body that says why.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use skiff_catalog::Traffic;
+use tokio::sync::watch;
+
+use crate::balance::pick;
+use crate::routes::{Backend, Route, RouteTable, strip};
+
+/// Limits and timeouts of the ingress.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body (by Content-Length up front, or while streaming).
+    pub max_body: u64,
+    /// Request bodies up to this size are buffered, so that a failed attempt can be retried.
+    pub replay_body: u64,
+    pub connect_timeout: Duration,
+    /// From sending the request to the backend's response header.
+    pub response_timeout: Duration,
+    /// Attempts per request (each on a different backend).
+    pub attempts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 64 << 20,
+            replay_body: 64 << 10,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            attempts: 3,
+        }
+    }
+}
+
+type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type ProxyBody = Either<Tracked, Full<Bytes>>;
+
+pub struct Proxy {
+    pub(crate) table: watch::Receiver<Arc<RouteTable>>,
+    client: Client<HttpConnector, UpstreamBody>,
+    limits: Limits,
+}
+
+impl Proxy {
+    pub fn new(table: watch::Receiver<Arc<RouteTable>>, limits: Limits) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(limits.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Proxy {
+            table,
+            client,
+            limits,
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let table = self.table.borrow().clone();
+        let Some(host) = request_host(&req) else {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "the request names no host (Host header or absolute URI)".into(),
+            ));
+        };
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let Some(route) = table.find(&host, req.uri().path()).cloned() else {
+            return Ok(error(
+                StatusCode::NOT_FOUND,
+                format!("no route for host {host:?} and path {:?}", req.uri().path()),
+            ));
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body) {
+            return Ok(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body of {} bytes is over the limit of {}",
+                    declared.unwrap_or(0),
+                    self.limits.max_body
+                ),
+            ));
+        }
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let forwarded_path = if route.strip_prefix {
+            strip(&route.path, &path_and_query)
+        } else {
+            path_and_query
+        };
+        let headers = forward_headers(&parts.headers, &host, client_addr, upgrade);
+        let bodiless = declared == Some(0)
+            || (declared.is_none()
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+                && body.is_end_stream());
+        // The body, replayable when it is small enough to buffer.
+        let mut streamed = None;
+        let replay = if bodiless {
+            Some(Bytes::new())
+        } else if declared.is_some_and(|n| n <= self.limits.replay_body) {
+            match Limited::new(body, self.limits.replay_body as usize)
+                .collect()
+                .await
+            {
+                Ok(c) => Some(c.to_bytes()),
+                Err(e) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    ));
+                }
+            }
+        } else {
+            streamed = Some(Limited::new(body, self.limits.max_body as usize));
+            None
+        };
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+
+        let mut rng = fastrand::Rng::new();
+        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut last_error = None;
+        let mut attempts = 0;
+        while attempts < self.limits.attempts {
+            let Some(at) = pick(&route.target, &tried, &mut rng) else {
+                break;
+            };
+            tried.push(at);
+            let backend = &route.target.pools[at.0].backends[at.1];
+            if !backend.traffic.begin() {
+                continue; // withdrawn since the table was built: not an attempt
+            }
+            attempts += 1;
+            let guard = Guard(backend.traffic.clone());
+            let body = match (&replay, streamed.take()) {
+                (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
+                (None, Some(s)) => Either::Right(s),
+                (None, None) => break, // a streamed body cannot be sent twice
+            };
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.uri_mut() = match backend_uri(backend, &forwarded_path) {
+                Some(u) => u,
+                None => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot forward path {forwarded_path:?}"),
+                    ));
+                }
+            };
+            *up.headers_mut() = headers.clone();
+            let sent = tokio::time::timeout(self.limits.response_timeout, self.client.request(up));
+            match sent.await {
+                Ok(Ok(mut resp)) => {
+                    backend.health.success();
+                    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        if let Some(client_upgrade) = client_upgrade {
+                            tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
+                        }
+                        let (mut p, _) = resp.into_parts();
+                        p.headers.remove(header::CONTENT_LENGTH);
+                        return Ok(Response::from_parts(
+                            p,
+                            Either::Right(Full::new(Bytes::new())),
+                        ));
+                    }
+                    let (mut p, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut p.headers, false);
+                    return Ok(Response::from_parts(
+                        p,
+                        Either::Left(Tracked {
+                            inner: body,
+                            _guard: guard,
+                        }),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    drop(guard);
+                    let ejected = backend.health.failure();
+                    if ejected {
+                        tracing::warn!(backend = %backend.addr, service = %route.target.service.service,
+                            "ingress: ejected after repeated failures");
+                    }
+                    // Retry when nothing can have reached the application: a failed connect,
+                    // or a replayable request of an idempotent method.
+                    let retry = replay.is_some() && (e.is_connect() || idempotent || bodiless);
+                    last_error = Some((
+                        StatusCode::BAD_GATEWAY,
+                        format!("{}: {}", backend.addr, describe(&e)),
+                    ));
+                    if !retry {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    drop(guard);
+                    backend.health.failure();
+                    last_error = Some((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{} sent no response within {:?}",
+                            backend.addr, self.limits.response_timeout
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        let what = describe_target(&route);
+        Ok(match last_error {
+            Some((code, why)) => error(code, format!("{what}: {why}")),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} has no ready instance"),
+            ),
+        })
+    }
+}
+
+fn describe_target(route: &Route) -> String {
+    let s = &route.target.service;
+    format!(
+        "service {} (stack {}, env {}) port {}",
+        s.service, s.stack, s.env, route.target.port
+    )
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// The host a request is for: an HTTP/2 `:authority` (absolute URI), else the Host header.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)?
+        .to_str()
+        .ok()
+        .map(str::to_string)
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn backend_uri(backend: &Backend, path_and_query: &str) -> Option<Uri> {
+    Uri::builder()
+        .scheme("http")
+        .authority(backend.addr.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers (and those the Connection header names); an upgrade keeps
+/// `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        if upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The headers sent to the backend: the client's without hop-by-hop ones, Host kept (set
+/// from `:authority` for HTTP/2), X-Forwarded-For appended, -Proto and -Host set.
+fn forward_headers(
+    original: &HeaderMap,
+    host: &str,
+    client: SocketAddr,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = original.clone();
+    strip_hop_by_hop(&mut h, upgrade);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(header::HOST, v.clone());
+        h.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+    let ip = client.ip().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(xff, v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    h
+}
+
+/// Copies bytes both ways once client and backend both switched protocols.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: Guard,
+) {
+    let (Ok(c), Ok(b)) = tokio::join!(client, backend) else {
+        return;
+    };
+    let mut c = TokioIo::new(c);
+    let mut b = TokioIo::new(b);
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+    drop(guard);
+}
+
+/// Counts a request as in flight on its backend until dropped.
+struct Guard(Arc<Traffic>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A backend's response body, in flight until it ends or the client goes away.
+pub struct Tracked {
+    inner: Incoming,
+    _guard: Guard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer of the ingress itself.
+pub fn error(status: StatusCode, why: String) -> Response<ProxyBody> {
+    let body = format!(
+        "skiff ingress: {} {}: {why}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client_and_name_the_original_host() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        let out = forward_headers(
+            &h,
+            "web.shop.default.localhost:7780",
+            "127.0.0.7:5000".parse().unwrap(),
+            true,
+        );
+        assert_eq!(out["x-forwarded-for"], "10.0.0.9, 127.0.0.7");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "web.shop.default.localhost:7780");
+        assert_eq!(out[header::HOST], "web.shop.default.localhost:7780");
+        assert_eq!(out[header::UPGRADE], "websocket");
+        assert_eq!(out[header::CONNECTION], "upgrade");
+        let plain = forward_headers(&h, "h", "127.0.0.7:5000".parse().unwrap(), false);
+        assert!(!plain.contains_key(header::UPGRADE));
+    }
+}

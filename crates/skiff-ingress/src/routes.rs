@@ -1,0 +1,393 @@
+//! The route table (pure): which service port serves a host and path, and its ready backends.
+//! Built from one catalog snapshot; the ingress swaps in a new table on every change.
+//!
+//! Every service with a port is reachable at `<service>.<stack>.<env>.<domain>` (its first
+//! port); `x-skiff.routes` add hosts (exact or `*.` wildcards) and path prefixes. A path
+//! prefix matches whole segments: `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use skiff_catalog::{ServiceKey, Snapshot, Traffic};
+
+use crate::balance::Health;
+
+/// A ready instance's port, with the counters every request to it goes through.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub index: u32,
+    pub addr: SocketAddr,
+    pub traffic: Arc<Traffic>,
+    pub health: Arc<Health>,
+}
+
+/// Backends that share a weight (one set now; a canary's old and new releases later).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub weight: u32,
+    pub backends: Vec<Backend>,
+}
+
+/// Where a route sends requests.
+#[derive(Debug)]
+pub struct Target {
+    pub service: ServiceKey,
+    pub port: String,
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Path prefix (`/` matches everything).
+    pub path: String,
+    pub strip_prefix: bool,
+    pub target: Arc<Target>,
+}
+
+/// Routes by host; within a host, the longest path prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub index: u64,
+    exact: HashMap<String, Vec<Route>>,
+    /// `(suffix with its leading dot, routes)`, longest suffix first.
+    wildcard: Vec<(String, Vec<Route>)>,
+}
+
+/// Where the counters of a backend come from (the catalog and the ingress's ejection state).
+pub trait Counters {
+    /// `None`: not ready any more (withdrawn between the snapshot and now).
+    fn traffic(&self, service: &ServiceKey, index: u32) -> Option<Arc<Traffic>>;
+    fn health(&self, service: &ServiceKey, index: u32, port: &str) -> Arc<Health>;
+}
+
+/// `<service>.<stack>.<env>.<domain>`, the default host of a service.
+pub fn default_host(service: &ServiceKey, domain: &str) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        service.service, service.stack, service.env, domain
+    )
+    .to_ascii_lowercase()
+}
+
+impl RouteTable {
+    pub fn build(snap: &Snapshot, domain: &str, counters: &impl Counters) -> RouteTable {
+        let mut table = RouteTable {
+            index: snap.index,
+            ..RouteTable::default()
+        };
+        for (key, entry) in &snap.services {
+            let Some(first) = entry.ports.first() else {
+                continue;
+            };
+            let own_host = default_host(key, domain);
+            let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
+            let mut target = |port: &str| -> Arc<Target> {
+                let port = if entry.ports.iter().any(|p| p == port) {
+                    port
+                } else {
+                    first.as_str()
+                };
+                targets
+                    .entry(port.to_string())
+                    .or_insert_with(|| {
+                        let backends = entry
+                            .endpoints
+                            .values()
+                            .filter_map(|e| {
+                                let p = *e.ports.get(port)?;
+                                Some(Backend {
+                                    index: e.index,
+                                    addr: SocketAddr::new(e.address, p),
+                                    traffic: counters.traffic(key, e.index)?,
+                                    health: counters.health(key, e.index, port),
+                                })
+                            })
+                            .collect();
+                        Arc::new(Target {
+                            service: key.clone(),
+                            port: port.to_string(),
+                            pools: vec![Pool {
+                                weight: 1,
+                                backends,
+                            }],
+                        })
+                    })
+                    .clone()
+            };
+            table.add(
+                &own_host,
+                Route {
+                    path: "/".into(),
+                    strip_prefix: false,
+                    target: target(first),
+                },
+            );
+            for r in &entry.routes {
+                let host = r.host.clone().unwrap_or_else(|| own_host.clone());
+                table.add(
+                    &host,
+                    Route {
+                        path: r.path.clone(),
+                        strip_prefix: r.strip_prefix,
+                        target: target(&r.port),
+                    },
+                );
+            }
+        }
+        for routes in table.exact.values_mut() {
+            sort(routes);
+        }
+        for (_, routes) in table.wildcard.iter_mut() {
+            sort(routes);
+        }
+        table
+            .wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        table
+    }
+
+    fn add(&mut self, host: &str, route: Route) {
+        let host = host.to_ascii_lowercase();
+        let routes = match host.strip_prefix('*') {
+            Some(suffix) => match self.wildcard.iter().position(|(s, _)| s == suffix) {
+                Some(i) => &mut self.wildcard[i].1,
+                None => {
+                    self.wildcard.push((suffix.to_string(), Vec::new()));
+                    &mut self.wildcard.last_mut().expect("just pushed").1
+                }
+            },
+            None => self.exact.entry(host).or_default(),
+        };
+        // The first route declared for a host and path wins (the default route is first).
+        if !routes.iter().any(|r| r.path == route.path) {
+            routes.push(route);
+        }
+    }
+
+    /// The route for a request to `host` (as in the Host header: any port and trailing dot
+    /// are ignored, case too) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = strip_port(host).trim_end_matches('.');
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let routes = self.exact.get(host).or_else(|| {
+            self.wildcard
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|(_, r)| r)
+        })?;
+        routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
+
+    /// Every host with routes (for listings and error messages).
+    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
+        self.exact
+            .keys()
+            .cloned()
+            .chain(self.wildcard.iter().map(|(s, _)| format!("*{s}")))
+    }
+}
+
+fn sort(routes: &mut [Route]) {
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Whether `prefix` matches `path` on whole segments.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix_trimmed = prefix.trim_end_matches('/');
+    if prefix_trimmed.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix_trimmed) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        None => false,
+    }
+}
+
+/// The path to forward under a `strip_prefix` route: `path` without `prefix`, never empty.
+pub fn strip(prefix: &str, path_and_query: &str) -> String {
+    let rest = path_and_query
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or(path_and_query);
+    if rest.is_empty() || rest.starts_with('?') {
+        format!("/{rest}")
+    } else {
+        rest.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_catalog::{Catalog, ServiceInfo};
+    use skiff_model::{InstanceId, RouteSpec, StackKey};
+
+    use super::*;
+
+    struct FromCatalog<'a>(&'a Catalog);
+
+    impl Counters for FromCatalog<'_> {
+        fn traffic(&self, service: &ServiceKey, index: u32) -> Option<Arc<Traffic>> {
+            self.0.traffic(service, index)
+        }
+        fn health(&self, _: &ServiceKey, _: u32, _: &str) -> Arc<Health> {
+            Arc::default()
+        }
+    }
+
+    fn route(host: Option<&str>, path: &str, port: &str, strip: bool) -> RouteSpec {
+        RouteSpec {
+            host: host.map(str::to_string),
+            path: path.into(),
+            port: port.into(),
+            strip_prefix: strip,
+        }
+    }
+
+    /// A ready instance: service, index, (port name, port).
+    type Ready<'a> = (&'a str, u32, &'a [(&'a str, u16)]);
+
+    /// A catalog of stack `shop` with these services and ready instances.
+    fn shop(services: Vec<(&str, ServiceInfo)>, ready: &[Ready]) -> Catalog {
+        let c = Catalog::default();
+        let stack = StackKey::new("default", "shop").unwrap();
+        c.set_services(
+            services
+                .into_iter()
+                .map(|(name, info)| (ServiceKey::new(&stack, name), info))
+                .collect(),
+        );
+        for (svc, index, ports) in ready {
+            c.add(
+                &InstanceId {
+                    stack: stack.clone(),
+                    service: svc.to_string(),
+                    index: *index,
+                },
+                "127.0.0.1".parse().unwrap(),
+                ports.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
+            );
+        }
+        c
+    }
+
+    fn table() -> RouteTable {
+        let c = shop(
+            vec![
+                (
+                    "web",
+                    ServiceInfo {
+                        ports: vec!["http".into(), "admin".into()],
+                        routes: vec![
+                            route(Some("shop.example.test"), "/", "http", false),
+                            route(None, "/admin", "admin", true),
+                            route(Some("*.cdn.example.test"), "/", "http", false),
+                        ],
+                    },
+                ),
+                (
+                    "api",
+                    ServiceInfo {
+                        ports: vec!["8080".into()],
+                        routes: vec![route(Some("shop.example.test"), "/api", "8080", true)],
+                    },
+                ),
+                ("worker", ServiceInfo::default()),
+            ],
+            &[
+                ("web", 1, &[("http", 4001), ("admin", 5001)]),
+                ("web", 2, &[("http", 4002), ("admin", 5002)]),
+                ("api", 1, &[("8080", 6001)]),
+            ],
+        );
+        RouteTable::build(&c.snapshot(), "localhost", &FromCatalog(&c))
+    }
+
+    fn ports(r: &Route) -> Vec<u16> {
+        r.target.pools[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.port())
+            .collect()
+    }
+
+    #[test]
+    fn the_default_host_serves_the_first_port_of_every_service_with_one() {
+        let t = table();
+        let r = t.find("web.shop.default.localhost", "/").unwrap();
+        assert_eq!(r.target.service.service, "web");
+        assert_eq!(ports(r), vec![4001, 4002]);
+        let r = t.find("API.Shop.Default.Localhost:7780", "/x").unwrap();
+        assert_eq!(ports(r), vec![6001]);
+        assert!(t.find("worker.shop.default.localhost", "/").is_none());
+        assert!(t.find("nope.shop.default.localhost", "/").is_none());
+    }
+
+    #[test]
+    fn x_skiff_routes_add_hosts_paths_and_wildcards_longest_prefix_first() {
+        let t = table();
+        let api = t.find("shop.example.test", "/api/orders?id=1").unwrap();
+        assert_eq!(api.target.service.service, "api");
+        assert!(api.strip_prefix);
+        let web = t.find("shop.example.test", "/apiary").unwrap();
+        assert_eq!(
+            web.target.service.service, "web",
+            "prefixes match whole segments"
+        );
+        let admin = t
+            .find("web.shop.default.localhost", "/admin/users")
+            .unwrap();
+        assert_eq!(ports(admin), vec![5001, 5002]);
+        let cdn = t.find("img.eu.cdn.example.test", "/a.png").unwrap();
+        assert_eq!(cdn.target.service.service, "web");
+        assert!(
+            t.find("cdn.example.test", "/").is_none(),
+            "*. needs a label"
+        );
+        assert!(t.find("shop.example.test.", "/").is_some(), "trailing dot");
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_the_query() {
+        assert_eq!(strip("/api", "/api/orders?id=1"), "/orders?id=1");
+        assert_eq!(strip("/api", "/api"), "/");
+        assert_eq!(strip("/api/", "/api?x=1"), "/?x=1");
+        assert_eq!(strip("/", "/x"), "/x");
+        assert!(prefix_matches("/", "/anything"));
+        assert!(!prefix_matches("/api", "/"));
+    }
+
+    #[test]
+    fn withdrawn_instances_are_left_out_of_a_table_built_later() {
+        let c = shop(
+            vec![("web", ServiceInfo::with_ports(&["http"]))],
+            &[("web", 1, &[("http", 4001)])],
+        );
+        let id = InstanceId {
+            stack: StackKey::new("default", "shop").unwrap(),
+            service: "web".into(),
+            index: 1,
+        };
+        let snap = c.snapshot();
+        c.remove(&id);
+        // A table built from the older snapshot still cannot reach it: no counter.
+        let t = RouteTable::build(&snap, "localhost", &FromCatalog(&c));
+        assert!(ports(t.find("web.shop.default.localhost", "/").unwrap()).is_empty());
+    }
+}
