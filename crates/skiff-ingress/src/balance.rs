@@ -55,68 +55,89 @@ impl Health {
 }
 
 /// A backend for the next attempt of a request, skipping those in `tried`
-/// (`(pool, backend)` positions). Ejected backends only when no other is left.
+/// (`(pool, backend)` positions). Ejected backends only when no other is left. Allocates
+/// nothing: it runs for every request.
 pub fn pick(
     target: &Target,
     tried: &[(usize, usize)],
     rng: &mut fastrand::Rng,
 ) -> Option<(usize, usize)> {
     let pools = &target.pools;
-    let usable = |p: usize, b: &Backend, i: usize, allow_ejected: bool| {
-        !tried.contains(&(p, i))
-            && !b.traffic.is_withdrawn()
-            && (allow_ejected || !b.health.is_ejected())
-    };
     for allow_ejected in [false, true] {
+        let usable = |p: usize, i: usize, b: &Backend| {
+            !tried.contains(&(p, i))
+                && !b.traffic.is_withdrawn()
+                && (allow_ejected || !b.health.is_ejected())
+        };
+        let count = |p: usize| {
+            pools[p]
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| usable(p, *i, b))
+                .count()
+        };
         // A pool by weight among those with a usable backend.
-        let live: Vec<usize> = (0..pools.len())
-            .filter(|&p| {
-                pools[p].weight > 0
-                    && pools[p]
-                        .backends
-                        .iter()
-                        .enumerate()
-                        .any(|(i, b)| usable(p, b, i, allow_ejected))
-            })
-            .collect();
-        let total: u64 = live.iter().map(|&p| u64::from(pools[p].weight)).sum();
-        if total == 0 {
+        let (p, n) = if pools.len() == 1 {
+            (0, count(0))
+        } else {
+            let total: u64 = (0..pools.len())
+                .filter(|&p| count(p) > 0)
+                .map(|p| u64::from(pools[p].weight))
+                .sum();
+            if total == 0 {
+                continue;
+            }
+            let mut ticket = rng.u64(..total);
+            let mut chosen = None;
+            for (p, pool) in pools.iter().enumerate() {
+                let w = u64::from(pool.weight);
+                if w == 0 {
+                    continue;
+                }
+                let c = count(p);
+                if c == 0 {
+                    continue;
+                }
+                if ticket < w {
+                    chosen = Some((p, c));
+                    break;
+                }
+                ticket -= w;
+            }
+            match chosen {
+                Some(x) => x,
+                None => continue,
+            }
+        };
+        if n == 0 {
             continue;
         }
-        let mut ticket = rng.u64(..total);
-        let p = *live
-            .iter()
-            .find(|&&p| {
-                let w = u64::from(pools[p].weight);
-                if ticket < w {
-                    true
-                } else {
-                    ticket -= w;
-                    false
-                }
-            })
-            .expect("ticket below the total weight");
         let backends = &pools[p].backends;
-        let n = backends.len();
+        // The usable backend of rank `r`.
+        let nth = |r: usize| {
+            backends
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| usable(p, *i, b))
+                .nth(r)
+                .map(|(i, _)| i)
+                .expect("rank below the usable count")
+        };
         // Two random usable backends; the one with fewer requests in flight.
-        let candidates: Vec<usize> = (0..n)
-            .filter(|&i| usable(p, &backends[i], i, allow_ejected))
-            .collect();
-        let chosen = match candidates.len() {
-            0 => continue,
-            1 => candidates[0],
-            c => {
-                let a = rng.usize(..c);
-                let mut b = rng.usize(..c - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (candidates[a], candidates[b]);
-                if backends[b].traffic.in_flight() < backends[a].traffic.in_flight() {
-                    b
-                } else {
-                    a
-                }
+        let chosen = if n == 1 {
+            nth(0)
+        } else {
+            let ra = rng.usize(..n);
+            let mut rb = rng.usize(..n - 1);
+            if rb >= ra {
+                rb += 1;
+            }
+            let (a, b) = (nth(ra), nth(rb));
+            if backends[b].traffic.in_flight() < backends[a].traffic.in_flight() {
+                b
+            } else {
+                a
             }
         };
         return Some((p, chosen));
@@ -138,6 +159,7 @@ mod tests {
         Backend {
             index: u32::from(port),
             addr: ([127, 0, 0, 1], port).into(),
+            authority: format!("127.0.0.1:{port}").parse().unwrap(),
             traffic: Arc::new(Traffic::default()),
             health: Arc::default(),
         }

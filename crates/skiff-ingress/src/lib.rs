@@ -42,21 +42,42 @@ pub struct Config {
     /// Domain of the default hosts `<service>.<stack>.<env>.<domain>`.
     pub domain: String,
     pub limits: Limits,
+    /// Worker threads, each with its own single-threaded runtime, listener (SO_REUSEPORT:
+    /// the kernel spreads connections) and backend connection pool, as nginx's workers: a
+    /// request and its backend exchange never cross threads.
+    pub workers: usize,
 }
 
 /// A running ingress; dropping it stops accepting connections.
 pub struct Ingress {
     pub addr: SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
     refresh: tokio::task::JoinHandle<()>,
     table: watch::Receiver<Arc<RouteTable>>,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Ingress {
     fn drop(&mut self) {
-        self.accept.abort();
         self.refresh.abort();
+        self.stop.send_replace(true);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
     }
+}
+
+/// A listening socket on `addr` that more sockets may share (SO_REUSEPORT).
+fn shared_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    listener.into_std()
 }
 
 impl Ingress {
@@ -66,8 +87,13 @@ impl Ingress {
         cfg: Config,
         catalog: Arc<Catalog>,
     ) -> std::io::Result<Ingress> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
+        // The first socket fixes the port (port 0 picks one); the others share it.
+        let first_listener = shared_listener(addr)?;
+        let addr = first_listener.local_addr()?;
+        let mut listeners = vec![first_listener];
+        for _ in 1..cfg.workers.max(1) {
+            listeners.push(shared_listener(addr)?);
+        }
         let counters = Arc::new(Registry {
             catalog: catalog.clone(),
             health: Mutex::new(HashMap::new()),
@@ -75,13 +101,38 @@ impl Ingress {
         let first = RouteTable::build(&catalog.snapshot(), &cfg.domain, counters.as_ref());
         let (tx, table) = watch::channel(Arc::new(first));
         let refresh = tokio::spawn(refresh(catalog, cfg.domain.clone(), counters, tx));
-        let proxy = Arc::new(Proxy::new(table.clone(), cfg.limits));
-        let accept = tokio::spawn(accept(listener, proxy));
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = Vec::new();
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let (table, limits, mut stopped) = (table.clone(), cfg.limits.clone(), stopped.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("skiff-ingress-{n}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            listener
+                                .set_nonblocking(true)
+                                .expect("nonblocking listener");
+                            let listener =
+                                TcpListener::from_std(listener).expect("a tokio listener");
+                            let proxy = Arc::new(Proxy::new(table, limits));
+                            tokio::select! {
+                                () = accept(listener, proxy) => {}
+                                _ = stopped.wait_for(|s| *s) => {}
+                            }
+                        });
+                    })?,
+            );
+        }
         Ok(Ingress {
             addr,
-            accept,
             refresh,
             table,
+            stop,
+            workers,
         })
     }
 
@@ -133,12 +184,13 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>) {
         let proxy = proxy.clone();
         let server = server.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| proxy.clone().handle(req, client));
+            let client = Arc::new(proxy::Client::new(client));
+            let service = service_fn(move |req| proxy.clone().handle(req, client.clone()));
             if let Err(e) = server
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!(%client, "ingress: connection: {e}");
+                tracing::debug!("ingress: connection: {e}");
             }
         });
     }

@@ -13,15 +13,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_catalog::Traffic;
 use tokio::sync::watch;
 
 use crate::balance::pick;
-use crate::routes::{Backend, Route, RouteTable, strip};
+use crate::routes::{Route, RouteTable, strip};
+
+/// Backends tried per request at most (attempts plus withdrawn ones skipped).
+const MAX_PICKS: usize = 8;
 
 /// Limits and timeouts of the ingress.
 #[derive(Clone, Debug)]
@@ -54,7 +58,7 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 pub struct Proxy {
     pub(crate) table: watch::Receiver<Arc<RouteTable>>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: LegacyClient<HttpConnector, UpstreamBody>,
     limits: Limits,
 }
 
@@ -63,9 +67,10 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(limits.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
+        let client = LegacyClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
+            .set_host(false)
             .build(connector);
         Proxy {
             table,
@@ -77,7 +82,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        client_addr: SocketAddr,
+        client: Arc<Client>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let table = self.table.borrow().clone();
         let Some(host) = request_host(&req) else {
@@ -86,16 +91,28 @@ impl Proxy {
                 "the request names no host (Host header or absolute URI)".into(),
             ));
         };
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let Some(route) = table.find(&host, req.uri().path()).cloned() else {
+        let host_str = host.to_str().unwrap_or_default();
+        let Some(route) = table.find(host_str, req.uri().path()) else {
             return Ok(error(
                 StatusCode::NOT_FOUND,
-                format!("no route for host {host:?} and path {:?}", req.uri().path()),
+                format!(
+                    "no route for host {host_str:?} and path {:?}",
+                    req.uri().path()
+                ),
             ));
+        };
+        let path_and_query = match req.uri().path_and_query() {
+            Some(pq) if !route.strip_prefix => pq.clone(),
+            Some(pq) => match PathAndQuery::from_maybe_shared(strip(&route.path, pq.as_str())) {
+                Ok(stripped) => stripped,
+                Err(_) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot forward path {:?}", pq.as_str()),
+                    ));
+                }
+            },
+            None => PathAndQuery::from_static("/"),
         };
         let declared = req
             .headers()
@@ -113,17 +130,12 @@ impl Proxy {
         }
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let forwarded_path = if route.strip_prefix {
-            strip(&route.path, &path_and_query)
-        } else {
-            path_and_query
-        };
-        let headers = forward_headers(&parts.headers, &host, client_addr, upgrade);
+        let (mut parts, body) = req.into_parts();
         let bodiless = declared == Some(0)
             || (declared.is_none()
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
                 && body.is_end_stream());
+        let headers = forward_headers(std::mem::take(&mut parts.headers), host, &client, upgrade);
         // The body, replayable when it is small enough to buffer.
         let mut streamed = None;
         let replay = if bodiless {
@@ -156,14 +168,16 @@ impl Proxy {
         );
 
         let mut rng = fastrand::Rng::new();
-        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut tried = [(usize::MAX, usize::MAX); MAX_PICKS];
+        let mut picks = 0;
         let mut last_error = None;
         let mut attempts = 0;
-        while attempts < self.limits.attempts {
-            let Some(at) = pick(&route.target, &tried, &mut rng) else {
+        while attempts < self.limits.attempts && picks < MAX_PICKS {
+            let Some(at) = pick(&route.target, &tried[..picks], &mut rng) else {
                 break;
             };
-            tried.push(at);
+            tried[picks] = at;
+            picks += 1;
             let backend = &route.target.pools[at.0].backends[at.1];
             if !backend.traffic.begin() {
                 continue; // withdrawn since the table was built: not an attempt
@@ -178,15 +192,11 @@ impl Proxy {
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
             *up.version_mut() = Version::HTTP_11;
-            *up.uri_mut() = match backend_uri(backend, &forwarded_path) {
-                Some(u) => u,
-                None => {
-                    return Ok(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot forward path {forwarded_path:?}"),
-                    ));
-                }
-            };
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(backend.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            *up.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
             *up.headers_mut() = headers.clone();
             let sent = tokio::time::timeout(self.limits.response_timeout, self.client.request(up));
             match sent.await {
@@ -246,7 +256,7 @@ impl Proxy {
                 }
             }
         }
-        let what = describe_target(&route);
+        let what = describe_target(route);
         Ok(match last_error {
             Some((code, why)) => error(code, format!("{what}: {why}")),
             None => error(
@@ -277,15 +287,11 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// The host a request is for: an HTTP/2 `:authority` (absolute URI), else the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers()
-        .get(header::HOST)?
-        .to_str()
-        .ok()
-        .map(str::to_string)
+    req.headers().get(header::HOST).cloned()
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -298,15 +304,6 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-fn backend_uri(backend: &Backend, path_and_query: &str) -> Option<Uri> {
-    Uri::builder()
-        .scheme("http")
-        .authority(backend.addr.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
 }
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -340,27 +337,39 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A client connection.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// Its IP as a header value, made once per connection.
+    pub ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a header value"),
+        }
+    }
+}
+
 /// The headers sent to the backend: the client's without hop-by-hop ones, Host kept (set
 /// from `:authority` for HTTP/2), X-Forwarded-For appended, -Proto and -Host set.
 fn forward_headers(
-    original: &HeaderMap,
-    host: &str,
-    client: SocketAddr,
+    mut h: HeaderMap,
+    host: HeaderValue,
+    client: &Client,
     upgrade: bool,
 ) -> HeaderMap {
-    let mut h = original.clone();
     strip_hop_by_hop(&mut h, upgrade);
-    if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(header::HOST, v.clone());
-        h.insert(HeaderName::from_static("x-forwarded-host"), v);
-    }
-    let ip = client.ip().to_string();
+    h.insert(header::HOST, host.clone());
+    h.insert(HeaderName::from_static("x-forwarded-host"), host);
     let xff = HeaderName::from_static("x-forwarded-for");
     let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.addr.ip())).ok(),
+        None => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         h.insert(xff, v);
     }
     h.insert(
@@ -465,10 +474,11 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        let client = Client::new("127.0.0.7:5000".parse().unwrap());
         let out = forward_headers(
-            &h,
-            "web.shop.default.localhost:7780",
-            "127.0.0.7:5000".parse().unwrap(),
+            h.clone(),
+            HeaderValue::from_static("web.shop.default.localhost:7780"),
+            &client,
             true,
         );
         assert_eq!(out["x-forwarded-for"], "10.0.0.9, 127.0.0.7");
@@ -477,7 +487,7 @@ mod tests {
         assert_eq!(out[header::HOST], "web.shop.default.localhost:7780");
         assert_eq!(out[header::UPGRADE], "websocket");
         assert_eq!(out[header::CONNECTION], "upgrade");
-        let plain = forward_headers(&h, "h", "127.0.0.7:5000".parse().unwrap(), false);
+        let plain = forward_headers(h, HeaderValue::from_static("h"), &client, false);
         assert!(!plain.contains_key(header::UPGRADE));
     }
 }

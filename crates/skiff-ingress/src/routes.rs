@@ -18,6 +18,8 @@ use crate::balance::Health;
 pub struct Backend {
     pub index: u32,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once per table rather than per request.
+    pub authority: hyper::http::uri::Authority,
     pub traffic: Arc<Traffic>,
     pub health: Arc<Health>,
 }
@@ -96,9 +98,11 @@ impl RouteTable {
                             .values()
                             .filter_map(|e| {
                                 let p = *e.ports.get(port)?;
+                                let addr = SocketAddr::new(e.address, p);
                                 Some(Backend {
                                     index: e.index,
-                                    addr: SocketAddr::new(e.address, p),
+                                    addr,
+                                    authority: addr.to_string().parse().ok()?,
                                     traffic: counters.traffic(key, e.index)?,
                                     health: counters.health(key, e.index, port),
                                 })

@@ -39,6 +39,10 @@ pub struct Args {
     /// resolves to loopback in browsers and curl).
     #[arg(long, default_value = "localhost", env = "SKIFF_INGRESS_DOMAIN")]
     ingress_domain: String,
+    /// Ingress worker threads (each a single-threaded event loop, as nginx workers).
+    #[arg(long, default_value_t = 1, env = "SKIFF_INGRESS_WORKERS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    ingress_workers: u16,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -140,6 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             skiff_ingress::Config {
                 domain: args.ingress_domain.to_ascii_lowercase(),
                 limits: skiff_ingress::Limits::default(),
+                workers: usize::from(args.ingress_workers),
             },
             catalog,
         )
