@@ -17,6 +17,7 @@
 pub mod balance;
 pub mod proxy;
 pub mod routes;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

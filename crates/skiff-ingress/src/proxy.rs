@@ -13,16 +13,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client as LegacyClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use skiff_catalog::Traffic;
 use tokio::sync::watch;
 
 use crate::balance::pick;
 use crate::routes::{Route, RouteTable, strip};
+use crate::upstream::{Lease, SendError, Upstreams};
 
 /// Backends tried per request at most (attempts plus withdrawn ones skipped).
 const MAX_PICKS: usize = 8;
@@ -53,28 +52,33 @@ impl Default for Limits {
     }
 }
 
-type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 pub struct Proxy {
     pub(crate) table: watch::Receiver<Arc<RouteTable>>,
-    client: LegacyClient<HttpConnector, UpstreamBody>,
+    upstreams: Arc<Upstreams>,
     limits: Limits,
 }
 
 impl Proxy {
+    /// Must be called inside the worker's runtime (it prunes idle connections there).
     pub fn new(table: watch::Receiver<Arc<RouteTable>>, limits: Limits) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(limits.connect_timeout));
-        let client = LegacyClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .set_host(false)
-            .build(connector);
+        let upstreams: Arc<Upstreams> = Arc::default();
+        let weak = Arc::downgrade(&upstreams);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(u) => u.prune_closed(),
+                    None => return,
+                }
+            }
+        });
         Proxy {
             table,
-            client,
+            upstreams,
             limits,
         }
     }
@@ -172,6 +176,8 @@ impl Proxy {
         let mut picks = 0;
         let mut last_error = None;
         let mut attempts = 0;
+        // A request that was not sent (connect failed): it goes to the next backend as is.
+        let mut unsent: Option<Request<UpstreamBody>> = None;
         while attempts < self.limits.attempts && picks < MAX_PICKS {
             let Some(at) = pick(&route.target, &tried[..picks], &mut rng) else {
                 break;
@@ -184,23 +190,29 @@ impl Proxy {
             }
             attempts += 1;
             let guard = Guard(backend.traffic.clone());
-            let body = match (&replay, streamed.take()) {
-                (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
-                (None, Some(s)) => Either::Right(s),
-                (None, None) => break, // a streamed body cannot be sent twice
+            let up = match unsent.take() {
+                Some(up) => up,
+                None => {
+                    let body = match (&replay, streamed.take()) {
+                        (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
+                        (None, Some(s)) => Either::Right(s),
+                        (None, None) => break, // a streamed body cannot be sent twice
+                    };
+                    let mut up = Request::new(body);
+                    *up.method_mut() = parts.method.clone();
+                    *up.version_mut() = Version::HTTP_11;
+                    *up.uri_mut() = Uri::from(path_and_query.clone());
+                    *up.headers_mut() = headers.clone();
+                    up
+                }
             };
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.version_mut() = Version::HTTP_11;
-            let mut uri = hyper::http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(backend.authority.clone());
-            uri.path_and_query = Some(path_and_query.clone());
-            *up.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
-            *up.headers_mut() = headers.clone();
-            let sent = tokio::time::timeout(self.limits.response_timeout, self.client.request(up));
+            let sent = tokio::time::timeout(
+                self.limits.response_timeout,
+                self.upstreams
+                    .send(backend.addr, up, self.limits.connect_timeout),
+            );
             match sent.await {
-                Ok(Ok(mut resp)) => {
+                Ok(Ok((mut resp, lease))) => {
                     backend.health.success();
                     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
@@ -220,25 +232,28 @@ impl Proxy {
                         p,
                         Either::Left(Tracked {
                             inner: body,
+                            lease: Some(lease),
                             _guard: guard,
                         }),
                     ));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(SendError::NotSent(why, up))) => {
+                    // Nothing reached the application: the same request goes elsewhere.
                     drop(guard);
-                    let ejected = backend.health.failure();
-                    if ejected {
-                        tracing::warn!(backend = %backend.addr, service = %route.target.service.service,
-                            "ingress: ejected after repeated failures");
-                    }
-                    // Retry when nothing can have reached the application: a failed connect,
-                    // or a replayable request of an idempotent method.
-                    let retry = replay.is_some() && (e.is_connect() || idempotent || bodiless);
+                    self.failed(backend, route);
+                    last_error =
+                        Some((StatusCode::BAD_GATEWAY, format!("{}: {why}", backend.addr)));
+                    unsent = Some(*up);
+                }
+                Ok(Err(SendError::Failed(e))) => {
+                    drop(guard);
+                    self.failed(backend, route);
                     last_error = Some((
                         StatusCode::BAD_GATEWAY,
                         format!("{}: {}", backend.addr, describe(&e)),
                     ));
-                    if !retry {
+                    // It may have reached the application: again only when that is harmless.
+                    if !(replay.is_some() && (idempotent || bodiless)) {
                         break;
                     }
                 }
@@ -267,6 +282,15 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    fn failed(&self, backend: &crate::routes::Backend, route: &Route) {
+        if backend.health.failure() {
+            tracing::warn!(backend = %backend.addr, service = %route.target.service.service,
+                "ingress: ejected after repeated failures");
+        }
+    }
+}
+
 fn describe_target(route: &Route) -> String {
     let s = &route.target.service;
     format!(
@@ -275,7 +299,7 @@ fn describe_target(route: &Route) -> String {
     )
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+fn describe(e: &hyper::Error) -> String {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -403,9 +427,11 @@ impl Drop for Guard {
     }
 }
 
-/// A backend's response body, in flight until it ends or the client goes away.
+/// A backend's response body, in flight until it ends or the client goes away. Read to the
+/// end, its connection serves the next request; dropped early, the connection closes.
 pub struct Tracked {
     inner: Incoming,
+    lease: Option<Lease>,
     _guard: Guard,
 }
 
@@ -417,7 +443,13 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if (matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream())
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use skiff_catalog::{Catalog, ServiceInfo, ServiceKey};
@@ -82,11 +83,17 @@ fn closed_port() -> u16 {
 
 /// A backend answering every request with `body` (keep-alive), on its own thread.
 fn ok_backend(body: &'static str) -> u16 {
+    counting_backend(body, Arc::default())
+}
+
+/// [`ok_backend`] that counts the connections it accepted.
+fn counting_backend(body: &'static str, accepted: Arc<AtomicUsize>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = c.read(&mut buf) {
@@ -225,4 +232,23 @@ async fn unknown_hosts_get_404_and_a_service_without_instances_503() {
         assert!(Instant::now() < deadline, "{answer}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_once_a_response_was_read() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let port = counting_backend("again", accepted.clone());
+    let (ingress, _catalog) = start(&[port], Limits::default()).await;
+    let addr = ingress.addr;
+    for _ in 0..20 {
+        let answer = tokio::task::spawn_blocking(move || get(addr))
+            .await
+            .unwrap();
+        assert!(answer.ends_with("again"), "{answer}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one backend connection for 20 requests"
+    );
 }
