@@ -298,6 +298,12 @@ impl Agent {
                     skiff_catalog::ServiceInfo {
                         ports: spec.ports.iter().map(|p| p.name.clone()).collect(),
                         routes: spec.routes.clone(),
+                        published: spec
+                            .ports
+                            .iter()
+                            .filter(|p| !p.host_mode && p.protocol == "tcp")
+                            .filter_map(|p| Some((p.name.clone(), p.published?)))
+                            .collect(),
                     },
                 );
                 let control = st.controls.get(svc).cloned().unwrap_or_default();

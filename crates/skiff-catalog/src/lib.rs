@@ -68,6 +68,8 @@ pub struct ServiceInfo {
     pub ports: Vec<String>,
     /// Ingress routes besides the service's default host.
     pub routes: Vec<RouteSpec>,
+    /// Service ports (compose `ports: "8080:80"`): port name → port every node listens on.
+    pub published: BTreeMap<String, u16>,
 }
 
 impl ServiceInfo {
@@ -75,7 +77,7 @@ impl ServiceInfo {
     pub fn with_ports(names: &[&str]) -> ServiceInfo {
         ServiceInfo {
             ports: names.iter().map(|n| n.to_string()).collect(),
-            routes: Vec::new(),
+            ..ServiceInfo::default()
         }
     }
 }
@@ -86,6 +88,8 @@ pub struct ServiceEntry {
     pub ports: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published: BTreeMap<String, u16>,
     pub endpoints: BTreeMap<u32, Endpoint>,
     /// The catalog index of this entry's last change (for blocking queries on one service).
     pub modified: u64,
@@ -215,6 +219,7 @@ impl Catalog {
                 let e = services.entry(k).or_default();
                 e.ports = info.ports;
                 e.routes = info.routes;
+                e.published = info.published;
             }
         });
         let snap = self.snapshot();

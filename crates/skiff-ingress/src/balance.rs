@@ -159,7 +159,6 @@ mod tests {
         Backend {
             index: u32::from(port),
             addr: ([127, 0, 0, 1], port).into(),
-            authority: format!("127.0.0.1:{port}").parse().unwrap(),
             traffic: Arc::new(Traffic::default()),
             health: Arc::default(),
         }

@@ -17,6 +17,7 @@
 pub mod balance;
 pub mod proxy;
 pub mod routes;
+mod tcp;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -47,12 +48,16 @@ pub struct Config {
     /// the kernel spreads connections) and backend connection pool, as nginx's workers: a
     /// request and its backend exchange never cross threads.
     pub workers: usize,
+    /// Where service ports (compose `ports: "8080:80"`) listen: the node address; `None`
+    /// opens none.
+    pub service_ports: Option<std::net::IpAddr>,
 }
 
 /// A running ingress; dropping it stops accepting connections.
 pub struct Ingress {
     pub addr: SocketAddr,
     refresh: tokio::task::JoinHandle<()>,
+    service_ports: Option<tokio::task::JoinHandle<()>>,
     table: watch::Receiver<Arc<RouteTable>>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -61,6 +66,9 @@ pub struct Ingress {
 impl Drop for Ingress {
     fn drop(&mut self) {
         self.refresh.abort();
+        if let Some(t) = &self.service_ports {
+            t.abort();
+        }
         self.stop.send_replace(true);
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -101,6 +109,14 @@ impl Ingress {
         });
         let first = RouteTable::build(&catalog.snapshot(), &cfg.domain, counters.as_ref());
         let (tx, table) = watch::channel(Arc::new(first));
+        let service_ports = cfg.service_ports.map(|ip| {
+            tokio::spawn(tcp::run(
+                ip,
+                catalog.clone(),
+                counters.clone(),
+                cfg.limits.connect_timeout,
+            ))
+        });
         let refresh = tokio::spawn(refresh(catalog, cfg.domain.clone(), counters, tx));
         let (stop, stopped) = watch::channel(false);
         let mut workers = Vec::new();
@@ -131,6 +147,7 @@ impl Ingress {
         Ok(Ingress {
             addr,
             refresh,
+            service_ports,
             table,
             stop,
             workers,

@@ -5,11 +5,11 @@
 //! port); `x-skiff.routes` add hosts (exact or `*.` wildcards) and path prefixes. A path
 //! prefix matches whole segments: `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use skiff_catalog::{ServiceKey, Snapshot, Traffic};
+use skiff_catalog::{ServiceEntry, ServiceKey, Snapshot, Traffic};
 
 use crate::balance::Health;
 
@@ -18,8 +18,6 @@ use crate::balance::Health;
 pub struct Backend {
     pub index: u32,
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, made once per table rather than per request.
-    pub authority: hyper::http::uri::Authority,
     pub traffic: Arc<Traffic>,
     pub health: Arc<Health>,
 }
@@ -92,31 +90,7 @@ impl RouteTable {
                 };
                 targets
                     .entry(port.to_string())
-                    .or_insert_with(|| {
-                        let backends = entry
-                            .endpoints
-                            .values()
-                            .filter_map(|e| {
-                                let p = *e.ports.get(port)?;
-                                let addr = SocketAddr::new(e.address, p);
-                                Some(Backend {
-                                    index: e.index,
-                                    addr,
-                                    authority: addr.to_string().parse().ok()?,
-                                    traffic: counters.traffic(key, e.index)?,
-                                    health: counters.health(key, e.index, port),
-                                })
-                            })
-                            .collect();
-                        Arc::new(Target {
-                            service: key.clone(),
-                            port: port.to_string(),
-                            pools: vec![Pool {
-                                weight: 1,
-                                backends,
-                            }],
-                        })
-                    })
+                    .or_insert_with(|| target(key, entry, port, counters))
                     .clone()
             };
             table.add(
@@ -198,6 +172,48 @@ impl RouteTable {
     }
 }
 
+/// The ready backends of one port of a service.
+pub fn target(
+    key: &ServiceKey,
+    entry: &ServiceEntry,
+    port: &str,
+    counters: &impl Counters,
+) -> Arc<Target> {
+    let backends = entry
+        .endpoints
+        .values()
+        .filter_map(|e| {
+            Some(Backend {
+                index: e.index,
+                addr: SocketAddr::new(e.address, *e.ports.get(port)?),
+                traffic: counters.traffic(key, e.index)?,
+                health: counters.health(key, e.index, port),
+            })
+        })
+        .collect();
+    Arc::new(Target {
+        service: key.clone(),
+        port: port.to_string(),
+        pools: vec![Pool {
+            weight: 1,
+            backends,
+        }],
+    })
+}
+
+/// Service ports (compose `ports: "8080:80"`): published port → its service port's backends.
+/// When two services publish one port, the first (by env, stack, service) has it.
+pub fn service_ports(snap: &Snapshot, counters: &impl Counters) -> BTreeMap<u16, Arc<Target>> {
+    let mut out = BTreeMap::new();
+    for (key, entry) in &snap.services {
+        for (port, published) in &entry.published {
+            out.entry(*published)
+                .or_insert_with(|| target(key, entry, port, counters));
+        }
+    }
+    out
+}
+
 fn sort(routes: &mut [Route]) {
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
 }
@@ -239,6 +255,8 @@ pub fn strip(prefix: &str, path_and_query: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use skiff_catalog::{Catalog, ServiceInfo};
     use skiff_model::{InstanceId, RouteSpec, StackKey};
 
@@ -292,7 +310,12 @@ mod tests {
     }
 
     fn table() -> RouteTable {
-        let c = shop(
+        let c = example();
+        RouteTable::build(&c.snapshot(), "localhost", &FromCatalog(&c))
+    }
+
+    fn example() -> Catalog {
+        shop(
             vec![
                 (
                     "web",
@@ -303,6 +326,10 @@ mod tests {
                             route(None, "/admin", "admin", true),
                             route(Some("*.cdn.example.test"), "/", "http", false),
                         ],
+                        published: BTreeMap::from([
+                            ("http".to_string(), 8000),
+                            ("admin".to_string(), 9000),
+                        ]),
                     },
                 ),
                 (
@@ -310,6 +337,7 @@ mod tests {
                     ServiceInfo {
                         ports: vec!["8080".into()],
                         routes: vec![route(Some("shop.example.test"), "/api", "8080", true)],
+                        published: BTreeMap::from([("8080".to_string(), 8000)]),
                     },
                 ),
                 ("worker", ServiceInfo::default()),
@@ -319,8 +347,23 @@ mod tests {
                 ("web", 2, &[("http", 4002), ("admin", 5002)]),
                 ("api", 1, &[("8080", 6001)]),
             ],
-        );
-        RouteTable::build(&c.snapshot(), "localhost", &FromCatalog(&c))
+        )
+    }
+
+    #[test]
+    fn published_ports_map_to_their_service_port_and_the_first_publisher_keeps_a_port() {
+        let c = example();
+        let ports = service_ports(&c.snapshot(), &FromCatalog(&c));
+        assert_eq!(ports.keys().copied().collect::<Vec<_>>(), vec![8000, 9000]);
+        // api sorts before web: it has 8000.
+        assert_eq!(ports[&8000].service.service, "api");
+        assert_eq!(ports[&8000].pools[0].backends[0].addr.port(), 6001);
+        let admin: Vec<u16> = ports[&9000].pools[0]
+            .backends
+            .iter()
+            .map(|b| b.addr.port())
+            .collect();
+        assert_eq!(admin, vec![5001, 5002]);
     }
 
     fn ports(r: &Route) -> Vec<u16> {

@@ -42,6 +42,7 @@ async fn start(ports: &[u16], limits: Limits) -> (Ingress, Arc<Catalog>) {
             domain: "localhost".into(),
             limits,
             workers: 1,
+            service_ports: None,
         },
         catalog.clone(),
     )

@@ -258,3 +258,52 @@ fn upgraded_connections_are_tunnelled_and_http2_clients_are_served() {
     assert!(text.starts_with("web "), "{text}");
     assert!(text.trim_end().ends_with("2 200"), "{text}");
 }
+
+#[test]
+fn a_published_port_balances_connections_over_the_replicas_and_closes_with_the_stack() {
+    // compose's `ports: "HOST:CONTAINER"`: skiff listens on HOST for the whole service.
+    let (dev, project, _data) = up_stack(
+        "name: mesh
+x-skiff: {driver: process}
+services:
+  web:
+    command: [skiff-demo, --name, web]
+    ports: ['17791:8080']
+    deploy: {replicas: 2}
+",
+    );
+    let fresh_get = || {
+        HttpConn::connect("127.0.0.1:17791")
+            .and_then(|mut c| c.get("anything", "/"))
+            .expect("a connection through the service port")
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (code, body) = fresh_get();
+        assert_eq!(code, 200, "{body}");
+        seen.insert(body);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections spread over both replicas: {seen:?}"
+    );
+
+    // One replica dies: new connections go to the other one (its connect fails, not them).
+    let pid = instance_pid(&dev, "web", 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(fresh_get().0, 200);
+    }
+
+    // The stack goes: so does its port.
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["down"]);
+    assert!(ok, "{out}{err}");
+    wait_for("the service port closed", || {
+        std::net::TcpStream::connect("127.0.0.1:17791").is_err()
+    });
+}

@@ -113,9 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let docker_unavailable = docker.as_ref().err().cloned();
     let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl).map_err(anyhow::Error::msg)?;
     let catalog = skiff_catalog::Catalog::new();
+    let node_addr: std::net::IpAddr = "127.0.0.1".parse().expect("loopback");
     let cfg = Config {
         data_dir: data_dir.clone(),
-        node_addr: "127.0.0.1".parse().expect("loopback"),
+        node_addr,
         shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
         resync: Duration::from_secs(1),
         base_env,
@@ -145,6 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 domain: args.ingress_domain.to_ascii_lowercase(),
                 limits: skiff_ingress::Limits::default(),
                 workers: usize::from(args.ingress_workers),
+                service_ports: Some(node_addr),
             },
             catalog,
         )
