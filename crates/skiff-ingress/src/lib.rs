@@ -15,6 +15,7 @@
 //!   requests at once (even through an older table), so the agent can drain, then signal.
 
 pub mod balance;
+pub mod coarse;
 pub mod proxy;
 pub mod routes;
 mod tcp;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use skiff_catalog::{Catalog, ServiceKey, Traffic};
 use tokio::net::TcpListener;
@@ -135,9 +136,10 @@ impl Ingress {
                                 .expect("nonblocking listener");
                             let listener =
                                 TcpListener::from_std(listener).expect("a tokio listener");
-                            let proxy = Arc::new(Proxy::new(table, limits));
+                            let coarse = coarse::Coarse::start();
+                            let proxy = Arc::new(Proxy::new(table, limits, coarse.clone()));
                             tokio::select! {
-                                () = accept(listener, proxy) => {}
+                                () = accept(listener, proxy, coarse) => {}
                                 _ = stopped.wait_for(|s| *s) => {}
                             }
                         });
@@ -179,11 +181,11 @@ async fn refresh(
     }
 }
 
-async fn accept(listener: TcpListener, proxy: Arc<Proxy>) {
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>, timer: coarse::Coarse) {
     let mut server = auto::Builder::new(TokioExecutor::new());
     server
         .http1()
-        .timer(TokioTimer::new())
+        .timer(timer)
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024);
     server.http2().max_header_list_size(64 * 1024);

@@ -20,6 +20,7 @@ use skiff_catalog::Traffic;
 use tokio::sync::watch;
 
 use crate::balance::pick;
+use crate::coarse::Coarse;
 use crate::routes::{Route, RouteTable, strip};
 use crate::upstream::{Lease, SendError, Upstreams};
 
@@ -59,11 +60,12 @@ pub struct Proxy {
     pub(crate) table: watch::Receiver<Arc<RouteTable>>,
     upstreams: Arc<Upstreams>,
     limits: Limits,
+    coarse: Coarse,
 }
 
 impl Proxy {
     /// Must be called inside the worker's runtime (it prunes idle connections there).
-    pub fn new(table: watch::Receiver<Arc<RouteTable>>, limits: Limits) -> Proxy {
+    pub fn new(table: watch::Receiver<Arc<RouteTable>>, limits: Limits, coarse: Coarse) -> Proxy {
         let upstreams: Arc<Upstreams> = Arc::default();
         let weak = Arc::downgrade(&upstreams);
         tokio::spawn(async move {
@@ -80,6 +82,7 @@ impl Proxy {
             table,
             upstreams,
             limits,
+            coarse,
         }
     }
 
@@ -206,12 +209,12 @@ impl Proxy {
                     up
                 }
             };
-            let sent = tokio::time::timeout(
+            let sent = self.coarse.within(
                 self.limits.response_timeout,
                 self.upstreams
                     .send(backend.addr, up, self.limits.connect_timeout),
             );
-            match sent.await {
+            match sent.await.ok_or(()) {
                 Ok(Ok((mut resp, lease))) => {
                     backend.health.success();
                     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
