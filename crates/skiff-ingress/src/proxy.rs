@@ -438,6 +438,17 @@ pub struct Tracked {
     _guard: Guard,
 }
 
+impl Drop for Tracked {
+    /// A body the server never polls to its end (HEAD, 204, 304) may still be complete.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
+}
+
 impl Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -253,3 +253,23 @@ async fn backend_connections_are_reused_once_a_response_was_read() {
         "one backend connection for 20 requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_after_bodiless_answers_too() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let port = counting_backend("", accepted.clone());
+    let (ingress, _catalog) = start(&[port], Limits::default()).await;
+    let addr = ingress.addr;
+    for _ in 0..10 {
+        let answer = tokio::task::spawn_blocking(move || {
+            raw(
+                addr,
+                format!("HEAD / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
