@@ -289,13 +289,26 @@ services:
         "connections spread over both replicas: {seen:?}"
     );
 
-    // One replica dies: new connections go to the other one (its connect fails, not them).
+    // One replica dies: once it is seen gone, new connections go to the other one. (A
+    // connection the dying process's listen backlog took in the moment before is reset:
+    // unlike the HTTP ingress, a TCP balancer cannot replay what the client sent.)
     let pid = instance_pid(&dev, "web", 1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    wait_for("web-1 seen dead", || {
+        let (_, out, _) = skiff_in(&dev, project.path(), &[], &["ps", "-o", "json"]);
+        let ps: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        ps.as_array().is_some_and(|a| {
+            a.iter().any(|i| {
+                i["id"]["service"] == "web"
+                    && i["id"]["index"] == 1
+                    && (i["restarts"].as_u64() > Some(0) || i["state"] != "healthy")
+            })
+        })
+    });
     for _ in 0..20 {
         assert_eq!(fresh_get().0, 200);
     }
