@@ -59,7 +59,6 @@ pub struct Ingress {
     pub addr: SocketAddr,
     refresh: tokio::task::JoinHandle<()>,
     service_ports: Option<tokio::task::JoinHandle<()>>,
-    table: watch::Receiver<Arc<RouteTable>>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -150,15 +149,9 @@ impl Ingress {
             addr,
             refresh,
             service_ports,
-            table,
             stop,
             workers,
         })
-    }
-
-    /// The catalog index the current route table was built from.
-    pub fn table_index(&self) -> u64 {
-        self.table.borrow().index
     }
 }
 
@@ -191,15 +184,7 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, timer: coarse::Coarse)
     server.http2().max_header_list_size(64 * 1024);
     let server = Arc::new(server);
     loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("ingress: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, client) = accept_backing_off(&listener, "ingress").await;
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let server = server.clone();
@@ -213,6 +198,23 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, timer: coarse::Coarse)
                 tracing::debug!("ingress: connection: {e}");
             }
         });
+    }
+}
+
+/// The next connection; on an error (out of file descriptors and the like) it says so and
+/// backs off instead of spinning.
+pub(crate) async fn accept_backing_off(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!("{what}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -262,7 +262,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     drop(guard);
-                    backend.health.failure();
+                    self.failed(backend, route);
                     last_error = Some((
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -283,9 +283,7 @@ impl Proxy {
             ),
         })
     }
-}
 
-impl Proxy {
     fn failed(&self, backend: &crate::routes::Backend, route: &Route) {
         if backend.health.failure() {
             tracing::warn!(backend = %backend.addr, service = %route.target.service.service,
@@ -421,8 +419,8 @@ async fn tunnel(
     drop(guard);
 }
 
-/// Counts a request as in flight on its backend until dropped.
-struct Guard(Arc<Traffic>);
+/// Counts a request (or a tunnelled connection) as in flight on its backend until dropped.
+pub(crate) struct Guard(pub(crate) Arc<Traffic>);
 
 impl Drop for Guard {
     fn drop(&mut self) {

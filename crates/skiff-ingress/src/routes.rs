@@ -48,7 +48,6 @@ pub struct Route {
 /// Routes by host; within a host, the longest path prefix first.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    pub index: u64,
     exact: HashMap<String, Vec<Route>>,
     /// `(suffix with its leading dot, routes)`, longest suffix first.
     wildcard: Vec<(String, Vec<Route>)>,
@@ -72,10 +71,7 @@ pub fn default_host(service: &ServiceKey, domain: &str) -> String {
 
 impl RouteTable {
     pub fn build(snap: &Snapshot, domain: &str, counters: &impl Counters) -> RouteTable {
-        let mut table = RouteTable {
-            index: snap.index,
-            ..RouteTable::default()
-        };
+        let mut table = RouteTable::default();
         for (key, entry) in &snap.services {
             let Some(first) = entry.ports.first() else {
                 continue;
@@ -161,14 +157,6 @@ impl RouteTable {
                 .map(|(_, r)| r)
         })?;
         routes.iter().find(|r| prefix_matches(&r.path, path))
-    }
-
-    /// Every host with routes (for listings and error messages).
-    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
-        self.exact
-            .keys()
-            .cloned()
-            .chain(self.wildcard.iter().map(|(s, _)| format!("*{s}")))
     }
 }
 

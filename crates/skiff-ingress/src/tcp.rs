@@ -17,7 +17,9 @@ use skiff_catalog::Catalog;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::accept_backing_off;
 use crate::balance::pick;
+use crate::proxy::Guard;
 use crate::routes::{Counters, Target, service_ports};
 
 type Ports = Arc<BTreeMap<u16, Arc<Target>>>;
@@ -85,15 +87,9 @@ pub(crate) async fn run(
 }
 
 async fn serve(l: TcpListener, port: u16, ports: watch::Receiver<Ports>, timeout: Duration) {
+    let what = format!("service port {port}");
     loop {
-        let (client, _) = match l.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("service port {port}: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, _) = accept_backing_off(&l, &what).await;
         let target = ports.borrow().get(&port).cloned();
         if let Some(target) = target {
             tokio::spawn(forward(client, target, timeout));
@@ -115,16 +111,15 @@ async fn forward(mut client: TcpStream, target: Arc<Target>, timeout: Duration) 
         if !backend.traffic.begin() {
             continue;
         }
+        let _in_flight = Guard(backend.traffic.clone());
         match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut b)) => {
                 backend.health.success();
                 let _ = b.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut b).await;
-                backend.traffic.end();
                 return;
             }
             _ => {
-                backend.traffic.end();
                 backend.health.failure();
             }
         }
