@@ -9,18 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-8}
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need+=(nsd)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-fi
+. bench/lib.sh
+install_missing dnsperf:dnsperf nsd:nsd
 cargo build -q --release -p skiff
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
 skiff=$target/release/skiff
 
 work=$(mktemp -d)
-. bench/lib.sh
 nsd_pid=
 cleanup() {
   stop_dev

@@ -12,12 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-10}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-fi
+. bench/lib.sh
+install_missing wrk:wrk nginx:nginx curl:curl
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build -q --release -p skiff -p skiff-demo
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
@@ -25,7 +21,6 @@ skiff=$target/release/skiff
 
 work=$(mktemp -d)
 chmod 755 "$work"
-. bench/lib.sh
 proxy_pid=
 cleanup() {
   [ -n "$proxy_pid" ] && kill -QUIT "$proxy_pid" 2>/dev/null

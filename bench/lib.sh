@@ -1,6 +1,20 @@
-# Sourced by the bench scripts, after `skiff` (the binary) and `work` (a scratch dir) are set:
-# start and stop one `skiff dev` on free loopback ports.
+# Sourced by the bench scripts: install the comparators they need, and start and stop one
+# `skiff dev` on free loopback ports (after `skiff`, the binary, and `work`, a scratch dir,
+# are set).
 dev_pid=
+
+# install_missing PROGRAM:PACKAGE...: apt-get installs the packages of programs not found
+# (on PATH or in /usr/sbin).
+install_missing() {
+  local need=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+}
 
 # start_dev DATA_DIR: sets dev_pid, exports SKIFF_ADDR (the API), sets dev_dns (host:port).
 start_dev() {

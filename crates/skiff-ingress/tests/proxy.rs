@@ -53,20 +53,26 @@ async fn start(ports: &[u16], limits: Limits) -> (Ingress, Arc<Catalog>) {
 
 /// Sends `request` as is and reads the whole answer (the ingress closes after errors or we
 /// ask it to with `Connection: close`).
-fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+/// Blocking I/O, run off the runtime's threads.
+async fn raw(addr: SocketAddr, request: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap()
 }
 
-fn get(addr: SocketAddr) -> String {
+async fn get(addr: SocketAddr) -> String {
     raw(
         addr,
-        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
     )
+    .await
 }
 
 /// A backend that accepts connections and never answers.
@@ -125,9 +131,7 @@ async fn a_backend_that_does_not_answer_in_time_is_a_504_naming_it() {
     let (ingress, _catalog) = start(&[port], limits).await;
     let addr = ingress.addr;
     let started = Instant::now();
-    let answer = tokio::task::spawn_blocking(move || get(addr))
-        .await
-        .unwrap();
+    let answer = get(addr).await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(answer.contains(&format!("127.0.0.1:{port} sent no response within 300ms")));
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -139,9 +143,7 @@ async fn refused_connects_go_to_another_instance_and_502_only_when_all_fail() {
     let (ingress, _catalog) = start(&[closed_port(), good], Limits::default()).await;
     let addr = ingress.addr;
     for _ in 0..10 {
-        let answer = tokio::task::spawn_blocking(move || get(addr))
-            .await
-            .unwrap();
+        let answer = get(addr).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("from the good one"), "{answer}");
     }
@@ -149,9 +151,7 @@ async fn refused_connects_go_to_another_instance_and_502_only_when_all_fail() {
 
     let (ingress, _catalog) = start(&[closed_port(), closed_port()], Limits::default()).await;
     let addr = ingress.addr;
-    let answer = tokio::task::spawn_blocking(move || get(addr))
-        .await
-        .unwrap();
+    let answer = get(addr).await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert!(answer.contains("Connection refused"), "{answer}");
 }
@@ -165,15 +165,13 @@ async fn requests_over_the_body_or_header_limits_are_refused_before_any_backend(
     };
     let (ingress, _catalog) = start(&[good], limits).await;
     let addr = ingress.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-    })
-    .await
-    .unwrap();
+    let answer = raw(
+        addr,
+        format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
         answer.contains("4096 bytes is over the limit of 1024"),
@@ -182,14 +180,11 @@ async fn requests_over_the_body_or_header_limits_are_refused_before_any_backend(
 
     // 100 KiB of headers: over the 64 KiB the server reads for a request head.
     let big = "x".repeat(100 * 1024);
-    let answer = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\n\r\n").as_bytes(),
-        )
-    })
-    .await
-    .unwrap();
+    let answer = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
@@ -197,22 +192,17 @@ async fn requests_over_the_body_or_header_limits_are_refused_before_any_backend(
 async fn unknown_hosts_get_404_and_a_service_without_instances_503() {
     let (ingress, catalog) = start(&[], Limits::default()).await;
     let addr = ingress.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"GET /x HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\n\r\n",
-        )
-    })
-    .await
-    .unwrap();
+    let answer = raw(
+        addr,
+        "GET /x HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\n\r\n".to_string(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(
         answer.contains("no route for host \"nope.localhost\""),
         "{answer}"
     );
-    let answer = tokio::task::spawn_blocking(move || get(addr))
-        .await
-        .unwrap();
+    let answer = get(addr).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
 
     // An instance becomes ready: served without a restart of anything.
@@ -224,9 +214,7 @@ async fn unknown_hosts_get_404_and_a_service_without_instances_503() {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let answer = tokio::task::spawn_blocking(move || get(addr))
-            .await
-            .unwrap();
+        let answer = get(addr).await;
         if answer.ends_with("now ready") {
             break;
         }
@@ -242,9 +230,7 @@ async fn backend_connections_are_reused_once_a_response_was_read() {
     let (ingress, _catalog) = start(&[port], Limits::default()).await;
     let addr = ingress.addr;
     for _ in 0..20 {
-        let answer = tokio::task::spawn_blocking(move || get(addr))
-            .await
-            .unwrap();
+        let answer = get(addr).await;
         assert!(answer.ends_with("again"), "{answer}");
     }
     assert_eq!(
@@ -261,14 +247,11 @@ async fn connections_are_reused_after_bodiless_answers_too() {
     let (ingress, _catalog) = start(&[port], Limits::default()).await;
     let addr = ingress.addr;
     for _ in 0..10 {
-        let answer = tokio::task::spawn_blocking(move || {
-            raw(
-                addr,
-                format!("HEAD / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-        })
-        .await
-        .unwrap();
+        let answer = raw(
+            addr,
+            format!("HEAD / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
