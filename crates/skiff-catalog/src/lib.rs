@@ -18,6 +18,9 @@
 //!   marks it withdrawn before anything else; a proxy that counted a request on a withdrawn
 //!   instance takes it back and picks another one. So once `remove` returned and the count
 //!   reached zero, no request is or will be on the instance: it can be signalled.
+//! - A counter exists before any snapshot lists its endpoint and is forgotten only after the
+//!   current snapshot stops listing it: a proxy rebuilding its table on a change notification
+//!   finds the counter of every endpoint it sees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -238,10 +241,18 @@ impl Catalog {
     /// `id` is ready at `address` on `ports`. Ignored for a service no release has.
     pub fn add(&self, id: &InstanceId, address: IpAddr, ports: BTreeMap<String, u16>) {
         let key = ServiceKey::of(id);
-        let mut added = false;
         self.update(|services| {
             if let Some(s) = services.get_mut(&key) {
-                added = true;
+                // The counter exists before any snapshot lists the endpoint (a proxy building
+                // its table on the notification must find it); a withdrawn one is replaced.
+                let mut table = self.traffic_table();
+                let t = table
+                    .entry((key.clone(), id.index))
+                    .or_insert_with(|| Arc::new(Traffic::default()));
+                if t.is_withdrawn() {
+                    *t = Arc::new(Traffic::default());
+                }
+                drop(table);
                 s.endpoints.insert(
                     id.index,
                     Endpoint {
@@ -252,25 +263,28 @@ impl Catalog {
                 );
             }
         });
-        if added {
-            self.traffic_table()
-                .entry((key, id.index))
-                .or_insert_with(|| Arc::new(Traffic::default()));
-        }
     }
 
     /// `id` takes no traffic any more (exited, unhealthy, stopping). Returns its traffic
     /// counter, already withdrawn, to wait on for the requests in flight to finish.
     pub fn remove(&self, id: &InstanceId) -> Option<Arc<Traffic>> {
-        let traffic = self.traffic_table().remove(&(ServiceKey::of(id), id.index));
+        let key = (ServiceKey::of(id), id.index);
+        let traffic = self.traffic_table().get(&key).cloned();
         if let Some(t) = &traffic {
             t.withdrawn.store(true, Ordering::SeqCst);
         }
         self.update(|services| {
-            if let Some(s) = services.get_mut(&ServiceKey::of(id)) {
+            if let Some(s) = services.get_mut(&key.0) {
                 s.endpoints.remove(&id.index);
             }
         });
+        // Forgotten only once no snapshot to come lists it (and unless a new add replaced it).
+        if let Some(t) = &traffic {
+            let mut table = self.traffic_table();
+            if table.get(&key).is_some_and(|x| Arc::ptr_eq(x, t)) {
+                table.remove(&key);
+            }
+        }
         traffic
     }
 
@@ -343,6 +357,51 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn every_endpoint_of_the_current_snapshot_has_its_counter() {
+        // A proxy that rebuilds its table on the change notification must find the counter
+        // of every endpoint the new snapshot lists, or it leaves the instance out for good.
+        let c = Arc::new(Catalog::default());
+        c.set_services(known(&["web"]));
+        let key = ServiceKey::of(&id("web", 1));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (c, key, done) = (c.clone(), key.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut missing = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let snap = c.snapshot();
+                    let without: Vec<u32> = snap.services[&key]
+                        .endpoints
+                        .keys()
+                        .copied()
+                        .filter(|i| c.traffic(&key, *i).is_none())
+                        .collect();
+                    // Counted only if that snapshot was still the current one meanwhile.
+                    if !without.is_empty() && c.snapshot().index == snap.index {
+                        missing += 1;
+                    }
+                }
+                missing
+            })
+        };
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for round in 0..20_000u32 {
+            let i = round % 4 + 1;
+            if round % 8 < 4 {
+                c.add(&id("web", i), lo, BTreeMap::new());
+            } else {
+                c.remove(&id("web", i));
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        assert_eq!(
+            reader.join().unwrap(),
+            0,
+            "current endpoints seen without a counter"
+        );
     }
 
     #[tokio::test]
