@@ -16,6 +16,7 @@
 
 pub mod balance;
 pub mod coarse;
+mod h1;
 pub mod proxy;
 pub mod routes;
 mod tcp;
@@ -26,8 +27,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use skiff_catalog::{Catalog, ServiceKey, Traffic};
 use tokio::net::TcpListener;
@@ -179,25 +179,14 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, timer: coarse::Coarse)
     server
         .http1()
         .timer(timer)
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(h1::HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024);
     server.http2().max_header_list_size(64 * 1024);
     let server = Arc::new(server);
     loop {
         let (stream, client) = accept_backing_off(&listener, "ingress").await;
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let server = server.clone();
-        tokio::spawn(async move {
-            let client = Arc::new(proxy::Client::new(client));
-            let service = service_fn(move |req| proxy.clone().handle(req, client.clone()));
-            if let Err(e) = server
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("ingress: connection: {e}");
-            }
-        });
+        tokio::spawn(h1::serve(stream, client, proxy.clone(), server.clone()));
     }
 }
 

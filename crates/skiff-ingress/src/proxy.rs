@@ -13,8 +13,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::response;
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use skiff_catalog::Traffic;
 use tokio::sync::watch;
@@ -22,7 +23,8 @@ use tokio::sync::watch;
 use crate::balance::pick;
 use crate::coarse::Coarse;
 use crate::routes::{Route, RouteTable, strip};
-use crate::upstream::{Lease, SendError, Upstreams};
+use crate::upstream::{Conn, Headers, OutBody, Outgoing, SendError, UpBody, Upstreams};
+use tokio::io::AsyncWriteExt;
 
 /// Backends tried per request at most (attempts plus withdrawn ones skipped).
 const MAX_PICKS: usize = 8;
@@ -53,14 +55,13 @@ impl Default for Limits {
     }
 }
 
-pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 pub struct Proxy {
     pub(crate) table: watch::Receiver<Arc<RouteTable>>,
     upstreams: Arc<Upstreams>,
-    limits: Limits,
-    coarse: Coarse,
+    pub(crate) limits: Limits,
+    pub(crate) coarse: Coarse,
 }
 
 impl Proxy {
@@ -143,6 +144,12 @@ impl Proxy {
                 && !parts.headers.contains_key(header::TRANSFER_ENCODING)
                 && body.is_end_stream());
         let headers = forward_headers(std::mem::take(&mut parts.headers), host, &client, upgrade);
+        let outgoing = Outgoing {
+            method: &parts.method,
+            target: path_and_query.as_str(),
+            headers: Headers::Map(&headers),
+            upgrade,
+        };
         // The body, replayable when it is small enough to buffer.
         let mut streamed = None;
         let replay = if bodiless {
@@ -164,24 +171,57 @@ impl Proxy {
             streamed = Some(Limited::new(body, self.limits.max_body as usize));
             None
         };
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
+        let idempotent = is_idempotent(&parts.method);
+        match self
+            .forward(route, &outgoing, replay, streamed, idempotent, bodiless)
+            .await
+        {
+            Ok((mut p, body, guard)) => {
+                if p.status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let (Some(client_upgrade), Some(conn)) =
+                        (client_upgrade, body.into_upgraded())
+                    {
+                        tokio::spawn(tunnel(client_upgrade, conn, guard));
+                    }
+                    p.headers.remove(header::CONTENT_LENGTH);
+                    return Ok(Response::from_parts(
+                        p,
+                        Either::Right(Full::new(Bytes::new())),
+                    ));
+                }
+                strip_hop_by_hop(&mut p.headers, false);
+                Ok(Response::from_parts(
+                    p,
+                    Either::Left(Tracked {
+                        inner: body,
+                        _guard: guard,
+                    }),
+                ))
+            }
+            Err((code, why)) => Ok(error(code, why)),
+        }
+    }
 
+    /// Sends the request to the route's backends until one answers, retrying what is safe
+    /// to retry: the response head with its body and in-flight guard, or the status and
+    /// reason to answer the client with.
+    pub(crate) async fn forward(
+        &self,
+        route: &Route,
+        outgoing: &Outgoing<'_>,
+        replay: Option<Bytes>,
+        mut streamed: Option<Limited<Incoming>>,
+        idempotent: bool,
+        bodiless: bool,
+    ) -> Result<(response::Parts, UpBody, Guard), (StatusCode, String)> {
         let mut rng = fastrand::Rng::new();
         let mut tried = [(usize::MAX, usize::MAX); MAX_PICKS];
         let mut picks = 0;
         let mut last_error = None;
         let mut attempts = 0;
-        // A request that was not sent (connect failed): it goes to the next backend as is.
-        let mut unsent: Option<Request<UpstreamBody>> = None;
-        while attempts < self.limits.attempts && picks < MAX_PICKS {
+        // A body that was not sent (connect failed): it goes to the next backend as is.
+        let mut unsent: Option<OutBody> = None;
+        'attempts: while attempts < self.limits.attempts && picks < MAX_PICKS {
             let Some(at) = pick(&route.target, &tried[..picks], &mut rng) else {
                 break;
             };
@@ -193,68 +233,58 @@ impl Proxy {
             }
             attempts += 1;
             let guard = Guard(backend.traffic.clone());
-            let up = match unsent.take() {
-                Some(up) => up,
-                None => {
-                    let body = match (&replay, streamed.take()) {
-                        (Some(bytes), _) => Either::Left(Full::new(bytes.clone())),
-                        (None, Some(s)) => Either::Right(s),
-                        (None, None) => break, // a streamed body cannot be sent twice
-                    };
-                    let mut up = Request::new(body);
-                    *up.method_mut() = parts.method.clone();
-                    *up.version_mut() = Version::HTTP_11;
-                    *up.uri_mut() = Uri::from(path_and_query.clone());
-                    *up.headers_mut() = headers.clone();
-                    up
+            // A stale idle connection is not the backend's failure: the request goes to the
+            // same backend again on a fresh connection, when it was not written or is safe
+            // to repeat.
+            let mut fresh = false;
+            let sent = loop {
+                let body = match (unsent.take(), &replay, streamed.take()) {
+                    (Some(body), _, _) => body,
+                    (None, Some(bytes), _) => OutBody::Full(bytes.clone()),
+                    (None, None, Some(s)) => OutBody::Stream(s),
+                    (None, None, None) => break 'attempts, // a streamed body cannot be sent twice
+                };
+                let sent = self.coarse.within(
+                    self.limits.response_timeout,
+                    self.upstreams.send(
+                        backend.addr,
+                        outgoing,
+                        body,
+                        self.limits.connect_timeout,
+                        fresh,
+                    ),
+                );
+                match sent.await {
+                    Some(Err(SendError::Stale(why, body))) => {
+                        tracing::debug!(backend = %backend.addr, "ingress: stale connection: {why}");
+                        match body {
+                            Some(body) => unsent = Some(body),
+                            None if replay.is_some() && (idempotent || bodiless) => {}
+                            None => break Some(Err(SendError::Failed(why))),
+                        }
+                        fresh = true;
+                    }
+                    other => break other,
                 }
             };
-            let sent = self.coarse.within(
-                self.limits.response_timeout,
-                self.upstreams
-                    .send(backend.addr, up, self.limits.connect_timeout),
-            );
-            match sent.await.ok_or(()) {
-                Ok(Ok((mut resp, lease))) => {
+            match sent.ok_or(()) {
+                Ok(Ok((p, body))) => {
                     backend.health.success();
-                    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        let backend_upgrade = hyper::upgrade::on(&mut resp);
-                        if let Some(client_upgrade) = client_upgrade {
-                            tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
-                        }
-                        let (mut p, _) = resp.into_parts();
-                        p.headers.remove(header::CONTENT_LENGTH);
-                        return Ok(Response::from_parts(
-                            p,
-                            Either::Right(Full::new(Bytes::new())),
-                        ));
-                    }
-                    let (mut p, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut p.headers, false);
-                    return Ok(Response::from_parts(
-                        p,
-                        Either::Left(Tracked {
-                            inner: body,
-                            lease: Some(lease),
-                            _guard: guard,
-                        }),
-                    ));
+                    return Ok((p, body, guard));
                 }
-                Ok(Err(SendError::NotSent(why, up))) => {
+                Ok(Err(SendError::NotSent(why, body))) => {
                     // Nothing reached the application: the same request goes elsewhere.
                     drop(guard);
                     self.failed(backend, route);
                     last_error =
                         Some((StatusCode::BAD_GATEWAY, format!("{}: {why}", backend.addr)));
-                    unsent = Some(*up);
+                    unsent = Some(body);
                 }
-                Ok(Err(SendError::Failed(e))) => {
+                Ok(Err(SendError::Failed(why) | SendError::Stale(why, _))) => {
                     drop(guard);
                     self.failed(backend, route);
-                    last_error = Some((
-                        StatusCode::BAD_GATEWAY,
-                        format!("{}: {}", backend.addr, describe(&e)),
-                    ));
+                    last_error =
+                        Some((StatusCode::BAD_GATEWAY, format!("{}: {why}", backend.addr)));
                     // It may have reached the application: again only when that is harmless.
                     if !(replay.is_some() && (idempotent || bodiless)) {
                         break;
@@ -275,9 +305,9 @@ impl Proxy {
             }
         }
         let what = describe_target(route);
-        Ok(match last_error {
-            Some((code, why)) => error(code, format!("{what}: {why}")),
-            None => error(
+        Err(match last_error {
+            Some((code, why)) => (code, format!("{what}: {why}")),
+            None => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{what} has no ready instance"),
             ),
@@ -292,23 +322,20 @@ impl Proxy {
     }
 }
 
+/// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 fn describe_target(route: &Route) -> String {
     let s = &route.target.service;
     format!(
         "service {} (stack {}, env {}) port {}",
         s.service, s.stack, s.env, route.target.port
     )
-}
-
-fn describe(e: &hyper::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 /// The host a request is for: an HTTP/2 `:authority` (absolute URI), else the Host header.
@@ -343,7 +370,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers (and those the Connection header names); an upgrade keeps
 /// `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -404,17 +431,17 @@ fn forward_headers(
     h
 }
 
-/// Copies bytes both ways once client and backend both switched protocols.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    guard: Guard,
-) {
-    let (Ok(c), Ok(b)) = tokio::join!(client, backend) else {
+/// Copies bytes both ways once client and backend both switched protocols: first what the
+/// backend sent right after its 101, then whatever either side sends.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Conn, guard: Guard) {
+    let Ok(c) = client.await else {
         return;
     };
     let mut c = TokioIo::new(c);
-    let mut b = TokioIo::new(b);
+    let (mut b, early) = backend.into_parts();
+    if !early.is_empty() && c.write_all(&early).await.is_err() {
+        return;
+    }
     let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
     drop(guard);
 }
@@ -428,40 +455,21 @@ impl Drop for Guard {
     }
 }
 
-/// A backend's response body, in flight until it ends or the client goes away. Read to the
-/// end, its connection serves the next request; dropped early, the connection closes.
+/// A backend's response body, in flight until it ends or the client goes away.
 pub struct Tracked {
-    inner: Incoming,
-    lease: Option<Lease>,
+    inner: UpBody,
     _guard: Guard,
-}
-
-impl Drop for Tracked {
-    /// A body the server never polls to its end (HEAD, 204, 304) may still be complete.
-    fn drop(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(lease) = self.lease.take()
-        {
-            lease.release();
-        }
-    }
 }
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if (matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream())
-            && let Some(lease) = self.lease.take()
-        {
-            lease.release();
-        }
-        polled
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -473,13 +481,18 @@ impl Body for Tracked {
     }
 }
 
-/// An answer of the ingress itself.
-pub fn error(status: StatusCode, why: String) -> Response<ProxyBody> {
-    let body = format!(
+/// The body of an answer of the ingress itself.
+pub(crate) fn error_text(status: StatusCode, why: &str) -> String {
+    format!(
         "skiff ingress: {} {}: {why}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
-    );
+    )
+}
+
+/// An answer of the ingress itself.
+pub fn error(status: StatusCode, why: String) -> Response<ProxyBody> {
+    let body = error_text(status, &why);
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -3,69 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use skiff_catalog::{Catalog, ServiceInfo, ServiceKey};
-use skiff_ingress::{Config, Ingress, Limits};
-use skiff_model::{InstanceId, StackKey};
+use skiff_ingress::Limits;
 
-const HOST: &str = "web.shop.default.localhost";
-
-fn id(index: u32) -> InstanceId {
-    InstanceId {
-        stack: StackKey::new("default", "shop").unwrap(),
-        service: "web".into(),
-        index,
-    }
-}
-
-/// An ingress over a catalog where `web` has an instance at each of `ports`.
-async fn start(ports: &[u16], limits: Limits) -> (Ingress, Arc<Catalog>) {
-    let catalog = Catalog::new();
-    catalog.set_services(BTreeMap::from([(
-        ServiceKey::of(&id(1)),
-        ServiceInfo::with_ports(&["http"]),
-    )]));
-    for (i, port) in ports.iter().enumerate() {
-        catalog.add(
-            &id(i as u32 + 1),
-            "127.0.0.1".parse().unwrap(),
-            BTreeMap::from([("http".to_string(), *port)]),
-        );
-    }
-    let ingress = Ingress::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Config {
-            domain: "localhost".into(),
-            limits,
-            workers: 1,
-            service_ports: None,
-        },
-        catalog.clone(),
-    )
-    .await
-    .unwrap();
-    (ingress, catalog)
-}
-
-/// Sends `request` as is and reads the whole answer (the ingress closes after errors or we
-/// ask it to with `Connection: close`).
-/// Blocking I/O, run off the runtime's threads.
-async fn raw(addr: SocketAddr, request: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-    .await
-    .unwrap()
-}
+mod common;
+use common::{HOST, id, raw, start};
 
 async fn get(addr: SocketAddr) -> String {
     raw(
@@ -255,4 +201,19 @@ async fn connections_are_reused_after_bodiless_answers_too() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_idle_past_the_idle_timeout_are_not_reused() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let port = counting_backend("hi", accepted.clone());
+    let (ingress, _catalog) = start(&[port], Limits::default()).await;
+    let addr = ingress.addr;
+    assert!(get(addr).await.ends_with("hi"));
+    assert!(get(addr).await.ends_with("hi"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Past the 1.5 s idle timeout the backend might be closing it: a new one is opened.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(get(addr).await.ends_with("hi"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
