@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-10}
 . bench/lib.sh
-install_missing wrk:wrk nginx:nginx curl:curl
+install_missing wrk:wrk nginx:nginx curl:curl haproxy:haproxy
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build -q --release -p skiff -p skiff-demo
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
@@ -21,9 +21,10 @@ skiff=$target/release/skiff
 
 work=$(mktemp -d)
 chmod 755 "$work"
-proxy_pid=
+proxy_pid= haproxy_pid=
 cleanup() {
   [ -n "$proxy_pid" ] && kill -QUIT "$proxy_pid" 2>/dev/null
+  [ -n "$haproxy_pid" ] && kill "$haproxy_pid" 2>/dev/null
   stop_dev
   rm -rf "$work"
 }
@@ -79,8 +80,17 @@ sed -e "s|/tmp/baselines/logs|$work/logs|g" -e "s|127.0.0.1:8081|127.0.0.1:$be_p
 for _ in $(seq 50); do [ -s "$work/logs/proxy.pid" ] && break; sleep 0.1; done
 proxy_pid=$(cat "$work/logs/proxy.pid")
 
+# A second reference: the baselines' HAProxy (1 thread, http-reuse always), same backend.
+haproxy_port=18782
+sed -e "s|/tmp/baselines/logs|$work/logs|g" -e "s|127.0.0.1:8081|127.0.0.1:$be_port|" \
+    -e "s|127.0.0.1:8082|127.0.0.1:$haproxy_port|" "${SKIFF_BASELINES:-../shared/baselines}/haproxy.cfg" \
+    > "$work/haproxy.cfg"
+haproxy -D -f "$work/haproxy.cfg"
+for _ in $(seq 50); do [ -s "$work/logs/haproxy.pid" ] && break; sleep 0.1; done
+haproxy_pid=$(cat "$work/logs/haproxy.pid")
+
 host=be.bench.default.localhost
-for url in "http://127.0.0.1:$proxy_port/" "http://$ingress/"; do
+for url in "http://127.0.0.1:$proxy_port/" "http://127.0.0.1:$haproxy_port/" "http://$ingress/"; do
   got=$(curl -s -H "Host: $host" "$url")
   [ "$got" = "hello world" ] || { echo "$url answered '$got'" >&2; exit 1; }
 done
@@ -95,19 +105,46 @@ run_wrk() { # url seconds [connections]
     END {printf "%d %.2f %d\n", rps, p99, err+bad}'
 }
 
-echo "== (a) wrk -t2 -c64 -d${SECS}s: nginx proxy vs skiff ingress -> same nginx backend"
-printf '%-6s %12s %10s %12s %10s %8s\n' round nginx_rps nginx_p99 skiff_rps skiff_p99 ratio
-ratios=()
+# CPU time (clock ticks) of a process, or of its threads named $2.
+cpu_ticks() {
+  local f total=0
+  for f in /proc/"$1"/task/*; do
+    [ -z "${2:-}" ] || [ "$(cat "$f/comm")" = "$2" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "$f/stat")))
+  done
+  echo "$total"
+}
+# Microseconds of CPU per request: ticks, rps, seconds.
+per_req() { awk -v t="$1" -v r="$2" -v s="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t*1e6/hz/(r*s)}'; }
+nginx_worker=$(pgrep -P "$proxy_pid" | head -1)
+
+echo "== (a) wrk -t2 -c64 -d${SECS}s: nginx proxy, HAProxy (reference) and skiff ingress -> same nginx backend"
+echo "   (cpu = the proxy's CPU time per request: nginx's worker, HAProxy, skiff's ingress thread)"
+printf '%-6s %10s %9s %8s %10s %8s %10s %9s %8s %8s %8s\n' round nginx_rps nginx_p99 cpu \
+  hapx_rps cpu skiff_rps skiff_p99 cpu ratio cpu_ratio
+ratios=() cpu_ratios=() h_ratios=()
 for r in $(seq "$ROUNDS"); do
+  t0=$(cpu_ticks "$nginx_worker")
   read -r n_rps n_p99 n_err < <(run_wrk "http://127.0.0.1:$proxy_port/" "$SECS")
+  n_cpu=$(per_req $(($(cpu_ticks "$nginx_worker") - t0)) "$n_rps" "$SECS")
+  t0=$(cpu_ticks "$haproxy_pid")
+  read -r h_rps h_p99 h_err < <(run_wrk "http://127.0.0.1:$haproxy_port/" "$SECS")
+  h_cpu=$(per_req $(($(cpu_ticks "$haproxy_pid") - t0)) "$h_rps" "$SECS")
+  t0=$(cpu_ticks "$dev_pid" skiff-ingress-0)
   read -r s_rps s_p99 s_err < <(run_wrk "http://$ingress/" "$SECS")
+  s_cpu=$(per_req $(($(cpu_ticks "$dev_pid" skiff-ingress-0) - t0)) "$s_rps" "$SECS")
   ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
-  ratios+=("$ratio")
-  printf '%-6s %12s %8sms %12s %8sms %8s\n' "$r" "$n_rps" "$n_p99" "$s_rps" "$s_p99" "$ratio"
-  [ "$n_err$s_err" = 00 ] || echo "  (failed requests: nginx $n_err, skiff $s_err)"
+  cpu_ratio=$(awk -v a="$s_cpu" -v b="$n_cpu" 'BEGIN{printf "%.2f", a/b}')
+  ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
+  h_ratios+=("$(awk -v a="$h_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')")
+  printf '%-6s %10s %7sms %6sus %10s %6sus %10s %7sms %6sus %8s %8s\n' "$r" "$n_rps" "$n_p99" \
+    "$n_cpu" "$h_rps" "$h_cpu" "$s_rps" "$s_p99" "$s_cpu" "$ratio" "$cpu_ratio"
+  [ "$n_err$h_err$s_err" = 000 ] || echo "  (failed requests: nginx $n_err, haproxy $h_err, skiff $s_err)"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
 echo "median of round ratios (skiff/nginx rps): $(median "${ratios[@]}") (target >= 1.15, must >= 1.0)"
+echo "median of CPU per request ratios (skiff/nginx, lower is better): $(median "${cpu_ratios[@]}")"
+echo "reference: median of HAProxy/nginx rps ratios: $(median "${h_ratios[@]}")"
 
 host=demo.bench.default.localhost
 echo "== (b) kill -9 one of 3 instances under wrk load (${SECS}s)"
