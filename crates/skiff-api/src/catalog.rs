@@ -1,6 +1,7 @@
 //! `GET /v1/catalog`: ready instances per service, as a blocking query (Consul-style: pass the
 //! last `index` seen and how long to `wait`; the answer comes at the next change or at the
 //! deadline). `GET /v1/dns`: what the DNS server answers for a name, without DNS.
+//! `GET /v1/routes`: the ingress's live route table, or the route one host and path take.
 
 use std::time::Duration;
 
@@ -152,6 +153,47 @@ pub(crate) async fn dns(
         authorities: text(&answer.authorities),
         additionals: text(&answer.additionals),
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoutesQuery {
+    /// Only the route a request for this host (and `path`) takes.
+    host: Option<String>,
+    /// With `host`: the request path (default `/`).
+    path: Option<String>,
+}
+
+pub(crate) async fn routes(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<RoutesQuery>,
+) -> Result<Json<Vec<skiff_ingress::RouteInfo>>, ApiError> {
+    let Some(routes) = &s.routes else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_ingress",
+            "this server runs no ingress",
+        ));
+    };
+    match (q.host, q.path) {
+        (None, None) => Ok(Json(routes.list())),
+        (None, Some(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "path: only with host",
+        )),
+        (Some(host), path) => {
+            let path = path.unwrap_or_else(|| "/".into());
+            match routes.find(&host, &path) {
+                Some(route) => Ok(Json(vec![route])),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    format!("no route for host {host:?} and path {path:?}"),
+                )),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

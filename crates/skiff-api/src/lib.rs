@@ -67,6 +67,8 @@ pub struct ApiState {
     pub catalog: Arc<skiff_catalog::Catalog>,
     /// The DNS zone (for `GET /v1/dns`, what the DNS server would answer).
     pub zone: skiff_dns::Zone,
+    /// The ingress's live route table (`GET /v1/routes`), when this server runs one.
+    pub routes: Option<skiff_ingress::Routes>,
 }
 
 /// An error answer: HTTP status, stable code, message.
@@ -221,6 +223,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(list_events))
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/dns", get(catalog::dns))
+        .route("/v1/routes", get(catalog::routes))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

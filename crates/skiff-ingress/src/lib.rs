@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 pub use proxy::Limits;
 use proxy::Proxy;
+pub use routes::{BackendInfo, RouteInfo};
 use routes::{Counters, RouteTable};
 
 use crate::balance::Health;
@@ -57,6 +58,7 @@ pub struct Config {
 /// A running ingress; dropping it stops accepting connections.
 pub struct Ingress {
     pub addr: SocketAddr,
+    table: watch::Receiver<Arc<RouteTable>>,
     refresh: tokio::task::JoinHandle<()>,
     service_ports: Option<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
@@ -147,11 +149,35 @@ impl Ingress {
         }
         Ok(Ingress {
             addr,
+            table,
             refresh,
             service_ports,
             stop,
             workers,
         })
+    }
+}
+
+impl Ingress {
+    /// A handle on the live route table, for showing it.
+    pub fn routes(&self) -> Routes {
+        Routes(self.table.clone())
+    }
+}
+
+/// The ingress's live route table, read-only: what `skiff routes` shows.
+#[derive(Clone)]
+pub struct Routes(watch::Receiver<Arc<RouteTable>>);
+
+impl Routes {
+    /// Every route with its backends as they are now.
+    pub fn list(&self) -> Vec<RouteInfo> {
+        self.0.borrow().list()
+    }
+
+    /// The route a request for `host` and `path` takes, as the proxy picks it.
+    pub fn find(&self, host: &str, path: &str) -> Option<RouteInfo> {
+        self.0.borrow().explain(host, path)
     }
 }
 

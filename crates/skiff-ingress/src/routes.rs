@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use skiff_catalog::{ServiceEntry, ServiceKey, Snapshot, Traffic};
 
 use crate::balance::Health;
@@ -51,6 +52,64 @@ pub struct RouteTable {
     exact: HashMap<String, Vec<Route>>,
     /// `(suffix with its leading dot, routes)`, longest suffix first.
     wildcard: Vec<(String, Vec<Route>)>,
+}
+
+/// One route as `skiff routes` and `GET /v1/routes` show it: where requests for a host and
+/// path prefix go right now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Exact host, or `*.suffix` for a wildcard.
+    pub host: String,
+    pub path: String,
+    pub strip_prefix: bool,
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    /// The service's port (name or number) requests go to.
+    pub port: String,
+    pub backends: Vec<BackendInfo>,
+}
+
+/// A backend of a route and what the ingress knows of it now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The instance's index (`web-2` is 2).
+    pub instance: u32,
+    pub addr: SocketAddr,
+    /// The weight of its backend set.
+    pub weight: u32,
+    /// Requests (and tunnels) in flight through the ingress.
+    pub in_flight: usize,
+    /// Out of rotation after repeated failures, for a while.
+    pub ejected: bool,
+}
+
+impl Route {
+    pub fn info(&self, host: &str) -> RouteInfo {
+        let t = &self.target;
+        RouteInfo {
+            host: host.to_string(),
+            path: self.path.clone(),
+            strip_prefix: self.strip_prefix,
+            env: t.service.env.clone(),
+            stack: t.service.stack.clone(),
+            service: t.service.service.clone(),
+            port: t.port.clone(),
+            backends: t
+                .pools
+                .iter()
+                .flat_map(|pool| {
+                    pool.backends.iter().map(|b| BackendInfo {
+                        instance: b.index,
+                        addr: b.addr,
+                        weight: pool.weight,
+                        in_flight: b.traffic.in_flight(),
+                        ejected: b.health.is_ejected(),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Where the counters of a backend come from (the catalog and the ingress's ejection state).
@@ -139,9 +198,40 @@ impl RouteTable {
         }
     }
 
+    /// Every route, by host (exact ones, then wildcards, each sorted), then as matched.
+    pub fn list(&self) -> Vec<RouteInfo> {
+        let mut hosts: Vec<_> = self.exact.iter().collect();
+        hosts.sort_by(|a, b| a.0.cmp(b.0));
+        let mut wildcards: Vec<_> = self
+            .wildcard
+            .iter()
+            .map(|(suffix, routes)| (format!("*{suffix}"), routes))
+            .collect();
+        wildcards.sort_by(|a, b| a.0.cmp(&b.0));
+        let exact = hosts.into_iter().map(|(h, r)| (h.as_str(), r));
+        let wild = wildcards.iter().map(|(h, r)| (h.as_str(), *r));
+        exact
+            .chain(wild)
+            .flat_map(|(host, routes)| routes.iter().map(move |r| r.info(host)))
+            .collect()
+    }
+
     /// The route for a request to `host` (as in the Host header: any port and trailing dot
     /// are ignored, case too) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let (_, routes) = self.host_routes(host)?;
+        routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
+
+    /// [`find`](Self::find), told with the host pattern that matched.
+    pub fn explain(&self, host: &str, path: &str) -> Option<RouteInfo> {
+        let (pattern, routes) = self.host_routes(host)?;
+        let route = routes.iter().find(|r| prefix_matches(&r.path, path))?;
+        Some(route.info(&pattern.to_string()))
+    }
+
+    /// The routes of `host`, with the pattern that matched it.
+    fn host_routes(&self, host: &str) -> Option<(HostPattern<'_>, &[Route])> {
         let host = strip_port(host).trim_end_matches('.');
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -150,13 +240,29 @@ impl RouteTable {
         } else {
             host
         };
-        let routes = self.exact.get(host).or_else(|| {
-            self.wildcard
-                .iter()
-                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-                .map(|(_, r)| r)
-        })?;
-        routes.iter().find(|r| prefix_matches(&r.path, path))
+        if let Some((exact, routes)) = self.exact.get_key_value(host) {
+            return Some((HostPattern::Exact(exact), routes));
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(suffix, routes)| (HostPattern::Wildcard(suffix), routes.as_slice()))
+    }
+}
+
+/// A host as routes name it.
+enum HostPattern<'a> {
+    Exact(&'a str),
+    /// `*` and this suffix (with its leading dot).
+    Wildcard(&'a str),
+}
+
+impl std::fmt::Display for HostPattern<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
     }
 }
 
@@ -391,11 +497,51 @@ mod tests {
         assert_eq!(ports(admin), vec![5001, 5002]);
         let cdn = t.find("img.eu.cdn.example.test", "/a.png").unwrap();
         assert_eq!(cdn.target.service.service, "web");
+        let told = t.explain("IMG.cdn.example.test:7780", "/a.png").unwrap();
+        assert_eq!(
+            (told.host.as_str(), told.path.as_str()),
+            ("*.cdn.example.test", "/")
+        );
         assert!(
             t.find("cdn.example.test", "/").is_none(),
             "*. needs a label"
         );
         assert!(t.find("shop.example.test.", "/").is_some(), "trailing dot");
+    }
+
+    #[test]
+    fn the_listing_names_every_host_and_prefix_with_its_backends() {
+        let listed: Vec<(String, String, String, Vec<u16>)> = table()
+            .list()
+            .into_iter()
+            .map(|r| {
+                let ports = r.backends.iter().map(|b| b.addr.port()).collect();
+                (r.host, r.path, format!("{}:{}", r.service, r.port), ports)
+            })
+            .collect();
+        let row = |h: &str, p: &str, t: &str, ports: &[u16]| {
+            (h.to_string(), p.to_string(), t.to_string(), ports.to_vec())
+        };
+        assert_eq!(
+            listed,
+            vec![
+                row("api.shop.default.localhost", "/", "api:8080", &[6001]),
+                row("shop.example.test", "/api", "api:8080", &[6001]),
+                row("shop.example.test", "/", "web:http", &[4001, 4002]),
+                row(
+                    "web.shop.default.localhost",
+                    "/admin",
+                    "web:admin",
+                    &[5001, 5002]
+                ),
+                row("web.shop.default.localhost", "/", "web:http", &[4001, 4002]),
+                row("*.cdn.example.test", "/", "web:http", &[4001, 4002]),
+            ]
+        );
+        let web = &table().list()[4];
+        assert_eq!((web.env.as_str(), web.stack.as_str()), ("default", "shop"));
+        assert_eq!(web.backends[1].instance, 2);
+        assert!(!web.backends[0].ejected && web.backends[0].in_flight == 0);
     }
 
     #[test]

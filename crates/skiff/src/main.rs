@@ -73,6 +73,8 @@ enum Command {
     Events(cmd::ps::EventsArgs),
     /// What skiff's DNS answers for a name: `skiff dns web.shop.default.skiff SRV`.
     Dns(cmd::dns::Args),
+    /// The ingress's routes and the instances behind them: `skiff routes web.shop.default.localhost/api`.
+    Routes(cmd::routes::Args),
     /// Per-instance supervisor of the process driver (started by skiff, not by people).
     #[command(name = "__shim", hide = true)]
     Shim { dir: std::path::PathBuf },
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Events(args) => cmd::ps::events(args, &client),
         Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),
         Command::Dns(args) => cmd::dns::run(args, &client),
+        Command::Routes(args) => cmd::routes::run(args, &client),
         Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {

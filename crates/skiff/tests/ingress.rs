@@ -67,6 +67,35 @@ fn default_hosts_and_x_skiff_routes_reach_ready_instances_and_errors_say_why() {
     assert_eq!(code, 404, "a prefix matches whole segments: {body}");
     assert!(body.contains("no route for host"), "{body}");
 
+    // `skiff routes` shows the table the ingress routes by, and which route a request takes.
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["routes", "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let routes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let web = routes
+        .iter()
+        .find(|r| r["host"] == "web.shop.default.localhost")
+        .expect("the default host of web");
+    assert_eq!(web["backends"].as_array().unwrap().len(), 3, "{out}");
+    let (ok, out, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["routes", "http://shop.example.test:7780/api/echo"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("HOST"), "{out}");
+    assert_eq!(out.lines().count(), 2, "one route: {out}");
+    assert!(
+        out.contains("/api (stripped)") && out.contains("default/shop/api"),
+        "{out}"
+    );
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["routes", "nope.localhost"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("no route for host \"nope.localhost\""),
+        "{err}"
+    );
+
     // Nothing ready: the ingress says which service has no instance.
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["stop", "web"]);
     assert!(ok, "{out}{err}");

@@ -128,16 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         let agent = Agent::new(store.clone(), cfg);
         let wake = agent.clone();
         let instances = Arc::new(AgentInstances(agent.clone()));
-        let app = skiff_api::router(ApiState {
-            store: store.clone(),
-            on_change: Arc::new(move || wake.wake()),
-            data_dir: data_dir.clone(),
-            docker_unavailable: docker_unavailable.clone(),
-            instances,
-            catalog: catalog.clone(),
-            zone: zone.clone(),
-        });
-        let dns = skiff_dns::DnsServer::start(args.dns, zone, catalog.clone())
+        let dns = skiff_dns::DnsServer::start(args.dns, zone.clone(), catalog.clone())
             .await
             .with_context(|| format!("listening for DNS on {}", args.dns))?;
         let ingress = skiff_ingress::Ingress::start(
@@ -148,10 +139,20 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 workers: usize::from(args.ingress_workers),
                 service_ports: Some(node_addr),
             },
-            catalog,
+            catalog.clone(),
         )
         .await
         .with_context(|| format!("listening for the ingress on {}", args.ingress))?;
+        let app = skiff_api::router(ApiState {
+            store: store.clone(),
+            on_change: Arc::new(move || wake.wake()),
+            data_dir: data_dir.clone(),
+            docker_unavailable: docker_unavailable.clone(),
+            instances,
+            catalog: catalog.clone(),
+            zone: zone.clone(),
+            routes: Some(ingress.routes()),
+        });
         let listener = tokio::net::TcpListener::bind(args.api)
             .await
             .with_context(|| format!("listening for the API on {}", args.api))?;

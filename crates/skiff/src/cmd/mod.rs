@@ -7,6 +7,7 @@ pub mod logs;
 pub mod plan;
 pub mod project;
 pub mod ps;
+pub mod routes;
 pub mod service;
 pub mod up;
 pub mod validate;

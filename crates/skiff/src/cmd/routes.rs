@@ -1,0 +1,110 @@
+//! `skiff routes [HOST[/PATH]]`: the ingress's live route table — every host and path prefix
+//! with the instances behind it — or the route one request would take.
+
+use std::process::ExitCode;
+
+use skiff_ingress::RouteInfo;
+
+use crate::client::Client;
+use crate::output::{self, OutputArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only the route a request for this host and path takes, e.g.
+    /// `web.shop.default.localhost/api/orders` (a scheme and port are ignored).
+    request: Option<String>,
+    #[command(flatten)]
+    output: OutputArg,
+}
+
+pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
+    let path = match &args.request {
+        None => "/v1/routes".to_string(),
+        Some(request) => {
+            let (host, path) = split_request(request);
+            format!(
+                "/v1/routes?host={}&path={}",
+                urlencode(host),
+                urlencode(path)
+            )
+        }
+    };
+    let routes: Vec<RouteInfo> = client.get(&path)?;
+    output::print(args.output.format, &routes, || {
+        let rows = routes.iter().map(row).collect();
+        output::print_table(&["HOST", "PATH", "SERVICE", "PORT", "BACKENDS"], rows);
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(r: &RouteInfo) -> Vec<String> {
+    let path = if r.strip_prefix {
+        format!("{} (stripped)", r.path)
+    } else {
+        r.path.clone()
+    };
+    let backends = if r.backends.is_empty() {
+        "none ready (503)".to_string()
+    } else {
+        r.backends
+            .iter()
+            .map(|b| {
+                let mut s = format!("{}-{} {}", r.service, b.instance, b.addr);
+                if b.in_flight > 0 {
+                    s.push_str(&format!(" ({} in flight)", b.in_flight));
+                }
+                if b.ejected {
+                    s.push_str(" (ejected)");
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        r.host.clone(),
+        path,
+        format!("{}/{}/{}", r.env, r.stack, r.service),
+        r.port.clone(),
+        backends,
+    ]
+}
+
+/// `http://Host:port/path?q` → (`Host:port`, `/path?q`); the path defaults to `/`.
+fn split_request(request: &str) -> (&str, &str) {
+    let rest = request
+        .strip_prefix("http://")
+        .or_else(|| request.strip_prefix("https://"))
+        .unwrap_or(request);
+    match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    }
+}
+
+/// Percent-encodes all but unreserved characters and `/`.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_splits_into_host_and_path() {
+        assert_eq!(split_request("web.localhost"), ("web.localhost", "/"));
+        assert_eq!(
+            split_request("http://web.localhost:7780/api?x=1"),
+            ("web.localhost:7780", "/api?x=1")
+        );
+        assert_eq!(urlencode("/a b?x=1"), "/a%20b%3Fx%3D1");
+    }
+}
