@@ -122,27 +122,37 @@ echo "== (a) wrk -t2 -c64 -d${SECS}s: nginx proxy, HAProxy (reference) and skiff
 echo "   (cpu = the proxy's CPU time per request: nginx's worker, HAProxy, skiff's ingress thread)"
 printf '%-6s %10s %9s %8s %10s %8s %10s %9s %8s %8s %8s\n' round nginx_rps nginx_p99 cpu \
   hapx_rps cpu skiff_rps skiff_p99 cpu ratio cpu_ratio
-ratios=() cpu_ratios=() h_ratios=()
+# One wrk run through proxy $1 (nginx, haproxy or skiff): sets rps[$1], p99[$1], err[$1], cpu[$1].
+declare -A rps p99 err cpu
+measure() {
+  local url pid thread t0
+  case $1 in
+    nginx) url=http://127.0.0.1:$proxy_port/ pid=$nginx_worker thread= ;;
+    haproxy) url=http://127.0.0.1:$haproxy_port/ pid=$haproxy_pid thread= ;;
+    skiff) url=http://$ingress/ pid=$dev_pid thread=skiff-ingress-0 ;;
+  esac
+  t0=$(cpu_ticks "$pid" $thread)
+  read -r "rps[$1]" "p99[$1]" "err[$1]" < <(run_wrk "$url" "$SECS")
+  cpu[$1]=$(per_req $(($(cpu_ticks "$pid" $thread) - t0)) "${rps[$1]}" "$SECS")
+}
+ratios=() cpu_ratios=() h_ratios=() n_p99s=() s_p99s=()
+order=(nginx haproxy skiff)
 for r in $(seq "$ROUNDS"); do
-  t0=$(cpu_ticks "$nginx_worker")
-  read -r n_rps n_p99 n_err < <(run_wrk "http://127.0.0.1:$proxy_port/" "$SECS")
-  n_cpu=$(per_req $(($(cpu_ticks "$nginx_worker") - t0)) "$n_rps" "$SECS")
-  t0=$(cpu_ticks "$haproxy_pid")
-  read -r h_rps h_p99 h_err < <(run_wrk "http://127.0.0.1:$haproxy_port/" "$SECS")
-  h_cpu=$(per_req $(($(cpu_ticks "$haproxy_pid") - t0)) "$h_rps" "$SECS")
-  t0=$(cpu_ticks "$dev_pid" skiff-ingress-0)
-  read -r s_rps s_p99 s_err < <(run_wrk "http://$ingress/" "$SECS")
-  s_cpu=$(per_req $(($(cpu_ticks "$dev_pid" skiff-ingress-0) - t0)) "$s_rps" "$SECS")
-  ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
-  cpu_ratio=$(awk -v a="$s_cpu" -v b="$n_cpu" 'BEGIN{printf "%.2f", a/b}')
-  ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
-  h_ratios+=("$(awk -v a="$h_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')")
-  printf '%-6s %10s %7sms %6sus %10s %6sus %10s %7sms %6sus %8s %8s\n' "$r" "$n_rps" "$n_p99" \
-    "$n_cpu" "$h_rps" "$h_cpu" "$s_rps" "$s_p99" "$s_cpu" "$ratio" "$cpu_ratio"
-  [ "$n_err$h_err$s_err" = 000 ] || echo "  (failed requests: nginx $n_err, haproxy $h_err, skiff $s_err)"
+  # The order rotates each round, so no proxy always runs first (or last) on a warm box.
+  for i in 0 1 2; do measure "${order[(i + r) % 3]}"; done
+  ratio=$(awk -v a="${rps[skiff]}" -v b="${rps[nginx]}" 'BEGIN{printf "%.2f", a/b}')
+  cpu_ratio=$(awk -v a="${cpu[skiff]}" -v b="${cpu[nginx]}" 'BEGIN{printf "%.2f", a/b}')
+  ratios+=("$ratio") cpu_ratios+=("$cpu_ratio") n_p99s+=("${p99[nginx]}") s_p99s+=("${p99[skiff]}")
+  h_ratios+=("$(awk -v a="${rps[haproxy]}" -v b="${rps[nginx]}" 'BEGIN{printf "%.2f", a/b}')")
+  printf '%-6s %10s %7sms %6sus %10s %6sus %10s %7sms %6sus %8s %8s\n' "$r" "${rps[nginx]}" \
+    "${p99[nginx]}" "${cpu[nginx]}" "${rps[haproxy]}" "${cpu[haproxy]}" "${rps[skiff]}" \
+    "${p99[skiff]}" "${cpu[skiff]}" "$ratio" "$cpu_ratio"
+  [ "${err[nginx]}${err[haproxy]}${err[skiff]}" = 000 ] ||
+    echo "  (failed requests: nginx ${err[nginx]}, haproxy ${err[haproxy]}, skiff ${err[skiff]})"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
 echo "median of round ratios (skiff/nginx rps): $(median "${ratios[@]}") (target >= 1.15, must >= 1.0)"
+echo "median p99: nginx $(median "${n_p99s[@]}")ms, skiff $(median "${s_p99s[@]}")ms (must be no worse)"
 echo "median of CPU per request ratios (skiff/nginx, lower is better): $(median "${cpu_ratios[@]}")"
 echo "reference: median of HAProxy/nginx rps ratios: $(median "${h_ratios[@]}")"
 
