@@ -547,6 +547,23 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_taken_or_left_never_a_panic(
+            head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            start in proptest::sample::select(vec!["", "GET / HTTP/1.1\r\nHost: h\r\n", "POST /x HTTP/1.1\r\n"]),
+        ) {
+            let mut bytes = start.as_bytes().to_vec();
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(b"\r\n\r\n");
+            let mut raw = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            if let Some(p) = plain_request(&mut raw, &bytes) {
+                // Whatever it takes has an origin-form target and a Host to route by.
+                proptest::prop_assert!(p.target.starts_with('/') && !p.host.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn everything_else_is_left_to_hyper() {
         for head in [

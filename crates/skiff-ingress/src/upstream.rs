@@ -640,56 +640,30 @@ impl Body for UpBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let starved = match this.state {
-                State::Chunked(c @ (Chunk::Size | Chunk::DataEnd | Chunk::Trailer(_))) => {
-                    needs_more(&conn.buf, c)
-                }
-                _ => conn.buf.is_empty(),
-            };
-            if starved {
-                if conn.buf.len() > MAX_HEAD {
-                    return this.fail("chunked framing line too long");
-                }
-                match ready!(conn.poll_fill(cx)) {
-                    Ok(0) if this.state == State::Close => {
-                        this.state = State::Done;
-                        this.reusable = false;
-                        continue;
-                    }
-                    Ok(0) => return this.fail("the backend closed the connection mid-body"),
-                    Ok(_) => continue,
-                    Err(e) => return this.fail(&e.to_string()),
-                }
-            }
-            match this.state {
-                State::Length(left) => {
-                    let take = left.min(conn.buf.len() as u64);
-                    let data = conn.buf.split_to(take as usize).freeze();
-                    this.state = State::Length(left - take);
-                    if left == take {
+            match decode(this.state, &mut conn.buf) {
+                Ok(Step::Data(data, next)) => {
+                    this.state = next;
+                    if this.is_complete() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::Close => {
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Ok(Step::Next(next)) => this.state = next,
+                Ok(Step::NeedMore) => {
+                    if conn.buf.len() > MAX_HEAD {
+                        return this.fail("chunked framing line too long");
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) if this.state == State::Close => {
+                            this.state = State::Done;
+                            this.reusable = false;
+                        }
+                        Ok(0) => return this.fail("the backend closed the connection mid-body"),
+                        Ok(_) => {}
+                        Err(e) => return this.fail(&e.to_string()),
+                    }
                 }
-                State::Chunked(Chunk::Data(left)) => {
-                    let take = left.min(conn.buf.len() as u64);
-                    let data = conn.buf.split_to(take as usize).freeze();
-                    this.state = State::Chunked(if left == take {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - take)
-                    });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Chunked(chunk) => match step_chunk(&mut conn.buf, chunk) {
-                    Ok(next) => this.state = next,
-                    Err(why) => return this.fail(why),
-                },
-                State::Done | State::Upgrade => {}
+                Err(why) => return this.fail(why),
             }
         }
     }
@@ -704,6 +678,44 @@ impl Body for UpBody {
             State::Done | State::Upgrade => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// What the bytes at hand give, read in body state `state`.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Body data for the client, and the state after it.
+    Data(Bytes, State),
+    /// Framing consumed (a size line, a chunk's CRLF, a trailer line): the new state.
+    Next(State),
+    /// Nothing can move on until more bytes arrive.
+    NeedMore,
+}
+
+/// One step of reading a body out of `buf` (pure: the caller reads the socket when told
+/// [`Step::NeedMore`], and owns what a `Done` state means for the connection).
+fn decode(state: State, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    match state {
+        State::Done | State::Upgrade | State::Length(0) => Ok(Step::Next(state)),
+        _ if buf.is_empty() => Ok(Step::NeedMore),
+        State::Length(left) => {
+            let take = left.min(buf.len() as u64);
+            let data = buf.split_to(take as usize).freeze();
+            Ok(Step::Data(data, State::Length(left - take)))
+        }
+        State::Close => Ok(Step::Data(buf.split().freeze(), State::Close)),
+        State::Chunked(Chunk::Data(left)) => {
+            let take = left.min(buf.len() as u64);
+            let data = buf.split_to(take as usize).freeze();
+            let next = if left == take {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left - take)
+            };
+            Ok(Step::Data(data, State::Chunked(next)))
+        }
+        State::Chunked(chunk) if needs_more(buf, chunk) => Ok(Step::NeedMore),
+        State::Chunked(chunk) => step_chunk(buf, chunk).map(Step::Next),
     }
 }
 
@@ -759,5 +771,169 @@ fn step_chunk(buf: &mut BytesMut, c: Chunk) -> Result<State, &'static str> {
             }
         }
         Chunk::Data(n) => Ok(State::Chunked(Chunk::Data(n))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Feeds `wire` to the decoder in pieces cut at `cuts`, as a socket might deliver it, from
+    /// body state `state` until the body ends or the bytes run out. Gives the body, the last
+    /// state, and the bytes after the body (left in the buffer or never fed).
+    fn run(
+        mut state: State,
+        wire: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, State, Vec<u8>), &'static str> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut pieces = cuts
+            .iter()
+            .scan(0, |from, &to| {
+                let piece = &wire[*from..to];
+                *from = to;
+                Some(piece)
+            })
+            .filter(|p| !p.is_empty());
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        loop {
+            if matches!(state, State::Done | State::Length(0)) {
+                break;
+            }
+            let before = (state, buf.len());
+            match decode(state, &mut buf)? {
+                Step::Data(data, next) => {
+                    assert!(!data.is_empty(), "data frames are never empty");
+                    body.extend_from_slice(&data);
+                    state = next;
+                }
+                Step::Next(next) => {
+                    state = next;
+                    assert!((state, buf.len()) != before, "every step makes progress");
+                }
+                Step::NeedMore => match pieces.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None => break,
+                },
+            }
+        }
+        let mut rest = buf.to_vec();
+        pieces.for_each(|p| rest.extend_from_slice(p));
+        Ok((body, state, rest))
+    }
+
+    /// `body` chunked in pieces of `sizes` (cycled), with or without chunk extensions and
+    /// upper-case hex, then `trailers`.
+    fn chunked(body: &[u8], sizes: &[usize], ext: bool, upper: bool, trailers: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut rest = body;
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, after) = rest.split_at(size.min(rest.len()));
+            let hex = if upper {
+                format!("{:X}", chunk.len())
+            } else {
+                format!("{:x}", chunk.len())
+            };
+            wire.extend_from_slice(hex.as_bytes());
+            if ext {
+                wire.extend_from_slice(b";name=\"va;lue\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+            rest = after;
+        }
+        wire.extend_from_slice(b"0\r\n");
+        for i in 0..trailers {
+            wire.extend_from_slice(format!("x-trailer-{i}: {i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_bodies_decode_whole_however_the_socket_splits_them(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            sizes in proptest::collection::vec(1usize..700, 1..8),
+            ext in any::<bool>(),
+            upper in any::<bool>(),
+            trailers in 0usize..3,
+            cuts in proptest::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let mut wire = chunked(&body, &sizes, ext, upper, trailers);
+            wire.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (got, state, rest) = run(State::Chunked(Chunk::Size), &wire, &cuts).unwrap();
+            prop_assert_eq!(got, body);
+            prop_assert_eq!(state, State::Done);
+            prop_assert_eq!(rest, b"HTTP/1.1 200 OK\r\n".to_vec(), "the next answer is left alone");
+        }
+
+        #[test]
+        fn length_bodies_stop_at_their_length(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let mut wire = body.clone();
+            wire.extend_from_slice(b"next");
+            let (got, state, rest) = run(State::Length(body.len() as u64), &wire, &cuts).unwrap();
+            prop_assert_eq!(got, body);
+            prop_assert_eq!(state, State::Length(0));
+            prop_assert_eq!(rest, b"next".to_vec());
+        }
+
+        #[test]
+        fn hostile_bodies_and_heads_end_in_an_error_or_an_end_never_a_panic(
+            wire in proptest::collection::vec(any::<u8>(), 0..4000),
+            prefix in proptest::sample::select(vec![&b""[..], b"5\r\n", b"0\r\n", b"ffffffffffffffffff\r\n", b"HTTP/1.1 200 OK\r\n"]),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+        ) {
+            let wire = [prefix, &wire].concat();
+            let _ = run(State::Chunked(Chunk::Size), &wire, &cuts);
+            if let Ok((got, _, _)) = run(State::Length(100), &wire, &cuts) {
+                prop_assert!(got.len() <= 100);
+            }
+            let mut buf = BytesMut::from(&wire[..]);
+            let _ = parse_head(&mut buf);
+        }
+    }
+
+    #[test]
+    fn broken_chunk_framing_is_an_error() {
+        for wire in [
+            &b"ffffffffffffffffff\r\n"[..],
+            b"zz\r\n",
+            b"3\r\nabcX\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(
+                run(State::Chunked(Chunk::Size), wire, &[]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_head_is_split_off_and_its_values_shared() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody"[..]);
+        let (parts, minor) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!((parts.status.as_u16(), minor), (404, 1));
+        let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"body");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        let mut bad = BytesMut::from(&b"HTTP/1.1 999x OK\r\n\r\n"[..]);
+        assert!(parse_head(&mut bad).is_err());
     }
 }
