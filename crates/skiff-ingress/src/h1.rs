@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use hyper::header::{self, HeaderName};
+use hyper::header;
 use hyper::http::response;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
@@ -34,7 +34,9 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proxy::{Client, Guard, Proxy, error_text, is_idempotent, strip_hop_by_hop};
+use crate::proxy::{
+    Client, Guard, Proxy, error_text, is_hop_by_hop, is_idempotent, strip_hop_by_hop,
+};
 use crate::routes::strip;
 use crate::upstream::{Headers, Outgoing, UpBody, poll_fill};
 
@@ -174,12 +176,7 @@ impl Downstream {
         let head = self.buf.split_to(end).freeze();
         let mut raw = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let Some(plain) = plain_request(&mut raw, &head) else {
-            // Hyper gets the whole request back: the head, then what followed it.
-            let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
-            all.extend_from_slice(&head);
-            all.extend_from_slice(&self.buf);
-            self.buf.clear();
-            return Next::Hyper(all.freeze());
+            return self.hand_to_hyper(&head);
         };
         let close = plain.close;
         let table = proxy.table.borrow().clone();
@@ -199,11 +196,7 @@ impl Downstream {
         }
         if plain.length > limits.replay_body {
             // Streamed to the backend as it arrives: hyper's body machinery does that.
-            let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
-            all.extend_from_slice(&head);
-            all.extend_from_slice(&self.buf);
-            self.buf.clear();
-            return Next::Hyper(all.freeze());
+            return self.hand_to_hyper(&head);
         }
         let body = if plain.length == 0 {
             Bytes::new()
@@ -253,6 +246,15 @@ impl Downstream {
         }
     }
 
+    /// Hands the connection to hyper with the whole request: its head, then what followed it.
+    fn hand_to_hyper(&mut self, head: &[u8]) -> Next {
+        let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
+        all.extend_from_slice(head);
+        all.extend_from_slice(&self.buf);
+        self.buf.clear();
+        Next::Hyper(all.freeze())
+    }
+
     async fn read_body(&mut self, length: usize) -> io::Result<Bytes> {
         while self.buf.len() < length {
             if self.fill().await? == 0 {
@@ -278,7 +280,7 @@ impl Downstream {
         out.clear();
         status_line(out, parts.status);
         for (name, value) in parts.headers.iter() {
-            if is_hop_by_hop(name) {
+            if is_hop_by_hop(name.as_str()) {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
@@ -377,16 +379,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 /// A request the fast path serves, read off its head.

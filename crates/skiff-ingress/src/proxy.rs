@@ -18,13 +18,13 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use skiff_catalog::Traffic;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::balance::pick;
 use crate::coarse::Coarse;
 use crate::routes::{Route, RouteTable, strip};
 use crate::upstream::{Conn, Headers, OutBody, Outgoing, SendError, UpBody, Upstreams};
-use tokio::io::AsyncWriteExt;
 
 /// Backends tried per request at most (attempts plus withdrawn ones skipped).
 const MAX_PICKS: usize = 8;
@@ -214,6 +214,9 @@ impl Proxy {
         idempotent: bool,
         bodiless: bool,
     ) -> Result<(response::Parts, UpBody, Guard), (StatusCode, String)> {
+        // A request that may have reached the application can go again only when that is
+        // harmless.
+        let repeatable = replay.is_some() && (idempotent || bodiless);
         let mut rng = fastrand::Rng::new();
         let mut tried = [(usize::MAX, usize::MAX); MAX_PICKS];
         let mut picks = 0;
@@ -259,7 +262,7 @@ impl Proxy {
                         tracing::debug!(backend = %backend.addr, "ingress: stale connection: {why}");
                         match body {
                             Some(body) => unsent = Some(body),
-                            None if replay.is_some() && (idempotent || bodiless) => {}
+                            None if repeatable => {}
                             None => break Some(Err(SendError::Failed(why))),
                         }
                         fresh = true;
@@ -285,8 +288,7 @@ impl Proxy {
                     self.failed(backend, route);
                     last_error =
                         Some((StatusCode::BAD_GATEWAY, format!("{}: {why}", backend.addr)));
-                    // It may have reached the application: again only when that is harmless.
-                    if !(replay.is_some() && (idempotent || bodiless)) {
+                    if !repeatable {
                         break;
                     }
                 }
@@ -358,7 +360,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -367,6 +369,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (case-insensitive, for header names as sent).
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
 
 /// Removes hop-by-hop headers (and those the Connection header names); an upgrade keeps
 /// `Connection: upgrade` and `Upgrade`.

@@ -200,19 +200,22 @@ impl RouteTable {
 
     /// Every route, by host (exact ones, then wildcards, each sorted), then as matched.
     pub fn list(&self) -> Vec<RouteInfo> {
-        let mut hosts: Vec<_> = self.exact.iter().collect();
-        hosts.sort_by(|a, b| a.0.cmp(b.0));
-        let mut wildcards: Vec<_> = self
+        let mut exact: Vec<(String, &[Route])> = self
+            .exact
+            .iter()
+            .map(|(host, routes)| (host.clone(), routes.as_slice()))
+            .collect();
+        let mut wild: Vec<(String, &[Route])> = self
             .wildcard
             .iter()
-            .map(|(suffix, routes)| (format!("*{suffix}"), routes))
+            .map(|(s, routes)| (HostPattern::Wildcard(s).to_string(), routes.as_slice()))
             .collect();
-        wildcards.sort_by(|a, b| a.0.cmp(&b.0));
-        let exact = hosts.into_iter().map(|(h, r)| (h.as_str(), r));
-        let wild = wildcards.iter().map(|(h, r)| (h.as_str(), *r));
+        exact.sort_by(|a, b| a.0.cmp(&b.0));
+        wild.sort_by(|a, b| a.0.cmp(&b.0));
         exact
+            .into_iter()
             .chain(wild)
-            .flat_map(|(host, routes)| routes.iter().map(move |r| r.info(host)))
+            .flat_map(|(host, routes)| routes.iter().map(move |r| r.info(&host)))
             .collect()
     }
 

@@ -188,11 +188,7 @@ impl Headers<'_> {
                     let n = h.name;
                     if n.eq_ignore_ascii_case("x-forwarded-for") {
                         prior_for = true;
-                    } else if !(n.eq_ignore_ascii_case("connection")
-                        || n.eq_ignore_ascii_case("keep-alive")
-                        || n.eq_ignore_ascii_case("proxy-connection")
-                        || n.eq_ignore_ascii_case("te")
-                        || n.eq_ignore_ascii_case("trailer")
+                    } else if !(crate::proxy::is_hop_by_hop(n)
                         || n.eq_ignore_ascii_case("x-forwarded-host")
                         || n.eq_ignore_ascii_case("x-forwarded-proto"))
                     {
