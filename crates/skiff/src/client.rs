@@ -52,6 +52,19 @@ impl Client {
         self.read(self.http.get(self.url(path)).call())
     }
 
+    /// A GET with query parameters (percent-encoded by ureq).
+    pub fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
+        let req = self
+            .http
+            .get(self.url(path))
+            .query_pairs(query.iter().copied());
+        self.read(req.call())
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

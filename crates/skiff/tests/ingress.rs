@@ -89,6 +89,18 @@ fn default_hosts_and_x_skiff_routes_reach_ready_instances_and_errors_say_why() {
         out.contains("/api (stripped)") && out.contains("default/shop/api"),
         "{out}"
     );
+    // The path reaches the API whole, `&` and `=` included (the CLI encodes the query).
+    let (ok, out, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["routes", "shop.example.test/apiary&path=/api"],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(r#"no route for host "shop.example.test" and path "/apiary&path=/api""#),
+        "{err}"
+    );
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["routes", "nope.localhost"]);
     assert!(!ok, "{out}");
     assert!(

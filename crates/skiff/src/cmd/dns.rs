@@ -20,12 +20,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
-    let path = format!(
-        "/v1/dns?name={}&type={}",
-        urlencode(&args.name),
-        urlencode(&args.qtype)
-    );
-    let view: DnsView = client.get(&path)?;
+    let query = [("name", args.name.as_str()), ("type", args.qtype.as_str())];
+    let view: DnsView = client.get_query("/v1/dns", &query)?;
     output::print(args.output.format, &view, || {
         println!(";; {} {}: {}", view.name, view.qtype, view.rcode);
         for (section, records) in [
@@ -46,14 +42,4 @@ pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Percent-encodes all but the characters of DNS names.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }

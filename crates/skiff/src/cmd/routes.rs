@@ -18,18 +18,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
-    let path = match &args.request {
-        None => "/v1/routes".to_string(),
+    let routes: Vec<RouteInfo> = match &args.request {
+        None => client.get("/v1/routes")?,
         Some(request) => {
             let (host, path) = split_request(request);
-            format!(
-                "/v1/routes?host={}&path={}",
-                urlencode(host),
-                urlencode(path)
-            )
+            client.get_query("/v1/routes", &[("host", host), ("path", path)])?
         }
     };
-    let routes: Vec<RouteInfo> = client.get(&path)?;
     output::print(args.output.format, &routes, || {
         let rows = routes.iter().map(row).collect();
         output::print_table(&["HOST", "PATH", "SERVICE", "PORT", "BACKENDS"], rows);
@@ -82,18 +77,6 @@ fn split_request(request: &str) -> (&str, &str) {
     }
 }
 
-/// Percent-encodes all but unreserved characters and `/`.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +88,5 @@ mod tests {
             split_request("http://web.localhost:7780/api?x=1"),
             ("web.localhost:7780", "/api?x=1")
         );
-        assert_eq!(urlencode("/a b?x=1"), "/a%20b%3Fx%3D1");
     }
 }
