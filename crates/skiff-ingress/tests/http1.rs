@@ -22,27 +22,22 @@ fn echo_backend() -> u16 {
         let mut out =
             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
         out.extend_from_slice(&text);
-        out.extend_from_slice(b"\x00keep");
-        Some(out)
+        (out, KEEP_OPEN)
     })
 }
 
 /// A backend that answers every request with `answer` as is; when `then_close`, it closes
 /// the connection after writing it.
 fn scripted_backend(answer: &'static str, then_close: bool) -> u16 {
-    serve_each(move |_, _| {
-        if then_close {
-            Some(answer.as_bytes().to_vec())
-        } else {
-            Some([answer.as_bytes(), b"\x00keep"].concat())
-        }
-    })
+    serve_each(move |_, _| (answer.as_bytes().to_vec(), !then_close))
 }
 
+/// For [`serve_each`]: the connection stays open after the answer.
+const KEEP_OPEN: bool = true;
+
 /// Runs a backend on its own threads: `answer` gets each request's head and body and gives the
-/// bytes to write back; bytes ending in `\0keep` (stripped) keep the connection open, others
-/// close it after the write.
-fn serve_each(answer: impl Fn(String, Vec<u8>) -> Option<Vec<u8>> + Send + Sync + 'static) -> u16 {
+/// bytes to write back, and whether the connection stays open after them.
+fn serve_each(answer: impl Fn(String, Vec<u8>) -> (Vec<u8>, bool) + Send + Sync + 'static) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let answer = std::sync::Arc::new(answer);
@@ -53,13 +48,7 @@ fn serve_each(answer: impl Fn(String, Vec<u8>) -> Option<Vec<u8>> + Send + Sync 
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 while let Some((head, body)) = read_request(&mut c, &mut buf) {
-                    let Some(mut out) = answer(head, body) else {
-                        return;
-                    };
-                    let keep = out.ends_with(b"\x00keep");
-                    if keep {
-                        out.truncate(out.len() - 5);
-                    }
+                    let (out, keep) = answer(head, body);
                     if c.write_all(&out).is_err() || !keep {
                         return;
                     }
@@ -139,21 +128,7 @@ fn answers(text: &str) -> Vec<&str> {
         let head_end = at + text[at..].find("\r\n\r\n").expect("a whole head") + 4;
         let head = text[at..head_end].to_ascii_lowercase();
         let end = if head.contains("transfer-encoding: chunked") {
-            let mut pos = head_end;
-            loop {
-                let line_end = pos + text[pos..].find("\r\n").expect("a chunk size");
-                let size = text[pos..line_end].split(';').next().unwrap().trim();
-                let size = usize::from_str_radix(size, 16).unwrap();
-                pos = line_end + 2;
-                if size == 0 {
-                    // Trailer lines, then the empty line.
-                    while !text[pos..].starts_with("\r\n") {
-                        pos += text[pos..].find("\r\n").unwrap() + 2;
-                    }
-                    break pos + 2;
-                }
-                pos += size + 2;
-            }
+            head_end + read_chunked(&text[head_end..]).1
         } else if let Some(i) = head.find("content-length:") {
             let length: usize = head[i + 15..]
                 .lines()
@@ -308,7 +283,8 @@ async fn head_answers_keep_their_length_and_carry_no_body() {
         } else {
             "12345"
         };
-        Some(format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{body}\x00keep").into_bytes())
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{body}");
+        (answer.into_bytes(), KEEP_OPEN)
     });
     let (_ingress, addr) = ingress_to(port).await;
     let text = then_get(addr, "HEAD").await;
@@ -400,15 +376,28 @@ async fn a_body_sent_slowly_in_pieces_arrives_whole() {
 }
 
 /// Decodes a chunked body (extensions and trailers ignored).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
+fn dechunk(body: &str) -> String {
+    read_chunked(body).0
+}
+
+/// Reads the chunked body at the start of `text`: its data, and how many bytes of `text` it
+/// takes, trailer section included.
+fn read_chunked(text: &str) -> (String, usize) {
+    let mut data = String::new();
+    let mut pos = 0;
     loop {
-        let (line, rest) = body.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+        let line_end = pos + text[pos..].find("\r\n").expect("a chunk size line");
+        let size = text[pos..line_end].split(';').next().unwrap().trim();
+        let size = usize::from_str_radix(size, 16).unwrap();
+        pos = line_end + 2;
         if size == 0 {
-            return out;
+            // Trailer lines, then the empty line.
+            while !text[pos..].starts_with("\r\n") {
+                pos += text[pos..].find("\r\n").unwrap() + 2;
+            }
+            return (data, pos + 2);
         }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
+        data.push_str(&text[pos..pos + size]);
+        pos += size + 2;
     }
 }
