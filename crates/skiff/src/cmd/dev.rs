@@ -149,8 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             data_dir: data_dir.clone(),
             docker_unavailable: docker_unavailable.clone(),
             instances,
-            catalog: catalog.clone(),
-            zone: zone.clone(),
+            catalog,
+            zone,
             routes: Some(ingress.routes()),
         });
         let listener = tokio::net::TcpListener::bind(args.api)
