@@ -323,6 +323,7 @@ impl Agent {
 
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();
+        let mut restamped = Vec::new();
         {
             let mut live = self.live();
             for (id, l) in live.iter_mut() {
@@ -340,9 +341,14 @@ impl Agent {
                     to_stop.push(id.clone());
                     continue;
                 }
-                if let Some((rel, svc, _)) = desired.get(id) {
+                // A kept instance belongs to the current release from now on: `up`, `ps`
+                // and `status` see it as up to date, whatever release started it.
+                if let Some((rel, svc, _)) = desired.get(id)
+                    && l.release != rel.number
+                {
                     l.release = rel.number;
                     l.spec = rel.spec.services[svc].clone();
+                    restamped.push(id.clone());
                 }
                 let obs = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if obs.state == InstanceState::Exited
@@ -361,6 +367,9 @@ impl Agent {
                     to_start.push((id.clone(), rel.clone(), svc.clone(), *generation));
                 }
             }
+        }
+        for id in &restamped {
+            self.write_observed(id);
         }
         // Names of services without a current release stop resolving now.
         self.cfg.catalog.set_services(known);

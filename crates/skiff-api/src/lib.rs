@@ -297,19 +297,47 @@ fn service_not_found(key: &StackKey, service: &str) -> ApiError {
 }
 
 /// Stores a new release (durably) and wakes the reconciler.
+/// Records `spec` as the stack's new current release, unless it equals the current release
+/// (spec and resolved source): then nothing is recorded and the current release comes back
+/// with `false`, as `docker compose up -d` and `nomad job run` treat an unchanged file.
 async fn record_release(
     s: &ApiState,
     key: StackKey,
     spec: StackSpec,
     source: String,
-) -> Result<Release, ApiError> {
+) -> Result<(Release, bool), ApiError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let release = blocking(s, move |st| st.create_release(&key, spec, source, now)).await?;
-    skiff_store::crash_point("release-stored");
-    (s.on_change)();
-    Ok(release)
+    let (release, created) = blocking(s, move |st| {
+        let current = st
+            .stacks()?
+            .into_iter()
+            .find(|s| s.stack == key)
+            .and_then(|s| s.current);
+        if let Some(cur) = current.map(|n| st.release(&key, n)).transpose()?.flatten()
+            && cur.spec == spec
+            && cur.source == source
+        {
+            return Ok((cur, false));
+        }
+        Ok((st.create_release(&key, spec, source, now)?, true))
+    })
+    .await?;
+    if created {
+        skiff_store::crash_point("release-stored");
+        (s.on_change)();
+    }
+    Ok((release, created))
+}
+
+/// 201 for a release just recorded, 200 for the current one an unchanged request named.
+fn release_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -385,7 +413,7 @@ async fn create_release(
             ));
         }
     }
-    let release = record_release(&s, key.clone(), req.spec, req.source).await?;
+    let (release, created) = record_release(&s, key.clone(), req.spec, req.source).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
     blocking(&s, move |st| {
         st.update_controls(&key, &mut |c| {
@@ -394,7 +422,7 @@ async fn create_release(
     })
     .await?;
     (s.on_change)();
-    Ok((StatusCode::CREATED, Json(release)))
+    Ok((release_status(created), Json(release)))
 }
 
 async fn get_release(
@@ -439,8 +467,8 @@ async fn scale_service(
         .get_mut(&req.service)
         .ok_or_else(|| service_not_found(&key, &req.service))?;
     svc.replicas = req.replicas;
-    let new = record_release(&s, key, spec, release.source).await?;
-    Ok((StatusCode::CREATED, Json(new)))
+    let (new, created) = record_release(&s, key, spec, release.source).await?;
+    Ok((release_status(created), Json(new)))
 }
 
 /// A release without its spec, for history listings.

@@ -37,10 +37,18 @@ impl Client {
         &self,
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> anyhow::Result<T> {
+        Ok(self.read_status(resp)?.0)
+    }
+
+    /// The body and the success status it came with.
+    fn read_status<T: DeserializeOwned>(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<(T, u16)> {
         let mut resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(resp.body_mut().read_json::<T>()?);
+            return Ok((resp.body_mut().read_json::<T>()?, status.as_u16()));
         }
         match resp.body_mut().read_json::<ErrorBody>() {
             Ok(e) => anyhow::bail!("{} ({})", e.message, e.code),
@@ -71,6 +79,17 @@ impl Client {
         body: &B,
     ) -> anyhow::Result<T> {
         self.read(self.http.post(self.url(path)).send_json(body))
+    }
+
+    /// A POST that may create something: the answer, and whether it was created (201)
+    /// rather than found as it was (200).
+    pub fn post_created<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<(T, bool)> {
+        let (t, status) = self.read_status(self.http.post(self.url(path)).send_json(body))?;
+        Ok((t, status == 201))
     }
 
     /// A streaming GET: the body as a reader (for `logs -f`), with no overall timeout.

@@ -11,3 +11,4 @@ pub mod routes;
 pub mod service;
 pub mod up;
 pub mod validate;
+pub mod wait;

@@ -9,8 +9,20 @@ use std::time::{Duration, Instant};
 use skiff_api::{ServiceControlView, ServiceStatus, StackView};
 use skiff_model::{Instance, InstanceState, Release};
 
+use super::wait::{self, Wait};
 use crate::client::Client;
 use crate::output::{self, OutputArg};
+
+/// The current release of `stack` in `env`.
+pub fn current_release(client: &Client, env: &str, stack: &str) -> anyhow::Result<Release> {
+    let stacks: Vec<StackView> = client.get("/v1/stacks")?;
+    let current = stacks
+        .iter()
+        .find(|st| st.env == env && st.stack == stack)
+        .and_then(|st| st.current)
+        .ok_or_else(|| anyhow::anyhow!("no running stack {stack} in env {env}"))?;
+    client.get(&format!("/v1/envs/{env}/stacks/{stack}/releases/{current}"))
+}
 
 /// The stack of `env` whose current release has `service` (or `stack` when given).
 pub fn stack_of_service(
@@ -162,17 +174,18 @@ pub fn control(
                 println!("{service}: stopped");
             }
             Action::Start | Action::Restart => {
-                let status: ServiceStatus =
-                    client.get(&format!("/v1/envs/{env}/stacks/{stack}/services/{service}"))?;
-                let replicas = status.spec.replicas as usize;
+                let release = current_release(client, env, &stack)?;
                 let restart = matches!(action, Action::Restart);
-                wait_for(client, env, &stack, service, timeout, "healthy", |m| {
-                    m.len() == replicas
-                        && m.iter().all(|i| {
-                            i.state == InstanceState::Healthy
-                                && (!restart || !before.contains(&i.pid))
-                        })
-                })?;
+                let wait = Wait {
+                    env,
+                    stack: &stack,
+                    release: &release,
+                    services: std::slice::from_ref(service),
+                    timeout,
+                    progress: false,
+                };
+                wait::until_ready(client, &wait, |i| !restart || !before.contains(&i.pid))?;
+                let replicas = release.spec.services.get(service).map_or(0, |s| s.replicas);
                 println!(
                     "{service}: {replicas} instances healthy in {:.2}s",
                     started.elapsed().as_secs_f64()
@@ -340,7 +353,7 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         .and_then(|(s, n)| Some((s.to_string(), n.parse::<u32>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("expected SERVICE=N (e.g. web=5), got {:?}", args.target))?;
     let stack = stack_of_service(client, env, &service, args.stack.as_deref())?;
-    let release: Release = client.post(
+    let (release, created): (Release, bool) = client.post_created(
         &format!("/v1/envs/{env}/stacks/{stack}/scale"),
         &skiff_api::ScaleRequest {
             service: service.clone(),
@@ -348,15 +361,29 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         },
     )?;
     let timeout = Duration::from_secs(args.timeout);
+    let wait = Wait {
+        env,
+        stack: &stack,
+        release: &release,
+        services: std::slice::from_ref(&service),
+        timeout,
+        progress: false,
+    };
+    wait::until_ready(client, &wait, |_| true)?;
     wait_for(client, env, &stack, &service, timeout, "scaled", |m| {
-        m.len() == n as usize
-            && m.iter()
-                .all(|i| i.state == InstanceState::Healthy && i.id.index <= n)
+        m.iter().all(|i| i.id.index <= n)
     })?;
-    println!(
-        "stack {stack} release {}: {service} scaled to {n}",
-        release.number
-    );
+    if created {
+        println!(
+            "stack {stack} release {}: {service} scaled to {n}",
+            release.number
+        );
+    } else {
+        println!(
+            "stack {stack}: {service} already has {n} replicas (release {}); no release recorded",
+            release.number
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

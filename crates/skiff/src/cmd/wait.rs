@@ -1,0 +1,132 @@
+//! Waiting for a stack's desired instances: what `up`, `scale`, `start` and `restart` follow
+//! until it holds. The desired set is the current release's: for each service, indexes
+//! `1..=replicas`, each healthy and up to date with the current spec. An instance the agent
+//! kept through a release that changed nothing of it (an unchanged `up`, a replica change) is
+//! re-stamped with that release, so "up to date" is `release == current`, whatever release
+//! started it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use skiff_model::{Instance, InstanceState, Release};
+
+use crate::client::Client;
+
+/// Restarts after which an instance that never became healthy fails the wait (a crash loop,
+/// or a start that cannot succeed: a missing image, a bad command).
+const CRASH_LOOP: u32 = 3;
+
+/// What to wait for.
+pub struct Wait<'a> {
+    pub env: &'a str,
+    pub stack: &'a str,
+    /// The release whose spec is desired (the current one).
+    pub release: &'a Release,
+    /// Only these services (all of the release's when empty).
+    pub services: &'a [String],
+    pub timeout: Duration,
+    /// Print a line per service whenever its count changes.
+    pub progress: bool,
+}
+
+/// Polls the server until every desired instance is healthy, up to date and passes `fresh`
+/// (e.g. "not one of the pids before a restart"). Fails at once on a failed instance or a
+/// crash loop, naming the cause, and with the instances still pending after the timeout.
+pub fn until_ready(
+    client: &Client,
+    w: &Wait<'_>,
+    fresh: impl Fn(&Instance) -> bool,
+) -> anyhow::Result<()> {
+    let wanted: BTreeMap<&String, u32> = w
+        .release
+        .spec
+        .services
+        .iter()
+        .filter(|(n, _)| w.services.is_empty() || w.services.contains(n))
+        .map(|(n, s)| (n, s.replicas))
+        .collect();
+    let deadline = Instant::now() + w.timeout;
+    let mut last_lines: BTreeMap<&String, String> = BTreeMap::new();
+    loop {
+        let instances: Vec<Instance> =
+            client.get(&format!("/v1/instances?env={}&stack={}", w.env, w.stack))?;
+        let mut all_ready = true;
+        let mut failed = Vec::new();
+        for (&svc, &n) in &wanted {
+            let desired: Vec<&Instance> = instances
+                .iter()
+                .filter(|i| &i.id.service == svc && i.id.index <= n)
+                .collect();
+            let ready = desired
+                .iter()
+                .filter(|i| {
+                    i.state == InstanceState::Healthy && i.release == w.release.number && fresh(i)
+                })
+                .count();
+            for i in &desired {
+                let reason = i.reason.clone().unwrap_or_default();
+                if i.state == InstanceState::Failed {
+                    failed.push(format!("{}: {reason}", i.id.short()));
+                } else if i.state != InstanceState::Healthy && i.restarts >= CRASH_LOOP {
+                    // Waiting out the timeout would only hide the cause.
+                    failed.push(format!(
+                        "{}: restarted {} times without becoming healthy; last: {reason} \
+                         (see `skiff logs {svc}`)",
+                        i.id.short(),
+                        i.restarts
+                    ));
+                }
+            }
+            all_ready &= ready as u32 == n;
+            if w.progress {
+                let line = format!("{svc:<20} {ready}/{n} healthy");
+                if last_lines.get(svc) != Some(&line) {
+                    println!("  {line}");
+                    last_lines.insert(svc, line);
+                }
+            }
+        }
+        if all_ready {
+            return Ok(());
+        }
+        if !failed.is_empty() {
+            for f in failed {
+                crate::output::print_error(&f);
+            }
+            anyhow::bail!("stack {} did not become healthy", w.stack);
+        }
+        if Instant::now() > deadline {
+            let pending: Vec<String> = instances
+                .iter()
+                .filter(|i| wanted.contains_key(&i.id.service))
+                .filter(|i| i.state != InstanceState::Healthy || i.release != w.release.number)
+                .map(|i| {
+                    format!(
+                        "{} {} (release {}){}",
+                        i.id.short(),
+                        super::service::state_name(i.state),
+                        i.release,
+                        i.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "timed out after {}s waiting for release {}; not ready: {}",
+                w.timeout.as_secs(),
+                w.release.number,
+                if pending.is_empty() {
+                    "instances not started yet (waiting for dependencies?)".into()
+                } else {
+                    pending.join(", ")
+                }
+            );
+        }
+        // Every 10 ms, slower for big stacks: each poll lists every instance.
+        std::thread::sleep(Duration::from_millis(
+            (instances.len() as u64 / 20).clamp(10, 50),
+        ));
+    }
+}
