@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,29 @@ fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// A descriptor that becomes readable when process `pid` has ended (a Linux pidfd, which
+/// works for any process, not only children), so a watcher needs no polling; `None` when the
+/// process is already gone or the kernel has no pidfds (before 5.3).
+pub fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Raises this process's soft limit of open files to its hard limit: an agent watching 1,000
+/// instances holds a pidfd each (a soft limit of 1,024 is still common), besides its sockets.
+pub fn raise_open_files_limit() -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Nofile, raised)?;
+    }
+    Ok(())
+}
+
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; EPERM would also mean "exists", but we are the owner.
     kill(Pid::from_raw(pid), None).is_ok()
@@ -217,8 +241,9 @@ impl Instance {
         let mut pause = Duration::from_micros(200);
         loop {
             if let Some(pid) = read_pid(&dir.join(files::CHILD_PID)) {
-                // Reap the shim later in the background; it lives until the workload exits.
-                std::thread::spawn(move || shim_child.wait());
+                // The shim lives until the workload exits; `status` reaps it then (no thread
+                // per instance waits on it).
+                drop(shim_child);
                 let shim_pid = read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0);
                 return Ok(Instance {
                     dir: dir.to_path_buf(),
@@ -260,8 +285,10 @@ impl Instance {
 
     pub fn status(&self) -> Status {
         if let Some(exit) = read_exit(&self.dir) {
+            self.reap_shim();
             return Status::Exited(exit);
         }
+        self.reap_shim();
         if alive(self.pid) || (self.shim_pid > 0 && alive(self.shim_pid)) {
             return Status::Running;
         }
@@ -270,6 +297,20 @@ impl Instance {
             Some(exit) => Status::Exited(exit),
             None => Status::Lost,
         }
+    }
+
+    /// Collects the shim's exit status once it has exited, when it is this process's child
+    /// (started here, not adopted): a shim that ended is then no zombie that looks alive.
+    fn reap_shim(&self) {
+        if self.shim_pid > 0 {
+            let _ = waitpid(Pid::from_raw(self.shim_pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+
+    /// The pids whose end means the instance may have ended: the shim (it writes `exit.json`,
+    /// then exits), then the workload itself (should the shim have died first).
+    pub fn watched_pids(&self) -> impl Iterator<Item = i32> {
+        [self.shim_pid, self.pid].into_iter().filter(|p| *p > 0)
     }
 
     /// Sends `signal` to the workload's process group (e.g. SIGHUP to reload).
