@@ -89,6 +89,14 @@ pub fn load(loader: &dyn Loader, opts: &LoadOptions) -> Result<LoadedProject, Sp
     if tree.is_null() {
         tree = Node::map(tree.pos.clone(), Map::new());
     }
+    if tree.as_map().is_some_and(Map::is_empty) {
+        // compose-go: "empty compose file" when nothing is left after every file is merged.
+        return Err(SpecError::at(
+            &Pos::new(first.as_str(), 1, 1),
+            "",
+            "empty compose file",
+        ));
+    }
     if let Some(m) = tree.as_map_mut() {
         // Resolved above; the typed model keeps no trace of them.
         m.remove("include");
