@@ -164,3 +164,25 @@ fn tab_in_indentation_names_its_line() {
 fn alias_cycle_names_the_key_holding_it() {
     rejects("alias-cycle");
 }
+
+// === what skiff accepts but does not act on yet ===
+
+#[test]
+fn release_fields_warn_that_they_are_not_acted_on_yet() {
+    let text = "services:\n  web:\n    image: nginx\n    x-skiff:\n      release:\n        \
+                strategy: canary\n        steps:\n          - {weight: 10, pause: 1m}\n  \
+                db:\n    image: postgres\n    x-skiff:\n      release:\n        \
+                strategy: blue-green\n        switch: manual\n        keep_previous: 10m\n";
+    let p = load_str(&[("compose.yaml", text)], &[]).unwrap();
+    let warnings: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "compose.yaml:13:9: services.db.x-skiff.release.strategy: accepted but not acted on by skiff yet",
+            "compose.yaml:14:9: services.db.x-skiff.release.switch: accepted but not acted on by skiff yet",
+            "compose.yaml:15:9: services.db.x-skiff.release.keep_previous: accepted but not acted on by skiff yet",
+            "compose.yaml:6:9: services.web.x-skiff.release.strategy: accepted but not acted on by skiff yet",
+            "compose.yaml:7:9: services.web.x-skiff.release.steps: accepted but not acted on by skiff yet",
+        ]
+    );
+}
