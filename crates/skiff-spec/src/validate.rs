@@ -361,6 +361,7 @@ fn check_compose_rules(f: &mut Findings, project: &Project, name: &str, svc: &Se
         }
     }
     check_mount_targets(f, node, &base);
+    check_consistency(f, node, &base, svc);
     let tmpfs: Vec<&Node> = match node.get("tmpfs").map(|n| (n, &n.value)) {
         Some((_, Value::Seq(items))) => items.iter().collect(),
         Some((n, Value::Scalar(_))) => vec![n],
@@ -440,6 +441,110 @@ fn check_compose_rules(f: &mut Findings, project: &Project, name: &str, svc: &Se
             && p.as_str().is_some_and(|p| p.trim().is_empty())
         {
             at_node(f, &p.pos, format!("{path}.path"), "must not be empty");
+        }
+    }
+}
+
+/// Settings given twice that must agree, and settings that exclude each other
+/// (compose-go `loader/validate.go`: `checkConsistency`).
+fn check_consistency(f: &mut Findings, node: &crate::node::Map, base: &str, svc: &Service) {
+    let key = |k: &str| node.entry(k).map(|e| e.key_pos.clone());
+    let deploy = svc.deploy.as_deref();
+    let replicas = deploy.and_then(|d| d.replicas);
+    if let (Some(scale), Some(r)) = (svc.scale, replicas)
+        && scale != r
+        && let Some(pos) = key("scale")
+    {
+        at_node(
+            f,
+            &pos,
+            format!("{base}.scale"),
+            format!("{scale} differs from deploy.replicas {r}: give one of them"),
+        );
+    }
+    if svc.container_name.is_some()
+        && replicas.or(svc.scale).unwrap_or(1) > 1
+        && let Some(pos) = key("container_name")
+    {
+        at_node(
+            f,
+            &pos,
+            format!("{base}.container_name"),
+            "a container name must be unique: it cannot be set with more than one replica",
+        );
+    }
+    if let Some(b) = &svc.build
+        && b.dockerfile.is_some()
+        && b.dockerfile_inline.is_some()
+    {
+        let pos = node
+            .get("build")
+            .and_then(Node::as_map)
+            .and_then(|m| m.entry("dockerfile_inline"))
+            .map(|e| e.key_pos.clone());
+        if let Some(pos) = pos {
+            at_node(
+                f,
+                &pos,
+                format!("{base}.build.dockerfile_inline"),
+                "cannot be used together with dockerfile (they are mutually exclusive)",
+            );
+        }
+    }
+    let resources = deploy.and_then(|d| d.resources.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let reservations = resources.and_then(|r| r.reservations.as_ref());
+    let pairs: [(&str, Option<String>, Option<String>, &str); 4] = [
+        (
+            "cpus",
+            svc.cpus.map(|c| c.0.to_string()),
+            limits.and_then(|l| l.cpus).map(|c| c.0.to_string()),
+            "deploy.resources.limits.cpus",
+        ),
+        (
+            "mem_limit",
+            svc.mem_limit.map(|b| b.0.to_string()),
+            limits.and_then(|l| l.memory).map(|b| b.0.to_string()),
+            "deploy.resources.limits.memory",
+        ),
+        (
+            "mem_reservation",
+            svc.mem_reservation.map(|b| b.0.to_string()),
+            reservations.and_then(|r| r.memory).map(|b| b.0.to_string()),
+            "deploy.resources.reservations.memory",
+        ),
+        (
+            "pids_limit",
+            svc.pids_limit.map(|p| p.to_string()),
+            limits.and_then(|l| l.pids).map(|p| p.to_string()),
+            "deploy.resources.limits.pids",
+        ),
+    ];
+    for (field, a, b, other) in pairs {
+        if let (Some(a), Some(b)) = (a, b)
+            && a != b
+            && let Some(pos) = key(field)
+        {
+            at_node(
+                f,
+                &pos,
+                format!("{base}.{field}"),
+                format!("{a} differs from {other} {b}: give one of them"),
+            );
+        }
+    }
+    let ports = node.get("ports").and_then(Node::as_seq).unwrap_or_default();
+    for (i, p) in ports.iter().enumerate() {
+        if let Some(ip) = p.as_map().and_then(|m| m.get("host_ip"))
+            && let Some(text) = ip.as_str()
+            && text.parse::<std::net::IpAddr>().is_err()
+        {
+            at_node(
+                f,
+                &ip.pos,
+                format!("{base}.ports[{i}].host_ip"),
+                format!("{text:?} is not an IP address"),
+            );
         }
     }
 }

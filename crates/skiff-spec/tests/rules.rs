@@ -138,6 +138,11 @@ fn develop_watch_without_action_or_sync_target() {
     rejects("develop-watch-target");
 }
 
+#[test]
+fn settings_given_twice_disagree_or_exclude_each_other() {
+    rejects("consistency");
+}
+
 // === YAML ===
 
 #[test]
