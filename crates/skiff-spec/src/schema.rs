@@ -365,11 +365,11 @@ fn explain(err: &ValidationError<'_>) -> Vec<Finding> {
                 // The value has the type of some form: say what is wrong within that form.
                 Some(b) if !b.is_empty() => b,
                 _ => {
-                    wanted.dedup();
+                    // Each type once, in the schema's order.
                     let mut seen = Vec::new();
                     wanted.retain(|w| {
                         let new = !seen.contains(w);
-                        seen.push(w);
+                        seen.push(*w);
                         new
                     });
                     text(format!(
