@@ -99,17 +99,9 @@ impl de::Error for DeError {
     }
 
     fn unknown_field(field: &str, _expected: &'static [&'static str]) -> Self {
-        let mut message = if field.starts_with("x-") {
-            "unknown field".to_string()
-        } else {
-            "unknown field (only fields starting with x- may be added)".to_string()
-        };
-        if let Some(s) = crate::model::suggest_field(field) {
-            message = format!("unknown field, did you mean {s:?}?");
-        }
         DeError {
             unknown_field: Some(field.to_string()),
-            ..DeError::new(message)
+            ..DeError::new(unknown_field_message(field))
         }
     }
 
@@ -119,6 +111,18 @@ impl de::Error for DeError {
 
     fn duplicate_field(field: &'static str) -> Self {
         DeError::new(format!("field {field:?} given twice"))
+    }
+}
+
+/// The message for a key no field of the model (or of the compose-spec schema) has, with a
+/// "did you mean" hint when a known field is close.
+pub fn unknown_field_message(field: &str) -> String {
+    if let Some(s) = crate::model::suggest_field(field) {
+        format!("unknown field, did you mean {s:?}?")
+    } else if field.starts_with("x-") {
+        "unknown field".to_string()
+    } else {
+        "unknown field (only fields starting with x- may be added)".to_string()
     }
 }
 

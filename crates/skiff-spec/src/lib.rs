@@ -20,5 +20,6 @@ pub mod order;
 pub mod project;
 pub mod render;
 pub mod runtime;
+pub mod schema;
 pub mod units;
 pub mod validate;

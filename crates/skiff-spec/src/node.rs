@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most nodes a file may produce, counting every node that alias expansion copies.
     pub max_nodes: usize,
+    /// Most bytes of scalar text that alias expansion may copy (one long string aliased many
+    /// times is a bomb of bytes, not of nodes).
+    pub max_alias_bytes: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +37,7 @@ impl Default for Limits {
             max_bytes: 16 << 20,
             max_depth: 64,
             max_nodes: 1_000_000,
+            max_alias_bytes: 64 << 20,
         }
     }
 }
@@ -338,6 +342,20 @@ impl Node {
             _ => 0,
         }
     }
+
+    /// Bytes of scalar text and keys in this subtree.
+    pub fn text_bytes(&self) -> usize {
+        match &self.value {
+            Value::Scalar(s) => s.text.len(),
+            Value::Seq(s) => s.iter().map(Node::text_bytes).sum(),
+            Value::Map(m) => m
+                .entries
+                .iter()
+                .map(|(k, e)| k.len() + e.value.text_bytes())
+                .sum(),
+            Value::Null => 0,
+        }
+    }
 }
 
 /// Parses one YAML source into its documents (compose files usually hold one).
@@ -365,23 +383,69 @@ pub fn parse(file: &str, text: &str, limits: &Limits) -> Result<Vec<Node>, SpecE
         file,
         limits,
         parser: Parser::new_from_str_with_options(text, options),
+        text,
         anchors: HashMap::new(),
+        open_anchors: Vec::new(),
+        path: Vec::new(),
         nodes: 0,
+        alias_bytes: 0,
         depth: 0,
     };
     builder.stream()
+}
+
+/// The first tab in the leading whitespace of a line at or after `from_line` (1-based), as
+/// (line, column).
+fn indenting_tab(text: &str, from_line: usize) -> Option<(u32, u32)> {
+    text.lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1))
+        .find_map(|(i, line)| {
+            let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+            line[..indent]
+                .find('\t')
+                .map(|c| (i as u32 + 1, c as u32 + 1))
+        })
 }
 
 struct Builder<'a, 'input> {
     file: Arc<str>,
     limits: &'a Limits,
     parser: Parser<'input, granit_parser::StrInput<'input>>,
-    anchors: HashMap<usize, (Node, usize)>,
+    text: &'input str,
+    /// Finished anchors: the node, its node count and its text bytes.
+    anchors: HashMap<usize, (Node, usize, usize)>,
+    /// Anchors whose node is still being read: an alias to one of them is a cycle.
+    open_anchors: Vec<usize>,
+    /// Keys and indices from the document root to the node being read, for error paths.
+    path: Vec<PathSeg>,
     nodes: usize,
+    alias_bytes: usize,
     depth: usize,
 }
 
+enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
 impl<'input> Builder<'_, 'input> {
+    /// The dotted path of the node being read (`services.web.ports[0]`).
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for seg in &self.path {
+            out = match seg {
+                PathSeg::Key(k) => crate::diag::join_path(&out, k),
+                PathSeg::Index(i) => crate::diag::index_path(&out, *i),
+            };
+        }
+        out
+    }
+
+    fn fail<T>(&self, pos: &Pos, message: impl Into<String>) -> Result<T, SpecError> {
+        Err(SpecError::at(pos, self.path(), message))
+    }
+
     fn pos(&self, span: &Span) -> Pos {
         Pos::new(
             self.file.clone(),
@@ -395,12 +459,20 @@ impl<'input> Builder<'_, 'input> {
             Some(Ok(ev)) => Ok(ev),
             Some(Err(e)) => {
                 let m = e.marker();
+                let info = e.info();
+                if info.contains("tab")
+                    && let Some((line, col)) = indenting_tab(self.text, m.line())
+                {
+                    // The scanner notices a tab where it stops, often at the end of the line
+                    // before: point at the tab itself.
+                    let pos = Pos::new(self.file.clone(), line, col);
+                    return self.fail(
+                        &pos,
+                        "invalid YAML: a tab in indentation (YAML indents with spaces only)",
+                    );
+                }
                 let pos = Pos::new(self.file.clone(), m.line() as u32, m.col() as u32 + 1);
-                Err(SpecError::at(
-                    &pos,
-                    "",
-                    format!("invalid YAML: {}", e.info()),
-                ))
+                self.fail(&pos, format!("invalid YAML: {info}"))
             }
             None => Err(SpecError::at(
                 &Pos::new(self.file.clone(), 1, 1),
@@ -437,14 +509,13 @@ impl<'input> Builder<'_, 'input> {
     fn count(&mut self, n: usize, pos: &Pos) -> Result<(), SpecError> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > self.limits.max_nodes {
-            return Err(SpecError::at(
+            return self.fail(
                 pos,
-                "",
                 format!(
                     "document has more than {} nodes, counting the copies aliases make",
                     self.limits.max_nodes
                 ),
-            ));
+            );
         }
         Ok(())
     }
@@ -457,11 +528,10 @@ impl<'input> Builder<'_, 'input> {
         match (tag.handle(), tag.suffix()) {
             ("!", "reset") => Ok(Some(Tag::Reset)),
             ("!", "override") => Ok(Some(Tag::Override)),
-            (h, s) => Err(SpecError::at(
+            (h, s) => self.fail(
                 pos,
-                "",
                 format!("unsupported YAML tag {h}{s}: compose knows only !reset and !override"),
-            )),
+            ),
         }
     }
 
@@ -488,25 +558,47 @@ impl<'input> Builder<'_, 'input> {
                 (n, anchor)
             }
             Event::Alias(id) => {
-                let Some((target, size)) = self.anchors.get(&id) else {
-                    return Err(SpecError::at(&pos, "", "invalid YAML: unknown alias"));
+                if self.open_anchors.contains(&id) {
+                    return self.fail(
+                        &pos,
+                        "alias refers to the anchor that contains it (a cycle): YAML cannot \
+                         hold a node inside itself",
+                    );
+                }
+                let Some((target, size, bytes)) = self.anchors.get(&id) else {
+                    return self.fail(&pos, "invalid YAML: unknown alias");
                 };
-                let (mut copy, size) = (target.clone(), *size);
+                let (mut copy, size, bytes) = (target.clone(), *size, *bytes);
                 self.count(size, &pos)?;
+                self.alias_bytes = self.alias_bytes.saturating_add(bytes);
+                if self.alias_bytes > self.limits.max_alias_bytes {
+                    return self.fail(
+                        &pos,
+                        format!(
+                            "aliases copy more than {} bytes of text",
+                            self.limits.max_alias_bytes
+                        ),
+                    );
+                }
                 copy.pos = pos;
                 return Ok(copy);
             }
             Event::SequenceStart(_, anchor, tag) => {
                 let ctag = self.tag(tag.as_deref(), &pos)?;
                 self.enter(&pos)?;
+                self.open_anchors.push(anchor);
                 let mut items = Vec::new();
                 loop {
                     let (ev, span) = self.next()?;
                     if matches!(ev, Event::SequenceEnd) {
                         break;
                     }
-                    items.push(self.node(ev, span)?);
+                    self.path.push(PathSeg::Index(items.len()));
+                    let item = self.node(ev, span)?;
+                    self.path.pop();
+                    items.push(item);
                 }
+                self.open_anchors.pop();
                 self.depth -= 1;
                 let mut n = Node::new(pos, Value::Seq(items));
                 n.tag = ctag;
@@ -515,7 +607,9 @@ impl<'input> Builder<'_, 'input> {
             Event::MappingStart(_, anchor, tag) => {
                 let ctag = self.tag(tag.as_deref(), &pos)?;
                 self.enter(&pos)?;
+                self.open_anchors.push(anchor);
                 let map = self.mapping()?;
+                self.open_anchors.pop();
                 self.depth -= 1;
                 let mut n = Node::new(pos, Value::Map(map));
                 n.tag = ctag;
@@ -524,8 +618,8 @@ impl<'input> Builder<'_, 'input> {
             _ => return Err(SpecError::at(&pos, "", "invalid YAML: unexpected event")),
         };
         if anchor != 0 {
-            let size = node.count();
-            self.anchors.insert(anchor, (node.clone(), size));
+            let (size, bytes) = (node.count(), node.text_bytes());
+            self.anchors.insert(anchor, (node.clone(), size, bytes));
         }
         Ok(node)
     }
@@ -533,11 +627,10 @@ impl<'input> Builder<'_, 'input> {
     fn enter(&mut self, pos: &Pos) -> Result<(), SpecError> {
         self.depth += 1;
         if self.depth > self.limits.max_depth {
-            return Err(SpecError::at(
+            return self.fail(
                 pos,
-                "",
                 format!("nesting deeper than {} levels", self.limits.max_depth),
-            ));
+            );
         }
         Ok(())
     }
@@ -556,33 +649,47 @@ impl<'input> Builder<'_, 'input> {
             let key_pos = self.pos(&span);
             let key = self.node(ev, span)?;
             let key_text = match &key.value {
-                Value::Scalar(s) => s.text.clone(),
-                Value::Null => {
-                    return Err(SpecError::at(&key_pos, "", "mapping key must not be null"));
-                }
-                _ => {
-                    return Err(SpecError::at(
+                Value::Scalar(s) if !matches!(s.resolve(), Resolved::Str(_)) => {
+                    // yaml.v3 reads `1:` or `true:` as a number or boolean key, and compose
+                    // rejects every non-string key.
+                    return self.fail(
                         &key_pos,
-                        "",
+                        format!(
+                            "mapping key {} is not a string: quote it (\"{}\") if it is meant as \
+                             one",
+                            s.text, s.text
+                        ),
+                    );
+                }
+                Value::Scalar(s) => s.text.clone(),
+                Value::Null => return self.fail(&key_pos, "mapping key must not be null"),
+                _ => {
+                    return self.fail(
+                        &key_pos,
                         format!("mapping key must be a string, got {}", key.describe()),
-                    ));
+                    );
                 }
             };
             let (ev, span) = self.next()?;
+            // On an error the path is left as it is: it names where the error is, and the
+            // builder is not used again.
+            self.path.push(PathSeg::Key(key_text));
             let value = self.node(ev, span)?;
+            let Some(PathSeg::Key(key_text)) = self.path.pop() else {
+                unreachable!("pushed a key above")
+            };
             if key_text == "<<" && matches!(&key.value, Value::Scalar(s) if s.plain) {
                 merges.push(value);
                 continue;
             }
             if let Some(prev) = map.entry(&key_text) {
-                return Err(SpecError::at(
+                return self.fail(
                     &key_pos,
-                    "",
                     format!(
                         "mapping key {key_text:?} already defined at line {}",
                         prev.key_pos.line
                     ),
-                ));
+                );
             }
             map.insert(key_text, key_pos, value);
         }
@@ -591,20 +698,18 @@ impl<'input> Builder<'_, 'input> {
                 Value::Map(_) => vec![source],
                 Value::Seq(items) => items,
                 _ => {
-                    return Err(SpecError::at(
+                    return self.fail(
                         &source.pos,
-                        "",
                         "merge key << needs a mapping or a sequence of mappings",
-                    ));
+                    );
                 }
             };
             for s in sources {
                 let Value::Map(m) = s.value else {
-                    return Err(SpecError::at(
+                    return self.fail(
                         &s.pos,
-                        "",
                         "merge key << needs a mapping or a sequence of mappings",
-                    ));
+                    );
                 };
                 for (k, e) in m.entries {
                     if !map.contains_key(&k) {

@@ -20,7 +20,7 @@ use crate::diag::{Diagnostic, Pos, SpecError};
 use crate::loader::{Loader, ReadError, dir_of, normalize, resolve};
 use crate::model::{Driver, Project, VolumeKind};
 use crate::node::{Limits, Map, Node};
-use crate::{dotenv, extends, interpolate, merge, validate};
+use crate::{dotenv, extends, interpolate, merge, schema, validate};
 
 /// File names tried, in order, when no `-f` is given; each with its `*.override.*` partner.
 pub const DEFAULT_FILES: &[(&str, &str)] = &[
@@ -74,16 +74,28 @@ pub fn load(loader: &dyn Loader, opts: &LoadOptions) -> Result<LoadedProject, Sp
     let mut merged: Option<Node> = None;
     for file in &files {
         for doc in read_documents(loader, opts, file, &lookup, &mut warnings, &mut Vec::new())? {
-            merged = Some(match merged {
+            let next = match merged {
                 None => doc,
                 Some(base) => merge::merge_files(base, doc)?,
-            });
+            };
+            // As compose-go: the schema holds for every file's merge result, before any type
+            // is read, so its errors come first and the typed reader never repeats them.
+            schema::check(&next)?;
+            merged = Some(next);
         }
     }
     let first = shown(opts, &files[0]);
     let mut tree = merged.unwrap_or_else(|| Node::map(Pos::new(first.as_str(), 1, 1), Map::new()));
     if tree.is_null() {
         tree = Node::map(tree.pos.clone(), Map::new());
+    }
+    if tree.as_map().is_some_and(Map::is_empty) {
+        // compose-go: "empty compose file" when nothing is left after every file is merged.
+        return Err(SpecError::at(
+            &Pos::new(first.as_str(), 1, 1),
+            "",
+            "empty compose file",
+        ));
     }
     if let Some(m) = tree.as_map_mut() {
         // Resolved above; the typed model keeps no trace of them.

@@ -145,7 +145,8 @@ impl<'de> Deserialize<'de> for Duration {
 // === Bytes ===
 
 /// A byte size as docker reads it (`RAMInBytes`): `512M`, `1.5g`, `64mb`, `1GiB`, or a plain
-/// number of bytes. Multipliers are binary (1k = 1024). Written back as a number of bytes.
+/// number of bytes. Multipliers are binary (1k = 1024). Written back as a number of bytes
+/// (in a string).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bytes(pub u64);
 
@@ -191,9 +192,11 @@ impl fmt::Display for Bytes {
     }
 }
 
+/// Written as a string of bytes, as compose writes its byte sizes: the schema types some of
+/// them (`deploy.resources.*.memory`) as strings only.
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
+        s.collect_str(&self.0)
     }
 }
 

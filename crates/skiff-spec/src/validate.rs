@@ -116,6 +116,7 @@ pub fn validate(
         warn_service(tree, loader, name, svc, warnings);
     }
     check_graph(&mut f, project);
+    check_resources(&mut f);
     if let Some(domain) = project.x_skiff.as_ref().and_then(|x| x.domain.as_deref())
         && (domain.starts_with("*.") || !valid_host(domain))
     {
@@ -302,6 +303,481 @@ fn check_service(
         }
     }
     check_x_skiff(f, name, svc, &x, driver);
+    check_compose_rules(f, project, name, svc);
+}
+
+// === compose-go's rules after the schema (loader/validate.go, validation/, transform/) ===
+
+/// A diagnostic at a node found by the walk, with its dotted path.
+fn at_node(f: &mut Findings, pos: &Pos, path: String, message: impl Into<String>) {
+    f.errors.push(Diagnostic::at(pos, path, message));
+}
+
+fn service_node<'a>(tree: &'a Node, name: &str) -> Option<&'a crate::node::Map> {
+    tree.as_map()?
+        .get("services")?
+        .as_map()?
+        .get(name)?
+        .as_map()
+}
+
+/// Is `node` a true `external`: `true`, a truthy string, or the legacy `{name: …}` mapping?
+fn is_external(node: Option<&Node>) -> bool {
+    match node.map(|n| &n.value) {
+        Some(Value::Map(_)) => true,
+        Some(Value::Scalar(s)) => {
+            matches!(
+                s.text.to_ascii_lowercase().as_str(),
+                "true" | "yes" | "on" | "y"
+            )
+        }
+        _ => false,
+    }
+}
+
+fn check_compose_rules(f: &mut Findings, project: &Project, name: &str, svc: &Service) {
+    let Some(node) = service_node(f.tree, name) else {
+        return;
+    };
+    let base = format!("services.{name}");
+    if let Some(mode) = node.entry("network_mode") {
+        if let Some(nets) = node.entry("networks") {
+            at_node(
+                f,
+                &nets.key_pos,
+                format!("{base}.networks"),
+                "cannot be used together with network_mode (they are mutually exclusive)",
+            );
+        }
+        if let Some(target) = mode.value.as_str().and_then(|m| m.strip_prefix("service:"))
+            && !project.services.contains_key(target)
+        {
+            at_node(
+                f,
+                &mode.value.pos,
+                format!("{base}.network_mode"),
+                format!("refers to undefined service {target:?}"),
+            );
+        }
+    }
+    check_mount_targets(f, node, &base);
+    check_consistency(f, node, &base, svc);
+    let tmpfs: Vec<&Node> = match node.get("tmpfs").map(|n| (n, &n.value)) {
+        Some((_, Value::Seq(items))) => items.iter().collect(),
+        Some((n, Value::Scalar(_))) => vec![n],
+        _ => Vec::new(),
+    };
+    for (i, item) in tmpfs.into_iter().enumerate() {
+        let Some((_, opts)) = item.as_str().and_then(|t| t.split_once(':')) else {
+            continue;
+        };
+        for size in opts.split(',').filter_map(|o| o.strip_prefix("size=")) {
+            if let Err(e) = size.parse::<crate::units::Bytes>() {
+                at_node(f, &item.pos, format!("{base}.tmpfs[{i}]"), e);
+            }
+        }
+    }
+    if let Some(build) = node.get("build").and_then(Node::as_map) {
+        check_ssh(f, build, &format!("{base}.build"));
+        check_extra_hosts(
+            f,
+            build.get("extra_hosts"),
+            &format!("{base}.build.extra_hosts"),
+        );
+        check_byte_size(f, build.get("shm_size"), format!("{base}.build.shm_size"));
+    }
+    check_extra_hosts(f, node.get("extra_hosts"), &format!("{base}.extra_hosts"));
+    check_byte_size(f, node.get("shm_size"), format!("{base}.shm_size"));
+    let devices = walk(
+        f.tree,
+        &[
+            "services",
+            name,
+            "deploy",
+            "resources",
+            "reservations",
+            "devices",
+        ],
+    )
+    .and_then(|(n, _)| n.as_seq());
+    for (i, d) in devices.unwrap_or_default().iter().enumerate() {
+        let path = format!("{base}.deploy.resources.reservations.devices[{i}]");
+        check_device_request(f, d, &path);
+    }
+    for (i, d) in node
+        .get("gpus")
+        .and_then(Node::as_seq)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        check_device_request(f, d, &format!("{base}.gpus[{i}]"));
+    }
+    for (key, _) in &svc.environment {
+        if key.chars().any(char::is_whitespace) || key.is_empty() {
+            let pos = key_pos(f.tree, &["services", name, "environment", key]);
+            f.errors.push(Diagnostic::new(
+                pos,
+                format!("{base}.environment.{key}"),
+                format!("variable name {key:?} must be non-empty and contain no whitespace"),
+            ));
+        }
+    }
+    let watches =
+        walk(f.tree, &["services", name, "develop", "watch"]).and_then(|(n, _)| n.as_seq());
+    for (i, w) in watches.unwrap_or_default().iter().enumerate() {
+        let Some(m) = w.as_map() else { continue };
+        let path = format!("{base}.develop.watch[{i}]");
+        let action = m.get("action").and_then(Node::as_str).unwrap_or_default();
+        if action.starts_with("sync") && !m.contains_key("target") {
+            at_node(
+                f,
+                &w.pos,
+                path.clone(),
+                format!("missing required field \"target\" (action {action} copies files to it)"),
+            );
+        }
+        if let Some(p) = m.get("path")
+            && p.as_str().is_some_and(|p| p.trim().is_empty())
+        {
+            at_node(f, &p.pos, format!("{path}.path"), "must not be empty");
+        }
+    }
+}
+
+/// Settings given twice that must agree, and settings that exclude each other
+/// (compose-go `loader/validate.go`: `checkConsistency`).
+fn check_consistency(f: &mut Findings, node: &crate::node::Map, base: &str, svc: &Service) {
+    let key = |k: &str| node.entry(k).map(|e| e.key_pos.clone());
+    let deploy = svc.deploy.as_deref();
+    let replicas = deploy.and_then(|d| d.replicas);
+    if let (Some(scale), Some(r)) = (svc.scale, replicas)
+        && scale != r
+        && let Some(pos) = key("scale")
+    {
+        at_node(
+            f,
+            &pos,
+            format!("{base}.scale"),
+            format!("{scale} differs from deploy.replicas {r}: give one of them"),
+        );
+    }
+    if svc.container_name.is_some()
+        && replicas.or(svc.scale).unwrap_or(1) > 1
+        && let Some(pos) = key("container_name")
+    {
+        at_node(
+            f,
+            &pos,
+            format!("{base}.container_name"),
+            "a container name must be unique: it cannot be set with more than one replica",
+        );
+    }
+    if let Some(b) = &svc.build
+        && b.dockerfile.is_some()
+        && b.dockerfile_inline.is_some()
+    {
+        let pos = node
+            .get("build")
+            .and_then(Node::as_map)
+            .and_then(|m| m.entry("dockerfile_inline"))
+            .map(|e| e.key_pos.clone());
+        if let Some(pos) = pos {
+            at_node(
+                f,
+                &pos,
+                format!("{base}.build.dockerfile_inline"),
+                "cannot be used together with dockerfile (they are mutually exclusive)",
+            );
+        }
+    }
+    let resources = deploy.and_then(|d| d.resources.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let reservations = resources.and_then(|r| r.reservations.as_ref());
+    let pairs: [(&str, Option<String>, Option<String>, &str); 4] = [
+        (
+            "cpus",
+            svc.cpus.map(|c| c.0.to_string()),
+            limits.and_then(|l| l.cpus).map(|c| c.0.to_string()),
+            "deploy.resources.limits.cpus",
+        ),
+        (
+            "mem_limit",
+            svc.mem_limit.map(|b| b.0.to_string()),
+            limits.and_then(|l| l.memory).map(|b| b.0.to_string()),
+            "deploy.resources.limits.memory",
+        ),
+        (
+            "mem_reservation",
+            svc.mem_reservation.map(|b| b.0.to_string()),
+            reservations.and_then(|r| r.memory).map(|b| b.0.to_string()),
+            "deploy.resources.reservations.memory",
+        ),
+        (
+            "pids_limit",
+            svc.pids_limit.map(|p| p.to_string()),
+            limits.and_then(|l| l.pids).map(|p| p.to_string()),
+            "deploy.resources.limits.pids",
+        ),
+    ];
+    for (field, a, b, other) in pairs {
+        if let (Some(a), Some(b)) = (a, b)
+            && a != b
+            && let Some(pos) = key(field)
+        {
+            at_node(
+                f,
+                &pos,
+                format!("{base}.{field}"),
+                format!("{a} differs from {other} {b}: give one of them"),
+            );
+        }
+    }
+    let ports = node.get("ports").and_then(Node::as_seq).unwrap_or_default();
+    for (i, p) in ports.iter().enumerate() {
+        if let Some(ip) = p.as_map().and_then(|m| m.get("host_ip"))
+            && let Some(text) = ip.as_str()
+            && text.parse::<std::net::IpAddr>().is_err()
+        {
+            at_node(
+                f,
+                &ip.pos,
+                format!("{base}.ports[{i}].host_ip"),
+                format!("{text:?} is not an IP address"),
+            );
+        }
+    }
+}
+
+/// Two mounts (volumes, tmpfs) on one target path of one service.
+fn check_mount_targets(f: &mut Findings, node: &crate::node::Map, base: &str) {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut mounts: Vec<(String, &Node, String)> = Vec::new();
+    for (field, entries) in [
+        ("tmpfs", node.get("tmpfs")),
+        ("volumes", node.get("volumes")),
+    ] {
+        let items: Vec<&Node> = match entries.map(|n| &n.value) {
+            Some(Value::Seq(items)) => items.iter().collect(),
+            Some(Value::Scalar(_)) => entries.into_iter().collect(),
+            _ => continue,
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let target = match (&item.value, field) {
+                (Value::Scalar(s), "tmpfs") => s.text.split(':').next().map(str::to_string),
+                (Value::Scalar(s), _) => crate::model::parse_volume(&s.text).ok().map(|v| v.target),
+                (Value::Map(m), _) => m.get("target").and_then(Node::as_str).map(str::to_string),
+                _ => None,
+            };
+            if let Some(t) = target {
+                let t = t.trim_end_matches('/').to_string();
+                let t = if t.is_empty() { "/".to_string() } else { t };
+                mounts.push((t, item, format!("{base}.{field}[{i}]")));
+            }
+        }
+    }
+    for (target, item, path) in mounts {
+        if let Some(first) = seen.get(&target) {
+            at_node(
+                f,
+                &item.pos,
+                path,
+                format!("target {target} is already mounted by {first}"),
+            );
+        } else {
+            seen.insert(target, path);
+        }
+    }
+}
+
+/// `build.ssh` in list form: `default` or `ID=PATH` strings (compose-go `transform/ssh.go`).
+fn check_ssh(f: &mut Findings, build: &crate::node::Map, base: &str) {
+    let Some(items) = build.get("ssh").and_then(Node::as_seq) else {
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{base}.ssh[{i}]");
+        match item.as_str() {
+            Some(s)
+                if s == "default" || s.split_once('=').is_some_and(|(id, _)| !id.is_empty()) => {}
+            Some(s) => at_node(
+                f,
+                &item.pos,
+                path,
+                format!("expected default or ID=PATH, got {s:?}"),
+            ),
+            None => at_node(
+                f,
+                &item.pos,
+                path,
+                format!("expected default or ID=PATH, got {}", item.describe()),
+            ),
+        }
+    }
+}
+
+/// `extra_hosts`: `HOST:IP` or `HOST=IP` items, or a `HOST: IP` mapping; the IP may be in
+/// brackets, and `host-gateway` stands for the host's address.
+fn check_extra_hosts(f: &mut Findings, node: Option<&Node>, base: &str) {
+    let Some(node) = node else { return };
+    let check_ip = |f: &mut Findings, ip: &str, pos: &Pos, path: String| {
+        let bare = ip
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(ip);
+        if bare != "host-gateway" && bare.parse::<std::net::IpAddr>().is_err() {
+            at_node(
+                f,
+                pos,
+                path,
+                format!("{ip:?} is not an IP address (nor host-gateway)"),
+            );
+        }
+    };
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{base}[{i}]");
+                let Some(s) = item.as_str() else { continue };
+                let split = s.split_once('=').or_else(|| s.split_once(':'));
+                match split {
+                    Some((host, ips)) if !host.is_empty() && !host.contains([':', '=']) => {
+                        for ip in ips.split(',') {
+                            check_ip(f, ip, &item.pos, path.clone());
+                        }
+                    }
+                    _ => at_node(
+                        f,
+                        &item.pos,
+                        path,
+                        format!("expected HOST:IP or HOST=IP, got {s:?}"),
+                    ),
+                }
+            }
+        }
+        Value::Map(m) => {
+            for (host, e) in m.iter() {
+                let path = format!("{base}.{host}");
+                let ips: Vec<&Node> = match &e.value.value {
+                    Value::Seq(items) => items.iter().collect(),
+                    _ => vec![&e.value],
+                };
+                for ipn in ips {
+                    if let Some(ip) = ipn.as_str() {
+                        check_ip(f, ip, &ipn.pos, path.clone());
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_byte_size(f: &mut Findings, node: Option<&Node>, path: String) {
+    if let Some(n) = node
+        && let Some(text) = n.as_str()
+        && let Err(e) = text.parse::<crate::units::Bytes>()
+    {
+        at_node(f, &n.pos, path, e);
+    }
+}
+
+/// A device request: `count` and `device_ids` are exclusive, `count` is a number or `all`.
+fn check_device_request(f: &mut Findings, node: &Node, path: &str) {
+    let Some(m) = node.as_map() else { return };
+    if let (Some(_), Some(ids)) = (m.get("count"), m.entry("device_ids")) {
+        at_node(
+            f,
+            &ids.key_pos,
+            format!("{path}.device_ids"),
+            "cannot be used together with count (give one of them)",
+        );
+    }
+    if let Some(c) = m.get("count")
+        && let Some(t) = c.as_str()
+        && t != "all"
+        && t.parse::<u64>().is_err()
+    {
+        at_node(
+            f,
+            &c.pos,
+            format!("{path}.count"),
+            format!("expected a number of devices or \"all\", got {t:?}"),
+        );
+    }
+}
+
+/// Top-level networks, volumes, secrets and configs: `external` and the fields it excludes,
+/// the deprecated `external.name` beside `name`, and the source of secrets and configs.
+fn check_resources(f: &mut Findings) {
+    let Some(top) = f.tree.as_map() else { return };
+    let mut found: Vec<(Pos, String, String)> = Vec::new();
+    for kind in ["networks", "volumes", "secrets", "configs"] {
+        let Some(items) = top.get(kind).and_then(Node::as_map) else {
+            continue;
+        };
+        for (name, e) in items.iter() {
+            let Some(m) = e.value.as_map() else { continue };
+            let base = format!("{kind}.{name}");
+            let external = m.get("external");
+            if let (Some(_), Some(ext_name)) = (
+                m.get("name"),
+                external
+                    .and_then(Node::as_map)
+                    .and_then(|x| x.entry("name")),
+            ) {
+                found.push((
+                    ext_name.key_pos.clone(),
+                    format!("{base}.external.name"),
+                    "conflicts with name: give only name (external.name is deprecated)".into(),
+                ));
+            }
+            if kind == "volumes" && is_external(external) {
+                for (k, ke) in m.iter() {
+                    if !matches!(k.as_str(), "name" | "external") && !k.starts_with("x-") {
+                        found.push((
+                            ke.key_pos.clone(),
+                            format!("{base}.{k}"),
+                            "conflicts with external: an external volume takes only name".into(),
+                        ));
+                    }
+                }
+            }
+            if kind == "secrets" || kind == "configs" {
+                let sources: &[&str] = if kind == "secrets" {
+                    &["file", "environment"]
+                } else {
+                    &["file", "environment", "content"]
+                };
+                let given: Vec<&str> = sources
+                    .iter()
+                    .copied()
+                    .filter(|s| m.contains_key(s))
+                    .collect();
+                let what = &kind[..kind.len() - 1];
+                if given.len() > 1 {
+                    found.push((
+                        m.entry(given[1])
+                            .map_or(e.value.pos.clone(), |x| x.key_pos.clone()),
+                        format!("{base}.{}", given[1]),
+                        format!("{} are mutually exclusive", given.join(" and ")),
+                    ));
+                } else if given.is_empty() && !is_external(external) && !m.contains_key("driver") {
+                    found.push((
+                        e.key_pos.clone(),
+                        base.clone(),
+                        format!(
+                            "{what} {name:?} has no source: set {} (or external: true)",
+                            sources.join(" or ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    for (pos, path, message) in found {
+        at_node(f, &pos, path, message);
+    }
 }
 
 fn at_dep(name: &str, dep: &str) -> Vec<String> {
@@ -592,6 +1068,22 @@ fn warn_service(
             warnings.push(Diagnostic::at(
                 &entry.key_pos,
                 format!("services.{name}.{key}"),
+                "accepted but not acted on by skiff yet",
+            ));
+        }
+    }
+    // x-skiff.release is typed and checked, but releases do not act on it until the releases
+    // issue lands: every field of it is said to be accepted and not acted on.
+    let release = service_node
+        .get("x-skiff")
+        .and_then(Node::as_map)
+        .and_then(|x| x.get("release"))
+        .and_then(Node::as_map);
+    for (key, entry) in release.into_iter().flat_map(|r| r.iter()) {
+        if !key.starts_with("x-") {
+            warnings.push(Diagnostic::at(
+                &entry.key_pos,
+                format!("services.{name}.x-skiff.release.{key}"),
                 "accepted but not acted on by skiff yet",
             ));
         }

@@ -266,9 +266,18 @@ fn include_cycles_are_errors_not_hangs() {
 }
 
 #[test]
-fn an_empty_file_is_an_empty_project() {
+fn an_empty_file_is_rejected_but_an_empty_override_is_not() {
+    // As docker compose: "empty compose file" when nothing is left after the merge.
     let l = files(&[("compose.yaml", "")]);
-    assert!(ok(&l, &opts(&[])).project.services.is_empty());
+    assert_eq!(
+        load(&l, &opts(&[])).unwrap_err().to_string(),
+        "compose.yaml:1:1: empty compose file"
+    );
+    let l = files(&[
+        ("compose.yaml", "services:\n  web: {image: web}\n"),
+        ("compose.override.yaml", "# nothing yet\n"),
+    ]);
+    assert_eq!(ok(&l, &opts(&[])).project.services.len(), 1);
     let l = files(&[("compose.yaml", "- a\n- b\n")]);
     assert!(
         load(&l, &opts(&[]))

@@ -113,3 +113,58 @@ fn go_style_integers() {
     assert_eq!(parse_yaml_int("1e3"), None);
     assert_eq!(parse_yaml_int("99999999999999999999"), None);
 }
+
+#[test]
+fn non_string_keys_are_rejected_with_their_path() {
+    let e = err("services:\n  1:\n    image: x\n", &Limits::default());
+    assert_eq!(
+        e,
+        "c.yaml:2:3: services: mapping key 1 is not a string: quote it (\"1\") if it is meant as one"
+    );
+    let e = err(
+        "services:\n  web:\n    environment:\n      ? [a]\n      : x\n",
+        &Limits::default(),
+    );
+    assert_eq!(
+        e,
+        "c.yaml:4:9: services.web.environment: mapping key must be a string, got a sequence"
+    );
+    // Quoted, they are strings.
+    one("services:\n  \"1\":\n    image: x\n");
+}
+
+#[test]
+fn a_tab_in_indentation_names_its_line() {
+    let e = err("services:\n  web:\n\timage: x\n", &Limits::default());
+    assert!(e.starts_with("c.yaml:3:"), "{e}");
+    assert!(e.contains("tab"), "{e}");
+}
+
+#[test]
+fn an_alias_inside_its_own_anchor_names_the_key_that_holds_it() {
+    let e = err("x-a: &a\n  b:\n    c: *a\n", &Limits::default());
+    assert_eq!(
+        e,
+        "c.yaml:3:8: x-a.b.c: alias refers to the anchor that contains it (a cycle): YAML \
+         cannot hold a node inside itself"
+    );
+    let e = err("x-a: &a\n  b: 1\n  <<: *a\n", &Limits::default());
+    assert!(
+        e.starts_with("c.yaml:3:7: x-a.<<: alias refers to the anchor"),
+        "{e}"
+    );
+    let e = err("x-a: &a [1, *a]\n", &Limits::default());
+    assert!(e.starts_with("c.yaml:1:13: x-a[1]: alias refers"), "{e}");
+}
+
+#[test]
+fn aliases_of_long_strings_are_bounded_by_bytes() {
+    let long = "y".repeat(1 << 20);
+    let mut s = format!("a: &a \"{long}\"\nb: [");
+    for _ in 0..100 {
+        s.push_str("*a, ");
+    }
+    s.push_str("]\n");
+    let e = err(&s, &Limits::default());
+    assert!(e.contains("b[64]: aliases copy more than"), "{e}");
+}

@@ -1,0 +1,193 @@
+//! compose's rules beyond the typed model: the compose-spec schema and the checks compose-go
+//! makes after it. Each class of invalid document is a file in `tests/compose/invalid` whose
+//! `# error: ` comment lines are the exact error skiff must print; every file of
+//! `tests/compose/valid` must load and round-trip through `config`.
+
+use std::path::{Path, PathBuf};
+
+use skiff_spec::project::load_str;
+
+fn dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/compose")
+        .join(sub)
+}
+
+/// Loads `tests/compose/invalid/<name>.yaml` as `compose.yaml` and checks the whole error text.
+fn rejects(name: &str) {
+    let text = std::fs::read_to_string(dir("invalid").join(format!("{name}.yaml"))).unwrap();
+    let expected: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# error: "))
+        .collect();
+    assert!(!expected.is_empty(), "{name}: no `# error: ` line");
+    let err = match load_str(&[("compose.yaml", &text)], &[]) {
+        Ok(_) => panic!("{name} should be rejected"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(err, expected.join("\n"), "{name}");
+}
+
+#[test]
+fn every_invalid_document_has_its_test_and_every_valid_one_loads() {
+    let tests = include_str!("rules.rs");
+    for entry in std::fs::read_dir(dir("invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            tests.contains(&format!("rejects(\"{stem}\")")),
+            "tests/compose/invalid/{stem}.yaml has no test in rules.rs"
+        );
+    }
+    for entry in std::fs::read_dir(dir("valid")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let p = load_str(&[(&name, &text)], &[])
+            .unwrap_or_else(|e| panic!("{name} should be valid:\n{e}"));
+        let out = skiff_spec::render::to_yaml(&p.project).unwrap();
+        load_str(&[("config.yaml", &out)], &[])
+            .unwrap_or_else(|e| panic!("{name}: config output does not load again:\n{e}\n{out}"));
+    }
+}
+
+// === the schema ===
+
+#[test]
+fn schema_unknown_field_keeps_the_did_you_mean_hint() {
+    rejects("schema-unknown-field");
+}
+
+#[test]
+fn schema_port_of_the_wrong_type_lists_the_allowed_types() {
+    rejects("schema-port-as-list");
+}
+
+#[test]
+fn schema_watch_action_outside_the_enum() {
+    rejects("schema-watch-action");
+}
+
+#[test]
+fn schema_service_name_with_a_space() {
+    rejects("schema-service-name");
+}
+
+// === compose-go's checks after the schema ===
+
+#[test]
+fn network_mode_with_networks() {
+    rejects("network-mode-with-networks");
+}
+
+#[test]
+fn network_mode_naming_no_service() {
+    rejects("network-mode-unknown-service");
+}
+
+#[test]
+fn name_with_external_name() {
+    rejects("external-name-with-name");
+}
+
+#[test]
+fn external_volume_with_driver_options_or_labels() {
+    rejects("external-volume-with-driver");
+}
+
+#[test]
+fn secret_and_config_without_a_source() {
+    rejects("secret-config-without-source");
+}
+
+#[test]
+fn two_mounts_on_one_target() {
+    rejects("mount-target-twice");
+}
+
+#[test]
+fn build_ssh_null_or_malformed_entries() {
+    rejects("build-ssh-null");
+    rejects("build-ssh-malformed");
+}
+
+#[test]
+fn device_requests_count_ids_and_capabilities() {
+    rejects("device-without-capabilities");
+    rejects("device-count-and-ids");
+}
+
+#[test]
+fn environment_keys_with_spaces() {
+    rejects("environment-key-space");
+}
+
+#[test]
+fn extra_hosts_not_host_and_ip() {
+    rejects("extra-hosts");
+}
+
+#[test]
+fn shm_size_and_tmpfs_sizes_not_byte_sizes() {
+    rejects("byte-sizes");
+}
+
+#[test]
+fn develop_watch_without_action_or_sync_target() {
+    rejects("develop-watch");
+    rejects("develop-watch-target");
+}
+
+#[test]
+fn settings_given_twice_disagree_or_exclude_each_other() {
+    rejects("consistency");
+}
+
+// === YAML ===
+
+#[test]
+fn non_string_service_name() {
+    rejects("non-string-key");
+}
+
+#[test]
+fn non_string_environment_key() {
+    rejects("non-string-env-key");
+}
+
+#[test]
+fn empty_compose_file() {
+    rejects("empty-file");
+}
+
+#[test]
+fn tab_in_indentation_names_its_line() {
+    rejects("tab-indentation");
+}
+
+#[test]
+fn alias_cycle_names_the_key_holding_it() {
+    rejects("alias-cycle");
+}
+
+// === what skiff accepts but does not act on yet ===
+
+#[test]
+fn release_fields_warn_that_they_are_not_acted_on_yet() {
+    let text = "services:\n  web:\n    image: nginx\n    x-skiff:\n      release:\n        \
+                strategy: canary\n        steps:\n          - {weight: 10, pause: 1m}\n  \
+                db:\n    image: postgres\n    x-skiff:\n      release:\n        \
+                strategy: blue-green\n        switch: manual\n        keep_previous: 10m\n";
+    let p = load_str(&[("compose.yaml", text)], &[]).unwrap();
+    let warnings: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "compose.yaml:13:9: services.db.x-skiff.release.strategy: accepted but not acted on by skiff yet",
+            "compose.yaml:14:9: services.db.x-skiff.release.switch: accepted but not acted on by skiff yet",
+            "compose.yaml:15:9: services.db.x-skiff.release.keep_previous: accepted but not acted on by skiff yet",
+            "compose.yaml:6:9: services.web.x-skiff.release.strategy: accepted but not acted on by skiff yet",
+            "compose.yaml:7:9: services.web.x-skiff.release.steps: accepted but not acted on by skiff yet",
+        ]
+    );
+}
