@@ -80,11 +80,6 @@ enum Command {
     Shim { dir: std::path::PathBuf },
 }
 
-/// The proxy and the API allocate per request and connection; mimalloc's per-thread pages
-/// make that cheaper than glibc's malloc (measured with `bench/ingress.sh`).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = client::Client::new(&cli.addr);
