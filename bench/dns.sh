@@ -11,9 +11,9 @@ ROUNDS=${1:-3}
 SECS=${2:-8}
 . bench/lib.sh
 install_missing dnsperf:dnsperf nsd:nsd
-cargo build -q --release -p skiff
+[ -n "${SKIFF_BIN:-}" ] || cargo build -q --release -p skiff
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
-skiff=$target/release/skiff
+skiff=${SKIFF_BIN:-$target/release/skiff}  # SKIFF_BIN: another build, e.g. for an A/B run
 
 work=$(mktemp -d)
 nsd_pid=

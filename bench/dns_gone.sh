@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS=${1:-30}
 HANGS=${2:-8}
-cargo build -q --release -p skiff -p skiff-demo
+[ -n "${SKIFF_BIN:-}" ] || cargo build -q --release -p skiff -p skiff-demo
 cargo build -q --release -p skiff --example dns_gone
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
-skiff=$target/release/skiff
+skiff=${SKIFF_BIN:-$target/release/skiff}  # SKIFF_BIN: another build, e.g. for an A/B run
 client=$target/release/examples/dns_gone
 
 work=$(mktemp -d)

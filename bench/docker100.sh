@@ -12,9 +12,9 @@ N=${1:-100}
 ROUNDS=${2:-3}
 P=${3:-4}
 scripts/ensure-docker >/dev/null
-cargo build -q --release -p skiff -p skiff-demo
+[ -n "${SKIFF_BIN:-}" ] || cargo build -q --release -p skiff -p skiff-demo
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
-skiff=$target/release/skiff
+skiff=${SKIFF_BIN:-$target/release/skiff}  # SKIFF_BIN: another build, e.g. for an A/B run
 image=skiff-demo-bench:1
 
 work=$(mktemp -d)

@@ -16,9 +16,9 @@ SECS=${2:-10}
 . bench/lib.sh
 install_missing wrk:wrk nginx:nginx curl:curl haproxy:haproxy
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build -q --release -p skiff -p skiff-demo
+[ -n "${SKIFF_BIN:-}" ] || cargo build -q --release -p skiff -p skiff-demo
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
-skiff=$target/release/skiff
+skiff=${SKIFF_BIN:-$target/release/skiff}  # SKIFF_BIN: another build, e.g. for an A/B run
 
 work=$(mktemp -d)
 chmod 755 "$work"

@@ -29,6 +29,7 @@ start_dev() {
   dev_dns=$(sed -n 's/^skiff dev: dns listening on \([^ ]*\).*/\1/p' "$work/dev.out")
   if [ -z "$SKIFF_ADDR" ]; then
     echo "skiff dev did not start:" >&2
+    cat "$work/dev.out" >&2
     cat "$work/dev.err" >&2
     exit 1
   fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 3 benchmark, side by side in one run (compare ratios; the machine is noisy):
-#  (a) wall time from `skiff up` to N replicas of skiff-demo all running and passing their
-#      first health check (TCP readiness), with `skiff dev` on the process driver;
+#  (a) wall time from `skiff up` to N replicas of busybox httpd (WORKLOAD=demo: skiff-demo) all
+#      running and passing their first health check (TCP readiness), with `skiff dev` on the
+#      process driver: the same program the floor starts;
 #  (b) the floor: shared/baselines/spawn100.py — N busybox httpd spawned by a plain script
 #      and polled every 2 ms until each answers;
 #  (c) RSS of `skiff dev` idle, with N demo instances, and with 1000 `sleep` instances.
@@ -10,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}
 ROUNDS=${2:-3}
-cargo build -q --release -p skiff -p skiff-demo
+[ -n "${SKIFF_BIN:-}" ] || cargo build -q --release -p skiff -p skiff-demo
 target=$(realpath "${CARGO_TARGET_DIR:-target}")
-skiff=$target/release/skiff
+skiff=${SKIFF_BIN:-$target/release/skiff}  # SKIFF_BIN: another build, e.g. for an A/B run
 if ! command -v busybox >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
@@ -33,7 +34,20 @@ stack() { # name replicas command...
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-demo=$(stack demo "$N" skiff-demo)
+if [ "${WORKLOAD:-httpd}" = demo ]; then
+  demo=$(stack demo "$N" skiff-demo)
+else
+  demo=$work/demo.yaml
+  cat > "$demo" <<YAML
+name: demo
+x-skiff: {driver: process}
+services:
+  s:
+    command: [/usr/bin/busybox, sh, -c, 'exec /usr/bin/busybox httpd -f -p 127.0.0.1:\$\$PORT -h /tmp/baselines/www']
+    expose: ["80"]
+    deploy: {replicas: $N}
+YAML
+fi
 printf '%-6s %14s %16s %10s %12s\n' round skiff_up_ms spawn_floor_ms ratio rss_idle_kb
 skiff_ms=(); floor_ms=(); rss_idle=(); rss_loaded=()
 for r in $(seq "$ROUNDS"); do
@@ -51,7 +65,7 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ms=$(median "${skiff_ms[@]}"); fl=$(median "${floor_ms[@]}")
 echo "median: skiff up -> $N healthy ${ms} ms; spawn floor ${fl} ms; ratio $(awk -v a="$ms" -v b="$fl" 'BEGIN{printf "%.2f", a/b}')"
-echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N demo instances $(median "${rss_loaded[@]}") kB"
+echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N instances $(median "${rss_loaded[@]}") kB"
 
 sleepers=$(stack sleepers 1000 sleep,3600)
 start_dev "$work/data-big"

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Every benchmark in a short mode, then one table: figure, value, target, must, pass.
+# Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
+# run; ratios, since the machine is noisy). Every closing note carries this table.
+# Usage: bench/all.sh            (about 6 minutes on 2 cores)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker)
+# The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+only=${BENCH_ONLY:-up dns gone ingress docker}
+logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
+mkdir -p "$logs"
+cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
+
+run() { # name command...
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  "$@" > "$logs/$name.log" 2>&1 || echo "   ($name exited with $?; see $logs/$name.log)" >&2
+  tail -n 4 "$logs/$name.log" | sed 's/^/   /' >&2
+}
+want() { [[ " $only " == *" $1 "* ]]; }
+
+want up && run up bench/up100.sh 100 3
+want dns && run dns bench/dns.sh 3 5
+want gone && run gone bench/dns_gone.sh 20 4
+want ingress && run ingress bench/ingress.sh 3 5
+want docker && run docker bench/docker100.sh 50 2
+
+# pick LOG SED-EXPRESSION: the first match in the log, or "-".
+pick() { local v; v=$(sed -n "$2" "$logs/$1.log" 2>/dev/null | head -n 1); echo "${v:--}"; }
+rows=()
+# row FIGURE VALUE UNIT TARGET MUST CMP: CMP "le" (lower is better) or "ge"; MUST decides pass.
+row() {
+  local pass=FAIL
+  if [ "$2" = - ]; then pass="not run"
+  elif awk -v v="$2" -v m="$5" -v c="$6" 'BEGIN{exit !((c=="le" && v+0<=m+0) || (c=="ge" && v+0>=m+0))}'; then pass=pass
+  fi
+  local op='<='; [ "$6" = ge ] && op='>='
+  rows+=("$(printf '| %s | %s %s | %s %s | %s %s | %s |' "$1" "$2" "$3" "$op" "$4" "$op" "$5" "$pass")")
+}
+
+if want up; then
+  row "skiff up -> 100 busybox httpd healthy (median of 3)" "$(pick up 's/^median: skiff up -> [0-9]* healthy \([0-9]*\) ms.*/\1/p')" ms 500 1000 le
+  row "  ratio to the spawn floor (spawn100.py, same run)" "$(pick up 's/^median: .*; ratio \([0-9.]*\)$/\1/p')" x 4.4 5 le
+  row "skiff dev RSS idle" "$(pick up 's/^skiff dev RSS: idle \([0-9]*\) kB.*/\1/p' | awk '{ if ($1 == "-") print "-"; else printf "%.1f", $1/1024 }')" MB 8 20 le
+  row "skiff dev RSS with 100 instances" "$(pick up 's/^skiff dev RSS: .*instances \([0-9]*\) kB/\1/p' | awk '{ if ($1 == "-") print "-"; else printf "%.1f", $1/1024 }')" MB 13 30 le
+  row "skiff up -> 1,000 sleep instances healthy" "$(pick up 's/^1000 sleep instances: .*healthy in \([0-9.]*\)s/\1/p')" s 4 5 le
+  row "skiff dev RSS with 1,000 instances" "$(pick up 's/^skiff dev RSS with 1000 instances: \([0-9]*\) kB/\1/p' | awk '{ if ($1 == "-") print "-"; else printf "%.1f", $1/1024 }')" MB 44 100 le
+fi
+if want dns; then
+  row "DNS qps skiff/NSD (median of round ratios)" "$(pick dns 's/.*median of round ratios \([0-9.]*\) .*/\1/p')" x 1.0 0.9 ge
+fi
+if want gone; then
+  row "kill -9 -> gone from DNS, p99" "$(pick gone 's/^kill -9 -> gone.*p99 \([0-9.]*\) ms.*/\1/p')" ms 50 250 le
+  row "hung -> gone from DNS, max" "$(pick gone 's/^SIGSTOP (hung) -> gone.*max \([0-9.]*\) ms.*/\1/p')" ms 2000 2500 le
+fi
+if want ingress; then
+  row "ingress rps skiff/nginx (median of round ratios)" "$(pick ingress 's/^median of round ratios (skiff\/nginx rps): \([0-9.]*\).*/\1/p')" x 1.15 1.0 ge
+  row "ingress: failed requests, kill -9 of 1 of 3 under wrk" "$(pick ingress '/== (b)/,/== (c)/s/.*failed requests: \([0-9]*\).*/\1/p')" "" 0 0 le
+  row "ingress: failed requests, scale 3->10->3 under wrk" "$(pick ingress '/== (c)/,$s/.*failed requests: \([0-9]*\).*/\1/p')" "" 0 0 le
+fi
+if want docker; then
+  row "skiff up / docker run -d (P=4), 50 containers ready" "$(pick docker 's/.*median of round ratios \([0-9.]*\) .*/\1/p')" x 1.0 1.3 le
+fi
+
+echo
+echo "| figure | value | target | must | pass |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2)"
+printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
+exit 0
