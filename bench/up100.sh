@@ -28,7 +28,7 @@ trap cleanup EXIT
 stack() { # name replicas command...
   local name=$1 n=$2; shift 2
   printf 'name: %s\nx-skiff: {driver: process}\nservices:\n  s:\n    command: [%s]\n    deploy: {replicas: %s}\n' \
-    "$name" "$(IFS=,; echo "$*")" "$n" > "$work/$name.yaml"
+    "$name" "$(printf '"%s", ' "$@" | sed 's/, $//')" "$n" > "$work/$name.yaml"
   [ "$name" = demo ] && printf '    expose: ["8080"]\n' >> "$work/$name.yaml"
   echo "$work/$name.yaml"
 }
