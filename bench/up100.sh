@@ -25,7 +25,7 @@ work=$(mktemp -d)
 cleanup() { stop_dev; rm -rf "$work"; }
 trap cleanup EXIT
 
-stack() { # name replicas command...
+stack() { # name replicas program args...
   local name=$1 n=$2; shift 2
   printf 'name: %s\nx-skiff: {driver: process}\nservices:\n  s:\n    command: [%s]\n    deploy: {replicas: %s}\n' \
     "$name" "$(printf '"%s", ' "$@" | sed 's/, $//')" "$n" > "$work/$name.yaml"
@@ -67,7 +67,7 @@ ms=$(median "${skiff_ms[@]}"); fl=$(median "${floor_ms[@]}")
 echo "median: skiff up -> $N healthy ${ms} ms; spawn floor ${fl} ms; ratio $(awk -v a="$ms" -v b="$fl" 'BEGIN{printf "%.2f", a/b}')"
 echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N instances $(median "${rss_loaded[@]}") kB"
 
-sleepers=$(stack sleepers 1000 sleep,3600)
+sleepers=$(stack sleepers 1000 sleep 3600)
 start_dev "$work/data-big"
 out=$("$skiff" up --timeout 300 -f "$sleepers")
 echo "1000 sleep instances: $(echo "$out" | tail -1)"
