@@ -31,7 +31,16 @@ fn up(dev: &Dev, dir: &std::path::Path, n: &str) -> (String, Duration) {
     (out, started.elapsed())
 }
 
-/// `skiff history again` as (number) lines.
+/// A project dir with `STACK`, a data dir and a `skiff dev` on it.
+fn fresh() -> (tempfile::TempDir, tempfile::TempDir, Dev) {
+    ensure_demo_built();
+    let project = project(STACK);
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    (project, data, dev)
+}
+
+/// How many releases `skiff history again` lists.
 fn releases(dev: &Dev) -> usize {
     let (ok, out, err) = skiff(dev, &["history", "again", "-o", "json"]);
     assert!(ok, "{err}");
@@ -52,10 +61,7 @@ fn kill_9_and_restart(dev: Dev, data: &std::path::Path) -> Dev {
 
 #[test]
 fn up_of_an_unchanged_file_records_no_release_and_returns_once_healthy() {
-    ensure_demo_built();
-    let project = project(STACK);
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    let (project, data, dev) = fresh();
     let (out, _) = up(&dev, project.path(), "2");
     assert!(out.contains("release 1 recorded"), "{out}");
     let before = pids(&dev);
@@ -80,10 +86,7 @@ fn up_of_an_unchanged_file_records_no_release_and_returns_once_healthy() {
 
 #[test]
 fn up_that_changes_only_replicas_keeps_running_instances_and_waits_for_the_count() {
-    ensure_demo_built();
-    let project = project(STACK);
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    let (project, data, dev) = fresh();
     up(&dev, project.path(), "3");
     let web1 = instance_pid(&dev, "web", 1);
     let db1 = instance_pid(&dev, "db", 1);
@@ -108,10 +111,7 @@ fn up_that_changes_only_replicas_keeps_running_instances_and_waits_for_the_count
 
 #[test]
 fn scale_start_and_restart_wait_on_the_current_spec_after_a_kill_9() {
-    ensure_demo_built();
-    let project = project(STACK);
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    let (project, data, dev) = fresh();
     up(&dev, project.path(), "2");
     let dev = kill_9_and_restart(dev, data.path());
     let run = |args: &[&str]| {
