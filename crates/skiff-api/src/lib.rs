@@ -26,7 +26,7 @@ use skiff_model::{
     Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, ServiceSpec, StackKey,
     StackSpec,
 };
-use skiff_store::Store;
+use skiff_store::{StackState, Store};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -271,21 +271,23 @@ async fn blocking<T: Send + 'static>(
 
 /// The release a stack runs now, or 404 `stack_not_found`.
 fn current_release(s: &ApiState, key: &StackKey) -> Result<Release, ApiError> {
-    let not_running = || {
+    current_of(s.store.as_ref(), key)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "stack_not_found",
             format!("no running stack {key}"),
         )
-    };
-    let current = s
-        .store
-        .stacks()?
-        .into_iter()
-        .find(|st| &st.stack == key)
-        .and_then(|st| st.current)
-        .ok_or_else(not_running)?;
-    s.store.release(key, current)?.ok_or_else(not_running)
+    })
+}
+
+/// The stack's current release, if it has one (none before the first `up` and after `down`).
+fn current_of(st: &dyn Store, key: &StackKey) -> skiff_store::Result<Option<Release>> {
+    match st.stacks()?.into_iter().find(|s| &s.stack == key) {
+        Some(StackState {
+            current: Some(n), ..
+        }) => st.release(key, n),
+        _ => Ok(None),
+    }
 }
 
 fn service_not_found(key: &StackKey, service: &str) -> ApiError {
@@ -296,10 +298,10 @@ fn service_not_found(key: &StackKey, service: &str) -> ApiError {
     )
 }
 
-/// Stores a new release (durably) and wakes the reconciler.
-/// Records `spec` as the stack's new current release, unless it equals the current release
-/// (spec and resolved source): then nothing is recorded and the current release comes back
-/// with `false`, as `docker compose up -d` and `nomad job run` treat an unchanged file.
+/// Records `spec` as the stack's new current release (durably) and wakes the reconciler,
+/// unless it equals the current release (spec and resolved source): then nothing is recorded
+/// and the current release comes back with `false`, as `docker compose up -d` and
+/// `nomad job run` treat an unchanged file.
 async fn record_release(
     s: &ApiState,
     key: StackKey,
@@ -310,12 +312,7 @@ async fn record_release(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let (release, created) = blocking(s, move |st| {
-        let current = st
-            .stacks()?
-            .into_iter()
-            .find(|s| s.stack == key)
-            .and_then(|s| s.current);
-        if let Some(cur) = current.map(|n| st.release(&key, n)).transpose()?.flatten()
+        if let Some(cur) = current_of(st, &key)?
             && cur.spec == spec
             && cur.source == source
         {
