@@ -170,9 +170,7 @@ async fn pump_logs(engine: Engine, id: String, logs_dir: PathBuf) {
         if line.time_ms <= last_ms {
             continue;
         }
-        let mut text = line.text.into_bytes();
-        text.push(b'\n');
-        writer.write_line(line.time_ms, line.stream as u8, &text);
+        writer.write_line(line.time_ms, line.stream as u8, line.text.as_bytes());
         writer.flush();
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  skiff (agent) ──spawn──▶ skiff __shim <dir>  ──spawn──▶ workload (own process group)
-//!        │                      │ writes: shim.pid, child.pid, logs/output.log, exit.json
+//!        │  launch spec on stdin ─▶ │ writes: child.pid, logs/output.log, exit.json
+//!        │  ◀─ "started <pid>" on stdout
 //!        └──reads files, signals the workload's group──────────────────────────┘
 //! ```
 //!
@@ -21,6 +22,7 @@ pub mod shim;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug)]
 pub struct ShimCommand(pub Vec<String>);
 
-/// What the shim runs. Written to `spec.json` in the instance directory.
+/// What the shim runs: the agent writes it as JSON to the shim's stdin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,
@@ -111,11 +113,15 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DriverErr
     move |source| DriverError::Io { op, path, source }
 }
 
-/// Files of an instance directory.
+/// Files of an instance directory. Every file an instance start creates costs an inode
+/// allocation, which on a busy ext4 is the dearest part of a start: keep them few.
 pub mod files {
-    pub const SPEC: &str = "spec.json";
-    pub const SHIM_PID: &str = "shim.pid";
+    /// `<workload pid> <shim pid>`, written by the shim once the workload runs.
     pub const CHILD_PID: &str = "child.pid";
+    /// Written by shims before 0.1 (the shim's pid), read when adopting their instances.
+    pub const SHIM_PID: &str = "shim.pid";
+    /// Written by shims before 0.1 (the launch spec), removed on the next start.
+    pub const SPEC: &str = "spec.json";
     pub const EXIT: &str = "exit.json";
     pub const LOG_DIR: &str = "logs";
     pub const LOG: &str = "output.log";
@@ -157,6 +163,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// The workload's and the shim's pid from `child.pid` (the shim's from the older `shim.pid`
+/// when the file has only one number, as older shims wrote it).
+fn read_pids(dir: &Path) -> Option<(i32, i32)> {
+    let text = fs::read_to_string(dir.join(files::CHILD_PID)).ok()?;
+    let mut words = text.split_whitespace();
+    let child = words.next()?.parse().ok()?;
+    let shim = match words.next() {
+        Some(w) => w.parse().ok()?,
+        None => read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0),
+    };
+    Some((child, shim))
+}
+
+/// The line a shim prints on its stdout once the workload runs (a test harness serving as
+/// the shim may print other lines before it).
+pub(crate) const STARTED: &str = "skiff-shim started";
 
 /// A descriptor that becomes readable when process `pid` has ended (a Linux pidfd, which
 /// works for any process, not only children), so a watcher needs no polling; `None` when the
@@ -213,20 +236,22 @@ pub enum Status {
 
 impl Instance {
     /// Starts a workload under a new shim in `dir` and waits until it is running (or failed).
+    ///
+    /// The launch spec goes to the shim on its stdin and the shim answers on its stdout once
+    /// the workload runs: no file to write and none to poll for.
     pub fn start(shim: &ShimCommand, dir: &Path, spec: &LaunchSpec) -> Result<Instance> {
         fs::create_dir_all(dir.join(files::LOG_DIR)).map_err(io("creating", dir))?;
-        for stale in [files::EXIT, files::CHILD_PID, files::SHIM_PID] {
+        for stale in [files::EXIT, files::CHILD_PID, files::SHIM_PID, files::SPEC] {
             let _ = fs::remove_file(dir.join(stale));
         }
-        let json = serde_json::to_vec_pretty(spec).expect("a launch spec serializes");
-        write_atomic(&dir.join(files::SPEC), &json)?;
+        let json = serde_json::to_vec(spec).expect("a launch spec serializes");
 
         let (program, args) = shim.0.split_first().expect("shim command is not empty");
         let mut cmd = Command::new(program);
         cmd.args(args)
             .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         // Its own process group: a Ctrl-C in the agent's terminal does not reach it.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -234,52 +259,56 @@ impl Instance {
             program: program.clone(),
             source,
         })?;
-
-        // The shim writes child.pid once the workload runs, or exit.json if it could not start.
-        let started = Instant::now();
+        let shim_pid = shim_child.id() as i32;
+        if let Some(mut stdin) = shim_child.stdin.take() {
+            // A shim that died at once shows below, by its exit.
+            let _ = stdin.write_all(&json);
+        }
+        let stdout = shim_child
+            .stdout
+            .take()
+            .expect("the shim's stdout is piped");
         let waited = Duration::from_secs(5);
-        let mut pause = Duration::from_micros(200);
-        loop {
-            if let Some(pid) = read_pid(&dir.join(files::CHILD_PID)) {
+        match read_started(stdout, waited) {
+            Ok(Some(pid)) => {
                 // The shim lives until the workload exits; `status` reaps it then (no thread
                 // per instance waits on it).
                 drop(shim_child);
-                let shim_pid = read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0);
-                return Ok(Instance {
+                Ok(Instance {
                     dir: dir.to_path_buf(),
                     pid,
                     shim_pid,
-                });
+                })
             }
-            if let Some(exit) = read_exit(dir) {
-                let _ = shim_child.wait();
-                return Err(DriverError::Start(exit.describe()));
+            Ok(None) => {
+                let status = shim_child.wait();
+                match read_exit(dir) {
+                    Some(exit) => Err(DriverError::Start(exit.describe())),
+                    None => Err(DriverError::Start(match status {
+                        Ok(s) => format!("shim exited before starting the workload ({s})"),
+                        Err(e) => format!("shim ended before starting the workload: {e}"),
+                    })),
+                }
             }
-            if let Ok(Some(status)) = shim_child.try_wait() {
-                return Err(DriverError::Start(format!(
-                    "shim exited before starting the workload ({status})"
-                )));
-            }
-            if started.elapsed() > waited {
+            Err(()) => {
                 let _ = shim_child.kill();
-                return Err(DriverError::ShimTimeout {
+                let _ = shim_child.wait();
+                Err(DriverError::ShimTimeout {
                     dir: dir.to_path_buf(),
                     waited,
-                });
+                })
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
     /// Re-attaches to an instance started by an earlier agent.
     pub fn adopt(dir: &Path) -> Result<Instance> {
-        let pid = read_pid(&dir.join(files::CHILD_PID))
-            .ok_or_else(|| DriverError::NotFound(dir.to_path_buf()))?;
+        let (pid, shim_pid) =
+            read_pids(dir).ok_or_else(|| DriverError::NotFound(dir.to_path_buf()))?;
         Ok(Instance {
             dir: dir.to_path_buf(),
             pid,
-            shim_pid: read_pid(&dir.join(files::SHIM_PID)).unwrap_or(0),
+            shim_pid,
         })
     }
 
@@ -367,7 +396,69 @@ impl Instance {
     }
 }
 
+/// Reads the shim's stdout until its `started <pid>` line (`Ok(Some)`), its end without one
+/// (`Ok(None)`: it failed and says why in `exit.json`), or `timeout` (`Err`).
+fn read_started(stdout: std::process::ChildStdout, timeout: Duration) -> Result<Option<i32>, ()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::with_capacity(64);
+    let mut stdout = stdout;
+    loop {
+        if let Some(pid) = started_pid(&seen) {
+            return Ok(Some(pid));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(());
+        }
+        let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
+        let wait = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&wait)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return Ok(None),
+        }
+        let mut buf = [0u8; 512];
+        match stdout.read(&mut buf) {
+            Ok(0) => return Ok(started_pid(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// The pid of a complete `skiff-shim started <pid>` line in `out`.
+fn started_pid(out: &[u8]) -> Option<i32> {
+    out.split(|b| *b == b'\n')
+        .rev()
+        .skip(1) // the part after the last line break is not a whole line yet
+        .find_map(|line| {
+            let line = std::str::from_utf8(line).ok()?;
+            line.strip_prefix(STARTED)?.trim().parse().ok()
+        })
+}
+
 fn read_exit(dir: &Path) -> Option<ExitStatus> {
     let bytes = fs::read(dir.join(files::EXIT)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_started_line_is_found_among_other_output_only_when_whole() {
+        assert_eq!(
+            started_pid(b"running 1 test\nskiff-shim started 42\n"),
+            Some(42)
+        );
+        assert_eq!(started_pid(b"skiff-shim started 42"), None);
+        assert_eq!(started_pid(b"noise\n"), None);
+    }
 }

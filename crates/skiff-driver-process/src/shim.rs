@@ -1,19 +1,20 @@
-//! The per-instance shim (`skiff __shim <dir>`): starts the workload, copies its output into
+//! The per-instance shim (`skiff __shim <dir>`): reads its launch spec on stdin, starts the
+//! workload, says so on stdout (then lets go of both), copies the workload's output into
 //! rotated log files, and records how it ended.
 //!
 //! Log format, one record per line: `<unix-ms> <o|e> <text>` (`o` stdout, `e` stderr), so
 //! `skiff logs --since` can filter by time without another index.
 //!
-//! It is plain blocking code with two copy threads, started once per instance; it holds no
-//! connection to the agent, so the agent can restart freely.
+//! It is plain blocking code on one thread (a poll over the workload's two pipes and its
+//! pidfd), started once per instance; it holds no connection to the agent, so the agent can
+//! restart freely.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{ExitStatus, LaunchSpec, files, now_ms, write_atomic};
@@ -33,28 +34,25 @@ pub fn run(dir: &Path) -> i32 {
         });
         1
     };
-    if let Err(e) = write_atomic(
-        &dir.join(files::SHIM_PID),
-        std::process::id().to_string().as_bytes(),
-    ) {
-        return failed(e.to_string());
-    }
-    let spec: LaunchSpec = match fs::read(dir.join(files::SPEC))
+    let mut input = Vec::with_capacity(4096);
+    let spec: LaunchSpec = match std::io::stdin()
+        .lock()
+        .read_to_end(&mut input)
         .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .and_then(|_| serde_json::from_slice(&input).map_err(|e| e.to_string()))
     {
         Ok(s) => s,
-        Err(e) => return failed(format!("reading {}: {e}", files::SPEC)),
+        Err(e) => return failed(format!("reading the launch spec on stdin: {e}")),
     };
     let Some((program, args)) = spec.argv.split_first() else {
         return failed("the command is empty".into());
     };
-    let log = match LogWriter::open(
+    let mut log = match LogWriter::open(
         &dir.join(files::LOG_DIR),
         spec.max_log_bytes,
         spec.keep_logs,
     ) {
-        Ok(l) => Arc::new(Mutex::new(l)),
+        Ok(l) => l,
         Err(e) => return failed(format!("opening logs: {e}")),
     };
     if let Err(e) = fs::create_dir_all(&spec.cwd) {
@@ -89,41 +87,31 @@ pub fn run(dir: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => return failed(format!("{program}: {e}")),
     };
-    if let Err(e) = write_atomic(
-        &dir.join(files::CHILD_PID),
-        child.id().to_string().as_bytes(),
-    ) {
+    let pids = format!("{} {}", child.id(), std::process::id());
+    if let Err(e) = write_atomic(&dir.join(files::CHILD_PID), pids.as_bytes()) {
         let _ = child.kill();
         return failed(e.to_string());
     }
-    let copiers: Vec<_> = [
+    report_started(child.id());
+    let streams = [
         child
             .stdout
             .take()
-            .map(|s| (b'o', Box::new(s) as Box<dyn Read + Send>)),
+            .map(|s| Stream::new(OwnedFd::from(s), b'o')),
         child
             .stderr
             .take()
-            .map(|s| (b'e', Box::new(s) as Box<dyn Read + Send>)),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|(tag, stream)| {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || copy_lines(stream, tag, &log))
-    })
-    .collect();
-
+            .map(|s| Stream::new(OwnedFd::from(s), b'e')),
+    ];
+    let exited = crate::exit_fd(child.id() as i32);
+    copy_output(
+        streams.into_iter().flatten().collect(),
+        exited,
+        &mut log,
+        &mut child,
+    );
     let status = child.wait();
-    // Give the copiers a moment to drain what the workload wrote last; a grandchild that
-    // keeps the pipes open must not keep the shim (and the exit record) waiting.
-    for _ in 0..100 {
-        if copiers.iter().all(|c| c.is_finished()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    log.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    log.flush();
     let exit = match status {
         Ok(s) => ExitStatus {
             code: s.code(),
@@ -140,6 +128,18 @@ pub fn run(dir: &Path) -> i32 {
     };
     record(&exit);
     0
+}
+
+/// Tells the agent that the workload runs, then points stdin and stdout at /dev/null: the
+/// agent may be gone by the time the workload ends, and the shim must not hold its pipes.
+fn report_started(pid: u32) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{} {pid}", crate::STARTED).and_then(|()| out.flush());
+    drop(out);
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
 }
 
 /// Makes the child write `0` (itself) to each `cgroup.procs` between fork and exec.
@@ -162,23 +162,110 @@ fn join_cgroups_before_exec(cmd: &mut Command, files: Vec<OwnedFd>) {
 /// Longest line kept whole; longer ones are split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Copies `stream` line by line into the log, each line stamped with the time it was read.
-fn copy_lines(stream: Box<dyn Read + Send>, tag: u8, log: &Mutex<LogWriter>) {
-    let mut reader = BufReader::with_capacity(MAX_LINE, stream);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
+/// How long output is still copied after the workload ended: a grandchild that keeps the
+/// pipes open must not keep the shim (and the exit record) waiting.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// One output pipe of the workload and its unfinished line.
+struct Stream {
+    fd: OwnedFd,
+    tag: u8,
+    pending: Vec<u8>,
+    open: bool,
+}
+
+impl Stream {
+    fn new(fd: OwnedFd, tag: u8) -> Stream {
+        Stream {
+            fd,
+            tag,
+            pending: Vec::new(),
+            open: true,
+        }
+    }
+
+    /// Reads what is there; writes every whole line (and over-long pieces) to the log, and
+    /// the rest too once the pipe is closed.
+    fn pump(&mut self, log: &mut LogWriter) {
+        let mut buf = [0u8; 16 * 1024];
+        match rustix::io::read(&self.fd, &mut buf) {
+            Ok(0) | Err(rustix::io::Errno::BADF | rustix::io::Errno::IO) => self.open = false,
+            Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+            Err(_) => return, // EINTR, EAGAIN: poll again
+        }
+        let now = now_ms();
+        let mut start = 0;
+        while let Some(end) = self.pending[start..]
+            .iter()
+            .take(MAX_LINE)
+            .position(|b| *b == b'\n')
+            .map(|i| start + i + 1)
+            .or_else(|| (self.pending.len() - start >= MAX_LINE).then_some(start + MAX_LINE))
         {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
+            log.write_line(now, self.tag, &self.pending[start..end]);
+            start = end;
+        }
+        if !self.open && start < self.pending.len() {
+            let end = self.pending.len();
+            log.write_line(now, self.tag, &self.pending[start..end]);
+            start = end;
+        }
+        self.pending.drain(..start);
+    }
+}
+
+/// Copies the workload's output into the log, one thread for both pipes: until both are
+/// closed, or [`DRAIN`] after the workload ended (seen on `exited`, its pidfd, or by polling
+/// where the kernel has none).
+fn copy_output(
+    mut streams: Vec<Stream>,
+    exited: Option<OwnedFd>,
+    log: &mut LogWriter,
+    child: &mut std::process::Child,
+) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut deadline: Option<std::time::Instant> = None;
+    loop {
+        if streams.iter().all(|s| !s.open) {
+            return;
+        }
+        if deadline.is_none() && exited.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+            deadline = Some(std::time::Instant::now() + DRAIN);
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return;
                 }
-                let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-                l.write_line(now_ms(), tag, &line);
+                Some(left)
+            }
+            None if exited.is_none() => Some(Duration::from_millis(100)),
+            None => None,
+        };
+        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+        let mut fds: Vec<PollFd<'_>> = streams
+            .iter()
+            .filter(|s| s.open)
+            .map(|s| PollFd::new(&s.fd, PollFlags::IN))
+            .collect();
+        let watch_exit = deadline.is_none() && exited.is_some();
+        if let (true, Some(pidfd)) = (watch_exit, exited.as_ref()) {
+            fds.push(PollFd::new(pidfd, PollFlags::IN));
+        }
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        if watch_exit && ready.last() == Some(&true) {
+            deadline = Some(std::time::Instant::now() + DRAIN);
+        }
+        let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].open).collect();
+        for (slot, i) in open.into_iter().enumerate() {
+            if ready[slot] {
+                streams[i].pump(log);
             }
         }
     }
@@ -226,14 +313,18 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Writes one line as `<unix-ms> <o|e> <text>`.
+    /// Writes one line as `<unix-ms> <o|e> <text>` (with a line break, whether `line` ends
+    /// with one or not).
     pub fn write_line(&mut self, time_ms: u64, tag: u8, line: &[u8]) {
-        let mut record = Vec::with_capacity(line.len() + 17);
+        let mut record = Vec::with_capacity(line.len() + 18);
         record.extend_from_slice(time_ms.to_string().as_bytes());
         record.push(b' ');
         record.push(tag);
         record.push(b' ');
         record.extend_from_slice(line);
+        if line.last() != Some(&b'\n') {
+            record.push(b'\n');
+        }
         self.write(&record);
     }
 

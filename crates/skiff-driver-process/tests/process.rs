@@ -253,3 +253,51 @@ fn a_background_child_that_ignores_the_stop_signal_does_not_outlive_the_stop() {
     }
     assert_eq!(live_members(i.pid), Vec::<i32>::new());
 }
+
+#[test]
+fn an_instance_of_an_older_shim_with_two_pid_files_is_adopted() {
+    let d = tempfile::tempdir().unwrap();
+    let sleeper = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id() as i32;
+    std::fs::write(d.path().join("child.pid"), pid.to_string()).unwrap();
+    std::fs::write(d.path().join("shim.pid"), "4194301").unwrap();
+    let adopted = Instance::adopt(d.path()).unwrap();
+    assert_eq!((adopted.pid, adopted.shim_pid), (pid, 4194301));
+    assert_eq!(adopted.status(), Status::Running);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let mut sleeper = sleeper;
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn output_lines_are_stamped_split_when_too_long_and_kept_when_unfinished() {
+    let d = tempfile::tempdir().unwrap();
+    // stdout: a line, a 40,000-byte line, and a last line with no line break; stderr: one.
+    let i = Instance::start(
+        &shim(),
+        d.path(),
+        &spec(
+            d.path(),
+            "echo first; head -c 40000 /dev/zero | tr '\\0' x; echo; echo oops >&2; printf tail",
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        i.wait_exit(Duration::from_secs(5)),
+        Some(Status::Exited(_))
+    ));
+    let text = log(&i);
+    let records: Vec<_> = text
+        .lines()
+        .map(|l| skiff_driver_process::parse_log_line(l).expect("a log record"))
+        .collect();
+    let out: Vec<_> = records.iter().filter(|r| r.stream == 'o').collect();
+    assert_eq!(out.first().map(|r| r.text), Some("first"));
+    let xs: Vec<usize> = out[1..out.len() - 1].iter().map(|r| r.text.len()).collect();
+    assert_eq!(xs, vec![16 * 1024, 16 * 1024, 40000 - 32 * 1024]);
+    assert_eq!(out.last().map(|r| r.text), Some("tail"));
+    assert!(records.iter().any(|r| r.stream == 'e' && r.text == "oops"));
+}
