@@ -3,11 +3,11 @@
 # Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
 # run; ratios, since the machine is noisy). Every closing note carries this table.
 # Usage: bench/all.sh            (about 6 minutes on 2 cores)
-#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler)
 # The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-up dns gone ingress docker}
+only=${BENCH_ONLY:-up dns gone ingress docker scheduler}
 logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
 mkdir -p "$logs"
 cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
@@ -25,6 +25,7 @@ want dns && run dns bench/dns.sh 3 5
 want gone && run gone bench/dns_gone.sh 20 4
 want ingress && run ingress bench/ingress.sh 3 5
 want docker && run docker bench/docker100.sh 50 2
+want scheduler && run scheduler bench/scheduler.sh
 
 # pick LOG SED-EXPRESSION: the first match in the log, or "-".
 pick() { local v; v=$(sed -n "$2" "$logs/$1.log" 2>/dev/null | head -n 1); echo "${v:--}"; }
@@ -63,6 +64,11 @@ if want ingress; then
   row "ingress: failed requests, kill -9 of 1 of 3 under wrk" "$(pick ingress '/== (b)/,/== (c)/s/.*failed requests: \([0-9]*\).*/\1/p')" "" 0 0 le
   row "ingress: failed requests, scale 3->10->3 under wrk" "$(pick ingress '/== (c)/,$s/.*failed requests: \([0-9]*\).*/\1/p')" "" 0 0 le
 fi
+if want scheduler; then
+  row "scheduler: placements/s, one core, 5,000 nodes (100,000 singly)" "$(pick scheduler 's/^(b) .* placed, \([0-9]*\) placements\/s.*/\1/p')" /s 50000 10000 ge
+  info "  p99 per placement" "$(pick scheduler 's/^(b) .*p99 \([0-9.]*\) us/\1/p')" us
+  info "  in groups of 50 replicas" "$(pick scheduler 's/^(a) .*: \([0-9]*\) placements\/s/\1/p')" /s
+fi
 if want docker; then
   row "skiff up / docker run -d (P=4), 50 containers ready" "$(pick docker 's/.*median of round ratios \([0-9.]*\) .*/\1/p')" x 1.0 1.3 le
 fi
@@ -72,6 +78,6 @@ echo "| figure | value | target | must | pass |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2)"
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh)"
 printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
 exit 0

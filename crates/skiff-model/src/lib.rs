@@ -15,6 +15,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod node;
+pub use node::{
+    Allocation, Constraint, ConstraintField, DeployMode, Desired, Node, NodeResources, NodeStatus,
+    PlacementSpec, Reservations, Strategy,
+};
+
 // === names ===
 
 /// Error for names and ids that do not parse.
@@ -229,6 +235,15 @@ pub struct ServiceSpec {
     #[serde(with = "duration_ms")]
     pub stop_grace: Duration,
     pub limits: ResourceLimits,
+    /// What each instance holds on its node, for placement.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reservations: Reservations,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: PlacementSpec,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl ServiceSpec {

@@ -347,6 +347,8 @@ const ALL_FIELDS: &[&str] = &[
     "readiness",
     "liveness",
     "keep_failed",
+    "placement",
+    "strategy",
     "http",
     "tcp",
     "status",
@@ -1522,8 +1524,31 @@ pub struct XSkiffService {
     /// A failed liveness check keeps the instance running, out of traffic, for inspection.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_failed: bool,
+    /// How the scheduler picks among the nodes that fit (compose's `deploy.placement` says
+    /// where it may).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<XPlacement>,
     #[serde(flatten)]
     pub x: Extensions,
+}
+
+/// `x-skiff.placement`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct XPlacement {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PlacementStrategy>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    /// Replicas on as many nodes as possible (the default).
+    Spread,
+    /// The fullest node that fits first.
+    Binpack,
 }
 
 /// A health check: exactly one of `http`, `tcp` or `test` (compose's form), with compose's

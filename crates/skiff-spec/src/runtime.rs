@@ -113,6 +113,66 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
                 .or(svc.pids_limit)
                 .and_then(|p| u64::try_from(p).ok()),
         },
+        reservations: reservations(svc),
+        placement: placement(svc, global),
+    }
+}
+
+/// What an instance holds on its node: `deploy.resources.reservations`, else the limits
+/// (`mem_reservation` and `mem_limit`/`cpus` of the service level too).
+fn reservations(svc: &Service) -> skiff_model::Reservations {
+    let resources = svc.deploy.as_deref().and_then(|d| d.resources.as_ref());
+    let reserved = resources.and_then(|r| r.reservations.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let cpus = reserved
+        .and_then(|r| r.cpus)
+        .or(limits.and_then(|l| l.cpus))
+        .or(svc.cpus)
+        .map_or(0.0, |c| c.0);
+    let memory = reserved
+        .and_then(|r| r.memory)
+        .or(svc.mem_reservation)
+        .or(limits.and_then(|l| l.memory))
+        .or(svc.mem_limit)
+        .map_or(0, |b| b.0);
+    skiff_model::Reservations {
+        cpu_millis: (cpus * 1000.0).round() as u64,
+        memory_bytes: memory,
+    }
+}
+
+/// `deploy.mode` and `deploy.placement` (validation rejected constraints that do not parse;
+/// `node.role` ones are dropped: skiff nodes have no swarm role), `x-skiff.placement`.
+fn placement(svc: &Service, global: bool) -> skiff_model::PlacementSpec {
+    let p = svc.deploy.as_deref().and_then(|d| d.placement.as_ref());
+    skiff_model::PlacementSpec {
+        mode: if global {
+            skiff_model::DeployMode::Global
+        } else {
+            skiff_model::DeployMode::Replicated
+        },
+        constraints: p.map_or_else(Vec::new, |p| {
+            p.constraints
+                .iter()
+                .filter(|c| !crate::validate::is_role_constraint(c))
+                .filter_map(|c| skiff_model::Constraint::parse(c).ok())
+                .collect()
+        }),
+        spread: p.map_or_else(Vec::new, |p| {
+            p.preferences
+                .iter()
+                .filter_map(|pref| pref.spread.strip_prefix("node.labels."))
+                .map(str::to_string)
+                .collect()
+        }),
+        max_replicas_per_node: p.and_then(|p| p.max_replicas_per_node),
+        strategy: match svc.x_skiff.as_deref().and_then(|x| x.placement.as_ref()) {
+            Some(model::XPlacement {
+                strategy: Some(model::PlacementStrategy::Binpack),
+                ..
+            }) => skiff_model::Strategy::Binpack,
+            _ => skiff_model::Strategy::Spread,
+        },
     }
 }
 

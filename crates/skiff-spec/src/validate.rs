@@ -388,6 +388,7 @@ fn check_compose_rules(f: &mut Findings, project: &Project, name: &str, svc: &Se
     }
     check_extra_hosts(f, node.get("extra_hosts"), &format!("{base}.extra_hosts"));
     check_byte_size(f, node.get("shm_size"), format!("{base}.shm_size"));
+    check_placement(f, name);
     let devices = walk(
         f.tree,
         &[
@@ -671,6 +672,50 @@ fn check_extra_hosts(f: &mut Findings, node: Option<&Node>, base: &str) {
         }
         _ => {}
     }
+}
+
+/// `deploy.placement`: constraints skiff can place by (`node.role` is accepted and ignored:
+/// skiff nodes have no swarm role), and spread preferences over node labels.
+fn check_placement(f: &mut Findings, name: &str) {
+    let path = ["services", name, "deploy", "placement"];
+    let Some((placement, _)) = walk(f.tree, &path) else {
+        return;
+    };
+    let base = format!("services.{name}.deploy.placement");
+    let items = |key: &str| match placement.as_map().and_then(|m| m.get(key)) {
+        Some(Node {
+            value: Value::Seq(items),
+            ..
+        }) => items.iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    for (i, item) in items("constraints").into_iter().enumerate() {
+        if let Some(text) = item.as_str()
+            && !is_role_constraint(text)
+            && let Err(e) = skiff_model::Constraint::parse(text)
+        {
+            at_node(f, &item.pos, format!("{base}.constraints[{i}]"), e);
+        }
+    }
+    for (i, item) in items("preferences").into_iter().enumerate() {
+        let spread = item.as_map().and_then(|m| m.get("spread"));
+        if let Some(n) = spread
+            && let Some(text) = n.as_str()
+            && text.strip_prefix("node.labels.").is_none_or(str::is_empty)
+        {
+            at_node(
+                f,
+                &n.pos,
+                format!("{base}.preferences[{i}].spread"),
+                format!("skiff spreads over node.labels.KEY, not {text:?}"),
+            );
+        }
+    }
+}
+
+/// `node.role == manager` and the like: swarm roles, which skiff nodes do not have.
+pub(crate) fn is_role_constraint(text: &str) -> bool {
+    text.trim_start().starts_with("node.role")
 }
 
 fn check_byte_size(f: &mut Findings, node: Option<&Node>, path: String) {

@@ -191,3 +191,37 @@ fn release_fields_warn_that_they_are_not_acted_on_yet() {
         ]
     );
 }
+
+#[test]
+fn placement_constraints_and_spread_name_what_skiff_cannot_place_by() {
+    rejects("placement");
+}
+
+#[test]
+fn placement_reservations_and_mode_reach_the_runtime_spec() {
+    use skiff_model::{Constraint, DeployMode, Strategy};
+    let text = std::fs::read_to_string(dir("valid").join("placement.yaml")).unwrap();
+    let project = load_str(&[("compose.yaml", &text)], &[]).unwrap();
+    let stack = skiff_spec::runtime::stack_spec(&project.project);
+    let web = &stack.services["web"];
+    assert_eq!(web.reservations.cpu_millis, 250);
+    assert_eq!(web.reservations.memory_bytes, 256 << 20);
+    assert_eq!(
+        web.placement.constraints,
+        vec![
+            Constraint::parse("node.labels.zone != a").unwrap(),
+            Constraint::parse("node.hostname == edge-1").unwrap()
+        ],
+        "node.role is dropped"
+    );
+    assert_eq!(web.placement.spread, vec!["zone".to_string()]);
+    assert_eq!(web.placement.max_replicas_per_node, Some(2));
+    assert_eq!(web.placement.strategy, Strategy::Binpack);
+    let agent = &stack.services["agent"];
+    assert_eq!(agent.placement.mode, DeployMode::Global);
+    assert_eq!(
+        agent.reservations.memory_bytes,
+        64 << 20,
+        "the limit when nothing is reserved"
+    );
+}
