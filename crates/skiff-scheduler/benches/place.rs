@@ -3,23 +3,14 @@
 //! of them). `bench/scheduler.sh` prints placements per second and p99 per placement.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use skiff_scheduler::{Group, Options, Snapshot, plan, synthetic};
+use skiff_scheduler::{Options, Snapshot, plan, synthetic};
 
 fn place_100k_on_5k_nodes(c: &mut Criterion) {
     let nodes = synthetic::nodes(5_000, 1);
     let specs = synthetic::services(2_000, 50, 2);
     let stack = synthetic::stack();
-    let names: Vec<String> = (0..specs.len()).map(|i| format!("s{i}")).collect();
-    let groups: Vec<Group<'_>> = specs
-        .iter()
-        .zip(&names)
-        .map(|(spec, service)| Group {
-            stack: &stack,
-            service,
-            release: 1,
-            spec,
-        })
-        .collect();
+    let names = synthetic::names(specs.len());
+    let groups = synthetic::groups(&stack, &specs, &names);
     let snapshot = Snapshot {
         nodes: &nodes,
         allocations: &[],

@@ -18,17 +18,8 @@ fn main() {
     };
 
     let specs = synthetic::services(2_000, 50, 2);
-    let names: Vec<String> = (0..specs.len()).map(|i| format!("s{i}")).collect();
-    let groups: Vec<Group<'_>> = specs
-        .iter()
-        .zip(&names)
-        .map(|(spec, service)| Group {
-            stack: &stack,
-            service,
-            release: 1,
-            spec,
-        })
-        .collect();
+    let names = synthetic::names(specs.len());
+    let groups = synthetic::groups(&stack, &specs, &names);
     let snapshot = Snapshot {
         nodes: &nodes,
         allocations: &[],
@@ -49,7 +40,7 @@ fn main() {
     );
 
     let specs = synthetic::services(100_000, 1, 4);
-    let names: Vec<String> = (0..specs.len()).map(|i| format!("s{i}")).collect();
+    let names = synthetic::names(specs.len());
     let mut s = Scheduler::new(&nodes, &[], opts);
     let mut p = Plan::default();
     let mut times: Vec<f64> = Vec::with_capacity(specs.len());

@@ -313,18 +313,7 @@ impl<'a> Scheduler<'a> {
                 let index = next;
                 next += 1;
                 match self.check(i, spec, &reserved, &host_ports) {
-                    Ok(()) => {
-                        self.take(i, &reserved, &host_ports);
-                        self.count(i);
-                        plan.place.push(Placement {
-                            instance: instance(g, index),
-                            node: self.nodes[i].id.clone(),
-                            release: g.release,
-                            reserved,
-                            host_ports: host_ports.clone(),
-                            replaces: None,
-                        });
-                    }
+                    Ok(()) => plan.place.push(self.put(g, index, i, &host_ports, None)),
                     Err(r) => plan.unplaced.push(Unplaced {
                         stack: g.stack.clone(),
                         service: g.service.to_string(),
@@ -354,18 +343,9 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             match self.select(spec, &reserved, &host_ports) {
-                Ok(i) => {
-                    self.take(i, &reserved, &host_ports);
-                    self.count(i);
-                    plan.place.push(Placement {
-                        instance: instance(g, index),
-                        node: self.nodes[i].id.clone(),
-                        release: g.release,
-                        reserved,
-                        host_ports: host_ports.clone(),
-                        replaces: replaces.map(|a| a.id.clone()),
-                    });
-                }
+                Ok(i) => plan
+                    .place
+                    .push(self.put(g, index, i, &host_ports, replaces)),
                 Err(why) => {
                     failed = 1;
                     reason = why;
@@ -379,6 +359,28 @@ impl<'a> Scheduler<'a> {
                 missing: failed,
                 reason,
             });
+        }
+    }
+
+    /// Places instance `index` of `g` on node `i` and counts it there.
+    fn put(
+        &mut self,
+        g: &Group<'_>,
+        index: u32,
+        i: usize,
+        host_ports: &[u16],
+        replaces: Option<&Allocation>,
+    ) -> Placement {
+        let reserved = g.spec.reservations;
+        self.take(i, &reserved, host_ports);
+        self.count(i);
+        Placement {
+            instance: instance(g, index),
+            node: self.nodes[i].id.clone(),
+            release: g.release,
+            reserved,
+            host_ports: host_ports.to_vec(),
+            replaces: replaces.map(|a| a.id.clone()),
         }
     }
 

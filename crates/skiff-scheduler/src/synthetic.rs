@@ -102,6 +102,29 @@ pub fn services(count: usize, replicas: u32, seed: u64) -> Vec<ServiceSpec> {
         .collect()
 }
 
+/// Service names `s0`, `s1`, … for `count` services.
+pub fn names(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("s{i}")).collect()
+}
+
+/// One group per service, named by `names`, at release 1.
+pub fn groups<'a>(
+    stack: &'a StackKey,
+    specs: &'a [ServiceSpec],
+    names: &'a [String],
+) -> Vec<crate::Group<'a>> {
+    specs
+        .iter()
+        .zip(names)
+        .map(|(spec, service)| crate::Group {
+            stack,
+            service,
+            release: 1,
+            spec,
+        })
+        .collect()
+}
+
 /// The stack all synthetic services belong to.
 pub fn stack() -> StackKey {
     StackKey::new("default", "synthetic").expect("a valid stack name")

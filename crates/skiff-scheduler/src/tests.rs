@@ -288,17 +288,8 @@ fn the_same_inputs_give_the_same_plan() {
     let nodes = synthetic::nodes(200, 1);
     let specs = synthetic::services(50, 7, 2);
     let st = stack();
-    let names: Vec<String> = (0..specs.len()).map(|i| format!("s{i}")).collect();
-    let groups: Vec<Group<'_>> = specs
-        .iter()
-        .zip(&names)
-        .map(|(spec, n)| Group {
-            stack: &st,
-            service: n,
-            release: 1,
-            spec,
-        })
-        .collect();
+    let names = synthetic::names(specs.len());
+    let groups = synthetic::groups(&st, &specs, &names);
     let snap = Snapshot {
         nodes: &nodes,
         allocations: &[],
@@ -330,12 +321,8 @@ proptest! {
             s.placement.max_replicas_per_node = max_per_node;
         }
         let st = stack();
-        let names: Vec<String> = (0..specs.len()).map(|i| format!("s{i}")).collect();
-        let groups: Vec<Group<'_>> = specs
-            .iter()
-            .zip(&names)
-            .map(|(spec, n)| Group { stack: &st, service: n, release: 1, spec })
-            .collect();
+        let names = synthetic::names(specs.len());
+        let groups = synthetic::groups(&st, &specs, &names);
         let p = plan(
             &Snapshot { nodes: &nodes, allocations: &[], groups: &groups },
             Options { seed, now_ms: 1_000, down_after_ms: 5_000 },
