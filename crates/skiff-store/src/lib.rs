@@ -18,9 +18,11 @@
 //! after a crash between two writes: the number is assigned in the same transaction that
 //! stores the release.
 
+pub mod kv;
 mod mem;
 mod redb_store;
 
+pub use kv::{Expect, Kv, KvEntry, KvError, MemKv, RedbKv, WatchEvent};
 pub use mem::MemStore;
 pub use redb_store::{FLUSH_EVERY, RedbStore};
 use std::collections::BTreeMap;

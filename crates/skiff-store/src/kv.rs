@@ -1,0 +1,505 @@
+//! The revisioned key-value contract under the control plane's state, shaped after etcd's v3
+//! API so that an etcd backend can slot in: every write gets the next store-wide revision,
+//! each key remembers the revision of its last change, a write can be conditional on that
+//! revision (compare-and-swap), and a watch replays every change of a prefix from a given
+//! revision, then follows live ones.
+//!
+//! Two backends: [`MemKv`] (tests, `--store memory`) and [`RedbKv`] (one redb file; each write
+//! durable when it returns). Both keep the last [`HISTORY`] changes for watches; a watch from
+//! an older revision fails with [`KvError::Compacted`], as etcd's does.
+//!
+//! **Invariants:** revisions grow by one per successful write, across all keys; a watch
+//! delivers each change of its prefix exactly once, in revision order, with no gap between the
+//! replayed and the live part.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc};
+
+/// Changes kept for watches that start in the past.
+pub const HISTORY: u64 = 10_000;
+
+/// A key's value and the revisions of its creation and last change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+/// The condition of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// Only if the key does not exist (create).
+    Absent,
+    /// Only if the key's last change was at this revision.
+    Revision(u64),
+}
+
+/// One change, as a watch delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KvEntry),
+    Delete { key: String, revision: u64 },
+}
+
+impl WatchEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(e) => &e.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Put(e) => e.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// A conditional write whose condition did not hold; `current` is the key's state now.
+    #[error("{key}: changed since revision {expected:?} (now {})", current.as_ref().map_or("absent".to_string(), |e| format!("at revision {}", e.mod_revision)))]
+    Conflict {
+        key: String,
+        expected: Expect,
+        current: Option<KvEntry>,
+    },
+    #[error("watch from revision {from}: history before revision {oldest} was compacted")]
+    Compacted { from: u64, oldest: u64 },
+    /// A watcher fell so far behind that changes were dropped; it must list and watch again.
+    #[error("watch fell behind by {0} changes; list and watch again")]
+    Lagged(u64),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type KvResult<T> = Result<T, KvError>;
+
+/// The contract. Methods are async so that a networked backend (etcd) fits the same shape.
+pub trait Kv: Send + Sync + 'static {
+    fn get(&self, key: &str) -> impl Future<Output = KvResult<Option<KvEntry>>> + Send;
+    /// Every key under `prefix`, in key order, and the store's revision they were read at.
+    fn list(&self, prefix: &str) -> impl Future<Output = KvResult<(Vec<KvEntry>, u64)>> + Send;
+    /// Writes `value` if `expect` holds; returns the write's revision.
+    fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> impl Future<Output = KvResult<u64>> + Send;
+    /// Deletes `key` if `expect` holds; returns the revision of the deletion, or `None` when
+    /// there was nothing to delete (no revision is used then).
+    fn delete(
+        &self,
+        key: &str,
+        expect: Expect,
+    ) -> impl Future<Output = KvResult<Option<u64>>> + Send;
+    /// Every change under `prefix` after revision `after` (0: from the oldest kept), then the
+    /// live ones. The receiver ends with an error if the watcher falls too far behind.
+    fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> impl Future<Output = KvResult<mpsc::Receiver<KvResult<WatchEvent>>>> + Send;
+}
+
+/// What both backends share: the recent changes and the live feed.
+struct Log {
+    recent: VecDeque<WatchEvent>,
+    live: broadcast::Sender<WatchEvent>,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log {
+            recent: VecDeque::new(),
+            live: broadcast::channel(4096).0,
+        }
+    }
+
+    fn record(&mut self, ev: WatchEvent) {
+        if self.recent.len() as u64 >= HISTORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ev.clone());
+        let _ = self.live.send(ev);
+    }
+
+    /// Subscribes, and replays from history, under the caller's lock: nothing is missed or
+    /// delivered twice between the two.
+    fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+        now: u64,
+    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
+        let oldest = self.recent.front().map_or(now + 1, WatchEvent::revision);
+        if after != 0 && after + 1 < oldest && after < now {
+            return Err(KvError::Compacted {
+                from: after,
+                oldest,
+            });
+        }
+        let replay: Vec<WatchEvent> = self
+            .recent
+            .iter()
+            .filter(|e| e.revision() > after && e.key().starts_with(prefix))
+            .cloned()
+            .collect();
+        let mut live = self.live.subscribe();
+        let (tx, rx) = mpsc::channel(1024);
+        let prefix = prefix.to_string();
+        let mut last = after.max(replay.last().map_or(0, WatchEvent::revision));
+        tokio::spawn(async move {
+            for ev in replay {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(ev) if ev.revision() > last && ev.key().starts_with(&prefix) => {
+                        last = ev.revision();
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(KvError::Lagged(n))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn check(key: &str, expect: Expect, current: Option<&KvEntry>) -> KvResult<()> {
+    let holds = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Revision(r) => current.is_some_and(|c| c.mod_revision == r),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(KvError::Conflict {
+            key: key.to_string(),
+            expected: expect,
+            current: current.cloned(),
+        })
+    }
+}
+
+// === memory ===
+
+/// Keys in memory: for tests and `--store memory`.
+#[derive(Clone, Default)]
+pub struct MemKv {
+    inner: Arc<Mutex<MemState>>,
+}
+
+struct MemState {
+    data: BTreeMap<String, KvEntry>,
+    revision: u64,
+    log: Log,
+}
+
+impl Default for MemState {
+    fn default() -> Self {
+        MemState {
+            data: BTreeMap::new(),
+            revision: 0,
+            log: Log::new(),
+        }
+    }
+}
+
+impl MemKv {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Kv for MemKv {
+    async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
+        Ok(self.lock().data.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
+        let st = self.lock();
+        let entries = st
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok((entries, st.revision))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
+        let mut st = self.lock();
+        check(key, expect, st.data.get(key))?;
+        st.revision += 1;
+        let revision = st.revision;
+        let create_revision = st.data.get(key).map_or(revision, |e| e.create_revision);
+        let entry = KvEntry {
+            key: key.to_string(),
+            value,
+            create_revision,
+            mod_revision: revision,
+        };
+        st.data.insert(key.to_string(), entry.clone());
+        st.log.record(WatchEvent::Put(entry));
+        Ok(revision)
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
+        let mut st = self.lock();
+        check(key, expect, st.data.get(key))?;
+        if st.data.remove(key).is_none() {
+            return Ok(None);
+        }
+        st.revision += 1;
+        let revision = st.revision;
+        st.log.record(WatchEvent::Delete {
+            key: key.to_string(),
+            revision,
+        });
+        Ok(Some(revision))
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
+        let st = self.lock();
+        st.log.watch(prefix, after, st.revision)
+    }
+}
+
+// === redb ===
+
+/// key → `mod_revision (8 bytes LE) · create_revision (8 bytes LE) · value`.
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// revision → `p` + key + `\0` + value, or `d` + key: the kept history, for watches after a
+/// restart.
+const KV_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("kv_log");
+
+/// Keys in a redb file. Each write is durable when it returns.
+pub struct RedbKv {
+    db: Arc<Database>,
+    state: Arc<Mutex<RedbState>>,
+}
+
+struct RedbState {
+    revision: u64,
+    log: Log,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> KvError {
+    KvError::Unavailable(e.to_string())
+}
+
+fn decode_entry(key: &str, bytes: &[u8]) -> Option<KvEntry> {
+    let mod_revision = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let create_revision = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some(KvEntry {
+        key: key.to_string(),
+        value: bytes[16..].to_vec(),
+        create_revision,
+        mod_revision,
+    })
+}
+
+fn encode_entry(e: &KvEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + e.value.len());
+    out.extend_from_slice(&e.mod_revision.to_le_bytes());
+    out.extend_from_slice(&e.create_revision.to_le_bytes());
+    out.extend_from_slice(&e.value);
+    out
+}
+
+fn encode_event(ev: &WatchEvent) -> Vec<u8> {
+    match ev {
+        WatchEvent::Put(e) => {
+            let mut out = vec![b'p'];
+            out.extend_from_slice(e.key.as_bytes());
+            out.push(0);
+            out.extend_from_slice(&encode_entry(e));
+            out
+        }
+        WatchEvent::Delete { key, .. } => {
+            let mut out = vec![b'd'];
+            out.extend_from_slice(key.as_bytes());
+            out
+        }
+    }
+}
+
+fn decode_event(revision: u64, bytes: &[u8]) -> Option<WatchEvent> {
+    match bytes.split_first()? {
+        (b'p', rest) => {
+            let nul = rest.iter().position(|b| *b == 0)?;
+            let key = std::str::from_utf8(&rest[..nul]).ok()?;
+            decode_entry(key, &rest[nul + 1..]).map(WatchEvent::Put)
+        }
+        (b'd', rest) => Some(WatchEvent::Delete {
+            key: String::from_utf8(rest.to_vec()).ok()?,
+            revision,
+        }),
+        _ => None,
+    }
+}
+
+impl RedbKv {
+    /// Opens (or creates) the key-value file at `path`.
+    pub fn open(path: &Path) -> KvResult<RedbKv> {
+        let db = Database::create(path)
+            .map_err(|e| KvError::Unavailable(format!("opening {}: {e}", path.display())))?;
+        let mut log = Log::new();
+        let mut revision = 0;
+        {
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(KV).map_err(unavailable)?;
+            let history = tx.open_table(KV_LOG).map_err(unavailable)?;
+            for row in history.iter().map_err(unavailable)? {
+                let (rev, bytes) = row.map_err(unavailable)?;
+                revision = rev.value();
+                if let Some(ev) = decode_event(rev.value(), bytes.value()) {
+                    log.recent.push_back(ev);
+                }
+            }
+            drop(history);
+            tx.commit().map_err(unavailable)?;
+        }
+        Ok(RedbKv {
+            db: Arc::new(db),
+            state: Arc::new(Mutex::new(RedbState { revision, log })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RedbState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, key: &str) -> KvResult<Option<KvEntry>> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(KV).map_err(unavailable)?;
+        Ok(table
+            .get(key)
+            .map_err(unavailable)?
+            .and_then(|v| decode_entry(key, v.value())))
+    }
+
+    /// Applies one change at the next revision, durably, then records it for watches.
+    fn write(&self, key: &str, expect: Expect, value: Option<Vec<u8>>) -> KvResult<Option<u64>> {
+        let mut st = self.lock();
+        let current = self.read(key)?;
+        check(key, expect, current.as_ref())?;
+        if value.is_none() && current.is_none() {
+            return Ok(None);
+        }
+        let revision = st.revision + 1;
+        let ev = match value {
+            Some(value) => WatchEvent::Put(KvEntry {
+                key: key.to_string(),
+                value,
+                create_revision: current.map_or(revision, |c| c.create_revision),
+                mod_revision: revision,
+            }),
+            None => WatchEvent::Delete {
+                key: key.to_string(),
+                revision,
+            },
+        };
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = tx.open_table(KV).map_err(unavailable)?;
+            match &ev {
+                WatchEvent::Put(e) => {
+                    table
+                        .insert(key, encode_entry(e).as_slice())
+                        .map_err(unavailable)?;
+                }
+                WatchEvent::Delete { .. } => {
+                    table.remove(key).map_err(unavailable)?;
+                }
+            }
+            let mut history = tx.open_table(KV_LOG).map_err(unavailable)?;
+            history
+                .insert(revision, encode_event(&ev).as_slice())
+                .map_err(unavailable)?;
+            if revision > HISTORY {
+                history.remove(revision - HISTORY).map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        st.revision = revision;
+        st.log.record(ev);
+        Ok(Some(revision))
+    }
+}
+
+impl Kv for RedbKv {
+    async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
+        self.read(key)
+    }
+
+    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
+        // Under the write lock: the entries and the revision belong together.
+        let st = self.lock();
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        let table = tx.open_table(KV).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in table.range(prefix..).map_err(unavailable)? {
+            let (k, v) = row.map_err(unavailable)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            if let Some(e) = decode_entry(k.value(), v.value()) {
+                out.push(e);
+            }
+        }
+        Ok((out, st.revision))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
+        Ok(self
+            .write(key, expect, Some(value))?
+            .expect("a put always writes"))
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
+        self.write(key, expect, None)
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
+        let st = self.lock();
+        st.log.watch(prefix, after, st.revision)
+    }
+}
