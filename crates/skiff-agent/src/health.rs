@@ -288,12 +288,12 @@ impl Checker {
         }
     }
 
-    /// Probes when one is due; `None` when none is.
     /// When the next probe is due (`None`: now).
     pub fn next_due(&self) -> Option<tokio::time::Instant> {
         self.next
     }
 
+    /// Probes when one is due; `None` when none is.
     pub async fn due(&mut self, started: std::time::Instant) -> Option<Verdict> {
         let now = tokio::time::Instant::now();
         if self.next.is_some_and(|t| now < t) {

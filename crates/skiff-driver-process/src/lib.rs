@@ -396,13 +396,28 @@ impl Instance {
     }
 }
 
+/// poll(2) for up to `timeout` (`None`: no limit); an interrupted wait is one in which
+/// nothing became ready.
+pub(crate) fn poll_for(
+    fds: &mut [rustix::event::PollFd<'_>],
+    timeout: Option<Duration>,
+) -> rustix::io::Result<usize> {
+    let timeout = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
+    match rustix::event::poll(fds, timeout.as_ref()) {
+        Err(rustix::io::Errno::INTR) => Ok(0),
+        ready => ready,
+    }
+}
+
 /// Reads the shim's stdout until its `started <pid>` line (`Ok(Some)`), its end without one
 /// (`Ok(None)`: it failed and says why in `exit.json`), or `timeout` (`Err`).
-fn read_started(stdout: std::process::ChildStdout, timeout: Duration) -> Result<Option<i32>, ()> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+fn read_started(
+    mut stdout: std::process::ChildStdout,
+    timeout: Duration,
+) -> Result<Option<i32>, ()> {
+    use rustix::event::{PollFd, PollFlags};
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::with_capacity(64);
-    let mut stdout = stdout;
     loop {
         if let Some(pid) = started_pid(&seen) {
             return Ok(Some(pid));
@@ -412,14 +427,9 @@ fn read_started(stdout: std::process::ChildStdout, timeout: Duration) -> Result<
             return Err(());
         }
         let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
-        let wait = Timespec::try_from(left).unwrap_or(Timespec {
-            tv_sec: 5,
-            tv_nsec: 0,
-        });
-        match poll(&mut fds, Some(&wait)) {
+        match poll_for(&mut fds, Some(left)) {
             Ok(0) => continue,
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return Ok(None),
         }
         let mut buf = [0u8; 512];

@@ -223,7 +223,7 @@ fn copy_output(
     log: &mut LogWriter,
     child: &mut std::process::Child,
 ) {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::event::{PollFd, PollFlags};
     let mut deadline: Option<std::time::Instant> = None;
     loop {
         if streams.iter().all(|s| !s.open) {
@@ -243,30 +243,26 @@ fn copy_output(
             None if exited.is_none() => Some(Duration::from_millis(100)),
             None => None,
         };
-        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
-        let mut fds: Vec<PollFd<'_>> = streams
+        // Slot k of the poll set is stream `open[k]`; the pidfd, when watched, comes last.
+        let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
+        let mut fds: Vec<PollFd<'_>> = open
             .iter()
-            .filter(|s| s.open)
-            .map(|s| PollFd::new(&s.fd, PollFlags::IN))
+            .map(|&i| PollFd::new(&streams[i].fd, PollFlags::IN))
             .collect();
         let watch_exit = deadline.is_none() && exited.is_some();
         if let (true, Some(pidfd)) = (watch_exit, exited.as_ref()) {
             fds.push(PollFd::new(pidfd, PollFlags::IN));
         }
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return,
+        if crate::poll_for(&mut fds, timeout).is_err() {
+            return;
         }
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
         drop(fds);
         if watch_exit && ready.last() == Some(&true) {
             deadline = Some(std::time::Instant::now() + DRAIN);
         }
-        let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].open).collect();
-        for (slot, i) in open.into_iter().enumerate() {
-            if ready[slot] {
-                streams[i].pump(log);
-            }
+        for (&i, _) in open.iter().zip(&ready).filter(|(_, r)| **r) {
+            streams[i].pump(log);
         }
     }
 }

@@ -246,6 +246,15 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Docker => "docker",
+            Driver::Process => "process",
+        })
+    }
+}
+
 impl ServiceSpec {
     /// What the process driver runs: executable (else entrypoint) followed by the command.
     pub fn process_argv(&self) -> Vec<String> {

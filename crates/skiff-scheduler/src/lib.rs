@@ -182,7 +182,7 @@ impl Tally {
 }
 
 /// Why one node cannot take one instance (the first test it fails).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reject {
     NotReady,
     Driver,
@@ -200,7 +200,7 @@ impl<'a> Scheduler<'a> {
             .enumerate()
             .map(|(i, n)| (n.id.as_str(), i))
             .collect();
-        let mut state: Vec<NodeState> = nodes
+        let state: Vec<NodeState> = nodes
             .iter()
             .map(|n| {
                 let fresh = n.last_heartbeat_ms.saturating_add(opts.down_after_ms) >= opts.now_ms;
@@ -213,28 +213,25 @@ impl<'a> Scheduler<'a> {
                 }
             })
             .collect();
-        let mut groups: HashMap<(&StackKey, &str), Vec<&Allocation>> = HashMap::new();
+        let mut s = Scheduler {
+            nodes,
+            state,
+            by_id,
+            groups: HashMap::new(),
+            rng: opts.seed ^ 0x9e37_79b9_7f4a_7c15,
+            here: vec![0; nodes.len()],
+            touched: Vec::new(),
+        };
         for a in allocations.iter().filter(|a| a.desired == Desired::Run) {
-            if let Some(&i) = by_id.get(a.node.as_str()) {
-                let st = &mut state[i];
-                st.cpu_used += a.reserved.cpu_millis;
-                st.mem_used += a.reserved.memory_bytes;
-                st.ports.extend_from_slice(&a.host_ports);
+            if let Some(&i) = s.by_id.get(a.node.as_str()) {
+                s.take(i, &a.reserved, &a.host_ports);
             }
-            groups
+            s.groups
                 .entry((&a.instance.stack, a.instance.service.as_str()))
                 .or_default()
                 .push(a);
         }
-        Scheduler {
-            nodes,
-            state,
-            by_id,
-            groups,
-            rng: opts.seed ^ 0x9e37_79b9_7f4a_7c15,
-            here: vec![0; nodes.len()],
-            touched: Vec::new(),
-        }
+        s
     }
 
     /// Adds what `g` needs to `plan` and counts it against the nodes.
@@ -247,18 +244,17 @@ impl<'a> Scheduler<'a> {
             .filter(|p| p.host_mode)
             .filter_map(|p| p.published)
             .collect();
-        let existing: Vec<&Allocation> = self
-            .groups
-            .get(&(g.stack, g.service))
-            .cloned()
-            .unwrap_or_default();
         for i in self.touched.drain(..) {
             self.here[i] = 0;
         }
         let mut kept: HashMap<u32, &Allocation> = HashMap::new();
         let mut to_replace: Vec<&Allocation> = Vec::new();
         let global = spec.placement.mode == DeployMode::Global;
-        let mut sorted = existing;
+        let mut sorted: Vec<&Allocation> = self
+            .groups
+            .get(&(g.stack, g.service))
+            .cloned()
+            .unwrap_or_default();
         // Prefer the current release, then the newest allocation, when two claim one index.
         sorted
             .sort_by(|a, b| (b.release == g.release, &b.id).cmp(&(a.release == g.release, &a.id)));
@@ -295,16 +291,11 @@ impl<'a> Scheduler<'a> {
             }
         }
 
-        let mut missing: Vec<(u32, Option<&Allocation>)> = Vec::new();
         if global {
-            let covered: std::collections::HashSet<usize> = kept
-                .values()
-                .filter_map(|a| self.by_id.get(a.node.as_str()).copied())
-                .filter(|&i| self.state[i].usable)
-                .collect();
             let mut next = 1;
             for i in 0..self.nodes.len() {
-                if !self.state[i].usable || covered.contains(&i) || !self.statically_fits(i, spec) {
+                // `here` counts the kept instances per node: a node with one is covered.
+                if !self.state[i].usable || self.here[i] > 0 || !self.statically_fits(i, spec) {
                     continue;
                 }
                 while kept.contains_key(&next) {
@@ -328,11 +319,10 @@ impl<'a> Scheduler<'a> {
             }
             return;
         }
-        for index in 1..=spec.replicas {
-            if !kept.contains_key(&index) {
-                missing.push((index, None));
-            }
-        }
+        let mut missing: Vec<(u32, Option<&Allocation>)> = (1..=spec.replicas)
+            .filter(|index| !kept.contains_key(index))
+            .map(|index| (index, None))
+            .collect();
         missing.extend(to_replace.into_iter().map(|a| (a.instance.index, Some(a))));
         missing.sort_by_key(|(i, _)| *i);
         let mut failed = 0u32;
@@ -587,7 +577,7 @@ fn describe_one(r: Reject, spec: &ServiceSpec) -> String {
     let res = spec.reservations;
     match r {
         Reject::NotReady => "it is not ready".into(),
-        Reject::Driver => format!("it has no {:?} driver", spec.driver).to_lowercase(),
+        Reject::Driver => format!("it has no {} driver", spec.driver),
         Reject::Constraint(c) => format!("it fails {}", spec.placement.constraints[c]),
         Reject::PerNode => "it runs as many replicas as allowed per node".into(),
         Reject::Port(p) => format!("its host port {p} is taken"),
@@ -612,10 +602,7 @@ fn describe(
     if r.cpu_millis > 0 {
         needs.push(format!("{}m CPU", r.cpu_millis));
     }
-    needs.push(format!(
-        "the {} driver",
-        format!("{:?}", spec.driver).to_lowercase()
-    ));
+    needs.push(format!("the {} driver", spec.driver));
     needs.extend(spec.placement.constraints.iter().map(|c| c.to_string()));
     if !ports.is_empty() {
         needs.push(format!("host ports {ports:?}"));

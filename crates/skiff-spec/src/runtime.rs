@@ -46,9 +46,20 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
     } else {
         deploy.and_then(|d| d.replicas).or(svc.scale).unwrap_or(1)
     };
-    let limits = deploy
+    let deploy_limits = deploy
         .and_then(|d| d.resources.as_ref())
         .and_then(|r| r.limits.as_ref());
+    let limits = ResourceLimits {
+        memory_bytes: deploy_limits
+            .and_then(|l| l.memory)
+            .or(svc.mem_limit)
+            .map(|b| b.0),
+        cpus: deploy_limits.and_then(|l| l.cpus).or(svc.cpus).map(|c| c.0),
+        pids: deploy_limits
+            .and_then(|l| l.pids)
+            .or(svc.pids_limit)
+            .and_then(|p| u64::try_from(p).ok()),
+    };
     ServiceSpec {
         driver: match x.and_then(|x| x.driver) {
             Some(model::Driver::Process) => Driver::Process,
@@ -105,36 +116,31 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
         stop_grace: svc
             .stop_grace_period
             .map_or(Duration::from_secs(10), |d| d.0),
-        limits: ResourceLimits {
-            memory_bytes: limits.and_then(|l| l.memory).or(svc.mem_limit).map(|b| b.0),
-            cpus: limits.and_then(|l| l.cpus).or(svc.cpus).map(|c| c.0),
-            pids: limits
-                .and_then(|l| l.pids)
-                .or(svc.pids_limit)
-                .and_then(|p| u64::try_from(p).ok()),
-        },
-        reservations: reservations(svc),
+        reservations: reservations(svc, &limits),
+        limits,
         placement: placement(svc, global),
     }
 }
 
-/// What an instance holds on its node: `deploy.resources.reservations`, else the limits
-/// (`mem_reservation` and `mem_limit`/`cpus` of the service level too).
-fn reservations(svc: &Service) -> skiff_model::Reservations {
-    let resources = svc.deploy.as_deref().and_then(|d| d.resources.as_ref());
-    let reserved = resources.and_then(|r| r.reservations.as_ref());
-    let limits = resources.and_then(|r| r.limits.as_ref());
+/// What an instance holds on its node: `deploy.resources.reservations` (memory: else
+/// `mem_reservation`), else the service's limits.
+fn reservations(svc: &Service, limits: &ResourceLimits) -> skiff_model::Reservations {
+    let reserved = svc
+        .deploy
+        .as_deref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref());
     let cpus = reserved
         .and_then(|r| r.cpus)
-        .or(limits.and_then(|l| l.cpus))
-        .or(svc.cpus)
-        .map_or(0.0, |c| c.0);
+        .map(|c| c.0)
+        .or(limits.cpus)
+        .unwrap_or(0.0);
     let memory = reserved
         .and_then(|r| r.memory)
         .or(svc.mem_reservation)
-        .or(limits.and_then(|l| l.memory))
-        .or(svc.mem_limit)
-        .map_or(0, |b| b.0);
+        .map(|b| b.0)
+        .or(limits.memory_bytes)
+        .unwrap_or(0);
     skiff_model::Reservations {
         cpu_millis: (cpus * 1000.0).round() as u64,
         memory_bytes: memory,
