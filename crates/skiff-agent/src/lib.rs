@@ -21,6 +21,7 @@
 //!   placeholder while a start or stop is in flight).
 
 pub mod health;
+pub mod server;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,13 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use skiff_catalog::{Catalog, ServiceKey};
+use skiff_client::{Change, Client};
 use skiff_driver_process::ports::{PortAllocator, env_name, port_env};
 use skiff_driver_process::{self as driver, LaunchSpec, ShimCommand, Status};
+use skiff_model::NewEvent;
 use skiff_model::{
-    Instance, InstanceId, InstanceState, Release, RestartCondition, ServiceSpec, StackKey, WaitFor,
+    Instance, InstanceId, InstanceState, Release, RestartCondition, ServiceSpec, StackKey,
 };
-use skiff_store::{NewEvent, Store};
 use tokio::io::Interest;
 use tokio::sync::Notify;
 
@@ -59,8 +60,11 @@ pub struct Config {
     pub cgroups: Result<skiff_cgroup::Cgroups, String>,
     /// The Docker engine, or why there is none (then docker services fail to start, saying so).
     pub docker: Result<skiff_driver_docker::Engine, String>,
-    /// Where ready instances are published (for DNS, the ingress and the API).
-    pub catalog: Arc<Catalog>,
+    /// The server this agent executes for (its allocations, its reports).
+    pub server: Client,
+    /// The node's name (unique in the cluster) and labels, for placement constraints.
+    pub node_name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An instance the agent knows about.
@@ -88,8 +92,13 @@ struct Observed {
 }
 
 pub struct Agent {
-    store: Arc<dyn Store>,
     cfg: Config,
+    /// This node's id (kept in `<data>/node-id`).
+    node_id: String,
+    /// The allocations the server gave this node; `None` until the first answer (nothing
+    /// is stopped before the agent knows what it should run).
+    desired: Mutex<Option<server::Desired>>,
+    reporter: server::Reporter,
     ports: PortAllocator,
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
@@ -111,17 +120,29 @@ fn now_ms() -> u64 {
 }
 
 impl Agent {
-    pub fn new(store: Arc<dyn Store>, cfg: Config) -> Arc<Agent> {
-        Arc::new(Agent {
+    /// An agent for the node whose state lives in `cfg.data_dir`.
+    pub fn new(cfg: Config) -> std::io::Result<Arc<Agent>> {
+        Ok(Arc::new(Agent {
             ports: PortAllocator::new(cfg.node_addr),
-            store,
+            node_id: server::node_id(&cfg.data_dir)?,
+            desired: Mutex::new(None),
+            reporter: server::Reporter::new(),
             cfg,
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             builds: tokio::sync::Mutex::new(HashMap::new()),
             process_starts: tokio::sync::Semaphore::new(PROCESS_STARTS),
-        })
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Waits until every state and event reported so far reached the server.
+    pub async fn flush_reports(&self) {
+        self.reporter.flush().await;
     }
 
     /// Asks for a reconcile pass now (after a new release, scale, down…).
@@ -145,13 +166,13 @@ impl Agent {
     fn event(&self, stack: &StackKey, instance: Option<&InstanceId>, kind: &str, message: String) {
         let instance = instance.map(InstanceId::short).unwrap_or_default();
         tracing::info!(%stack, %instance, kind, "{message}");
-        let _ = self.store.append_event(NewEvent {
+        self.reporter.send(Change::Event(NewEvent {
             time_ms: now_ms(),
             stack: stack.clone(),
             instance: (!instance.is_empty()).then_some(instance),
             kind: kind.to_string(),
             message,
-        });
+        }));
     }
 
     /// Runs until `shutdown` resolves; then stops every instance when `stop_all` is set
@@ -164,24 +185,67 @@ impl Agent {
         if let Err(e) = driver::raise_open_files_limit() {
             tracing::warn!("could not raise the open files limit: {e}");
         }
-        self.adopt().await;
         tokio::pin!(shutdown);
-        loop {
-            if let Err(e) = self.clone().reconcile().await {
-                tracing::warn!("reconcile: {e}");
+        let client = self.cfg.server.clone();
+        let reg = server::registration(
+            &self.cfg.node_name,
+            self.cfg.node_addr,
+            &self.cfg.labels,
+            self.cfg.docker.is_ok(),
+        );
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = server::register(&client, &self.node_id, &reg) => if let Err(e) = r {
+                tracing::error!("the server refused this node: {e}");
+                return;
             }
+        }
+        self.adopt().await;
+        // Everything the node runs now, in one report: the server forgets the rest.
+        let full = skiff_client::Report {
+            full: true,
+            changes: self.records().into_iter().map(Change::Instance).collect(),
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = async {
+                while let Err(e) = client.report(&self.node_id, &full).await {
+                    tracing::warn!("report: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } => {}
+        }
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
+        let reporter = {
+            let (r, c, id) = (self.reporter.clone(), client.clone(), self.node_id.clone());
+            tokio::spawn(async move { r.run(c, id, closing_rx).await })
+        };
+        let heartbeat = tokio::spawn(server::heartbeat(client.clone(), self.node_id.clone(), reg));
+        let follow = {
+            let agent = self.clone();
+            tokio::spawn(server::follow(client, self.node_id.clone(), move |d| {
+                *agent.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+                agent.wake();
+            }))
+        };
+        loop {
+            self.clone().reconcile().await;
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.cfg.resync) => {}
             }
         }
+        follow.abort();
         if stop_all {
             self.stop_everything().await;
             if let Ok(cg) = &self.cfg.cgroups {
                 cg.remove_base_if_empty();
             }
         }
+        heartbeat.abort();
+        let _ = closing.send(true);
+        let _ = reporter.await;
     }
 
     /// Re-attaches to the instances a previous agent left running.
@@ -265,18 +329,10 @@ impl Agent {
                 }
             }
         }
-        // The instance table is written without fsync: after a crash it may still list
-        // instances that were stopped before it. The directories are the truth.
-        if let Ok(listed) = self.store.instances(None) {
-            for inst in listed {
-                if !self.live().contains_key(&inst.id) {
-                    let _ = self.store.delete_instance(&inst.id);
-                }
-            }
-        }
     }
 
-    fn release(&self, stack: &StackKey, number: u64) -> Option<Arc<Release>> {
+    /// A release, from the server once (releases never change).
+    async fn release(&self, stack: &StackKey, number: u64) -> Option<Arc<Release>> {
         let key = (stack.clone(), number);
         if let Some(r) = self
             .releases
@@ -286,7 +342,13 @@ impl Agent {
         {
             return Some(r.clone());
         }
-        let r = Arc::new(self.store.release(stack, number).ok()??);
+        let r = match self.cfg.server.release(stack, number).await {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!("release {number} of {stack}: {e}");
+                return None;
+            }
+        };
         self.releases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -294,41 +356,25 @@ impl Agent {
         Some(r)
     }
 
-    /// One pass: stop what is not desired, restart by policy, start what is missing.
-    pub async fn reconcile(self: Arc<Self>) -> Result<(), skiff_store::StoreError> {
+    fn desired(&self) -> Option<server::Desired> {
+        self.desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One pass: stop what is not allocated here, restart by policy, start what is missing.
+    /// (The server allocates a service only once its dependencies are met.)
+    pub async fn reconcile(self: Arc<Self>) {
+        let Some(allocs) = self.desired() else { return };
         let mut desired: BTreeMap<InstanceId, (Arc<Release>, String, u64)> = BTreeMap::new();
-        let mut known = BTreeMap::new();
-        for st in self.store.stacks()? {
-            let Some(n) = st.current else { continue };
-            let Some(rel) = self.release(&st.stack, n) else {
-                continue;
+        for (id, a) in allocs.iter() {
+            // A release that cannot be fetched now keeps what runs of it as it is.
+            let Some(rel) = self.release(&id.stack, a.release).await else {
+                return;
             };
-            for (svc, spec) in &rel.spec.services {
-                known.insert(
-                    ServiceKey::new(&st.stack, svc),
-                    skiff_catalog::ServiceInfo {
-                        ports: spec.ports.iter().map(|p| p.name.clone()).collect(),
-                        routes: spec.routes.clone(),
-                        published: spec
-                            .ports
-                            .iter()
-                            .filter(|p| !p.host_mode && p.protocol == "tcp")
-                            .filter_map(|p| Some((p.name.clone(), p.published?)))
-                            .collect(),
-                    },
-                );
-                let control = st.controls.get(svc).cloned().unwrap_or_default();
-                if control.stopped {
-                    continue;
-                }
-                for index in 1..=spec.replicas {
-                    let id = InstanceId {
-                        stack: st.stack.clone(),
-                        service: svc.clone(),
-                        index,
-                    };
-                    desired.insert(id, (rel.clone(), svc.clone(), control.generation));
-                }
+            if rel.spec.services.contains_key(&id.service) {
+                desired.insert(id.clone(), (rel, id.service.clone(), a.generation));
             }
         }
 
@@ -370,11 +416,7 @@ impl Agent {
                 }
             }
             for (id, (rel, svc, generation)) in &desired {
-                if live.contains_key(id) {
-                    continue;
-                }
-                let spec = &rel.spec.services[svc];
-                if self.dependencies_met(&live, id, spec) {
+                if !live.contains_key(id) {
                     to_start.push((id.clone(), rel.clone(), svc.clone(), *generation));
                 }
             }
@@ -382,8 +424,6 @@ impl Agent {
         for id in &restamped {
             self.write_observed(id);
         }
-        // Names of services without a current release stop resolving now.
-        self.cfg.catalog.set_services(known);
 
         let mut tasks = tokio::task::JoinSet::new();
         for id in to_stop {
@@ -395,38 +435,6 @@ impl Agent {
             tasks.spawn(async move { agent.start_instance(id, rel, svc, generation).await });
         }
         while tasks.join_next().await.is_some() {}
-        Ok(())
-    }
-
-    fn dependencies_met(
-        &self,
-        live: &HashMap<InstanceId, Live>,
-        id: &InstanceId,
-        spec: &ServiceSpec,
-    ) -> bool {
-        spec.depends_on.iter().all(|(dep, wait)| {
-            let instances: Vec<&Live> = live
-                .iter()
-                .filter(|(i, _)| i.stack == id.stack && &i.service == dep)
-                .map(|(_, l)| l)
-                .collect();
-            !instances.is_empty()
-                && instances.iter().all(|l| {
-                    let o = l.observed.lock().unwrap_or_else(|p| p.into_inner());
-                    match wait {
-                        WaitFor::Started => matches!(
-                            o.state,
-                            InstanceState::Starting
-                                | InstanceState::Healthy
-                                | InstanceState::Unhealthy
-                        ),
-                        WaitFor::Healthy => o.state == InstanceState::Healthy,
-                        WaitFor::CompletedSuccessfully => {
-                            o.exit.as_ref().is_some_and(driver::ExitStatus::success)
-                        }
-                    }
-                })
-        })
     }
 
     /// Address of the first ready instance of `service` (for templates and *_SERVICE_*).
@@ -914,7 +922,6 @@ impl Agent {
                 )
             });
             let mut probes = Probes {
-                endpoint: ports.iter().cloned().collect(),
                 started: Instant::now(),
                 readiness,
                 liveness,
@@ -942,7 +949,9 @@ impl Agent {
                     () = round => {}
                 }
             };
-            agent.cfg.catalog.remove(&id);
+            // Out of traffic before anything else happens: the server withdraws it on this
+            // report (the details of the exit follow).
+            agent.observed_now(&id, &observed, InstanceState::Exited, None);
             let container_oom = handle.container_oom_killed();
             // Wake the reconciler when the back-off ends, not at the next resync.
             if let Some(delay) = agent.on_exit(
@@ -969,7 +978,6 @@ impl Agent {
         handle: &Handle,
         p: &mut Probes,
     ) {
-        let node = self.cfg.node_addr;
         if let Some(verdict) = p.readiness.due(p.started).await {
             let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
             let before = o.state;
@@ -988,12 +996,7 @@ impl Agent {
             let now = o.state;
             drop(o);
             if now != before {
-                // Out of traffic before anything else learns of it.
-                if now == InstanceState::Healthy {
-                    self.cfg.catalog.add(id, node, p.endpoint.clone());
-                } else {
-                    self.cfg.catalog.remove(id);
-                }
+                // Into or out of traffic: the server routes to it exactly while it is healthy.
                 self.write_observed(id);
                 self.wake();
             }
@@ -1001,7 +1004,6 @@ impl Agent {
         if let Some(live) = p.liveness.as_mut()
             && let Some(Verdict::Failed(why)) = live.due(p.started).await
         {
-            self.cfg.catalog.remove(id);
             if spec.keep_failed {
                 let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
                 o.state = InstanceState::Unhealthy;
@@ -1024,6 +1026,12 @@ impl Agent {
                     Some(id),
                     "liveness_failed",
                     format!("{why}; restarting"),
+                );
+                self.observed_now(
+                    id,
+                    observed,
+                    InstanceState::Unhealthy,
+                    Some(format!("liveness: {why}")),
                 );
                 p.killed_for = Some(format!("liveness check failed: {why}"));
                 let (h, signal, grace) = (handle.clone(), stop_signal(spec), spec.stop_grace);
@@ -1134,21 +1142,30 @@ impl Agent {
         // Deregister, drain, then signal: nothing routes to it by the time it gets its stop
         // signal, and the requests it was serving have finished (at most the stop grace
         // period, capped at 30 s, is spent waiting for them).
-        if let Some(traffic) = self.cfg.catalog.remove(&id)
-            && !traffic
-                .drained(spec.stop_grace.min(Duration::from_secs(30)))
-                .await
-        {
-            self.event(
-                &id.stack,
-                Some(&id),
-                "drain_timeout",
-                format!(
-                    "{} requests still in flight after {:?}; stopping anyway",
-                    traffic.in_flight(),
-                    spec.stop_grace.min(Duration::from_secs(30))
+        let observed = self.live().get(&id).map(|l| l.observed.clone());
+        let was_running = observed.as_ref().is_some_and(|o| {
+            let o = o.lock().unwrap_or_else(|p| p.into_inner());
+            matches!(o.state, InstanceState::Healthy | InstanceState::Unhealthy)
+        });
+        if let Some(o) = &observed {
+            self.observed_now(&id, o, InstanceState::Stopping, None);
+        }
+        if was_running {
+            self.reporter.flush().await;
+            let grace = spec.stop_grace.min(Duration::from_secs(30));
+            match self.cfg.server.drain(&id, grace).await {
+                Ok(d) if !d.drained => self.event(
+                    &id.stack,
+                    Some(&id),
+                    "drain_timeout",
+                    format!(
+                        "{} requests still in flight after {grace:?}; stopping anyway",
+                        d.in_flight
+                    ),
                 ),
-            );
+                Ok(_) => {}
+                Err(e) => tracing::warn!(instance = %id, "drain: {e}; stopping anyway"),
+            }
         }
         if let Some(h) = handle.clone() {
             h.stop(stop_signal(&spec), spec.stop_grace).await;
@@ -1178,10 +1195,10 @@ impl Agent {
         let dir = self.instance_dir(&id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         self.live().remove(&id);
-        let _ = self.store.delete_instance(&id);
+        self.reporter.send(Change::Removed(id.clone()));
         if restarting {
             // Start again right away, counting the restart.
-            let desired = self.desired_release(&id);
+            let desired = self.desired_release(&id).await;
             if let Some((rel, generation)) = desired {
                 let svc = id.service.clone();
                 let agent = self.clone();
@@ -1200,37 +1217,62 @@ impl Agent {
         } else {
             self.event(&id.stack, Some(&id), "stopped", "stopped".into());
             // Replaced (new release, restart): its successor starts now, not at the resync.
-            if self.desired_release(&id).is_some() {
+            if self.desired().is_some_and(|d| d.contains_key(&id)) {
                 self.wake();
             }
         }
     }
 
-    /// The release and restart generation `id` should run now, if it should run.
-    fn desired_release(&self, id: &InstanceId) -> Option<(Arc<Release>, u64)> {
-        let st = self
-            .store
-            .stacks()
-            .ok()?
-            .into_iter()
-            .find(|s| s.stack == id.stack)?;
-        let control = st.controls.get(&id.service).cloned().unwrap_or_default();
-        if control.stopped {
-            return None;
-        }
-        let rel = self.release(&id.stack, st.current?)?;
-        (rel.spec.services.get(&id.service)?.replicas >= id.index)
-            .then_some((rel, control.generation))
+    /// The release and restart generation `id` should run now, if it is allocated here.
+    async fn desired_release(&self, id: &InstanceId) -> Option<(Arc<Release>, u64)> {
+        let a = self.desired()?.get(id)?.clone();
+        let rel = self.release(&id.stack, a.release).await?;
+        rel.spec
+            .services
+            .contains_key(&id.service)
+            .then_some((rel, a.generation))
     }
 
-    /// Records an instance's observed state in the store (for `ps`).
+    /// Sets an instance's state and reports it at once.
+    fn observed_now(
+        &self,
+        id: &InstanceId,
+        observed: &Mutex<Observed>,
+        state: InstanceState,
+        reason: Option<String>,
+    ) {
+        {
+            let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+            o.state = state;
+            if reason.is_some() {
+                o.reason = reason;
+            }
+        }
+        self.write_observed(id);
+    }
+
+    /// Reports an instance's observed state to the server (for the catalog and `ps`).
     fn write_observed(&self, id: &InstanceId) {
         let record = {
             let live = self.live();
             let Some(l) = live.get(id) else { return };
+            self.record(id, l)
+        };
+        self.reporter.send(Change::Instance(record));
+    }
+
+    /// Every instance's state now.
+    fn records(&self) -> Vec<Instance> {
+        let live = self.live();
+        live.iter().map(|(id, l)| self.record(id, l)).collect()
+    }
+
+    fn record(&self, id: &InstanceId, l: &Live) -> Instance {
+        {
             let o = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Instance {
                 id: id.clone(),
+                node: self.node_id.clone(),
                 release: l.release,
                 state: o.state,
                 pid: l.handle.as_ref().and_then(Handle::pid),
@@ -1240,8 +1282,7 @@ impl Agent {
                 reason: o.reason.clone(),
                 updated_ms: now_ms(),
             }
-        };
-        let _ = self.store.put_instance(&record);
+        }
     }
 
     /// Stops every instance (`skiff dev` shutting down).
@@ -1465,7 +1506,6 @@ impl Probes {
 
 /// An instance's probes and what they decided so far.
 struct Probes {
-    endpoint: BTreeMap<String, u16>,
     started: Instant,
     readiness: Checker,
     liveness: Option<Checker>,

@@ -21,7 +21,72 @@ fn shim_entry() {
     std::process::exit(skiff_driver_process::shim::run(Path::new(&dir)));
 }
 
-fn config(data: &Path) -> Config {
+/// The server side an agent talks to: the real API and control plane over loopback HTTP,
+/// on `store`.
+struct Server {
+    client: skiff_client::Client,
+    control: Arc<skiff_control::Control>,
+}
+
+async fn serve(store: &Arc<dyn Store>) -> Server {
+    let catalog = skiff_catalog::Catalog::new();
+    let control = skiff_control::Control::open(
+        store.clone(),
+        skiff_store::AnyKv::Mem(skiff_store::MemKv::new()),
+        catalog.clone(),
+        skiff_control::Config::default(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(control.clone().run(std::future::pending::<()>()));
+    let app = skiff_api::router(skiff_api::ApiState {
+        store: store.clone(),
+        control: control.clone(),
+        data_dir: std::env::temp_dir(),
+        instances: Arc::new(NoInstances),
+        docker_unavailable: None,
+        catalog,
+        zone: skiff_dns::Zone::new("skiff", 0).unwrap(),
+        routes: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        client: skiff_client::Client::new(&format!("http://{addr}")).unwrap(),
+        control,
+    }
+}
+
+/// These tests drive no exec, signal or stats through the API.
+struct NoInstances;
+
+impl skiff_api::Instances for NoInstances {
+    fn stats(
+        &self,
+        _: skiff_model::InstanceId,
+    ) -> skiff_api::BoxFuture<'static, Option<skiff_model::InstanceStats>> {
+        Box::pin(async { None })
+    }
+
+    fn exec(
+        &self,
+        _: skiff_model::InstanceId,
+        _: Vec<String>,
+    ) -> skiff_api::BoxFuture<'static, Result<skiff_api::Exec, String>> {
+        Box::pin(async { Err("not in these tests".into()) })
+    }
+
+    fn signal(
+        &self,
+        _: skiff_model::InstanceId,
+        _: String,
+    ) -> skiff_api::BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Err("not in these tests".into()) })
+    }
+}
+
+fn config(data: &Path, server: &Server) -> Config {
     let exe = std::env::current_exe().unwrap().display().to_string();
     Config {
         data_dir: data.to_path_buf(),
@@ -42,7 +107,9 @@ fn config(data: &Path) -> Config {
         ))
         .map_err(|e| e.to_string()),
         docker: Err("these tests run processes".into()),
-        catalog: skiff_catalog::Catalog::new(),
+        server: server.client.clone(),
+        node_name: "test".into(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -149,7 +216,8 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
     store
         .create_release(&stack(), spec, String::new(), 0)
         .unwrap();
-    let agent = Agent::new(store.clone(), config(data.path()));
+    let server = serve(&store).await;
+    let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
 
     wait_until("db running", Duration::from_secs(5), || {
@@ -168,6 +236,7 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
         states(&agent, "api") == vec![InstanceState::Healthy, InstanceState::Healthy]
     })
     .await;
+    agent.flush_reports().await;
     let listed = store.instances(Some(&stack())).unwrap();
     assert_eq!(listed.len(), 3);
 
@@ -193,12 +262,14 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
         window: Duration::ZERO,
     };
     let store = one_service("crash", crash);
-    let agent = Agent::new(store.clone(), config(data.path()));
+    let server = serve(&store).await;
+    let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
     wait_until("the policy to give up", Duration::from_secs(10), || {
         states(&agent, "crash") == vec![InstanceState::Failed]
     })
     .await;
+    agent.flush_reports().await;
     let inst = &store.instances(Some(&stack())).unwrap()[0];
     assert_eq!((inst.restarts, inst.exit_code), (2, Some(1)));
     let events = store.events_after(0, 100).unwrap();
@@ -214,9 +285,10 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
 async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_them() {
     let data = tempfile::tempdir().unwrap();
     let store = one_service("web", service("sleep 100", 3));
+    let server = serve(&store).await;
 
     // First agent: starts three instances, then "dies" without stopping them.
-    let first = Agent::new(store.clone(), config(data.path()));
+    let first = Agent::new(config(data.path(), &server)).unwrap();
     let (tx1, rx1) = tokio::sync::oneshot::channel::<()>();
     let run1 = tokio::spawn(first.clone().run(
         async {
@@ -232,6 +304,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
             == 3
     })
     .await;
+    first.flush_reports().await;
     let pids: Vec<Option<u32>> = store
         .instances(None)
         .unwrap()
@@ -242,7 +315,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     run1.await.unwrap();
 
     // Second agent: same data dir; must adopt, not start new ones.
-    let second = Agent::new(store.clone(), config(data.path()));
+    let second = Agent::new(config(data.path(), &server)).unwrap();
     let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
     let run2 = tokio::spawn(second.clone().run(
         async {
@@ -259,6 +332,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    second.flush_reports().await;
     let after: Vec<Option<u32>> = store
         .instances(None)
         .unwrap()
@@ -278,7 +352,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
 
     // Down: the desired release goes away, everything stops.
     store.set_current(&stack(), None).unwrap();
-    second.wake();
+    server.control.changed();
     wait_until("all stopped", Duration::from_secs(5), || {
         second.snapshot().is_empty()
     })
@@ -307,9 +381,10 @@ fn is_zombie(pid: u32) -> bool {
 async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync() {
     let data = tempfile::tempdir().unwrap();
     let store = one_service("web", service("sleep 100", 1));
-    let mut cfg = config(data.path());
+    let server = serve(&store).await;
+    let mut cfg = config(data.path(), &server);
     cfg.resync = Duration::from_secs(30);
-    let agent = Agent::new(store.clone(), cfg);
+    let agent = Agent::new(cfg).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(agent.clone().run(
         async {
@@ -321,6 +396,7 @@ async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync()
         states(&agent, "web") == vec![InstanceState::Healthy]
     })
     .await;
+    agent.flush_reports().await;
     let pid = store.instances(None).unwrap()[0].pid.unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -370,14 +446,16 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
     store
         .create_release(&stack(), spec, String::new(), 0)
         .unwrap();
-    let cfg = config(data.path());
+    let server = serve(&store).await;
+    let cfg = config(data.path(), &server);
     let cgroups = cfg.cgroups.clone().expect("cgroups on this machine");
-    let agent = Agent::new(store.clone(), cfg);
+    let agent = Agent::new(cfg).unwrap();
     let running = Running::start(&agent);
     wait_until("hog to be OOM killed", Duration::from_secs(10), || {
         states(&agent, "hog") == vec![InstanceState::Failed]
     })
     .await;
+    agent.flush_reports().await;
     let events = store.events_after(0, 100).unwrap();
     let oom = events
         .iter()
@@ -403,6 +481,7 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
     );
 
     // The running workload is inside its group, whose files hold the limits.
+    agent.flush_reports().await;
     let capped = store
         .instances(Some(&stack()))
         .unwrap()
@@ -450,7 +529,8 @@ async fn an_exit_during_a_hanging_probe_is_seen_at_once_not_at_the_probe_timeout
         start_interval: Duration::from_millis(50),
     });
     let store = one_service("web", web);
-    let agent = Agent::new(store.clone(), config(data.path()));
+    let server = serve(&store).await;
+    let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
     let first_pid = || {
         store

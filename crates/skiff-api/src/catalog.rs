@@ -60,11 +60,13 @@ fn parse_wait(s: &str) -> Option<Duration> {
     }
 }
 
-pub(crate) async fn list(
-    State(s): State<ApiState>,
-    ApiQuery(q): ApiQuery<CatalogQuery>,
-) -> Result<Response, ApiError> {
-    let wait = match &q.wait {
+/// A blocking query's `wait` parameter (`default` when absent), at most `max`.
+pub(crate) fn wait_param(
+    wait: Option<&str>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    let wait = match wait {
         Some(w) => parse_wait(w).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -72,9 +74,16 @@ pub(crate) async fn list(
                 format!("wait: {w:?} is not a duration like 30s, 500ms or 2m"),
             )
         })?,
-        None => Duration::from_secs(60),
-    }
-    .min(MAX_WAIT);
+        None => default,
+    };
+    Ok(wait.min(max))
+}
+
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<CatalogQuery>,
+) -> Result<Response, ApiError> {
+    let wait = wait_param(q.wait.as_deref(), Duration::from_secs(60), MAX_WAIT)?;
     let (env, stack, service) = (q.env.as_deref(), q.stack.as_deref(), q.service.as_deref());
     let mut snap = s.catalog.snapshot();
     // An index beyond the catalog's own (the server restarted since) answers at once, so

@@ -10,6 +10,7 @@
 mod catalog;
 pub use catalog::{CatalogService, CatalogView, DnsView};
 mod logs;
+mod nodes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,8 +55,8 @@ pub struct Exec {
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
-    /// Called after a change of desired state, to wake the reconciler.
-    pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Nodes, allocations and agents' reports; woken after a change of desired state.
+    pub control: Arc<skiff_control::Control>,
     /// The data dir; instance logs live under `instances/`.
     pub data_dir: PathBuf,
     /// Resource usage of an instance, from the agent that runs it.
@@ -208,6 +209,22 @@ pub fn router(state: ApiState) -> Router {
             post(control_service),
         )
         .route("/v1/instances", get(list_instances))
+        .route("/v1/nodes", get(nodes::list))
+        .route(
+            "/v1/nodes/{id}",
+            axum::routing::put(nodes::register).get(nodes::get),
+        )
+        .route(
+            "/v1/nodes/{id}/heartbeat",
+            axum::routing::put(nodes::heartbeat),
+        )
+        .route("/v1/nodes/{id}/allocations", get(nodes::allocations))
+        .route("/v1/nodes/{id}/report", post(nodes::report))
+        .route("/v1/allocations", get(nodes::all_allocations))
+        .route(
+            "/v1/envs/{env}/stacks/{stack}/instances/{instance}/drain",
+            post(nodes::drain),
+        )
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/exec",
             post(exec_instance),
@@ -323,7 +340,7 @@ async fn record_release(
     .await?;
     if created {
         skiff_store::crash_point("release-stored");
-        (s.on_change)();
+        s.control.changed();
     }
     Ok((release, created))
 }
@@ -418,7 +435,7 @@ async fn create_release(
         })
     })
     .await?;
-    (s.on_change)();
+    s.control.changed();
     Ok((release_status(created), Json(release)))
 }
 
@@ -523,7 +540,7 @@ async fn down_stack(
     }
     let k = key.clone();
     blocking(&s, move |st| st.set_current(&k, None)).await?;
-    (s.on_change)();
+    s.control.changed();
     Ok(Json(StackView {
         env: key.env,
         stack: key.stack,
@@ -612,7 +629,7 @@ async fn control_service(
         st.update_controls(&k, &mut |c| change(c.entry(svc.clone()).or_default()))
     })
     .await?;
-    (s.on_change)();
+    s.control.changed();
     let control = controls.get(&service).cloned().unwrap_or_default();
     Ok(Json(ServiceControlView {
         env: key.env,
@@ -691,6 +708,16 @@ async fn service_status(
     }))
 }
 
+/// The instance `<service>-<index>` of a stack, as a well-formed id.
+fn parse_instance_id(env: &str, stack: &str, instance: &str) -> Result<InstanceId, ApiError> {
+    let key = stack_key(env, stack)?;
+    format!("{key}/{instance}")
+        .parse()
+        .map_err(|e: skiff_model::NameError| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+        })
+}
+
 /// The instance `<service>-<index>` of a stack, known to the store.
 fn instance_id(
     s: &ApiState,
@@ -698,14 +725,13 @@ fn instance_id(
     stack: &str,
     instance: &str,
 ) -> Result<InstanceId, ApiError> {
-    let key = stack_key(env, stack)?;
-    let id: InstanceId =
-        format!("{key}/{instance}")
-            .parse()
-            .map_err(|e: skiff_model::NameError| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
-            })?;
-    if !s.store.instances(Some(&key))?.iter().any(|i| i.id == id) {
+    let id = parse_instance_id(env, stack, instance)?;
+    if !s
+        .store
+        .instances(Some(&id.stack))?
+        .iter()
+        .any(|i| i.id == id)
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "instance_not_found",

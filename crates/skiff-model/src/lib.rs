@@ -450,6 +450,8 @@ pub enum InstanceState {
     Healthy,
     /// Running, readiness not (yet) passing.
     Unhealthy,
+    /// Out of traffic, draining its requests before its stop signal.
+    Stopping,
     /// Exited; restart may follow by policy.
     Exited,
     /// Stopped on purpose (stop, scale down, down).
@@ -461,6 +463,9 @@ pub enum InstanceState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: InstanceId,
+    /// The id of the node it runs on (empty in records older than nodes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub release: u64,
     pub state: InstanceState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -486,6 +491,30 @@ pub struct Event {
     pub instance: Option<String>,
     pub kind: String,
     pub message: String,
+}
+
+/// An event before the store numbers it (as agents report it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub time_ms: u64,
+    pub stack: StackKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+impl NewEvent {
+    pub fn numbered(self, seq: u64) -> Event {
+        Event {
+            seq,
+            time_ms: self.time_ms,
+            stack: self.stack,
+            instance: self.instance,
+            kind: self.kind,
+            message: self.message,
+        }
+    }
 }
 
 /// Durations as integer milliseconds on the wire and in the store.

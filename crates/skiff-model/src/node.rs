@@ -66,6 +66,10 @@ pub struct Allocation {
     pub instance: InstanceId,
     pub node: String,
     pub release: u64,
+    /// The service's restart generation (`skiff restart` bumps it): the agent replaces an
+    /// instance started for another one.
+    #[serde(default)]
+    pub generation: u64,
     pub desired: Desired,
     /// What it holds on its node while desired to run.
     #[serde(default)]

@@ -84,6 +84,7 @@ fn alloc(id: &str, index: u32, node: &str, release: u64) -> Allocation {
         },
         node: node.into(),
         release,
+        generation: 0,
         desired: Desired::Run,
         reserved: Reservations::default(),
         host_ports: Vec::new(),

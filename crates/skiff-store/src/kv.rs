@@ -43,6 +43,32 @@ pub enum Expect {
     Revision(u64),
 }
 
+/// One write of a transaction: a put (`value: Some`) or a delete (`None`), if `expect` holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOp {
+    pub key: String,
+    pub expect: Expect,
+    pub value: Option<Vec<u8>>,
+}
+
+impl TxnOp {
+    pub fn put(key: impl Into<String>, value: Vec<u8>, expect: Expect) -> TxnOp {
+        TxnOp {
+            key: key.into(),
+            expect,
+            value: Some(value),
+        }
+    }
+
+    pub fn delete(key: impl Into<String>, expect: Expect) -> TxnOp {
+        TxnOp {
+            key: key.into(),
+            expect,
+            value: None,
+        }
+    }
+}
+
 /// One change, as a watch delivers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -113,6 +139,51 @@ pub trait Kv: Send + Sync + 'static {
         prefix: &str,
         after: u64,
     ) -> impl Future<Output = KvResult<mpsc::Receiver<KvResult<WatchEvent>>>> + Send;
+    /// Applies every op or none: the first op whose `expect` fails makes it a
+    /// [`KvError::Conflict`] naming that key. Keys must be distinct. Returns the store's
+    /// revision after it. The ops that change something get consecutive revisions (etcd gives
+    /// a transaction one): callers compare a key's `mod_revision`, never count revisions.
+    fn txn(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<u64>> + Send;
+}
+
+/// Rejects a transaction that names a key twice.
+fn distinct(ops: &[TxnOp]) -> KvResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    match ops.iter().find(|op| !seen.insert(op.key.as_str())) {
+        Some(op) => Err(KvError::Unavailable(format!(
+            "a transaction names key {} twice",
+            op.key
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The changes `ops` make at revisions after `revision`, given each key's current entry
+/// (deleting an absent key changes nothing).
+fn changes(ops: Vec<TxnOp>, current: &[Option<KvEntry>], mut revision: u64) -> Vec<WatchEvent> {
+    let mut out = Vec::with_capacity(ops.len());
+    for (op, cur) in ops.into_iter().zip(current) {
+        match op.value {
+            Some(value) => {
+                revision += 1;
+                out.push(WatchEvent::Put(KvEntry {
+                    create_revision: cur.as_ref().map_or(revision, |c| c.create_revision),
+                    key: op.key,
+                    value,
+                    mod_revision: revision,
+                }));
+            }
+            None if cur.is_some() => {
+                revision += 1;
+                out.push(WatchEvent::Delete {
+                    key: op.key,
+                    revision,
+                });
+            }
+            None => {}
+        }
+    }
+    out
 }
 
 /// What both backends share: the recent changes and the live feed.
@@ -257,35 +328,16 @@ impl Kv for MemKv {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
-        let mut st = self.lock();
-        check(key, expect, st.data.get(key))?;
-        st.revision += 1;
-        let revision = st.revision;
-        let create_revision = st.data.get(key).map_or(revision, |e| e.create_revision);
-        let entry = KvEntry {
-            key: key.to_string(),
-            value,
-            create_revision,
-            mod_revision: revision,
-        };
-        st.data.insert(key.to_string(), entry.clone());
-        st.log.record(WatchEvent::Put(entry));
-        Ok(revision)
+        Ok(self.apply(vec![TxnOp::put(key, value, expect)])?.0)
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
-        let mut st = self.lock();
-        check(key, expect, st.data.get(key))?;
-        if st.data.remove(key).is_none() {
-            return Ok(None);
-        }
-        st.revision += 1;
-        let revision = st.revision;
-        st.log.record(WatchEvent::Delete {
-            key: key.to_string(),
-            revision,
-        });
-        Ok(Some(revision))
+        let (revision, changed) = self.apply(vec![TxnOp::delete(key, expect)])?;
+        Ok(changed.then_some(revision))
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
+        Ok(self.apply(ops)?.0)
     }
 
     async fn watch(
@@ -298,6 +350,34 @@ impl Kv for MemKv {
     }
 }
 
+impl MemKv {
+    /// Applies a transaction; returns the revision after it and whether it changed anything.
+    fn apply(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+        distinct(&ops)?;
+        let mut st = self.lock();
+        let current: Vec<Option<KvEntry>> =
+            ops.iter().map(|op| st.data.get(&op.key).cloned()).collect();
+        for (op, cur) in ops.iter().zip(&current) {
+            check(&op.key, op.expect, cur.as_ref())?;
+        }
+        let mut changed = false;
+        for ev in changes(ops, &current, st.revision) {
+            st.revision = ev.revision();
+            match &ev {
+                WatchEvent::Put(e) => {
+                    st.data.insert(e.key.clone(), e.clone());
+                }
+                WatchEvent::Delete { key, .. } => {
+                    st.data.remove(key);
+                }
+            }
+            st.log.record(ev);
+            changed = true;
+        }
+        Ok((st.revision, changed))
+    }
+}
+
 // === redb ===
 
 /// key → `mod_revision (8 bytes LE) · create_revision (8 bytes LE) · value`.
@@ -307,6 +387,7 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const KV_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("kv_log");
 
 /// Keys in a redb file. Each write is durable when it returns.
+#[derive(Clone)]
 pub struct RedbKv {
     db: Arc<Database>,
     state: Arc<Mutex<RedbState>>,
@@ -412,52 +493,52 @@ impl RedbKv {
             .and_then(|v| decode_entry(key, v.value())))
     }
 
-    /// Applies one change at the next revision, durably, then records it for watches.
-    fn write(&self, key: &str, expect: Expect, value: Option<Vec<u8>>) -> KvResult<Option<u64>> {
+    /// Applies a transaction's changes at the next revisions, durably in one commit, then
+    /// records them for watches.
+    fn apply(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+        distinct(&ops)?;
         let mut st = self.lock();
-        let current = self.read(key)?;
-        check(key, expect, current.as_ref())?;
-        if value.is_none() && current.is_none() {
-            return Ok(None);
+        let current = ops
+            .iter()
+            .map(|op| self.read(&op.key))
+            .collect::<KvResult<Vec<_>>>()?;
+        for (op, cur) in ops.iter().zip(&current) {
+            check(&op.key, op.expect, cur.as_ref())?;
         }
-        let revision = st.revision + 1;
-        let ev = match value {
-            Some(value) => WatchEvent::Put(KvEntry {
-                key: key.to_string(),
-                value,
-                create_revision: current.map_or(revision, |c| c.create_revision),
-                mod_revision: revision,
-            }),
-            None => WatchEvent::Delete {
-                key: key.to_string(),
-                revision,
-            },
+        let events = changes(ops, &current, st.revision);
+        let Some(last) = events.last().map(WatchEvent::revision) else {
+            return Ok((st.revision, false));
         };
         let tx = self.db.begin_write().map_err(unavailable)?;
         {
             let mut table = tx.open_table(KV).map_err(unavailable)?;
-            match &ev {
-                WatchEvent::Put(e) => {
-                    table
-                        .insert(key, encode_entry(e).as_slice())
-                        .map_err(unavailable)?;
-                }
-                WatchEvent::Delete { .. } => {
-                    table.remove(key).map_err(unavailable)?;
-                }
-            }
             let mut history = tx.open_table(KV_LOG).map_err(unavailable)?;
-            history
-                .insert(revision, encode_event(&ev).as_slice())
-                .map_err(unavailable)?;
-            if revision > HISTORY {
-                history.remove(revision - HISTORY).map_err(unavailable)?;
+            for ev in &events {
+                match ev {
+                    WatchEvent::Put(e) => {
+                        table
+                            .insert(e.key.as_str(), encode_entry(e).as_slice())
+                            .map_err(unavailable)?;
+                    }
+                    WatchEvent::Delete { key, .. } => {
+                        table.remove(key.as_str()).map_err(unavailable)?;
+                    }
+                }
+                let revision = ev.revision();
+                history
+                    .insert(revision, encode_event(ev).as_slice())
+                    .map_err(unavailable)?;
+                if revision > HISTORY {
+                    history.remove(revision - HISTORY).map_err(unavailable)?;
+                }
             }
         }
         tx.commit().map_err(unavailable)?;
-        st.revision = revision;
-        st.log.record(ev);
-        Ok(Some(revision))
+        st.revision = last;
+        for ev in events {
+            st.log.record(ev);
+        }
+        Ok((last, true))
     }
 }
 
@@ -485,13 +566,16 @@ impl Kv for RedbKv {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
-        Ok(self
-            .write(key, expect, Some(value))?
-            .expect("a put always writes"))
+        Ok(self.apply(vec![TxnOp::put(key, value, expect)])?.0)
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
-        self.write(key, expect, None)
+        let (revision, changed) = self.apply(vec![TxnOp::delete(key, expect)])?;
+        Ok(changed.then_some(revision))
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
+        Ok(self.apply(ops)?.0)
     }
 
     async fn watch(
@@ -501,5 +585,53 @@ impl Kv for RedbKv {
     ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
         let st = self.lock();
         st.log.watch(prefix, after, st.revision)
+    }
+}
+
+// === either ===
+
+/// One of the backends, chosen at run time (the trait's async methods make it no `dyn` trait).
+#[derive(Clone)]
+pub enum AnyKv {
+    Mem(MemKv),
+    Redb(RedbKv),
+}
+
+macro_rules! each {
+    ($self:ident, $kv:ident => $e:expr) => {
+        match $self {
+            AnyKv::Mem($kv) => $e,
+            AnyKv::Redb($kv) => $e,
+        }
+    };
+}
+
+impl Kv for AnyKv {
+    async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
+        each!(self, kv => kv.get(key).await)
+    }
+
+    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
+        each!(self, kv => kv.list(prefix).await)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
+        each!(self, kv => kv.put(key, value, expect).await)
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
+        each!(self, kv => kv.delete(key, expect).await)
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
+        each!(self, kv => kv.watch(prefix, after).await)
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
+        each!(self, kv => kv.txn(ops).await)
     }
 }

@@ -22,7 +22,7 @@ pub mod kv;
 mod mem;
 mod redb_store;
 
-pub use kv::{Expect, Kv, KvEntry, KvError, MemKv, RedbKv, WatchEvent};
+pub use kv::{AnyKv, Expect, Kv, KvEntry, KvError, MemKv, RedbKv, TxnOp, WatchEvent};
 pub use mem::MemStore;
 pub use redb_store::{FLUSH_EVERY, RedbStore};
 use std::collections::BTreeMap;
@@ -61,28 +61,7 @@ pub struct StackState {
 /// Controls of a stack's services, by service name.
 pub type Controls = BTreeMap<String, ServiceControl>;
 
-/// An event before the store numbers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewEvent {
-    pub time_ms: u64,
-    pub stack: StackKey,
-    pub instance: Option<String>,
-    pub kind: String,
-    pub message: String,
-}
-
-impl NewEvent {
-    fn numbered(self, seq: u64) -> Event {
-        Event {
-            seq,
-            time_ms: self.time_ms,
-            stack: self.stack,
-            instance: self.instance,
-            kind: self.kind,
-            message: self.message,
-        }
-    }
-}
+pub use skiff_model::NewEvent;
 
 fn new_release(
     stack: &StackKey,

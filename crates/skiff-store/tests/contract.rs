@@ -9,6 +9,7 @@ fn stack(name: &str) -> StackKey {
 
 fn instance(stack_name: &str, service: &str, index: u32) -> Instance {
     Instance {
+        node: String::new(),
         id: InstanceId {
             stack: stack(stack_name),
             service: service.into(),

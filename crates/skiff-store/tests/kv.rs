@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use skiff_store::{Expect, Kv, KvError, MemKv, RedbKv, WatchEvent};
+use skiff_store::{Expect, Kv, KvError, MemKv, RedbKv, TxnOp, WatchEvent};
 
 async fn next(rx: &mut tokio::sync::mpsc::Receiver<Result<WatchEvent, KvError>>) -> WatchEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -87,6 +87,43 @@ macro_rules! kv_battery {
                 let ev = next(&mut w).await;
                 assert_eq!((ev.key(), ev.revision()), ("a/3", 6));
                 assert!(w.try_recv().is_err(), "nothing else");
+            }
+
+            #[tokio::test]
+            async fn a_transaction_applies_every_op_or_none() {
+                let (kv, _d) = kv();
+                let r1 = kv.put("p/a", b"1".to_vec(), Expect::Any).await.unwrap();
+                let r2 = kv.put("p/b", b"2".to_vec(), Expect::Any).await.unwrap();
+                let mut w = kv.watch("p/", r2).await.unwrap();
+                // One stale expectation: nothing of it is applied, the conflict names the key.
+                let stale = vec![
+                    TxnOp::put("p/c", b"3".to_vec(), Expect::Absent),
+                    TxnOp::delete("p/a", Expect::Revision(r1)),
+                    TxnOp::put("p/b", b"x".to_vec(), Expect::Revision(r1)),
+                ];
+                match kv.txn(stale).await {
+                    Err(KvError::Conflict { key, .. }) => assert_eq!(key, "p/b"),
+                    other => panic!("expected a conflict, got {other:?}"),
+                }
+                assert_eq!(kv.get("p/c").await.unwrap(), None);
+                assert!(kv.get("p/a").await.unwrap().is_some());
+                let ok = vec![
+                    TxnOp::put("p/c", b"3".to_vec(), Expect::Absent),
+                    TxnOp::delete("p/a", Expect::Revision(r1)),
+                    TxnOp::put("p/b", b"x".to_vec(), Expect::Revision(r2)),
+                    TxnOp::delete("p/none", Expect::Any),
+                ];
+                let rev = kv.txn(ok).await.unwrap();
+                assert_eq!(rev, r2 + 3, "three changes, the absent key's delete is none");
+                let (entries, at) = kv.list("p/").await.unwrap();
+                let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+                assert_eq!((keys, at), (vec!["p/b", "p/c"], rev));
+                let seen: Vec<String> = [next(&mut w).await, next(&mut w).await, next(&mut w).await]
+                    .iter()
+                    .map(|e| e.key().to_string())
+                    .collect();
+                assert_eq!(seen, ["p/c", "p/a", "p/b"]);
+                assert!(kv.txn(vec![TxnOp::delete("p/b", Expect::Any), TxnOp::delete("p/b", Expect::Any)]).await.is_err(), "a key twice");
             }
 
             #[tokio::test]

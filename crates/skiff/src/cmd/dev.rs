@@ -114,19 +114,36 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl).map_err(anyhow::Error::msg)?;
     let catalog = skiff_catalog::Catalog::new();
     let node_addr: std::net::IpAddr = "127.0.0.1".parse().expect("loopback");
-    let cfg = Config {
-        data_dir: data_dir.clone(),
-        node_addr,
-        shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
-        resync: Duration::from_secs(1),
-        base_env,
-        cgroups,
-        docker,
-        catalog: catalog.clone(),
-    };
+    let kv = skiff_store::AnyKv::Redb(
+        skiff_store::RedbKv::open(&data_dir.join("control.redb"))
+            .context("opening the control plane's store")?,
+    );
     rt.block_on(async move {
-        let agent = Agent::new(store.clone(), cfg);
-        let wake = agent.clone();
+        let control = skiff_control::Control::open(
+            store.clone(),
+            kv,
+            catalog.clone(),
+            skiff_control::Config::default(),
+        )
+        .await?;
+        let api_listener = tokio::net::TcpListener::bind(args.api)
+            .await
+            .with_context(|| format!("listening for the API on {}", args.api))?;
+        let addr = api_listener.local_addr()?;
+        // The agent is a client of the server, over loopback HTTP as on any other node.
+        let cfg = Config {
+            data_dir: data_dir.clone(),
+            node_addr,
+            shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
+            resync: Duration::from_secs(1),
+            base_env,
+            cgroups,
+            docker,
+            server: skiff_client::Client::new(&format!("http://{addr}"))?,
+            node_name: node_name(),
+            labels: BTreeMap::new(),
+        };
+        let agent = Agent::new(cfg).context("reading the node id")?;
         let instances = Arc::new(AgentInstances(agent.clone()));
         let dns = skiff_dns::DnsServer::start(args.dns, zone.clone(), catalog.clone())
             .await
@@ -145,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("listening for the ingress on {}", args.ingress))?;
         let app = skiff_api::router(ApiState {
             store: store.clone(),
-            on_change: Arc::new(move || wake.wake()),
+            control: control.clone(),
             data_dir: data_dir.clone(),
             docker_unavailable: docker_unavailable.clone(),
             instances,
@@ -153,10 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             zone,
             routes: Some(ingress.routes()),
         });
-        let listener = tokio::net::TcpListener::bind(args.api)
-            .await
-            .with_context(|| format!("listening for the API on {}", args.api))?;
-        let addr = listener.local_addr()?;
+        let listener = api_listener;
         println!("skiff dev: cluster {}", store.cluster_id()?);
         println!("skiff dev: data dir {}", data_dir.display());
         println!("skiff dev: dns listening on {} (udp, tcp)", dns.addr);
@@ -171,23 +185,39 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 })
                 .await
         });
-        let mut stop_agent = stop_rx.clone();
+        let mut stop_control = stop_rx.clone();
+        let control_task = tokio::spawn(control.clone().run(async move {
+            let _ = stop_control.changed().await;
+        }));
+        // The agent stops first: its instances drain through the server.
+        let (stop_agent_tx, stop_agent) = tokio::sync::oneshot::channel::<()>();
         let agent_task = tokio::spawn(agent.clone().run(
             async move {
-                let _ = stop_agent.changed().await;
+                let _ = stop_agent.await;
             },
             true,
         ));
         shutdown_signal().await;
         println!("skiff dev: stopping every instance");
-        let _ = stop_tx.send(true);
+        let _ = stop_agent_tx.send(());
         let _ = agent_task.await;
+        let _ = stop_tx.send(true);
+        let _ = control_task.await;
         let _ = server.await;
         drop(dns);
         drop(ingress);
         println!("skiff dev: stopped");
         Ok(std::process::ExitCode::SUCCESS)
     })
+}
+
+/// This machine's host name (the node's default name).
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,251 @@
+//! The agent's side of the agent ↔ server protocol (`skiff_client`): its node's identity and
+//! registration, the heartbeat, the long poll of its allocations, and the reporter that sends
+//! instance states and events to the server in the order they happened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_client::{Change, Client, ClientError, NodeRegistration, Report};
+use skiff_model::{Allocation, Driver, InstanceId, NodeResources};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often the agent tells the server it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one allocations long poll waits at most.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// The node's id, kept in `<data>/node-id` so a restarted agent is the same node.
+pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Ok(_) | Err(_) => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = format!("{:016x}", fastrand::u64(..));
+            let tmp = data_dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+    }
+}
+
+/// What this machine offers: its CPUs, its memory, the host ports instances get.
+pub fn resources() -> NodeResources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    NodeResources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+        ports: ephemeral_ports(),
+    }
+}
+
+/// Instance ports come from the kernel's ephemeral range (bound to port 0).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The registration an agent sends.
+pub fn registration(
+    name: &str,
+    address: std::net::IpAddr,
+    labels: &BTreeMap<String, String>,
+    docker: bool,
+) -> NodeRegistration {
+    let mut drivers = vec![Driver::Process];
+    if docker {
+        drivers.push(Driver::Docker);
+    }
+    NodeRegistration {
+        name: name.to_string(),
+        address: address.to_string(),
+        resources: resources(),
+        labels: labels.clone(),
+        drivers,
+    }
+}
+
+/// Registers until the server takes it (it may still be starting); a refusal (a name taken,
+/// a bad address) is final.
+pub async fn register(
+    client: &Client,
+    id: &str,
+    reg: &NodeRegistration,
+) -> Result<(), ClientError> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match client.register(id, reg).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => return Err(e),
+            Err(e) => {
+                tracing::warn!("registering with {}: {e}; retrying", client.base());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Beats until the task is dropped; registers again when the server forgot the node.
+pub async fn heartbeat(client: Client, id: String, reg: NodeRegistration) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match client.heartbeat(&id).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(hyper::StatusCode::NOT_FOUND) => {
+                tracing::warn!("the server does not know this node; registering again");
+                if let Err(e) = register(&client, &id, &reg).await {
+                    tracing::error!("registering again: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("heartbeat: {e}"),
+        }
+    }
+}
+
+/// The allocations the server gave this node, by instance.
+pub type Desired = Arc<HashMap<InstanceId, Allocation>>;
+
+/// Follows the node's allocations by long poll; calls `changed` with each new set.
+pub async fn follow(client: Client, id: String, changed: impl Fn(Desired)) {
+    let mut index = None;
+    loop {
+        match client.allocations(&id, index.unwrap_or(0), POLL_WAIT).await {
+            Ok(a) => {
+                if index != Some(a.index) {
+                    index = Some(a.index);
+                    let map = a
+                        .allocations
+                        .into_iter()
+                        .map(|a| (a.instance.clone(), a))
+                        .collect();
+                    changed(Arc::new(map));
+                }
+            }
+            Err(e) => {
+                tracing::warn!("allocations: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+enum Outgoing {
+    Change(Change),
+    /// Answered once everything queued before it reached the server.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue of changes to report. Cloned freely; one task sends.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>>,
+}
+
+impl Reporter {
+    pub fn new() -> Reporter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Reporter {
+            tx,
+            rx: Arc::new(Mutex::new(Some(rx))),
+        }
+    }
+
+    pub fn send(&self, change: Change) {
+        let _ = self.tx.send(Outgoing::Change(change));
+    }
+
+    /// Waits until every change queued so far reached the server (or the sender gave up).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Outgoing::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Sends what is queued, in batches, in order, until `closing` is set and the queue is
+    /// empty. A batch that fails is sent again (the server applies a batch whole or not at
+    /// all); while the server is unreachable changes keep queueing.
+    pub async fn run(
+        &self,
+        client: Client,
+        node: String,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut closing = closing;
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = closing.wait_for(|c| *c) => None,
+            };
+            let first = match first {
+                Some(m) => Some(m),
+                None => {
+                    // Whatever is queued still goes out, once.
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(first) = first else { return };
+            let mut changes = Vec::new();
+            let mut flushes = Vec::new();
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    Outgoing::Change(c) => changes.push(c),
+                    Outgoing::Flush(f) => flushes.push(f),
+                }
+                if changes.len() < 4096 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !changes.is_empty() {
+                let report = Report {
+                    full: false,
+                    changes,
+                };
+                let mut delay = Duration::from_millis(20);
+                while let Err(e) = client.report(&node, &report).await {
+                    if *closing.borrow() {
+                        tracing::warn!("report lost at shutdown: {e}");
+                        break;
+                    }
+                    tracing::warn!("report: {e}; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+    }
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,120 @@
+//! Nodes and their agents: registration, heartbeats, allocations (long poll), reports, and
+//! draining an instance before its stop signal. The deciding is `skiff_control`'s; this
+//! module is HTTP only.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use skiff_client::{Allocations, Drained, NodeRegistration, Report};
+use skiff_control::ControlError;
+use skiff_model::{Allocation, Node};
+
+use crate::catalog::wait_param;
+use crate::{ApiError, ApiPath, ApiQuery, ApiState, Body, parse_instance_id};
+
+/// Longest an allocations long poll waits.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::UnknownNode(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "node_not_found", e.to_string())
+            }
+            ControlError::NameTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "node_name_taken", e.to_string())
+            }
+            ControlError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            }
+            ControlError::Store(_) => {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+pub(crate) async fn list(State(s): State<ApiState>) -> Json<Vec<Node>> {
+    Json(s.control.nodes())
+}
+
+/// A node by id or by name.
+pub(crate) async fn get(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Node>, ApiError> {
+    s.control
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == id || n.name == id)
+        .map(Json)
+        .ok_or_else(|| ControlError::UnknownNode(id).into())
+}
+
+pub(crate) async fn register(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    Body(reg): Body<NodeRegistration>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.control.register(&id, reg).await?))
+}
+
+pub(crate) async fn heartbeat(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.control.heartbeat(&id)?))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PollQuery {
+    #[serde(default)]
+    index: u64,
+    wait: Option<String>,
+}
+
+pub(crate) async fn allocations(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PollQuery>,
+) -> Result<Json<Allocations>, ApiError> {
+    let wait = wait_param(q.wait.as_deref(), Duration::ZERO, MAX_WAIT)?;
+    Ok(Json(s.control.allocations(&id, q.index, wait).await?))
+}
+
+pub(crate) async fn all_allocations(State(s): State<ApiState>) -> Json<Vec<Allocation>> {
+    Json(s.control.all_allocations())
+}
+
+pub(crate) async fn report(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    Body(report): Body<Report>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.control.report(&id, report)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DrainQuery {
+    #[serde(default)]
+    timeout_ms: u64,
+}
+
+pub(crate) async fn drain(
+    State(s): State<ApiState>,
+    ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
+    ApiQuery(q): ApiQuery<DrainQuery>,
+) -> Result<Json<Drained>, ApiError> {
+    let id = parse_instance_id(&env, &stack, &instance)?;
+    let timeout = Duration::from_millis(q.timeout_ms).min(Duration::from_secs(300));
+    Ok(Json(s.control.drain(&id, timeout).await))
+}

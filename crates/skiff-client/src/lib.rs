@@ -1,0 +1,301 @@
+//! The typed HTTP client of skiff's API, used by agents (and, as they move over, the CLI and
+//! the tests), and the wire types of the agent ↔ server protocol:
+//!
+//! ```text
+//!   agent ── PUT  /v1/nodes/{id}                    register (resources, labels, drivers)
+//!         ── PUT  /v1/nodes/{id}/heartbeat          every second; 404 → register again
+//!         ── GET  /v1/nodes/{id}/allocations?index=&wait=   long poll: what to run
+//!         ── GET  /v1/envs/{env}/stacks/{stack}/releases/{n} the specs (immutable: cached)
+//!         ── POST /v1/nodes/{id}/report             instance states and events, in order
+//!         ── POST /v1/envs/{env}/stacks/{stack}/instances/{i}/drain?timeout_ms=
+//!                                                   wait until no request is in flight
+//! ```
+//!
+//! Errors are typed ([`ClientError`]): the server's `{code, message}` bodies come back as
+//! [`ClientError::Api`], so a caller can tell "unknown node" from "server unreachable".
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as Http;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use skiff_model::{
+    Allocation, Driver, Instance, InstanceId, NewEvent, Node, NodeResources, Release, StackKey,
+};
+
+/// What an agent tells the server about its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub name: String,
+    /// Where its instances are reached.
+    pub address: String,
+    pub resources: NodeResources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<Driver>,
+}
+
+/// A node's allocations at an index (the store revision of their last change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
+    pub index: u64,
+    pub allocations: Vec<Allocation>,
+}
+
+/// What changed on a node since its last report, in the order it happened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `instances` is everything the node runs: the server forgets the node's other records
+    /// (sent once after the agent starts and adopts).
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+/// One change of a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// An instance's state now; the server routes to it exactly while it is `healthy`.
+    Instance(Instance),
+    /// The instance is gone from the node.
+    Removed(InstanceId),
+    Event(NewEvent),
+}
+
+/// The answer to a drain: whether the instance's requests all finished in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    pub drained: bool,
+    pub in_flight: usize,
+}
+
+/// The server's error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{method} {url}: {reason}")]
+    Transport {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+    #[error("{method} {url}: {status}: {message}")]
+    Api {
+        method: Method,
+        url: String,
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("{method} {url}: unreadable answer: {reason}")]
+    Decode {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+    #[error("invalid server address {0:?}: use http://HOST:PORT")]
+    Address(String),
+}
+
+impl ClientError {
+    /// The HTTP status the server answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A client of one server. Cheap to clone (connections are pooled and shared).
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: Http<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// `base` is the server's URL, `http://HOST:PORT`.
+    pub fn new(base: &str) -> Result<Client> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            return Err(ClientError::Address(base));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = Http::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Client { base, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let transport = |reason: String| ClientError::Transport {
+            method: method.clone(),
+            url: url.clone(),
+            reason,
+        };
+        let mut req = Request::builder().method(method.clone()).uri(&url);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => (e.code, e.message),
+                Err(_) => (
+                    "http".to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ),
+            };
+            return Err(ClientError::Api {
+                method,
+                url,
+                status,
+                code,
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            method,
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    fn json(value: &impl Serialize) -> Option<Vec<u8>> {
+        Some(serde_json::to_vec(value).expect("wire types serialize"))
+    }
+
+    pub async fn register(&self, node_id: &str, reg: &NodeRegistration) -> Result<Node> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/nodes/{node_id}"),
+            Self::json(reg),
+        )
+        .await
+    }
+
+    pub async fn heartbeat(&self, node_id: &str) -> Result<Node> {
+        self.call(Method::PUT, &format!("/v1/nodes/{node_id}/heartbeat"), None)
+            .await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        self.call(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// The node's allocations once their index passes `index` (at once when it already
+    /// has), or as they are after `wait`.
+    pub async fn allocations(
+        &self,
+        node_id: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Allocations> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/nodes/{node_id}/allocations?index={index}&wait={}ms",
+                wait.as_millis()
+            ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn release(&self, stack: &StackKey, number: u64) -> Result<Release> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/envs/{}/stacks/{}/releases/{number}",
+                stack.env, stack.stack
+            ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn report(&self, node_id: &str, report: &Report) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{node_id}/report"),
+                Self::json(report),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until no request is in flight on `id` (withdrawn from traffic by a report
+    /// that it is stopping), at most `timeout`.
+    pub async fn drain(&self, id: &InstanceId, timeout: Duration) -> Result<Drained> {
+        self.call(
+            Method::POST,
+            &format!(
+                "/v1/envs/{}/stacks/{}/instances/{}/drain?timeout_ms={}",
+                id.stack.env,
+                id.stack.stack,
+                id.short(),
+                timeout.as_millis()
+            ),
+            None,
+        )
+        .await
+    }
+}
+
+/// An error with its causes, as one line ("connection refused" sits a few sources down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

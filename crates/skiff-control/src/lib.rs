@@ -1,0 +1,834 @@
+//! The control plane's deciding half. Agents execute; this decides:
+//!
+//! ```text
+//!  releases, controls (store) ─┐
+//!  nodes (kv, heartbeats) ─────┼─▶ planner ─▶ skiff_scheduler::plan ─▶ applier ─(CAS txn)─▶ kv allocs/
+//!  instance states (reports) ──┘      ▲                                                      │
+//!         │                           └──────────── wake (release, report, node change) ◀────┘
+//!         ▼                                                      agents long-poll their node's
+//!     catalog (DNS, ingress)                                      allocations and run them
+//! ```
+//!
+//! - **Nodes** register (`kv nodes/<id>`, durable) and heartbeat (in memory only: a node
+//!   silent for `down_after` is down; a restarted server gives every node that long again).
+//! - **The planner** is one task. A pass reads the current releases and service controls,
+//!   holds back the services whose `depends_on` is not met yet by the reported instances,
+//!   re-stamps kept allocations with the current release and restart generation, stops the
+//!   allocations of services that should not run, and asks the pure scheduler for the rest.
+//! - **The applier** commits a pass as one key-value transaction whose every write is
+//!   conditional (`Expect::Absent` for a new allocation, `Expect::Revision` for a changed or
+//!   removed one): a pass planned on a stale view fails as a whole and is planned again.
+//! - **Reports** from agents carry instance states in the order they happened. An instance is
+//!   in the catalog exactly while its latest state is `healthy`, it is reported by the node
+//!   its allocation names, and that node is not down. Leaving the catalog keeps its traffic
+//!   counter, on which the agent's drain call waits before the stop signal.
+//!
+//! **Invariant:** only the planner task writes allocations, and only through the applier.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use skiff_catalog::{Catalog, ServiceInfo, ServiceKey, Traffic};
+use skiff_client::{Allocations, Change, Drained, NodeRegistration, Report};
+use skiff_model::{
+    Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
+    ServiceSpec, StackKey, WaitFor,
+};
+use skiff_scheduler::{Group, Options, Snapshot, Unplaced};
+use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Store, TxnOp};
+use tokio::sync::{Notify, watch};
+
+const NODES: &str = "nodes/";
+const ALLOCS: &str = "allocs/";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A node not heard from for this long is down.
+    pub down_after: Duration,
+    /// Seeds the scheduler's choices (ties, sampling).
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            down_after: Duration::from_secs(5),
+            seed: 0x5c1ff,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no node {0}")]
+    UnknownNode(String),
+    #[error("node name {name:?} is taken by node {by}")]
+    NameTaken { name: String, by: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<KvError> for ControlError {
+    fn from(e: KvError) -> Self {
+        ControlError::Store(e.to_string())
+    }
+}
+
+impl From<skiff_store::StoreError> for ControlError {
+    fn from(e: skiff_store::StoreError) -> Self {
+        ControlError::Store(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ControlError>;
+
+/// A registered node and when it was last heard from.
+struct NodeLive {
+    node: Node,
+    seen: Instant,
+    seen_ms: u64,
+    down: bool,
+}
+
+/// An allocation as stored, with its key's revision (for compare-and-swap).
+#[derive(Clone)]
+struct Stored {
+    alloc: Allocation,
+    revision: u64,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: BTreeMap<String, NodeLive>,
+    allocs: BTreeMap<String, Stored>,
+    /// Per node, the revision of the last change to its allocations.
+    node_index: HashMap<String, u64>,
+    /// Reported instances (each with its node).
+    instances: HashMap<InstanceId, Instance>,
+    /// Traffic counters of instances taken out of the catalog, for drain calls.
+    withdrawn: HashMap<InstanceId, Arc<Traffic>>,
+    unplaced: Vec<Unplaced>,
+    releases: HashMap<(StackKey, u64), Arc<Release>>,
+}
+
+pub struct Control {
+    store: Arc<dyn Store>,
+    kv: AnyKv,
+    catalog: Arc<Catalog>,
+    cfg: Config,
+    state: Mutex<State>,
+    wake: Notify,
+    /// The key-value revision after the last applied pass (allocation long polls wait on it).
+    applied: watch::Sender<u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn alloc_key(a: &Allocation) -> String {
+    format!("{ALLOCS}{}/{}", a.node, a.id)
+}
+
+/// The node id in an allocation key.
+fn node_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(ALLOCS)?.split('/').next()
+}
+
+fn new_alloc_id() -> String {
+    format!("{:011x}{:08x}", now_ms(), fastrand::u32(..))
+}
+
+impl Control {
+    /// Loads nodes and allocations from `kv` and the last reported instances from `store`.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        kv: AnyKv,
+        catalog: Arc<Catalog>,
+        cfg: Config,
+    ) -> Result<Arc<Control>> {
+        let mut st = State::default();
+        let (nodes, _) = kv.list(NODES).await?;
+        for e in nodes {
+            let node: Node = serde_json::from_slice(&e.value)
+                .map_err(|err| ControlError::Store(format!("{}: {err}", e.key)))?;
+            st.nodes.insert(
+                node.id.clone(),
+                NodeLive {
+                    node,
+                    seen: Instant::now(),
+                    seen_ms: now_ms(),
+                    down: false,
+                },
+            );
+        }
+        let (allocs, revision) = kv.list(ALLOCS).await?;
+        for e in allocs {
+            let alloc: Allocation = serde_json::from_slice(&e.value)
+                .map_err(|err| ControlError::Store(format!("{}: {err}", e.key)))?;
+            let idx = st.node_index.entry(alloc.node.clone()).or_default();
+            *idx = (*idx).max(e.mod_revision);
+            st.allocs.insert(
+                e.key,
+                Stored {
+                    alloc,
+                    revision: e.mod_revision,
+                },
+            );
+        }
+        for i in store.instances(None)? {
+            st.instances.insert(i.id.clone(), i);
+        }
+        Ok(Arc::new(Control {
+            store,
+            kv,
+            catalog,
+            cfg,
+            state: Mutex::new(st),
+            wake: Notify::new(),
+            applied: watch::channel(revision).0,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for a planner pass (a release, scale, stop, restart or down changed something).
+    pub fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The planner and the node liveness check, until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Err(e) = self.plan_and_apply().await {
+                tracing::warn!("planner: {e}");
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.wake.notified() => break,
+                    _ = tick.tick() => if self.check_liveness() { break },
+                }
+            }
+        }
+    }
+
+    // === nodes ===
+
+    pub async fn register(&self, id: &str, reg: NodeRegistration) -> Result<Node> {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ControlError::Invalid(format!(
+                "node id {id:?}: use letters, digits, '-' and '_'"
+            )));
+        }
+        if reg.name.is_empty() {
+            return Err(ControlError::Invalid("node name is empty".into()));
+        }
+        if reg.address.parse::<IpAddr>().is_err() {
+            return Err(ControlError::Invalid(format!(
+                "node address {:?} is not an IP address",
+                reg.address
+            )));
+        }
+        let status = {
+            let st = self.lock();
+            if let Some(other) = st
+                .nodes
+                .values()
+                .find(|n| n.node.name == reg.name && n.node.id != id)
+            {
+                return Err(ControlError::NameTaken {
+                    name: reg.name,
+                    by: other.node.id.clone(),
+                });
+            }
+            // Draining is the operator's word: a re-registering agent does not undo it.
+            st.nodes
+                .get(id)
+                .map_or(NodeStatus::Ready, |n| n.node.status)
+        };
+        let node = Node {
+            id: id.to_string(),
+            name: reg.name,
+            address: reg.address,
+            resources: reg.resources,
+            labels: reg.labels,
+            drivers: reg.drivers,
+            status,
+            last_heartbeat_ms: now_ms(),
+        };
+        self.save_node(&node).await?;
+        let fresh = {
+            let mut st = self.lock();
+            st.nodes
+                .insert(
+                    id.to_string(),
+                    NodeLive {
+                        node: node.clone(),
+                        seen: Instant::now(),
+                        seen_ms: node.last_heartbeat_ms,
+                        down: false,
+                    },
+                )
+                .is_none_or(|old| old.down || old.node != node)
+        };
+        if fresh {
+            tracing::info!(node = %node.name, id, address = %node.address, "node registered");
+        }
+        self.changed();
+        Ok(node)
+    }
+
+    async fn save_node(&self, node: &Node) -> Result<()> {
+        let mut stored = node.clone();
+        stored.last_heartbeat_ms = 0;
+        let bytes = serde_json::to_vec(&stored).expect("nodes serialize");
+        self.kv
+            .put(&format!("{NODES}{}", node.id), bytes, Expect::Any)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `id` is alive; a node that was down comes back.
+    pub fn heartbeat(&self, id: &str) -> Result<Node> {
+        let mut st = self.lock();
+        let n = st
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| ControlError::UnknownNode(id.to_string()))?;
+        n.seen = Instant::now();
+        n.seen_ms = now_ms();
+        let back = std::mem::take(&mut n.down);
+        let node = self.view(n);
+        drop(st);
+        if back {
+            tracing::info!(node = %node.name, "node is back");
+            self.changed();
+        }
+        Ok(node)
+    }
+
+    fn view(&self, n: &NodeLive) -> Node {
+        let mut node = n.node.clone();
+        node.last_heartbeat_ms = n.seen_ms;
+        if n.down {
+            node.status = NodeStatus::Down;
+        }
+        node
+    }
+
+    pub fn nodes(&self) -> Vec<Node> {
+        let st = self.lock();
+        st.nodes.values().map(|n| self.view(n)).collect()
+    }
+
+    /// Marks nodes silent for too long as down and takes their instances out of the catalog
+    /// at once; true when one went down (the planner then moves their work).
+    fn check_liveness(&self) -> bool {
+        let mut st = self.lock();
+        let mut gone = Vec::new();
+        for n in st.nodes.values_mut() {
+            if !n.down && n.seen.elapsed() > self.cfg.down_after {
+                n.down = true;
+                gone.push(n.node.id.clone());
+                tracing::warn!(node = %n.node.name, silent = ?n.seen.elapsed(), "node is down");
+            }
+        }
+        if gone.is_empty() {
+            return false;
+        }
+        let ids: Vec<InstanceId> = st
+            .instances
+            .values()
+            .filter(|i| gone.contains(&i.node))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            if let Some(t) = self.catalog.remove(&id) {
+                st.withdrawn.insert(id, t);
+            }
+        }
+        true
+    }
+
+    // === allocations ===
+
+    /// `node`'s allocations once their index passes `index`, or as they are after `wait`.
+    pub async fn allocations(&self, node: &str, index: u64, wait: Duration) -> Result<Allocations> {
+        let mut rx = self.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            {
+                let st = self.lock();
+                if !st.nodes.contains_key(node) {
+                    return Err(ControlError::UnknownNode(node.to_string()));
+                }
+                let now = st.node_index.get(node).copied().unwrap_or(0);
+                if now != index || tokio::time::Instant::now() >= deadline {
+                    let prefix = format!("{ALLOCS}{node}/");
+                    let allocations = st
+                        .allocs
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .map(|(_, s)| s.alloc.clone())
+                        .collect();
+                    return Ok(Allocations {
+                        index: now,
+                        allocations,
+                    });
+                }
+            }
+            // Woken by an applied pass or the deadline; the check above decides.
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        }
+    }
+
+    /// Every allocation, ordered by key (node, then id).
+    pub fn all_allocations(&self) -> Vec<Allocation> {
+        self.lock()
+            .allocs
+            .values()
+            .map(|s| s.alloc.clone())
+            .collect()
+    }
+
+    /// Work the last pass could place nowhere, with the reasons.
+    pub fn unplaced(&self) -> Vec<Unplaced> {
+        self.lock().unplaced.clone()
+    }
+
+    fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Arc<Release>>> {
+        let key = (stack.clone(), number);
+        if let Some(r) = self.lock().releases.get(&key) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(r) = self.store.release(stack, number)? else {
+            return Ok(None);
+        };
+        let r = Arc::new(r);
+        self.lock().releases.insert(key, r.clone());
+        Ok(Some(r))
+    }
+
+    /// One planner pass, committed by the applier; planned again when the commit finds the
+    /// allocations changed under it.
+    async fn plan_and_apply(&self) -> Result<()> {
+        for _ in 0..3 {
+            let ops = self.plan()?;
+            if ops.is_empty() {
+                return Ok(());
+            }
+            match self.kv.txn(ops.clone()).await {
+                Ok(revision) => {
+                    self.applied_ops(ops, revision);
+                    return Ok(());
+                }
+                Err(KvError::Conflict { key, .. }) => {
+                    tracing::info!(%key, "allocations changed under the plan; planning again");
+                    self.reload_allocations().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn reload_allocations(&self) -> Result<()> {
+        let (entries, revision) = self.kv.list(ALLOCS).await?;
+        let mut allocs = BTreeMap::new();
+        for e in entries {
+            if let Ok(alloc) = serde_json::from_slice::<Allocation>(&e.value) {
+                allocs.insert(
+                    e.key,
+                    Stored {
+                        alloc,
+                        revision: e.mod_revision,
+                    },
+                );
+            }
+        }
+        let mut st = self.lock();
+        st.allocs = allocs;
+        for idx in st.node_index.values_mut() {
+            *idx = (*idx).max(revision);
+        }
+        drop(st);
+        self.applied.send_replace(revision);
+        Ok(())
+    }
+
+    /// Mirrors a committed transaction in memory and wakes the long polls of its nodes.
+    fn applied_ops(&self, ops: Vec<TxnOp>, revision: u64) {
+        let mut st = self.lock();
+        for op in ops {
+            if let Some(node) = node_of_key(&op.key) {
+                st.node_index.insert(node.to_string(), revision);
+            }
+            match op.value {
+                Some(bytes) => {
+                    if let Ok(alloc) = serde_json::from_slice::<Allocation>(&bytes) {
+                        st.allocs.insert(op.key, Stored { alloc, revision });
+                    }
+                }
+                None => {
+                    st.allocs.remove(&op.key);
+                }
+            }
+        }
+        drop(st);
+        self.applied.send_replace(revision);
+    }
+
+    /// Plans a pass: the writes that make the allocations match the releases.
+    fn plan(&self) -> Result<Vec<TxnOp>> {
+        let stacks = self.store.stacks()?;
+        let mut releases = Vec::new();
+        for s in &stacks {
+            if let Some(n) = s.current
+                && let Some(rel) = self.release(&s.stack, n)?
+            {
+                releases.push((s, rel));
+            }
+        }
+        // Names of services without a current release stop resolving now.
+        let mut known = BTreeMap::new();
+        for (s, rel) in &releases {
+            for (svc, spec) in &rel.spec.services {
+                known.insert(ServiceKey::new(&s.stack, svc), service_info(spec));
+            }
+        }
+        self.catalog.set_services(known);
+
+        let st = self.lock();
+        // (stack, service) → (release, generation, hold new placements back)
+        let mut wanted: HashMap<(&StackKey, &str), (&Release, u64, bool)> = HashMap::new();
+        for (s, rel) in &releases {
+            for (svc, spec) in &rel.spec.services {
+                let control = s.controls.get(svc).cloned().unwrap_or_default();
+                if control.stopped {
+                    continue;
+                }
+                let held = !dependencies_met(&st.instances, &s.stack, spec);
+                wanted.insert((&s.stack, svc.as_str()), (rel, control.generation, held));
+            }
+        }
+
+        let mut ops = Vec::new();
+        let mut allocations = Vec::with_capacity(st.allocs.len());
+        for (key, stored) in &st.allocs {
+            let a = &stored.alloc;
+            let Some((rel, generation, _)) =
+                wanted.get(&(&a.instance.stack, a.instance.service.as_str()))
+            else {
+                ops.push(TxnOp::delete(
+                    key.clone(),
+                    Expect::Revision(stored.revision),
+                ));
+                continue;
+            };
+            if a.release != rel.number || a.generation != *generation {
+                let mut next = a.clone();
+                next.release = rel.number;
+                next.generation = *generation;
+                if let Some(spec) = rel.spec.services.get(&a.instance.service) {
+                    next.reserved = spec.reservations;
+                }
+                ops.push(TxnOp::put(
+                    key.clone(),
+                    serde_json::to_vec(&next).expect("allocations serialize"),
+                    Expect::Revision(stored.revision),
+                ));
+                allocations.push(next);
+            } else {
+                allocations.push(a.clone());
+            }
+        }
+        let nodes: Vec<Node> = st.nodes.values().map(|n| self.view(n)).collect();
+        // A held group is not planned: its allocations stay, nothing new is placed.
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for (s, rel) in &releases {
+            for (svc, spec) in &rel.spec.services {
+                if let Some((_, _, false)) = wanted.get(&(&s.stack, svc.as_str())) {
+                    groups.push(Group {
+                        stack: &s.stack,
+                        service: svc,
+                        release: rel.number,
+                        spec,
+                    });
+                }
+            }
+        }
+        let plan = skiff_scheduler::plan(
+            &Snapshot {
+                nodes: &nodes,
+                allocations: &allocations,
+                groups: &groups,
+            },
+            Options {
+                seed: self.cfg.seed,
+                now_ms: now_ms(),
+                // Liveness is decided here (`check_liveness`), not again by the scheduler.
+                down_after_ms: u64::MAX,
+            },
+        );
+        let key_of: HashMap<&str, (&String, u64)> = st
+            .allocs
+            .iter()
+            .map(|(k, s)| (s.alloc.id.as_str(), (k, s.revision)))
+            .collect();
+        let mut deleted: BTreeSet<String> = ops
+            .iter()
+            .filter(|op| op.value.is_none())
+            .map(|op| op.key.clone())
+            .collect();
+        let mut delete = |ops: &mut Vec<TxnOp>, id: &str| {
+            if let Some((key, revision)) = key_of.get(id)
+                && deleted.insert((*key).clone())
+            {
+                // A re-stamp of the same key in this pass is replaced by the delete.
+                ops.retain(|op| &op.key != *key);
+                ops.push(TxnOp::delete((*key).clone(), Expect::Revision(*revision)));
+            }
+        };
+        for stop in &plan.stop {
+            tracing::info!(instance = %stop.instance, "stopping: {}", stop.reason);
+            delete(&mut ops, &stop.allocation);
+        }
+        for p in &plan.place {
+            if let Some(old) = &p.replaces {
+                delete(&mut ops, old);
+            }
+            let generation = wanted
+                .get(&(&p.instance.stack, p.instance.service.as_str()))
+                .map_or(0, |w| w.1);
+            let alloc = Allocation {
+                id: new_alloc_id(),
+                instance: p.instance.clone(),
+                node: p.node.clone(),
+                release: p.release,
+                generation,
+                desired: Desired::Run,
+                reserved: p.reserved,
+                host_ports: p.host_ports.clone(),
+            };
+            ops.push(TxnOp::put(
+                alloc_key(&alloc),
+                serde_json::to_vec(&alloc).expect("allocations serialize"),
+                Expect::Absent,
+            ));
+        }
+        drop(st);
+        self.record_unplaced(plan.unplaced);
+        Ok(ops)
+    }
+
+    /// Keeps the last pass's unplaced work, with an event when a group's reason changes.
+    fn record_unplaced(&self, unplaced: Vec<Unplaced>) {
+        let mut st = self.lock();
+        let before: HashMap<(StackKey, String), String> = st
+            .unplaced
+            .iter()
+            .map(|u| ((u.stack.clone(), u.service.clone()), u.reason.clone()))
+            .collect();
+        let news: Vec<Unplaced> = unplaced
+            .iter()
+            .filter(|u| before.get(&(u.stack.clone(), u.service.clone())) != Some(&u.reason))
+            .cloned()
+            .collect();
+        st.unplaced = unplaced;
+        drop(st);
+        for u in news {
+            tracing::warn!(stack = %u.stack, service = %u.service, "unplaced: {}", u.reason);
+            let _ = self.store.append_event(NewEvent {
+                time_ms: now_ms(),
+                stack: u.stack.clone(),
+                instance: None,
+                kind: "unplaced".into(),
+                message: format!(
+                    "{} instance(s) of {} fit no node: {}",
+                    u.missing, u.service, u.reason
+                ),
+            });
+        }
+    }
+
+    // === reports ===
+
+    /// Applies an agent's report, in order: instance records (into the catalog while
+    /// healthy), removals and events.
+    pub fn report(&self, node: &str, report: Report) -> Result<()> {
+        let mut st = self.lock();
+        let address = {
+            let n = st
+                .nodes
+                .get(node)
+                .ok_or_else(|| ControlError::UnknownNode(node.to_string()))?;
+            n.node.address.parse::<IpAddr>().ok()
+        };
+        let node_down = st.nodes.get(node).is_some_and(|n| n.down);
+        let mut replan = false;
+        let mut listed = BTreeSet::new();
+        let allocated: std::collections::HashSet<InstanceId> = st
+            .allocs
+            .values()
+            .filter(|s| s.alloc.node == node)
+            .map(|s| s.alloc.instance.clone())
+            .collect();
+        for change in report.changes {
+            match change {
+                Change::Instance(mut inst) => {
+                    inst.node = node.to_string();
+                    listed.insert(inst.id.clone());
+                    let allocated = allocated.contains(&inst.id);
+                    if !allocated && st.instances.get(&inst.id).is_some_and(|i| i.node != node) {
+                        // A stale copy on a node the instance moved away from (it was down):
+                        // never routed to, and it does not hide the live copy; its agent
+                        // stops it.
+                        continue;
+                    }
+                    let routed = allocated && inst.state == InstanceState::Healthy && !node_down;
+                    match (routed, address) {
+                        (true, Some(addr)) => {
+                            st.withdrawn.remove(&inst.id);
+                            self.catalog.add(&inst.id, addr, inst.ports.clone());
+                        }
+                        _ => {
+                            if let Some(t) = self.catalog.remove(&inst.id) {
+                                st.withdrawn.insert(inst.id.clone(), t);
+                            }
+                        }
+                    }
+                    let before = st.instances.get(&inst.id).map(|i| i.state);
+                    replan |= before != Some(inst.state);
+                    let _ = self.store.put_instance(&inst);
+                    st.instances.insert(inst.id.clone(), inst);
+                }
+                Change::Removed(id) => {
+                    if st.instances.get(&id).is_some_and(|i| i.node == node) {
+                        st.instances.remove(&id);
+                        st.withdrawn.remove(&id);
+                        self.catalog.remove(&id);
+                        let _ = self.store.delete_instance(&id);
+                        replan = true;
+                    }
+                }
+                Change::Event(e) => {
+                    let _ = self.store.append_event(e);
+                }
+            }
+        }
+        if report.full {
+            // What the node no longer runs (stopped before a crash of its agent or of the
+            // server) is forgotten.
+            let stale: Vec<InstanceId> = st
+                .instances
+                .values()
+                .filter(|i| i.node == node && !listed.contains(&i.id))
+                .map(|i| i.id.clone())
+                .collect();
+            for id in stale {
+                st.instances.remove(&id);
+                st.withdrawn.remove(&id);
+                self.catalog.remove(&id);
+                let _ = self.store.delete_instance(&id);
+            }
+            replan = true;
+        }
+        drop(st);
+        if replan {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Waits until no request is in flight on `id`, at most `timeout`. An instance still in
+    /// the catalog is withdrawn first.
+    pub async fn drain(&self, id: &InstanceId, timeout: Duration) -> Drained {
+        let traffic = {
+            let mut st = self.lock();
+            match self.catalog.remove(id) {
+                Some(t) => Some(t),
+                None => st.withdrawn.remove(id),
+            }
+        };
+        match traffic {
+            None => Drained {
+                drained: true,
+                in_flight: 0,
+            },
+            Some(t) => {
+                let drained = t.drained(timeout).await;
+                Drained {
+                    drained,
+                    in_flight: t.in_flight(),
+                }
+            }
+        }
+    }
+
+    /// The instances agents reported, with their nodes.
+    pub fn instances(&self) -> Vec<Instance> {
+        let mut out: Vec<Instance> = self.lock().instances.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// What the catalog needs to know of a service.
+fn service_info(spec: &ServiceSpec) -> ServiceInfo {
+    ServiceInfo {
+        ports: spec.ports.iter().map(|p| p.name.clone()).collect(),
+        routes: spec.routes.clone(),
+        published: spec
+            .ports
+            .iter()
+            .filter(|p| !p.host_mode && p.protocol == "tcp")
+            .filter_map(|p| Some((p.name.clone(), p.published?)))
+            .collect(),
+    }
+}
+
+/// Whether every `depends_on` of a service in `stack` is met by the reported instances.
+fn dependencies_met(
+    instances: &HashMap<InstanceId, Instance>,
+    stack: &StackKey,
+    spec: &ServiceSpec,
+) -> bool {
+    spec.depends_on.iter().all(|(dep, wait)| {
+        let mut of_dep = instances
+            .values()
+            .filter(|i| &i.id.stack == stack && &i.id.service == dep)
+            .peekable();
+        of_dep.peek().is_some()
+            && of_dep.all(|i| match wait {
+                WaitFor::Started => matches!(
+                    i.state,
+                    InstanceState::Starting | InstanceState::Healthy | InstanceState::Unhealthy
+                ),
+                WaitFor::Healthy => i.state == InstanceState::Healthy,
+                WaitFor::CompletedSuccessfully => {
+                    matches!(i.state, InstanceState::Exited | InstanceState::Failed)
+                        && i.exit_code == Some(0)
+                }
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests;

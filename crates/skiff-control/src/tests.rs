@@ -1,0 +1,375 @@
+use std::collections::BTreeMap;
+
+use skiff_model::{Driver, NodeResources, PortSpec, StackSpec};
+use skiff_store::{MemKv, MemStore};
+
+use super::*;
+
+fn stack() -> StackKey {
+    StackKey::new("default", "shop").unwrap()
+}
+
+fn service(replicas: u32, deps: &[(&str, WaitFor)]) -> ServiceSpec {
+    ServiceSpec {
+        driver: Driver::Process,
+        replicas,
+        ports: vec![PortSpec {
+            name: "http".into(),
+            target: 80,
+            protocol: "tcp".into(),
+            published: None,
+            host_mode: false,
+        }],
+        depends_on: deps.iter().map(|(d, w)| (d.to_string(), *w)).collect(),
+        ..ServiceSpec::default()
+    }
+}
+
+fn registration(name: &str, address: &str) -> NodeRegistration {
+    NodeRegistration {
+        name: name.into(),
+        address: address.into(),
+        resources: NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            ports: (20000, 30000),
+        },
+        labels: BTreeMap::new(),
+        drivers: vec![Driver::Process],
+    }
+}
+
+fn record(id: &InstanceId, release: u64, state: InstanceState, port: u16) -> Instance {
+    Instance {
+        id: id.clone(),
+        node: String::new(),
+        release,
+        state,
+        pid: Some(1),
+        ports: BTreeMap::from([("http".to_string(), port)]),
+        restarts: 0,
+        exit_code: None,
+        reason: None,
+        updated_ms: 1,
+    }
+}
+
+struct Rig {
+    control: Arc<Control>,
+    store: Arc<dyn Store>,
+    kv: AnyKv,
+    catalog: Arc<Catalog>,
+}
+
+async fn rig(down_after: Duration) -> Rig {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new("test"));
+    let kv = AnyKv::Mem(MemKv::new());
+    let catalog = Catalog::new();
+    let control = Control::open(
+        store.clone(),
+        kv.clone(),
+        catalog.clone(),
+        Config {
+            down_after,
+            seed: 7,
+        },
+    )
+    .await
+    .unwrap();
+    Rig {
+        control,
+        store,
+        kv,
+        catalog,
+    }
+}
+
+impl Rig {
+    fn release(&self, services: &[(&str, ServiceSpec)]) -> u64 {
+        let spec = StackSpec {
+            services: services
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect(),
+            batches: Vec::new(),
+        };
+        self.store
+            .create_release(&stack(), spec, String::new(), 1)
+            .unwrap()
+            .number
+    }
+
+    async fn node(&self, id: &str, name: &str, address: &str) {
+        self.control
+            .register(id, registration(name, address))
+            .await
+            .unwrap();
+    }
+
+    async fn pass(&self) {
+        self.control.plan_and_apply().await.unwrap();
+    }
+
+    fn on(&self, node: &str) -> Vec<Allocation> {
+        self.control
+            .all_allocations()
+            .into_iter()
+            .filter(|a| a.node == node)
+            .collect()
+    }
+
+    fn report(&self, node: &str, a: &Allocation, state: InstanceState, port: u16) {
+        let inst = record(&a.instance, a.release, state, port);
+        self.control
+            .report(
+                node,
+                Report {
+                    full: false,
+                    changes: vec![Change::Instance(inst)],
+                },
+            )
+            .unwrap();
+    }
+
+    fn endpoints(&self, service: &str) -> Vec<(u32, IpAddr)> {
+        let snap = self.catalog.snapshot();
+        snap.services
+            .get(&ServiceKey::new(&stack(), service))
+            .map(|s| s.endpoints.values().map(|e| (e.index, e.address)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_release_is_allocated_over_the_registered_nodes_and_their_long_polls_wake() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.node("n2", "two", "10.231.0.2").await;
+    let poll = {
+        let c = r.control.clone();
+        tokio::spawn(async move { c.allocations("n1", 0, Duration::from_secs(10)).await })
+    };
+    tokio::task::yield_now().await;
+    r.release(&[("web", service(4, &[]))]);
+    r.pass().await;
+    let got = tokio::time::timeout(Duration::from_secs(2), poll)
+        .await
+        .expect("the long poll answers once the node's allocations change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.allocations.len(), 2, "spread: two of four on each node");
+    assert_eq!(r.on("n2").len(), 2);
+    // Nothing changed: the next poll waits out its time and answers the same index.
+    let again = r
+        .control
+        .allocations("n1", got.index, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(again.index, got.index);
+    // Planning again changes nothing.
+    let before = r.kv.list(ALLOCS).await.unwrap().1;
+    r.pass().await;
+    assert_eq!(r.kv.list(ALLOCS).await.unwrap().1, before);
+}
+
+#[tokio::test]
+async fn a_dependent_is_placed_only_once_its_dependency_is_reported_healthy() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[
+        ("db", service(1, &[])),
+        ("web", service(2, &[("db", WaitFor::Healthy)])),
+    ]);
+    r.pass().await;
+    let placed: Vec<String> = r.on("n1").iter().map(|a| a.instance.short()).collect();
+    assert_eq!(placed, ["db-1"]);
+    let db = r.on("n1").remove(0);
+    r.report("n1", &db, InstanceState::Starting, 20001);
+    r.pass().await;
+    assert_eq!(r.on("n1").len(), 1, "started is not healthy");
+    r.report("n1", &db, InstanceState::Healthy, 20001);
+    assert_eq!(r.endpoints("db"), [(1, "10.231.0.1".parse().unwrap())]);
+    r.pass().await;
+    assert_eq!(r.on("n1").len(), 3);
+}
+
+#[tokio::test]
+async fn a_silent_node_is_down_its_instances_leave_the_catalog_and_move() {
+    let r = rig(Duration::from_millis(200)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.node("n2", "two", "10.231.0.2").await;
+    r.release(&[("web", service(2, &[]))]);
+    r.pass().await;
+    for node in ["n1", "n2"] {
+        for a in r.on(node) {
+            r.report(node, &a, InstanceState::Healthy, 20001);
+        }
+    }
+    assert_eq!(r.endpoints("web").len(), 2);
+    let on_n2 = r.on("n2")[0].instance.clone();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    r.control.heartbeat("n1").unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.control.check_liveness(), "n2 went silent");
+    let n1: IpAddr = "10.231.0.1".parse().unwrap();
+    let ends: Vec<IpAddr> = r.endpoints("web").into_iter().map(|e| e.1).collect();
+    assert_eq!(ends, [n1], "only n1's instance is routed to");
+    let down = r
+        .control
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == "n2")
+        .unwrap();
+    assert_eq!(down.status, NodeStatus::Down);
+    r.pass().await;
+    assert_eq!(r.on("n1").len(), 2, "n2's instance runs on n1 now");
+    assert!(r.on("n2").is_empty());
+    // n2 comes back still running its old copy: that copy is never routed to.
+    let moved = r
+        .on("n1")
+        .into_iter()
+        .find(|a| a.instance == on_n2)
+        .unwrap();
+    r.report("n1", &moved, InstanceState::Healthy, 20002);
+    r.control.heartbeat("n2").unwrap();
+    let stale = Allocation {
+        node: "n2".into(),
+        ..moved.clone()
+    };
+    r.report("n2", &stale, InstanceState::Healthy, 20009);
+    let ends: Vec<IpAddr> = r.endpoints("web").into_iter().map(|e| e.1).collect();
+    assert_eq!(ends, [n1; 2]);
+}
+
+#[tokio::test]
+async fn draining_waits_for_the_requests_in_flight() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "127.0.0.1").await;
+    r.release(&[("web", service(1, &[]))]);
+    r.pass().await;
+    let a = r.on("n1").remove(0);
+    r.report("n1", &a, InstanceState::Healthy, 20001);
+    let traffic = r
+        .catalog
+        .traffic(&ServiceKey::new(&stack(), "web"), 1)
+        .unwrap();
+    assert!(traffic.begin());
+    r.report("n1", &a, InstanceState::Stopping, 20001);
+    assert!(r.endpoints("web").is_empty(), "out of the catalog first");
+    assert!(!traffic.begin(), "no new request reaches it");
+    let d = r
+        .control
+        .drain(&a.instance, Duration::from_millis(50))
+        .await;
+    assert_eq!((d.drained, d.in_flight), (false, 1));
+    let c = r.control.clone();
+    let id = a.instance.clone();
+    let waiting = tokio::spawn(async move { c.drain(&id, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    traffic.end();
+    let d = waiting.await.unwrap();
+    assert_eq!((d.drained, d.in_flight), (true, 0));
+}
+
+#[tokio::test]
+async fn the_applier_plans_again_when_allocations_changed_under_it() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(1, &[]))]);
+    r.pass().await;
+    let a = r.on("n1").remove(0);
+    // Someone else rewrites the allocation: the control's view is stale.
+    let key = alloc_key(&a);
+    r.kv.put(&key, serde_json::to_vec(&a).unwrap(), Expect::Any)
+        .await
+        .unwrap();
+    // A new release re-stamps it: the first commit conflicts, the second goes through.
+    let n = r.release(&[("web", service(1, &[]))]);
+    r.pass().await;
+    let now: Allocation =
+        serde_json::from_slice(&r.kv.get(&key).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(now.release, n);
+}
+
+#[tokio::test]
+async fn unplaceable_work_is_kept_with_its_reason_and_an_event() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let mut big = service(1, &[]);
+    big.reservations.memory_bytes = 64 << 30;
+    r.release(&[("big", big)]);
+    r.pass().await;
+    let u = r.control.unplaced();
+    assert_eq!(u.len(), 1);
+    assert!(u[0].reason.contains("memory"), "{}", u[0].reason);
+    r.pass().await;
+    let events = r.store.events_after(0, 100).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "unplaced").count(),
+        1,
+        "one event per reason"
+    );
+}
+
+#[tokio::test]
+async fn a_full_report_forgets_what_the_node_no_longer_runs() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(2, &[]))]);
+    r.pass().await;
+    let allocs = r.on("n1");
+    for a in &allocs {
+        r.report("n1", a, InstanceState::Healthy, 20001);
+    }
+    assert_eq!(r.store.instances(None).unwrap().len(), 2);
+    let keep = record(&allocs[0].instance, 1, InstanceState::Healthy, 20001);
+    r.control
+        .report(
+            "n1",
+            Report {
+                full: true,
+                changes: vec![
+                    Change::Instance(keep),
+                    Change::Event(NewEvent {
+                        time_ms: 1,
+                        stack: stack(),
+                        instance: None,
+                        kind: "adopted".into(),
+                        message: "m".into(),
+                    }),
+                ],
+            },
+        )
+        .unwrap();
+    let left: Vec<String> = r
+        .store
+        .instances(None)
+        .unwrap()
+        .iter()
+        .map(|i| i.id.short())
+        .collect();
+    assert_eq!(left, [allocs[0].instance.short()]);
+    assert_eq!(r.endpoints("web").len(), 1);
+}
+
+#[tokio::test]
+async fn registration_rejects_a_taken_name_and_a_bad_address() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    assert!(matches!(
+        r.control
+            .register("n2", registration("one", "10.231.0.2"))
+            .await,
+        Err(ControlError::NameTaken { .. })
+    ));
+    assert!(matches!(
+        r.control
+            .register("n3", registration("three", "nowhere"))
+            .await,
+        Err(ControlError::Invalid(_))
+    ));
+    assert!(matches!(
+        r.control.heartbeat("n9"),
+        Err(ControlError::UnknownNode(_))
+    ));
+}
