@@ -99,6 +99,9 @@ pub struct Agent {
     /// is stopped before the agent knows what it should run).
     desired: Mutex<Option<server::Desired>>,
     reporter: server::Reporter,
+    /// Where services of each stack run on other nodes (first ready instance), as last
+    /// learned from the server's catalog.
+    remote: Mutex<HashMap<(StackKey, String), (IpAddr, u16)>>,
     ports: PortAllocator,
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
@@ -127,6 +130,7 @@ impl Agent {
             node_id: server::node_id(&cfg.data_dir)?,
             desired: Mutex::new(None),
             reporter: server::Reporter::new(),
+            remote: Mutex::new(HashMap::new()),
             cfg,
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
@@ -176,12 +180,13 @@ impl Agent {
     }
 
     /// Runs until `shutdown` resolves; then stops every instance when `stop_all` is set
-    /// (`skiff dev`), or leaves them running for the next agent to adopt.
+    /// (`skiff dev`), or leaves them running for the next agent to adopt. Fails only when
+    /// the server refuses the node (a name taken, a bad address).
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
         stop_all: bool,
-    ) {
+    ) -> Result<(), skiff_client::ClientError> {
         if let Err(e) = driver::raise_open_files_limit() {
             tracing::warn!("could not raise the open files limit: {e}");
         }
@@ -194,11 +199,8 @@ impl Agent {
             self.cfg.docker.is_ok(),
         );
         tokio::select! {
-            _ = &mut shutdown => return,
-            r = server::register(&client, &self.node_id, &reg) => if let Err(e) = r {
-                tracing::error!("the server refused this node: {e}");
-                return;
-            }
+            _ = &mut shutdown => return Ok(()),
+            r = server::register(&client, &self.node_id, &reg) => r?,
         }
         self.adopt().await;
         // Everything the node runs now, in one report: the server forgets the rest.
@@ -207,7 +209,7 @@ impl Agent {
             changes: self.records().into_iter().map(Change::Instance).collect(),
         };
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return Ok(()),
             _ = async {
                 while let Err(e) = client.report(&self.node_id, &full).await {
                     tracing::warn!("report: {e}; retrying");
@@ -246,6 +248,7 @@ impl Agent {
         heartbeat.abort();
         let _ = closing.send(true);
         let _ = reporter.await;
+        Ok(())
     }
 
     /// Re-attaches to the instances a previous agent left running.
@@ -437,8 +440,42 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Address of the first ready instance of `service` (for templates and *_SERVICE_*).
+    /// Address of the first ready instance of `service` (for templates and *_SERVICE_*):
+    /// on this node, else on another as the server's catalog listed it at the start.
     fn service_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        self.local_address(stack, service).or_else(|| {
+            self.remote
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(stack.clone(), service.to_string()))
+                .copied()
+        })
+    }
+
+    /// Learns where the services of `stack` run on other nodes, from the server's catalog,
+    /// when `spec` needs a dependency's address and one is not on this node.
+    async fn learn_addresses(&self, stack: &StackKey, spec: &ServiceSpec) {
+        let needs = spec
+            .depends_on
+            .keys()
+            .any(|dep| self.local_address(stack, dep).is_none())
+            || spec.environment.values().any(|v| v.contains("service("));
+        if !needs {
+            return;
+        }
+        match self.cfg.server.catalog(stack).await {
+            Ok(found) => {
+                let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                remote.retain(|(s, _), _| s != stack);
+                for (service, addr) in found {
+                    remote.insert((stack.clone(), service), addr);
+                }
+            }
+            Err(e) => tracing::warn!(%stack, "catalog: {e}"),
+        }
+    }
+
+    fn local_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
         let live = self.live();
         let mut candidates: Vec<(&InstanceId, &Live)> = live
             .iter()
@@ -527,6 +564,7 @@ impl Agent {
                 .launch_container(id, rel, spec, generation, restarts)
                 .await;
         }
+        self.learn_addresses(&id.stack, spec).await;
         let mut ports = Vec::new();
         for p in &spec.ports {
             let port = self
@@ -641,6 +679,10 @@ impl Agent {
         env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
         env.insert("SKIFF_ENV".into(), id.stack.env.clone());
         env.insert("SKIFF_RELEASE".into(), rel.number.to_string());
+        if !container {
+            // The address a process listens on: the node's, where it is reached.
+            env.insert("SKIFF_HOST".into(), self.cfg.node_addr.to_string());
+        }
         for dep in spec.depends_on.keys() {
             if let Some((host, port)) = self.dependency_address(&id.stack, rel, dep, container) {
                 env.insert(format!("{}_SERVICE_HOST", env_name(dep)), host);

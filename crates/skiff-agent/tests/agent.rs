@@ -155,13 +155,19 @@ struct Running {
 
 impl Running {
     fn start(agent: &Arc<Agent>) -> Running {
+        let agent = agent.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(agent.clone().run(
-            async {
-                let _ = stopped.await;
-            },
-            true,
-        ));
+        let run = tokio::spawn(async move {
+            agent
+                .run(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    true,
+                )
+                .await
+                .unwrap()
+        });
         Running { stop, run }
     }
 
@@ -312,7 +318,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
         .map(|i| i.pid)
         .collect();
     tx1.send(()).unwrap();
-    run1.await.unwrap();
+    run1.await.unwrap().unwrap();
 
     // Second agent: same data dir; must adopt, not start new ones.
     let second = Agent::new(config(data.path(), &server)).unwrap();
@@ -364,7 +370,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
         );
     }
     tx2.send(()).unwrap();
-    run2.await.unwrap();
+    run2.await.unwrap().unwrap();
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -419,7 +425,7 @@ async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync()
         killed.elapsed()
     );
     tx.send(()).unwrap();
-    run.await.unwrap();
+    run.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,6 +220,9 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/nodes/{id}/allocations", get(nodes::allocations))
         .route("/v1/nodes/{id}/report", post(nodes::report))
+        .route("/v1/nodes/{id}/drain", post(nodes::drain_node))
+        .route("/v1/nodes/{id}/undrain", post(nodes::undrain_node))
+        .route("/v1/nodes/{id}/labels", post(nodes::label_node))
         .route("/v1/allocations", get(nodes::all_allocations))
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/drain",

@@ -2,6 +2,7 @@
 //! draining an instance before its stop signal. The deciding is `skiff_control`'s; this
 //! module is HTTP only.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use skiff_client::{Allocations, Drained, NodeRegistration, Report};
 use skiff_control::ControlError;
-use skiff_model::{Allocation, Node};
+use skiff_model::{Allocation, Node, NodeStatus};
 
 use crate::catalog::wait_param;
 use crate::{ApiError, ApiPath, ApiQuery, ApiState, Body, parse_instance_id};
@@ -117,4 +118,46 @@ pub(crate) async fn drain(
     let id = parse_instance_id(&env, &stack, &instance)?;
     let timeout = Duration::from_millis(q.timeout_ms).min(Duration::from_secs(300));
     Ok(Json(s.control.drain(&id, timeout).await))
+}
+
+pub(crate) async fn drain_node(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.control.set_status(&id, NodeStatus::Draining).await?))
+}
+
+pub(crate) async fn undrain_node(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.control.set_status(&id, NodeStatus::Ready).await?))
+}
+
+/// Labels to set and to remove.
+#[derive(Deserialize)]
+pub(crate) struct LabelChange {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+pub(crate) async fn label_node(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    Body(change): Body<LabelChange>,
+) -> Result<Json<Node>, ApiError> {
+    if let Some(k) = change.set.keys().find(|k| k.is_empty()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("label key {k:?} is empty"),
+        ));
+    }
+    Ok(Json(
+        s.control
+            .set_labels(&id, change.set, &change.remove)
+            .await?,
+    ))
 }

@@ -122,6 +122,9 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// An address and a port.
+pub type SocketAddrPair = (std::net::IpAddr, u16);
+
 /// A client of one server. Cheap to clone (connections are pooled and shared).
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -254,6 +257,42 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// Where each service of `stack` is reached now: its first ready instance's address
+    /// and first port (the catalog as DNS serves it).
+    pub async fn catalog(&self, stack: &StackKey) -> Result<Vec<(String, SocketAddrPair)>> {
+        #[derive(Deserialize)]
+        struct View {
+            services: Vec<Service>,
+        }
+        #[derive(Deserialize)]
+        struct Service {
+            service: String,
+            ports: Vec<String>,
+            endpoints: Vec<Endpoint>,
+        }
+        #[derive(Deserialize)]
+        struct Endpoint {
+            address: std::net::IpAddr,
+            ports: BTreeMap<String, u16>,
+        }
+        let view: View = self
+            .call(
+                Method::GET,
+                &format!("/v1/catalog?env={}&stack={}", stack.env, stack.stack),
+                None,
+            )
+            .await?;
+        Ok(view
+            .services
+            .into_iter()
+            .filter_map(|s| {
+                let first = s.ports.first()?;
+                let e = s.endpoints.first()?;
+                Some((s.service, (e.address, *e.ports.get(first)?)))
+            })
+            .collect())
     }
 
     pub async fn report(&self, node_id: &str, report: &Report) -> Result<()> {

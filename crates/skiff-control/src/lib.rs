@@ -332,6 +332,56 @@ impl Control {
         node
     }
 
+    /// Drains a node (`Draining`: no new work, its instances move) or lets it take work
+    /// again (`Ready`). `id` is a node id or name.
+    pub async fn set_status(&self, id: &str, status: NodeStatus) -> Result<Node> {
+        if status == NodeStatus::Down {
+            return Err(ControlError::Invalid(
+                "a node is down when it is silent, not by command".into(),
+            ));
+        }
+        self.update_node(id, |n| n.status = status).await
+    }
+
+    /// Sets and removes labels of a node (by id or name).
+    pub async fn set_labels(
+        &self,
+        id: &str,
+        set: BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Node> {
+        self.update_node(id, |n| {
+            for k in remove {
+                n.labels.remove(k);
+            }
+            n.labels.extend(set);
+        })
+        .await
+    }
+
+    async fn update_node(&self, id: &str, change: impl FnOnce(&mut Node)) -> Result<Node> {
+        let mut node = {
+            let st = self.lock();
+            st.nodes
+                .values()
+                .find(|n| n.node.id == id || n.node.name == id)
+                .map(|n| n.node.clone())
+                .ok_or_else(|| ControlError::UnknownNode(id.to_string()))?
+        };
+        change(&mut node);
+        self.save_node(&node).await?;
+        let view = {
+            let mut st = self.lock();
+            let Some(n) = st.nodes.get_mut(&node.id) else {
+                return Err(ControlError::UnknownNode(id.to_string()));
+            };
+            n.node = node;
+            self.view(n)
+        };
+        self.changed();
+        Ok(view)
+    }
+
     pub fn nodes(&self) -> Vec<Node> {
         let st = self.lock();
         st.nodes.values().map(|n| self.view(n)).collect()

@@ -26,9 +26,10 @@ struct Cli {
     /// Version shown in responses.
     #[arg(long = "app-version", env = "DEMO_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     app_version: String,
-    /// Address to listen on (0.0.0.0 in a container image).
-    #[arg(long, env = "DEMO_HOST", default_value = "127.0.0.1")]
-    host: String,
+    /// Address to listen on (0.0.0.0 in a container image; default: $SKIFF_HOST, the node
+    /// address skiff gives processes, else 127.0.0.1).
+    #[arg(long, env = "DEMO_HOST")]
+    host: Option<String>,
     /// Port (default: $PORT, else 8080; 0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     port: u16,
@@ -50,7 +51,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Sub {
-    /// GET a URL (or a path on 127.0.0.1:$PORT); exit 0 on 2xx/3xx, 1 otherwise.
+    /// GET a URL (or a path on $SKIFF_HOST:$PORT, else 127.0.0.1:$PORT); exit 0 on 2xx/3xx,
+    /// 1 otherwise.
     Probe {
         target: String,
         /// Variable holding the port when TARGET is a path.
@@ -128,13 +130,11 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         .route("/crash", get(crash))
         .route("/alloc", get(alloc))
         .with_state(app);
-    let listener = match tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await {
+    let host = listen_host(cli.host.as_deref());
+    let listener = match tokio::net::TcpListener::bind((host.as_str(), cli.port)).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "skiff-demo: cannot listen on {}:{}: {e}",
-                cli.host, cli.port
-            );
+            eprintln!("skiff-demo: cannot listen on {}:{}: {e}", host, cli.port);
             return std::process::ExitCode::from(2);
         }
     };
@@ -263,11 +263,20 @@ async fn alloc(
     format!("holding {} MiB\n", held.len())
 }
 
+/// Where the demo listens: `--host`/`DEMO_HOST`, else `SKIFF_HOST` (the node address skiff
+/// gives processes), else loopback.
+fn listen_host(given: Option<&str>) -> String {
+    given.map_or_else(
+        || std::env::var("SKIFF_HOST").unwrap_or_else(|_| "127.0.0.1".to_string()),
+        str::to_string,
+    )
+}
+
 /// A minimal HTTP/1.1 GET, so the probe needs no client library.
 async fn probe(target: &str, port_env: &str, timeout: Duration) -> std::process::ExitCode {
     let url = if target.starts_with('/') {
         match std::env::var(port_env) {
-            Ok(p) => format!("http://127.0.0.1:{p}{target}"),
+            Ok(p) => format!("http://{}:{p}{target}", listen_host(None)),
             Err(_) => {
                 eprintln!("probe: ${port_env} is not set");
                 return std::process::ExitCode::FAILURE;

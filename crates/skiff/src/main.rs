@@ -45,6 +45,12 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run the platform in the foreground on this machine: API, store, agent.
     Dev(cmd::dev::Args),
+    /// Run the control plane: API, store, scheduler, catalog, DNS, ingress (agents join it).
+    Server(cmd::server::Args),
+    /// Run this machine's agent: `skiff agent --join http://SERVER:7700`.
+    Agent(cmd::agent::Args),
+    /// Nodes: `skiff node ls | status NODE | drain NODE | undrain NODE | label NODE k=v`.
+    Node(cmd::node::Args),
     /// Deploy a stack from compose files and wait until it is healthy.
     Up(cmd::up::UpArgs),
     /// Stop every instance of a stack (its release history is kept).
@@ -96,6 +102,9 @@ fn main() -> ExitCode {
         Command::Config(args) => cmd::config::run(args),
         Command::Plan(args) => cmd::plan::run(args, &cli.env),
         Command::Dev(args) => cmd::dev::run(args),
+        Command::Server(args) => cmd::server::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Node(args) => cmd::node::run(args, &client),
         Command::Up(args) => cmd::up::up(args, &client, &cli.env),
         Command::Down(args) => cmd::up::down(args, &client, &cli.env),
         Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),

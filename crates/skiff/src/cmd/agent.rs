@@ -1,0 +1,137 @@
+//! `skiff agent --join http://SERVER:7700`: runs what the server places on this node. On
+//! SIGTERM it leaves its workloads running; a restarted agent (same data dir) adopts them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use skiff_agent::{Agent, Config};
+use skiff_driver_process::ShimCommand;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The server to join (`http://HOST:7700`).
+    #[arg(long, env = "SKIFF_JOIN")]
+    join: String,
+    /// The node's name (default: the host name); unique in the cluster.
+    #[arg(long)]
+    name: Option<String>,
+    /// The address instances listen on and are reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// A label for placement constraints (`node.labels.zone == b`); repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// State directory (default: $XDG_DATA_HOME/skiff, or ~/.local/share/skiff).
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: use key=value"))
+}
+
+/// The agent configuration both `skiff agent` and `skiff dev` build.
+pub async fn config(
+    data_dir: &Path,
+    address: IpAddr,
+    server: &str,
+    name: String,
+    labels: BTreeMap<String, String>,
+    scope: &str,
+    role: &str,
+) -> anyhow::Result<Config> {
+    let exe = std::env::current_exe().context("locating the skiff binary")?;
+    // Workloads find programs built next to skiff (skiff-demo) first.
+    let mut base_env = BTreeMap::new();
+    if let Some(dir) = exe.parent() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        base_env.insert("PATH".to_string(), format!("{}:{path}", dir.display()));
+    }
+    // One subtree per scope: two servers or agents with different data dirs never share
+    // groups.
+    let cgroups =
+        skiff_cgroup::Cgroups::detect(&format!("skiff/{scope}")).map_err(|e| e.to_string());
+    match &cgroups {
+        Ok(cg) => println!(
+            "skiff {role}: cgroup {} under {}",
+            cg.version(),
+            cg.bases()
+                .next()
+                .map_or_else(String::new, |(_, p)| p.display().to_string())
+        ),
+        Err(why) => println!("skiff {role}: no resource limits ({why})"),
+    }
+    let docker = skiff_driver_docker::Engine::connect(scope)
+        .await
+        .map_err(|e| e.to_string());
+    match &docker {
+        Ok(engine) => println!("skiff {role}: docker engine (API {})", engine.api_version),
+        Err(why) => println!("skiff {role}: no docker driver ({why})"),
+    }
+    Ok(Config {
+        data_dir: data_dir.to_path_buf(),
+        node_addr: address,
+        shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
+        resync: Duration::from_secs(1),
+        base_env,
+        cgroups,
+        docker,
+        server: skiff_client::Client::new(server)?,
+        node_name: name,
+        labels,
+    })
+}
+
+/// This machine's host name (the node's default name).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    crate::cmd::server::init_tracing();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::cmd::server::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let node_id = skiff_agent::server::node_id(&data_dir).context("reading the node id")?;
+        // Containers and cgroups are this node's own: cleanup on adoption never touches
+        // another agent's on the same engine.
+        let cfg = config(
+            &data_dir,
+            args.address,
+            &args.join,
+            args.name.unwrap_or_else(host_name),
+            args.labels.into_iter().collect(),
+            &format!("node-{node_id}"),
+            "agent",
+        )
+        .await?;
+        let agent = Agent::new(cfg).context("reading the node id")?;
+        println!(
+            "skiff agent: node {} joining {} (address {})",
+            agent.node_id(),
+            args.join,
+            args.address
+        );
+        agent
+            .run(crate::cmd::dev::shutdown_signal(), false)
+            .await
+            .context("the server refused this node")?;
+        println!("skiff agent: stopped (instances keep running)");
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
