@@ -459,7 +459,12 @@ mod tests {
         let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
         // Before the first pass: failing, never failed (readiness), probed again fast.
         assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
-        assert!(c.due(started).await.is_none(), "not due again at once");
+        let after_first = std::time::Instant::now();
+        let again = c.due(started).await;
+        // (On a loaded machine the 10 ms may pass before the second call: nothing to see.)
+        if after_first.elapsed() < Duration::from_millis(5) {
+            assert!(again.is_none(), "not due again at once");
+        }
         sleep(15).await;
         assert!(matches!(c.due(started).await, Some(Verdict::Failing(_))));
         std::fs::write(&flag, "").unwrap();

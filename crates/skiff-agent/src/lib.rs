@@ -21,6 +21,7 @@
 //!   placeholder while a start or stop is in flight).
 
 pub mod health;
+pub mod listener;
 pub mod server;
 pub mod workload;
 
@@ -64,6 +65,9 @@ pub struct Config {
     pub server: Client,
     /// The node's name (unique in the cluster) and labels, for placement constraints.
     pub node_name: String,
+    /// The port of this agent's own listener (`listener::router`) on the node address; the
+    /// server proxies logs, exec, signals and stats there. 0: none.
+    pub agent_port: u16,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -158,7 +162,7 @@ impl Agent {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn instance_dir(&self, id: &InstanceId) -> PathBuf {
+    pub(crate) fn instance_dir(&self, id: &InstanceId) -> PathBuf {
         self.cfg
             .data_dir
             .join("instances")
@@ -195,6 +199,7 @@ impl Agent {
         let reg = server::registration(
             &self.cfg.node_name,
             self.cfg.node_addr,
+            self.cfg.agent_port,
             &self.cfg.labels,
             self.cfg.docker.is_ok(),
         );

@@ -65,6 +65,7 @@ fn ephemeral_ports() -> (u16, u16) {
 pub fn registration(
     name: &str,
     address: std::net::IpAddr,
+    agent_port: u16,
     labels: &BTreeMap<String, String>,
     docker: bool,
 ) -> NodeRegistration {
@@ -75,6 +76,7 @@ pub fn registration(
     NodeRegistration {
         name: name.to_string(),
         address: address.to_string(),
+        agent_port,
         resources: resources(),
         labels: labels.clone(),
         drivers,

@@ -42,8 +42,7 @@ async fn serve(store: &Arc<dyn Store>) -> Server {
     let app = skiff_api::router(skiff_api::ApiState {
         store: store.clone(),
         control: control.clone(),
-        data_dir: std::env::temp_dir(),
-        instances: Arc::new(NoInstances),
+        instances: Arc::new(skiff_api::ViaAgents::new(control.clone())),
         docker_unavailable: None,
         catalog,
         zone: skiff_dns::Zone::new("skiff", 0).unwrap(),
@@ -55,34 +54,6 @@ async fn serve(store: &Arc<dyn Store>) -> Server {
     Server {
         client: skiff_client::Client::new(&format!("http://{addr}")).unwrap(),
         control,
-    }
-}
-
-/// These tests drive no exec, signal or stats through the API.
-struct NoInstances;
-
-impl skiff_api::Instances for NoInstances {
-    fn stats(
-        &self,
-        _: skiff_model::InstanceId,
-    ) -> skiff_api::BoxFuture<'static, Option<skiff_model::InstanceStats>> {
-        Box::pin(async { None })
-    }
-
-    fn exec(
-        &self,
-        _: skiff_model::InstanceId,
-        _: Vec<String>,
-    ) -> skiff_api::BoxFuture<'static, Result<skiff_api::Exec, String>> {
-        Box::pin(async { Err("not in these tests".into()) })
-    }
-
-    fn signal(
-        &self,
-        _: skiff_model::InstanceId,
-        _: String,
-    ) -> skiff_api::BoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Err("not in these tests".into()) })
     }
 }
 
@@ -109,6 +80,7 @@ fn config(data: &Path, server: &Server) -> Config {
         docker: Err("these tests run processes".into()),
         server: server.client.clone(),
         node_name: "test".into(),
+        agent_port: 0,
         labels: BTreeMap::new(),
     }
 }

@@ -9,10 +9,10 @@
 
 mod catalog;
 pub use catalog::{CatalogService, CatalogView, DnsView};
-mod logs;
+mod agents;
 mod nodes;
+pub use agents::ViaAgents;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -57,9 +57,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Nodes, allocations and agents' reports; woken after a change of desired state.
     pub control: Arc<skiff_control::Control>,
-    /// The data dir; instance logs live under `instances/`.
-    pub data_dir: PathBuf,
-    /// Resource usage of an instance, from the agent that runs it.
+    /// Logs, exec, signals and stats of an instance, from the agent that runs it
+    /// ([`ViaAgents`]).
     pub instances: Arc<dyn Instances>,
     /// Why this server has no Docker engine, if it has none: releases with Docker services
     /// are refused up front instead of failing instance by instance.
@@ -238,7 +237,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
-            get(logs::instance_logs),
+            get(agents::instance_logs),
         )
         .route("/v1/events", get(list_events))
         .route("/v1/catalog", get(catalog::list))

@@ -26,7 +26,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_model::{
-    Allocation, Driver, Instance, InstanceId, NewEvent, Node, NodeResources, Release, StackKey,
+    Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, Node, NodeResources,
+    Release, StackKey,
 };
 
 /// What an agent tells the server about its node.
@@ -35,6 +36,9 @@ pub struct NodeRegistration {
     pub name: String,
     /// Where its instances are reached.
     pub address: String,
+    /// Its agent's own listener (logs, exec, signals, stats), on `address`; 0: none.
+    #[serde(default)]
+    pub agent_port: u16,
     pub resources: NodeResources,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -75,6 +79,16 @@ pub enum Change {
 pub struct Drained {
     pub drained: bool,
     pub in_flight: usize,
+}
+
+/// The query of an instance's logs: follow new records, and only records at or after
+/// `since_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 /// The server's error body.
@@ -152,12 +166,14 @@ impl Client {
         &self.base
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Sends a request; a success comes back as the response (body unread), anything else
+    /// as the error it is.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<T> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.base);
         let transport = |reason: String| ClientError::Transport {
             method: method.clone(),
@@ -177,28 +193,49 @@ impl Client {
             .await
             .map_err(|e| transport(error_chain(&e)))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| transport(e.to_string()))?
             .to_bytes();
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => (e.code, e.message),
-                Err(_) => (
-                    "http".to_string(),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ),
-            };
-            return Err(ClientError::Api {
-                method,
-                url,
-                status,
-                code,
-                message,
-            });
-        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => (e.code, e.message),
+            Err(_) => (
+                "http".to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+        };
+        Err(ClientError::Api {
+            method,
+            url,
+            status,
+            code,
+            message,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        let resp = self.send(method.clone(), path, body).await?;
+        let url = format!("{}{path}", self.base);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport {
+                method: method.clone(),
+                url: url.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             method,
             url,
@@ -321,6 +358,66 @@ impl Client {
             None,
         )
         .await
+    }
+}
+
+/// Calls of an agent's own listener (`skiff_agent::listener`), for the server's proxy.
+impl Client {
+    fn agent_path(id: &InstanceId, what: &str) -> String {
+        format!(
+            "/v1/agent/instances/{}/{}/{}/{what}",
+            id.stack.env,
+            id.stack.stack,
+            id.short()
+        )
+    }
+
+    pub async fn agent_stats(&self, id: &InstanceId) -> Result<InstanceStats> {
+        self.call(Method::GET, &Self::agent_path(id, "stats"), None)
+            .await
+    }
+
+    /// Runs `cmd` in the instance: its exit code and combined output.
+    pub async fn agent_exec(&self, id: &InstanceId, cmd: &[String]) -> Result<(i64, String)> {
+        #[derive(Deserialize)]
+        struct Done {
+            exit_code: i64,
+            output: String,
+        }
+        let done: Done = self
+            .call(
+                Method::POST,
+                &Self::agent_path(id, "exec"),
+                Self::json(&serde_json::json!({ "cmd": cmd })),
+            )
+            .await?;
+        Ok((done.exit_code, done.output))
+    }
+
+    pub async fn agent_signal(&self, id: &InstanceId, signal: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &Self::agent_path(id, "signal"),
+                Self::json(&serde_json::json!({ "signal": signal })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The instance's log records as a stream (the response as the agent sent it, for a
+    /// proxy to pass on); an error answer is a [`ClientError::Api`].
+    pub async fn agent_logs(
+        &self,
+        id: &InstanceId,
+        follow: bool,
+        since_ms: u64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let path = format!(
+            "{}?follow={follow}&since_ms={since_ms}",
+            Self::agent_path(id, "logs")
+        );
+        self.send(Method::GET, &path, None).await
     }
 }
 

@@ -113,6 +113,9 @@ struct State {
     withdrawn: HashMap<InstanceId, Arc<Traffic>>,
     unplaced: Vec<Unplaced>,
     releases: HashMap<(StackKey, u64), Arc<Release>>,
+    /// Services some service of a current release `depends_on`: only their instances'
+    /// states can change what the planner does.
+    dependencies: std::collections::HashSet<(StackKey, String)>,
 }
 
 pub struct Control {
@@ -266,6 +269,7 @@ impl Control {
             id: id.to_string(),
             name: reg.name,
             address: reg.address,
+            agent_port: reg.agent_port,
             resources: reg.resources,
             labels: reg.labels,
             drivers: reg.drivers,
@@ -565,7 +569,18 @@ impl Control {
         }
         self.catalog.set_services(known);
 
-        let st = self.lock();
+        let mut st = self.lock();
+        st.dependencies = releases
+            .iter()
+            .flat_map(|(s, rel)| {
+                rel.spec
+                    .services
+                    .values()
+                    .flat_map(|spec| spec.depends_on.keys())
+                    .map(|dep| (s.stack.clone(), dep.clone()))
+            })
+            .collect();
+        let st = st;
         // (stack, service) → (release, generation, hold new placements back)
         let mut wanted: HashMap<(&StackKey, &str), (&Release, u64, bool)> = HashMap::new();
         for (s, rel) in &releases {
@@ -765,7 +780,10 @@ impl Control {
                         }
                     }
                     let before = st.instances.get(&inst.id).map(|i| i.state);
-                    replan |= before != Some(inst.state);
+                    replan |= before != Some(inst.state)
+                        && st
+                            .dependencies
+                            .contains(&(inst.id.stack.clone(), inst.id.service.clone()));
                     let _ = self.store.put_instance(&inst);
                     st.instances.insert(inst.id.clone(), inst);
                 }
@@ -775,7 +793,9 @@ impl Control {
                         st.withdrawn.remove(&id);
                         self.catalog.remove(&id);
                         let _ = self.store.delete_instance(&id);
-                        replan = true;
+                        replan |= st
+                            .dependencies
+                            .contains(&(id.stack.clone(), id.service.clone()));
                     }
                 }
                 Change::Event(e) => {
@@ -830,6 +850,13 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// The node an instance runs on, as its agent last reported it.
+    pub fn node_of(&self, id: &InstanceId) -> Option<Node> {
+        let st = self.lock();
+        let node = &st.instances.get(id)?.node;
+        st.nodes.get(node).map(|n| self.view(n))
     }
 
     /// The instances agents reported, with their nodes.

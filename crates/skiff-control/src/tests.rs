@@ -29,6 +29,7 @@ fn registration(name: &str, address: &str) -> NodeRegistration {
     NodeRegistration {
         name: name.into(),
         address: address.into(),
+        agent_port: 0,
         resources: NodeResources {
             cpu_millis: 2000,
             memory_bytes: 4 << 30,

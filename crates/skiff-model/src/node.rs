@@ -18,6 +18,9 @@ pub struct Node {
     pub name: String,
     /// Where its instances and its agent's listener are reached.
     pub address: String,
+    /// The port of its agent's listener (logs, exec, signals, stats); 0: none.
+    #[serde(default)]
+    pub agent_port: u16,
     pub resources: NodeResources,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -236,6 +239,7 @@ mod tests {
             id: format!("id-{name}"),
             name: name.into(),
             address: "10.231.0.2".into(),
+            agent_port: 0,
             resources: NodeResources {
                 cpu_millis: 2000,
                 memory_bytes: 1 << 30,

@@ -47,6 +47,7 @@ pub fn nodes(count: usize, seed: u64) -> Vec<Node> {
                 id: format!("n{i:05}"),
                 name: format!("node-{i}"),
                 address: format!("10.231.{}.{}", i / 250, i % 250 + 2),
+                agent_port: 0,
                 resources: NodeResources {
                     cpu_millis: 2000 * (1 + rng.below(8)),
                     memory_bytes: (4 << 30) * (1 + rng.below(16)),

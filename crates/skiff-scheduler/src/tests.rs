@@ -15,6 +15,7 @@ fn node(name: &str, cpu: u64, mem: u64, labels: &[(&str, &str)]) -> Node {
         id: format!("id-{name}"),
         name: name.into(),
         address: "10.231.0.2".into(),
+        agent_port: 0,
         resources: NodeResources {
             cpu_millis: cpu,
             memory_bytes: mem,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +28,19 @@ pub struct Args {
     /// State directory (default: $XDG_DATA_HOME/skiff, or ~/.local/share/skiff).
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Port of the agent's own listener on `--address` (logs, exec, signals and stats, which
+    /// the server proxies); 0 picks a free one.
+    #[arg(long, default_value_t = 7701)]
+    port: u16,
+}
+
+/// Serves the agent's listener until the task is aborted.
+pub fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, skiff_agent::listener::router(agent)).await {
+            tracing::error!("agent listener: {e}");
+        }
+    })
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -36,13 +50,20 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: use key=value"))
 }
 
-/// The agent configuration both `skiff agent` and `skiff dev` build.
+/// Who a node is: its address, name, labels and the port of its agent's listener.
+pub struct NodeIdentity {
+    pub address: IpAddr,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub agent_port: u16,
+}
+
+/// The agent configuration both `skiff agent` and `skiff dev` build; `scope` keeps its
+/// cgroups and containers apart from other agents' on the same machine.
 pub async fn config(
     data_dir: &Path,
-    address: IpAddr,
     server: &str,
-    name: String,
-    labels: BTreeMap<String, String>,
+    node: NodeIdentity,
     scope: &str,
     role: &str,
 ) -> anyhow::Result<Config> {
@@ -76,15 +97,16 @@ pub async fn config(
     }
     Ok(Config {
         data_dir: data_dir.to_path_buf(),
-        node_addr: address,
+        node_addr: node.address,
         shim: ShimCommand(vec![exe.display().to_string(), "__shim".into()]),
         resync: Duration::from_secs(1),
         base_env,
         cgroups,
         docker,
         server: skiff_client::Client::new(server)?,
-        node_name: name,
-        labels,
+        node_name: node.name,
+        agent_port: node.agent_port,
+        labels: node.labels,
     })
 }
 
@@ -108,19 +130,29 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let node_id = skiff_agent::server::node_id(&data_dir).context("reading the node id")?;
+        let listener = tokio::net::TcpListener::bind((args.address, args.port))
+            .await
+            .with_context(|| {
+                format!("listening for the agent on {}:{}", args.address, args.port)
+            })?;
+        let port = listener.local_addr()?.port();
         // Containers and cgroups are this node's own: cleanup on adoption never touches
         // another agent's on the same engine.
         let cfg = config(
             &data_dir,
-            args.address,
             &args.join,
-            args.name.unwrap_or_else(host_name),
-            args.labels.into_iter().collect(),
+            NodeIdentity {
+                address: args.address,
+                name: args.name.unwrap_or_else(host_name),
+                labels: args.labels.into_iter().collect(),
+                agent_port: port,
+            },
             &format!("node-{node_id}"),
             "agent",
         )
         .await?;
         let agent = Agent::new(cfg).context("reading the node id")?;
+        let agent_api = serve(agent.clone(), listener);
         println!(
             "skiff agent: node {} joining {} (address {})",
             agent.node_id(),
@@ -131,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .run(crate::cmd::dev::shutdown_signal(), false)
             .await
             .context("the server refused this node")?;
+        agent_api.abort();
         println!("skiff agent: stopped (instances keep running)");
         Ok(std::process::ExitCode::SUCCESS)
     })

@@ -4,7 +4,6 @@
 //! started and exits; `kill -9` leaves them running for the next `skiff dev` to adopt.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::Context;
 use skiff_agent::Agent;
@@ -32,13 +31,20 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .await
             .with_context(|| format!("listening for the API on {}", args.api))?;
         let addr = api_listener.local_addr()?;
+        // The agent's own listener (logs, exec, signals, stats), proxied by the server.
+        let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("listening for the agent")?;
         // The agent is a client of the server, over loopback HTTP as on any other node.
         let cfg = crate::cmd::agent::config(
             &data_dir,
-            "127.0.0.1".parse().expect("loopback"),
             &format!("http://{addr}"),
-            crate::cmd::agent::host_name(),
-            BTreeMap::new(),
+            crate::cmd::agent::NodeIdentity {
+                address: "127.0.0.1".parse().expect("loopback"),
+                name: crate::cmd::agent::host_name(),
+                labels: BTreeMap::new(),
+                agent_port: agent_listener.local_addr()?.port(),
+            },
             &cluster,
             "dev",
         )
@@ -51,10 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             &data_dir,
             store,
             docker_unavailable,
-            Arc::new(AgentInstances(agent.clone())),
             Some(api_listener),
         )
         .await?;
+        let agent_api = crate::cmd::agent::serve(agent.clone(), agent_listener);
         // The agent stops first: its instances drain through the server.
         let (stop_agent_tx, stop_agent) = tokio::sync::oneshot::channel::<()>();
         let agent_task = tokio::spawn(agent.clone().run(
@@ -67,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!("skiff dev: stopping every instance");
         let _ = stop_agent_tx.send(());
         let refused = agent_task.await.ok().and_then(Result::err);
+        agent_api.abort();
         server.stop().await;
         if let Some(e) = refused {
             anyhow::bail!("the server refused this node: {e}");
@@ -83,38 +90,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-/// The API's view of the agent's instances.
-struct AgentInstances(Arc<Agent>);
-
-impl skiff_api::Instances for AgentInstances {
-    fn stats(
-        &self,
-        id: skiff_model::InstanceId,
-    ) -> skiff_api::BoxFuture<'static, Option<skiff_model::InstanceStats>> {
-        let agent = self.0.clone();
-        Box::pin(async move { agent.stats(&id).await })
-    }
-
-    fn exec(
-        &self,
-        id: skiff_model::InstanceId,
-        cmd: Vec<String>,
-    ) -> skiff_api::BoxFuture<'static, Result<skiff_api::Exec, String>> {
-        let agent = self.0.clone();
-        Box::pin(async move {
-            let (exit_code, output) = agent.exec(&id, &cmd).await?;
-            Ok(skiff_api::Exec { exit_code, output })
-        })
-    }
-
-    fn signal(
-        &self,
-        id: skiff_model::InstanceId,
-        signal: String,
-    ) -> skiff_api::BoxFuture<'static, Result<(), String>> {
-        let agent = self.0.clone();
-        Box::pin(async move { agent.signal(&id, &signal).await })
     }
 }

@@ -118,7 +118,6 @@ impl Server {
         data_dir: &Path,
         store: Arc<dyn Store>,
         docker_unavailable: Option<String>,
-        instances: Arc<dyn skiff_api::Instances>,
         api_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Server> {
         let kv = skiff_store::AnyKv::Redb(
@@ -162,9 +161,8 @@ impl Server {
         let app = skiff_api::router(ApiState {
             store: store.clone(),
             control: control.clone(),
-            data_dir: data_dir.to_path_buf(),
             docker_unavailable,
-            instances,
+            instances: Arc::new(skiff_api::ViaAgents::new(control.clone())),
             catalog,
             zone,
             routes: Some(ingress.routes()),
@@ -205,43 +203,6 @@ impl Server {
     }
 }
 
-/// The API's view of instances on other nodes: exec, signals and stats go through the
-/// agents' own listeners, which `skiff server` does not proxy yet.
-struct NoLocalAgent;
-
-impl skiff_api::Instances for NoLocalAgent {
-    fn stats(
-        &self,
-        _: skiff_model::InstanceId,
-    ) -> skiff_api::BoxFuture<'static, Option<skiff_model::InstanceStats>> {
-        Box::pin(async { None })
-    }
-
-    fn exec(
-        &self,
-        id: skiff_model::InstanceId,
-        _: Vec<String>,
-    ) -> skiff_api::BoxFuture<'static, Result<skiff_api::Exec, String>> {
-        Box::pin(async move {
-            Err(format!(
-                "{id} runs on an agent; exec through `skiff server` is not supported yet"
-            ))
-        })
-    }
-
-    fn signal(
-        &self,
-        id: skiff_model::InstanceId,
-        _: String,
-    ) -> skiff_api::BoxFuture<'static, Result<(), String>> {
-        Box::pin(async move {
-            Err(format!(
-                "{id} runs on an agent; signals through `skiff server` are not supported yet"
-            ))
-        })
-    }
-}
-
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -255,16 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let store = open_store(&data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let server = Server::start(
-            "server",
-            &args,
-            &data_dir,
-            store,
-            None,
-            Arc::new(NoLocalAgent),
-            None,
-        )
-        .await?;
+        let server = Server::start("server", &args, &data_dir, store, None, None).await?;
         crate::cmd::dev::shutdown_signal().await;
         println!("skiff server: stopping (agents keep their instances running)");
         server.stop().await;

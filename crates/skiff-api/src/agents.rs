@@ -1,0 +1,103 @@
+//! What only the node running an instance can do — logs, exec, signals, stats — asked of
+//! that node's agent on its own listener. The server reads no node's disk.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use skiff_client::{Client, ClientError};
+use skiff_control::Control;
+use skiff_model::{InstanceId, InstanceStats};
+
+use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, Exec, Instances};
+
+/// [`Instances`] through the agents' listeners.
+pub struct ViaAgents {
+    control: Arc<Control>,
+}
+
+impl ViaAgents {
+    pub fn new(control: Arc<Control>) -> ViaAgents {
+        ViaAgents { control }
+    }
+}
+
+/// A client of the agent that runs `id`, or why there is none.
+fn agent_of(control: &Control, id: &InstanceId) -> Result<Client, String> {
+    let node = control
+        .node_of(id)
+        .ok_or_else(|| format!("{id} runs on no known node"))?;
+    if node.agent_port == 0 {
+        return Err(format!("the agent of node {} has no listener", node.name));
+    }
+    let host = match node.address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => node.address.clone(),
+    };
+    Client::new(&format!("http://{host}:{}", node.agent_port)).map_err(|e| e.to_string())
+}
+
+fn message(e: ClientError) -> String {
+    match e {
+        ClientError::Api { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+impl Instances for ViaAgents {
+    fn stats(&self, id: InstanceId) -> BoxFuture<'static, Option<InstanceStats>> {
+        let control = self.control.clone();
+        Box::pin(async move {
+            let agent = agent_of(&control, &id).ok()?;
+            agent.agent_stats(&id).await.ok()
+        })
+    }
+
+    fn exec(&self, id: InstanceId, cmd: Vec<String>) -> BoxFuture<'static, Result<Exec, String>> {
+        let control = self.control.clone();
+        Box::pin(async move {
+            let agent = agent_of(&control, &id)?;
+            let (exit_code, output) = agent.agent_exec(&id, &cmd).await.map_err(message)?;
+            Ok(Exec { exit_code, output })
+        })
+    }
+
+    fn signal(&self, id: InstanceId, signal: String) -> BoxFuture<'static, Result<(), String>> {
+        let control = self.control.clone();
+        Box::pin(async move {
+            let agent = agent_of(&control, &id)?;
+            agent.agent_signal(&id, &signal).await.map_err(message)
+        })
+    }
+}
+
+use skiff_client::LogQuery;
+
+/// `GET …/instances/{instance}/logs?follow=&since_ms=`: the records as the instance's agent
+/// streams them (with `follow`, until the instance is gone or the client leaves).
+pub async fn instance_logs(
+    State(s): State<ApiState>,
+    ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let id = crate::parse_instance_id(&env, &stack, &instance)?;
+    let not_found = |why: String| ApiError::new(StatusCode::NOT_FOUND, "instance_not_found", why);
+    let agent = agent_of(&s.control, &id).map_err(not_found)?;
+    match agent.agent_logs(&id, q.follow, q.since_ms).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Ok(Response::from_parts(parts, Body::new(body)))
+        }
+        Err(ClientError::Api {
+            status, message, ..
+        }) if status == StatusCode::NOT_FOUND => Err(not_found(message)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_unreachable",
+            e.to_string(),
+        )),
+    }
+}
