@@ -2,12 +2,12 @@
 # Every benchmark in a short mode, then one table: figure, value, target, must, pass.
 # Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
 # run; ratios, since the machine is noisy). Every closing note carries this table.
-# Usage: bench/all.sh            (about 6 minutes on 2 cores)
-#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler)
+# Usage: bench/all.sh            (about 7 minutes on 2 cores)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler cluster)
 # The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-up dns gone ingress docker scheduler}
+only=${BENCH_ONLY:-up dns gone ingress docker scheduler cluster}
 logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
 mkdir -p "$logs"
 cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
@@ -26,6 +26,7 @@ want gone && run gone bench/dns_gone.sh 20 4
 want ingress && run ingress bench/ingress.sh 3 5
 want docker && run docker bench/docker100.sh 50 2
 want scheduler && run scheduler bench/scheduler.sh
+want cluster && run cluster bench/cluster.sh
 
 # pick LOG SED-EXPRESSION: the first match in the log, or "-".
 pick() { local v; v=$(sed -n "$2" "$logs/$1.log" 2>/dev/null | head -n 1); echo "${v:--}"; }
@@ -72,12 +73,19 @@ fi
 if want docker; then
   row "skiff up / docker run -d (P=4), 50 containers ready" "$(pick docker 's/.*median of round ratios \([0-9.]*\) .*/\1/p')" x 1.0 1.3 le
 fi
+if want cluster; then
+  row "2,000 sleep instances over 20 agents -> healthy" "$(pick cluster 's/^2000 instances over 20 agents: up -> healthy in \([0-9.]*\) s$/\1/p')" s 5 15 le
+  info "  spread: min/max instances per node" "$(pick cluster 's/^spread: min \([0-9]*\) \/ max \([0-9]*\) .*/\1\/\2/p')" ""
+  info "  skiff down of the 2,000" "$(pick cluster 's/^skiff down of 2000 instances over 20 agents: \([0-9.]*\) s.*/\1/p')" s
+  row "node loss: out of DNS after the down timeout (2 s)" "$(pick cluster 's/^node loss: out of DNS after .*X - Y = \(-*[0-9]*\) ms)$/\1/p')" ms 100 100 le
+  row "node loss: running elsewhere after the down timeout (2 s)" "$(pick cluster 's/^node loss: running elsewhere after .*X - Y = \(-*[0-9]*\) ms)$/\1/p')" ms 2000 2000 le
+fi
 
 echo
 echo "| figure | value | target | must | pass |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh)"
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh)"
 printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
 exit 0
