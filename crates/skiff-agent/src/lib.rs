@@ -1197,8 +1197,9 @@ impl Agent {
         if let Some(o) = &observed {
             self.observed_now(&id, o, InstanceState::Stopping, None);
         }
-        if was_running {
-            self.reporter.flush().await;
+        // Only an instance the server still counts requests on waits for them (most have
+        // none: no drain call, no connection per stop).
+        if was_running && self.reporter.flush().await.contains(&id) {
             let grace = spec.stop_grace.min(Duration::from_secs(30));
             match self.cfg.server.drain(&id, grace).await {
                 Ok(d) if !d.drained => self.event(

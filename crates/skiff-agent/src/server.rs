@@ -2,7 +2,7 @@
 //! registration, the heartbeat, the long poll of its allocations, and the reporter that sends
 //! instance states and events to the server in the order they happened.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -152,8 +152,9 @@ pub async fn follow(client: Client, id: String, changed: impl Fn(Desired)) {
 
 enum Outgoing {
     Change(Change),
-    /// Answered once everything queued before it reached the server.
-    Flush(oneshot::Sender<()>),
+    /// Answered once everything queued before it reached the server, with the instances
+    /// the server took out of traffic that still have requests in flight.
+    Flush(oneshot::Sender<HashSet<InstanceId>>),
 }
 
 /// The queue of changes to report. Cloned freely; one task sends.
@@ -176,12 +177,14 @@ impl Reporter {
         let _ = self.tx.send(Outgoing::Change(change));
     }
 
-    /// Waits until every change queued so far reached the server (or the sender gave up).
-    pub async fn flush(&self) {
+    /// Waits until every change queued so far reached the server (or the sender gave up);
+    /// returns the instances withdrawn by the batch that still have requests in flight.
+    pub async fn flush(&self) -> HashSet<InstanceId> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Outgoing::Flush(tx)).is_ok() {
-            let _ = rx.await;
+            return rx.await.unwrap_or_default();
         }
+        HashSet::new()
     }
 
     /// Sends what is queued, in batches, in order, until `closing` is set and the queue is
@@ -223,24 +226,33 @@ impl Reporter {
                     next = rx.try_recv().ok();
                 }
             }
+            let mut busy = HashSet::new();
             if !changes.is_empty() {
                 let report = Report {
                     full: false,
                     changes,
                 };
                 let mut delay = Duration::from_millis(20);
-                while let Err(e) = client.report(&node, &report).await {
-                    if *closing.borrow() {
-                        tracing::warn!("report lost at shutdown: {e}");
-                        break;
+                loop {
+                    match client.report(&node, &report).await {
+                        Ok(answer) => {
+                            busy.extend(answer.busy);
+                            break;
+                        }
+                        Err(e) if *closing.borrow() => {
+                            tracing::warn!("report lost at shutdown: {e}");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("report: {e}; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(1));
+                        }
                     }
-                    tracing::warn!("report: {e}; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
             for f in flushes {
-                let _ = f.send(());
+                let _ = f.send(busy.clone());
             }
         }
     }

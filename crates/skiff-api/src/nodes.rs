@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use skiff_client::{Allocations, Drained, NodeRegistration, Report};
+use skiff_client::{Allocations, Drained, NodeRegistration, Report, ReportAnswer};
 use skiff_control::ControlError;
 use skiff_model::{Allocation, Node, NodeStatus};
 
@@ -99,9 +99,8 @@ pub(crate) async fn report(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<String>,
     Body(report): Body<Report>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    s.control.report(&id, report)?;
-    Ok(Json(serde_json::json!({})))
+) -> Result<Json<ReportAnswer>, ApiError> {
+    Ok(Json(s.control.report(&id, report)?))
 }
 
 #[derive(Deserialize)]

@@ -74,6 +74,15 @@ pub enum Change {
     Event(NewEvent),
 }
 
+/// The server's answer to a report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    /// Instances the report took out of traffic that still have requests in flight: only
+    /// these need a drain before their stop signal.
+    #[serde(default)]
+    pub busy: Vec<InstanceId>,
+}
+
 /// The answer to a drain: whether the instance's requests all finished in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drained {
@@ -332,15 +341,13 @@ impl Client {
             .collect())
     }
 
-    pub async fn report(&self, node_id: &str, report: &Report) -> Result<()> {
-        let _: serde_json::Value = self
-            .call(
-                Method::POST,
-                &format!("/v1/nodes/{node_id}/report"),
-                Self::json(report),
-            )
-            .await?;
-        Ok(())
+    pub async fn report(&self, node_id: &str, report: &Report) -> Result<ReportAnswer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{node_id}/report"),
+            Self::json(report),
+        )
+        .await
     }
 
     /// Waits until no request is in flight on `id` (withdrawn from traffic by a report

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use skiff_catalog::{Catalog, ServiceInfo, ServiceKey, Traffic};
-use skiff_client::{Allocations, Change, Drained, NodeRegistration, Report};
+use skiff_client::{Allocations, Change, Drained, NodeRegistration, Report, ReportAnswer};
 use skiff_model::{
     Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
     ServiceSpec, StackKey, WaitFor,
@@ -41,6 +41,9 @@ use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Store, TxnOp};
 use tokio::sync::{Notify, watch};
 
 const NODES: &str = "nodes/";
+/// How often silent nodes are looked for: a node is out of DNS at most this long after its
+/// down timeout.
+const LIVENESS_TICK: Duration = Duration::from_millis(25);
 const ALLOCS: &str = "allocs/";
 
 #[derive(Clone, Debug)]
@@ -210,21 +213,31 @@ impl Control {
 
     /// The planner and the node liveness check, until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        // Liveness on its own task: a long planner pass never delays noticing a dead node.
+        let liveness = {
+            let control = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(LIVENESS_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if control.check_liveness() {
+                        control.changed();
+                    }
+                }
+            })
+        };
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(e) = self.plan_and_apply().await {
                 tracing::warn!("planner: {e}");
             }
-            loop {
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = self.wake.notified() => break,
-                    _ = tick.tick() => if self.check_liveness() { break },
-                }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.wake.notified() => {}
             }
         }
+        liveness.abort();
     }
 
     // === nodes ===
@@ -737,7 +750,7 @@ impl Control {
 
     /// Applies an agent's report, in order: instance records (into the catalog while
     /// healthy), removals and events.
-    pub fn report(&self, node: &str, report: Report) -> Result<()> {
+    pub fn report(&self, node: &str, report: Report) -> Result<ReportAnswer> {
         let mut st = self.lock();
         let address = {
             let n = st
@@ -749,6 +762,7 @@ impl Control {
         let node_down = st.nodes.get(node).is_some_and(|n| n.down);
         let mut replan = false;
         let mut listed = BTreeSet::new();
+        let mut answer = ReportAnswer::default();
         let allocated: std::collections::HashSet<InstanceId> = st
             .allocs
             .values()
@@ -776,6 +790,14 @@ impl Control {
                         _ => {
                             if let Some(t) = self.catalog.remove(&inst.id) {
                                 st.withdrawn.insert(inst.id.clone(), t);
+                            }
+                            if inst.state == InstanceState::Stopping
+                                && st
+                                    .withdrawn
+                                    .get(&inst.id)
+                                    .is_some_and(|t| t.in_flight() > 0)
+                            {
+                                answer.busy.push(inst.id.clone());
                             }
                         }
                     }
@@ -824,7 +846,7 @@ impl Control {
         if replan {
             self.changed();
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Waits until no request is in flight on `id`, at most `timeout`. An instance still in
