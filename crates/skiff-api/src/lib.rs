@@ -223,6 +223,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes/{id}/undrain", post(nodes::undrain_node))
         .route("/v1/nodes/{id}/labels", post(nodes::label_node))
         .route("/v1/allocations", get(nodes::all_allocations))
+        .route("/v1/unplaced", get(nodes::unplaced))
         .route(
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/drain",
             post(nodes::drain),
@@ -663,6 +664,9 @@ pub struct ServiceStatus {
     pub generation: u64,
     pub spec: ServiceSpec,
     pub instances: Vec<InstanceStatus>,
+    /// Instances the scheduler could place on no node, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<skiff_client::UnplacedView>,
 }
 
 async fn service_status(
@@ -698,6 +702,9 @@ async fn service_status(
         .zip(samples)
         .map(|(instance, stats)| InstanceStatus { instance, stats })
         .collect();
+    let unplaced = nodes::unplaced_of(&s, &key)
+        .into_iter()
+        .find(|u| u.service == service);
     Ok(Json(ServiceStatus {
         env: key.env,
         stack: key.stack,
@@ -705,6 +712,7 @@ async fn service_status(
         release: release.number,
         stopped: control.stopped,
         generation: control.generation,
+        unplaced,
         spec,
         instances,
     }))

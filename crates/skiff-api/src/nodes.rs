@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use skiff_client::{Allocations, Drained, NodeRegistration, Report, ReportAnswer};
+use skiff_client::{Allocations, Drained, NodeRegistration, Report, ReportAnswer, UnplacedView};
 use skiff_control::ControlError;
 use skiff_model::{Allocation, Node, NodeStatus};
 
@@ -159,4 +159,46 @@ pub(crate) async fn label_node(
             .set_labels(&id, change.set, &change.remove)
             .await?,
     ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StackQuery {
+    env: Option<String>,
+    stack: Option<String>,
+}
+
+/// Work the last planner pass could place nowhere (optionally of one stack), with reasons.
+pub(crate) async fn unplaced(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<StackQuery>,
+) -> Json<Vec<UnplacedView>> {
+    Json(
+        s.control
+            .unplaced()
+            .into_iter()
+            .filter(|u| q.env.as_ref().is_none_or(|e| &u.stack.env == e))
+            .filter(|u| q.stack.as_ref().is_none_or(|st| &u.stack.stack == st))
+            .map(view)
+            .collect(),
+    )
+}
+
+/// Unplaced work of one stack.
+pub(crate) fn unplaced_of(s: &ApiState, stack: &skiff_model::StackKey) -> Vec<UnplacedView> {
+    s.control
+        .unplaced()
+        .into_iter()
+        .filter(|u| &u.stack == stack)
+        .map(view)
+        .collect()
+}
+
+fn view(u: skiff_scheduler::Unplaced) -> UnplacedView {
+    UnplacedView {
+        env: u.stack.env,
+        stack: u.stack.stack,
+        service: u.service,
+        missing: u.missing,
+        reason: u.reason,
+    }
 }

@@ -74,6 +74,16 @@ pub enum Change {
     Event(NewEvent),
 }
 
+/// Instances of a service the scheduler could place on no node, and why, in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnplacedView {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    pub missing: u32,
+    pub reason: String,
+}
+
 /// The server's answer to a report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAnswer {

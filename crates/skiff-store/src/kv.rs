@@ -23,6 +23,10 @@ use tokio::sync::{broadcast, mpsc};
 /// Changes kept for watches that start in the past.
 pub const HISTORY: u64 = 10_000;
 
+/// Changes buffered for live watchers that have not taken them yet; one further behind gets
+/// `Lagged` (and lists again). The buffer is allocated whole up front, so it stays small.
+const LIVE_BUFFER: usize = 256;
+
 /// A key's value and the revisions of its creation and last change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvEntry {
@@ -196,7 +200,7 @@ impl Log {
     fn new() -> Self {
         Log {
             recent: VecDeque::new(),
-            live: broadcast::channel(4096).0,
+            live: broadcast::channel(LIVE_BUFFER).0,
         }
     }
 

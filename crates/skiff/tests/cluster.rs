@@ -459,6 +459,19 @@ fn placement_follows_spread_constraints_and_global_mode_and_unplaceable_work_say
         line.contains("huge") && line.contains("memory") && line.contains("3 lack memory"),
         "the reason in words, with counts: {line}"
     );
+    // `up` (waiting) fails at once with the reason; `status` shows it.
+    let started = Instant::now();
+    let (ok, out) = c.cli(&["up", "-f", big.to_str().unwrap(), "--timeout", "60"]);
+    assert!(
+        !ok && out.contains("fit no node") && out.contains("lack memory"),
+        "{out}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "failed fast");
+    let (ok, out) = c.cli(&["status", "huge"]);
+    assert!(
+        ok && out.contains("Unplaced:") && out.contains("lack memory"),
+        "{out}"
+    );
 }
 
 #[test]

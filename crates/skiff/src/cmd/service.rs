@@ -278,6 +278,12 @@ fn print_status(st: &ServiceStatus) {
             .collect();
         lines.push(("Depends on", deps.join(", ")));
     }
+    if let Some(u) = &st.unplaced {
+        lines.push((
+            "Unplaced",
+            format!("{} instance(s) fit no node: {}", u.missing, u.reason),
+        ));
+    }
     for (k, v) in lines {
         println!("{:<11} {v}", format!("{k}:"));
     }

@@ -52,6 +52,15 @@ pub fn until_ready(
             client.get(&format!("/v1/instances?env={}&stack={}", w.env, w.stack))?;
         let mut all_ready = true;
         let mut failed = Vec::new();
+        // Work no node can take fails the wait at once, with the scheduler's reason.
+        let unplaced: Vec<skiff_client::UnplacedView> =
+            client.get(&format!("/v1/unplaced?env={}&stack={}", w.env, w.stack))?;
+        for u in unplaced.iter().filter(|u| wanted.contains_key(&u.service)) {
+            failed.push(format!(
+                "{}: {} instance(s) fit no node: {} (placed once a node fits; see `skiff node ls`)",
+                u.service, u.missing, u.reason
+            ));
+        }
         for (&svc, &n) in &wanted {
             let desired: Vec<&Instance> = instances
                 .iter()
