@@ -209,19 +209,7 @@ impl Agent {
         }
         self.adopt().await;
         // Everything the node runs now, in one report: the server forgets the rest.
-        let full = skiff_client::Report {
-            full: true,
-            changes: self.records().into_iter().map(Change::Instance).collect(),
-        };
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = async {
-                while let Err(e) = client.report(&self.node_id, &full).await {
-                    tracing::warn!("report: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            } => {}
-        }
+        self.report_all();
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let reporter = {
             let (r, c, id) = (self.reporter.clone(), client.clone(), self.node_id.clone());
@@ -230,10 +218,16 @@ impl Agent {
         let heartbeat = tokio::spawn(server::heartbeat(client.clone(), self.node_id.clone(), reg));
         let follow = {
             let agent = self.clone();
-            tokio::spawn(server::follow(client, self.node_id.clone(), move |d| {
-                *agent.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
-                agent.wake();
-            }))
+            let again = self.clone();
+            tokio::spawn(server::follow(
+                client,
+                self.node_id.clone(),
+                move |d| {
+                    *agent.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+                    agent.wake();
+                },
+                move || again.report_all(),
+            ))
         };
         loop {
             self.clone().reconcile().await;
@@ -1309,10 +1303,15 @@ impl Agent {
         self.reporter.send(Change::Instance(record));
     }
 
-    /// Every instance's state now.
-    fn records(&self) -> Vec<Instance> {
-        let live = self.live();
-        live.iter().map(|(id, l)| self.record(id, l)).collect()
+    /// Reports every instance's state now, as a full report.
+    fn report_all(&self) {
+        let all = {
+            let live = self.live();
+            live.iter()
+                .map(|(id, l)| Change::Instance(self.record(id, l)))
+                .collect()
+        };
+        self.reporter.send_full(all);
     }
 
     fn record(&self, id: &InstanceId, l: &Live) -> Instance {

@@ -126,12 +126,18 @@ pub async fn heartbeat(client: Client, id: String, reg: NodeRegistration) {
 /// The allocations the server gave this node, by instance.
 pub type Desired = Arc<HashMap<InstanceId, Allocation>>;
 
-/// Follows the node's allocations by long poll; calls `changed` with each new set.
-pub async fn follow(client: Client, id: String, changed: impl Fn(Desired)) {
+/// Follows the node's allocations by long poll; calls `changed` with each new set, and
+/// `reconnected` when the server answers again after failing (it may have restarted and
+/// forgotten what it knew of the node's instances).
+pub async fn follow(client: Client, id: String, changed: impl Fn(Desired), reconnected: impl Fn()) {
     let mut index = None;
+    let mut failed = false;
     loop {
         match client.allocations(&id, index.unwrap_or(0), POLL_WAIT).await {
             Ok(a) => {
+                if std::mem::take(&mut failed) {
+                    reconnected();
+                }
                 if index != Some(a.index) {
                     index = Some(a.index);
                     let map = a
@@ -144,6 +150,9 @@ pub async fn follow(client: Client, id: String, changed: impl Fn(Desired)) {
             }
             Err(e) => {
                 tracing::warn!("allocations: {e}");
+                failed = true;
+                // The next answer comes at once (and may be a restarted server's).
+                index = None;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -152,6 +161,8 @@ pub async fn follow(client: Client, id: String, changed: impl Fn(Desired)) {
 
 enum Outgoing {
     Change(Change),
+    /// Every instance the node runs: the server forgets the node's other records.
+    Full(Vec<Change>),
     /// Answered once everything queued before it reached the server, with the instances
     /// the server took out of traffic that still have requests in flight.
     Flush(oneshot::Sender<HashSet<InstanceId>>),
@@ -177,6 +188,12 @@ impl Reporter {
         let _ = self.tx.send(Outgoing::Change(change));
     }
 
+    /// Queues a full report: every instance the node runs (after adoption, and whenever
+    /// the server may have lost what it knew: a restart, a partition).
+    pub fn send_full(&self, instances: Vec<Change>) {
+        let _ = self.tx.send(Outgoing::Full(instances));
+    }
+
     /// Waits until every change queued so far reached the server (or the sender gave up);
     /// returns the instances withdrawn by the batch that still have requests in flight.
     pub async fn flush(&self) -> HashSet<InstanceId> {
@@ -200,10 +217,14 @@ impl Reporter {
             return;
         };
         let mut closing = closing;
+        let mut carry = None;
         loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                _ = closing.wait_for(|c| *c) => None,
+            let first = match carry.take() {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = closing.wait_for(|c| *c) => None,
+                },
             };
             let first = match first {
                 Some(m) => Some(m),
@@ -214,24 +235,32 @@ impl Reporter {
                 }
             };
             let Some(first) = first else { return };
+            let mut full = false;
             let mut changes = Vec::new();
             let mut flushes = Vec::new();
-            let mut next = Some(first);
-            while let Some(m) = next.take() {
-                match m {
-                    Outgoing::Change(c) => changes.push(c),
-                    Outgoing::Flush(f) => flushes.push(f),
+            match first {
+                Outgoing::Full(all) => {
+                    full = true;
+                    changes = all;
                 }
-                if changes.len() < 4096 {
-                    next = rx.try_recv().ok();
+                Outgoing::Change(c) => changes.push(c),
+                Outgoing::Flush(f) => flushes.push(f),
+            }
+            // A full report goes alone; changes after it wait for the next batch.
+            while !full && changes.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(Outgoing::Change(c)) => changes.push(c),
+                    Ok(Outgoing::Flush(f)) => flushes.push(f),
+                    Ok(m @ Outgoing::Full(_)) => {
+                        carry = Some(m);
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
             let mut busy = HashSet::new();
-            if !changes.is_empty() {
-                let report = Report {
-                    full: false,
-                    changes,
-                };
+            if full || !changes.is_empty() {
+                let report = Report { full, changes };
                 let mut delay = Duration::from_millis(20);
                 loop {
                     match client.report(&node, &report).await {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,21 @@ impl Cluster {
             must(&["ip", "-n", &ns, "link", "set", &there, "up"]);
             must(&["ip", "-n", &ns, "route", "add", "default", "via", &s]);
         }
-        let data = c.dir.path().join("server");
+        c.server = Some(c.start_server());
+        for i in 0..ZONES.len() {
+            let agent = c.start_agent(i);
+            c.agents.push(Some(agent));
+        }
+        c.wait_until("three ready nodes", Duration::from_secs(20), |c| {
+            c.cli(&["node", "ls"]).1.matches(" ready ").count() == 3
+        });
+        c
+    }
+
+    /// `skiff server` in its namespace, on its data dir (again after a kill).
+    fn start_server(&self) -> Child {
+        let srv = self.ns("srv");
+        let data = self.dir.path().join("server");
         let mut server = Command::new("ip")
             .args(["netns", "exec", &srv, SKIFF, "server", "--data-dir"])
             .arg(&data)
@@ -155,15 +169,7 @@ impl Cluster {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        c.server = Some(server);
-        for i in 0..ZONES.len() {
-            let agent = c.start_agent(i);
-            c.agents.push(Some(agent));
-        }
-        c.wait_until("three ready nodes", Duration::from_secs(20), |c| {
-            c.cli(&["node", "ls"]).1.matches(" ready ").count() == 3
-        });
-        c
+        server
     }
 
     fn start_agent(&self, i: usize) -> Child {
@@ -520,7 +526,8 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
 }
 
 #[test]
-fn a_node_cut_off_or_killed_is_down_and_its_instances_run_elsewhere_exactly_once() {
+fn a_node_cut_off_or_killed_is_down_its_instances_run_elsewhere_once_and_a_new_server_relearns_them()
+ {
     if skip() {
         return;
     }
@@ -573,5 +580,17 @@ fn a_node_cut_off_or_killed_is_down_and_its_instances_run_elsewhere_exactly_once
     c.wait_until("web healthy without n2", Duration::from_secs(20), |c| {
         c.healthy("web") == 3 && c.placed("web").iter().all(|(_, n)| n == "n0" || n == "n1")
     });
-    let _ = Path::new(SKIFF);
+
+    // kill -9 of the server: the agents keep serving; a new server learns from their full
+    // reports what runs, and DNS answers it again.
+    let before = c.dns("web");
+    let mut server = c.server.take().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    c.server = Some(c.start_server());
+    c.wait_until(
+        "DNS answers again after a server restart",
+        Duration::from_secs(10),
+        |c| c.dns("web") == before,
+    );
 }
