@@ -1,0 +1,149 @@
+//! An instance's environment: `PORT`, `SKIFF_*`, `<SVC>_SERVICE_HOST/PORT`, and the
+//! service's own `environment` with `{{ service("x") }}` rendered.
+
+use super::*;
+
+impl Agent {
+    /// Address of the first ready instance of `service` (for templates and *_SERVICE_*):
+    /// on this node, else on another as the server's catalog listed it at the start.
+    pub(crate) fn service_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        self.local_address(stack, service).or_else(|| {
+            self.remote
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(stack.clone(), service.to_string()))
+                .copied()
+        })
+    }
+
+    /// Learns where the services of `stack` run on other nodes, from the server's catalog,
+    /// when `spec` needs a dependency's address and one is not on this node.
+    pub(crate) async fn learn_addresses(&self, stack: &StackKey, spec: &ServiceSpec) {
+        let needs = spec
+            .depends_on
+            .keys()
+            .any(|dep| self.local_address(stack, dep).is_none())
+            || spec.environment.values().any(|v| v.contains("service("));
+        if !needs {
+            return;
+        }
+        match self.cfg.server.catalog(stack).await {
+            Ok(found) => {
+                let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+                remote.retain(|(s, _), _| s != stack);
+                for (service, addr) in found {
+                    remote.insert((stack.clone(), service), addr);
+                }
+            }
+            Err(e) => tracing::warn!(%stack, "catalog: {e}"),
+        }
+    }
+
+    pub(crate) fn local_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        let live = self.live();
+        let mut candidates: Vec<(&InstanceId, &Live)> = live
+            .iter()
+            .filter(|(i, _)| &i.stack == stack && i.service == service)
+            .collect();
+        candidates.sort_by_key(|(i, _)| i.index);
+        candidates
+            .iter()
+            .find_map(|(_, l)| l.ports.first().map(|(_, p)| (self.cfg.node_addr, *p)))
+    }
+
+    /// The environment skiff gives an instance: `PORT`/`SKIFF_PORT_*` (the ports it listens
+    /// on: host ports for processes, container ports for containers), `SKIFF_*`, the address
+    /// of each dependency as `<SVC>_SERVICE_HOST/PORT`, then the service's own `environment`
+    /// with `{{ service("x") }}` rendered.
+    pub(crate) fn instance_env(
+        &self,
+        id: &InstanceId,
+        rel: &Release,
+        spec: &ServiceSpec,
+        listen_ports: &[(String, u16)],
+        container: bool,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut env = port_env(listen_ports);
+        env.insert("SKIFF_INSTANCE".into(), id.short());
+        env.insert("SKIFF_SERVICE".into(), id.service.clone());
+        env.insert("SKIFF_STACK".into(), id.stack.stack.clone());
+        env.insert("SKIFF_ENV".into(), id.stack.env.clone());
+        env.insert("SKIFF_RELEASE".into(), rel.number.to_string());
+        if !container {
+            // The address a process listens on: the node's, where it is reached.
+            env.insert("SKIFF_HOST".into(), self.cfg.node_addr.to_string());
+        }
+        for dep in spec.depends_on.keys() {
+            if let Some((host, port)) = self.dependency_address(&id.stack, rel, dep, container) {
+                env.insert(format!("{}_SERVICE_HOST", env_name(dep)), host);
+                env.insert(format!("{}_SERVICE_PORT", env_name(dep)), port.to_string());
+            }
+        }
+        for (k, v) in &spec.environment {
+            let value = self
+                .render(&id.stack, rel, v, container)
+                .map_err(|e| format!("environment {k}: {e}"))?;
+            env.insert(k.clone(), value);
+        }
+        Ok(env)
+    }
+
+    /// Where an instance reaches `dep`: from a container, a container dependency is its
+    /// service name (a network alias) and container port; otherwise the node address and the
+    /// first running instance's host port.
+    pub(crate) fn dependency_address(
+        &self,
+        stack: &StackKey,
+        rel: &Release,
+        dep: &str,
+        container: bool,
+    ) -> Option<(String, u16)> {
+        let dep_spec = rel.spec.services.get(dep)?;
+        if container && dep_spec.driver == skiff_model::Driver::Docker {
+            return dep_spec.ports.first().map(|p| (dep.to_string(), p.target));
+        }
+        self.service_address(stack, dep)
+            .map(|(ip, port)| (ip.to_string(), port))
+    }
+
+    /// Renders `{{ service("db").address }}` (also `.host`, `.port`) in an environment value.
+    pub(crate) fn render(
+        &self,
+        stack: &StackKey,
+        rel: &Release,
+        value: &str,
+        container: bool,
+    ) -> Result<String, String> {
+        if !value.contains("{{") {
+            return Ok(value.to_string());
+        }
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let addresses: BTreeMap<String, (String, u16)> = rel
+            .spec
+            .services
+            .keys()
+            .filter_map(|n| {
+                self.dependency_address(stack, rel, n, container)
+                    .map(|a| (n.clone(), a))
+            })
+            .collect();
+        env.add_function(
+            "service",
+            move |name: String| -> Result<minijinja::Value, minijinja::Error> {
+                let (host, port) = addresses.get(&name).ok_or_else(|| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("service {name:?} has no running instance"),
+                    )
+                })?;
+                let address = match host.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, *port).to_string(),
+                    Err(_) => format!("{host}:{port}"),
+                };
+                Ok(minijinja::context! { host => host, port => port, address => address })
+            },
+        );
+        env.render_str(value, ()).map_err(|e| e.to_string())
+    }
+}

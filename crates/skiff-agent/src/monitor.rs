@@ -1,0 +1,220 @@
+//! The monitor task of an instance: its exit seen at once beside its readiness and
+//! liveness probes, each run when due.
+
+use super::*;
+
+impl Agent {
+    pub(crate) fn spawn_monitor(
+        self: &Arc<Self>,
+        id: InstanceId,
+        live: &Live,
+    ) -> tokio::task::JoinHandle<()> {
+        let agent = self.clone();
+        let handle = live
+            .handle
+            .clone()
+            .expect("monitored instances have a handle");
+        let observed = live.observed.clone();
+        let spec = live.spec.clone();
+        let ports = live.ports.clone();
+        let probe_env = live.env.clone();
+        let node = self.cfg.node_addr;
+        tokio::spawn(async move {
+            let container = match &handle {
+                Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
+                Handle::Process(_) => None,
+            };
+            let readiness = Checker::new(
+                Probe::for_instance(
+                    spec.health.as_ref(),
+                    node,
+                    &ports,
+                    &probe_env,
+                    container.clone(),
+                ),
+                spec.health.as_ref(),
+            );
+            let liveness = spec.liveness.as_ref().map(|h| {
+                Checker::liveness(
+                    Probe::for_instance(Some(h), node, &ports, &probe_env, container),
+                    h,
+                )
+            });
+            let mut probes = Probes {
+                started: Instant::now(),
+                readiness,
+                liveness,
+                held: false,
+                killed_for: None,
+            };
+            // The exit is watched beside the probes, not between them: a crash during a
+            // probe that hangs until its timeout is still seen within ~10 ms.
+            let exit = watch_exit(handle.clone());
+            tokio::pin!(exit);
+            let status = loop {
+                let round = async {
+                    if probes.killed_for.is_some() {
+                        return std::future::pending().await;
+                    }
+                    agent
+                        .probe_once(&id, &spec, &observed, &handle, &mut probes)
+                        .await;
+                    // Asleep until a check is due: no timer per instance every few ms.
+                    tokio::time::sleep_until(probes.next_due()).await;
+                };
+                tokio::select! {
+                    biased;
+                    status = &mut exit => break status,
+                    () = round => {}
+                }
+            };
+            // Out of traffic before anything else happens: the server withdraws it on this
+            // report (the details of the exit follow).
+            agent.observed_now(&id, &observed, InstanceState::Exited, None);
+            let container_oom = handle.container_oom_killed();
+            // Wake the reconciler when the back-off ends, not at the next resync.
+            if let Some(delay) = agent.on_exit(
+                &id,
+                &spec,
+                &observed,
+                status,
+                container_oom,
+                probes.killed_for.take(),
+            ) {
+                tokio::time::sleep(delay).await;
+                agent.wake();
+            }
+        })
+    }
+
+    /// One round of the monitor's probes: readiness (into or out of the catalog), then
+    /// liveness (stop for a restart, or hold out of traffic under `keep_failed`).
+    async fn probe_once(
+        &self,
+        id: &InstanceId,
+        spec: &ServiceSpec,
+        observed: &Mutex<Observed>,
+        handle: &Handle,
+        p: &mut Probes,
+    ) {
+        if let Some(verdict) = p.readiness.due(p.started).await {
+            let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+            let before = o.state;
+            match verdict {
+                Verdict::Pass if !p.held => {
+                    o.state = InstanceState::Healthy;
+                    o.reason = None;
+                }
+                Verdict::Pass => {}
+                Verdict::Failing(why) => o.reason = Some(why),
+                Verdict::Failed(why) => {
+                    o.state = InstanceState::Unhealthy;
+                    o.reason = Some(why);
+                }
+            }
+            let now = o.state;
+            drop(o);
+            if now != before {
+                // Into or out of traffic: the server routes to it exactly while it is healthy.
+                self.write_observed(id);
+                self.wake();
+            }
+        }
+        if let Some(live) = p.liveness.as_mut()
+            && let Some(Verdict::Failed(why)) = live.due(p.started).await
+        {
+            if spec.keep_failed {
+                let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                o.state = InstanceState::Unhealthy;
+                o.reason = Some(format!(
+                    "liveness: {why}; kept running for inspection (keep_failed)"
+                ));
+                drop(o);
+                self.event(
+                    &id.stack,
+                    Some(id),
+                    "liveness_failed",
+                    format!("{why}; kept running out of traffic (keep_failed)"),
+                );
+                self.write_observed(id);
+                p.liveness = None;
+                p.held = true;
+            } else {
+                self.event(
+                    &id.stack,
+                    Some(id),
+                    "liveness_failed",
+                    format!("{why}; restarting"),
+                );
+                self.observed_now(
+                    id,
+                    observed,
+                    InstanceState::Unhealthy,
+                    Some(format!("liveness: {why}")),
+                );
+                p.killed_for = Some(format!("liveness check failed: {why}"));
+                let (h, signal, grace) = (handle.clone(), stop_signal(spec), spec.stop_grace);
+                tokio::spawn(async move { h.stop(signal, grace).await });
+            }
+        }
+    }
+}
+
+impl Probes {
+    /// When the next check is due (readiness or liveness, whichever comes first).
+    fn next_due(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let readiness = self.readiness.next_due().unwrap_or(now);
+        match self.liveness.as_ref() {
+            Some(l) => readiness.min(l.next_due().unwrap_or(now)),
+            None => readiness,
+        }
+    }
+}
+
+/// An instance's probes and what they decided so far.
+struct Probes {
+    started: Instant,
+    readiness: Checker,
+    liveness: Option<Checker>,
+    /// Failed liveness under `keep_failed`: out of traffic for good.
+    held: bool,
+    /// Stopped by skiff after failed liveness: the cause recorded with the exit.
+    killed_for: Option<String>,
+}
+
+/// Resolves when the process behind `pidfd` has ended (at once if it cannot be watched).
+#[allow(unsafe_code)]
+async fn ended(pidfd: std::os::fd::OwnedFd) {
+    // SAFETY: tokio requires that the descriptor stay open and the same for the lifetime of
+    // the `AsyncFd`; an `OwnedFd` moved into it is closed only when the `AsyncFd` drops it.
+    if let Ok(fd) =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+    {
+        let _ = fd.readable().await;
+    }
+}
+
+/// Resolves when the workload is no longer running. A process is watched through pidfds of its
+/// shim and then of the workload (no polling: 1,000 instances cost 1,000 idle descriptors);
+/// a container, or a kernel without pidfds, is checked every 10 ms.
+async fn watch_exit(handle: Handle) -> Status {
+    if let Handle::Process(i) = &handle {
+        for pid in i.watched_pids() {
+            if let Some(fd) = driver::exit_fd(pid) {
+                ended(fd).await;
+            }
+            let status = handle.status().await;
+            if status != Status::Running {
+                return status;
+            }
+        }
+    }
+    loop {
+        let status = handle.status().await;
+        if status != Status::Running {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,365 @@
+//! One reconcile pass: what this node's allocations want vs. what runs; starts, stops
+//! (deregister, drain, signal), restarts by policy with back-off.
+
+use super::*;
+
+impl Agent {
+    /// One pass: stop what is not allocated here, restart by policy, start what is missing.
+    /// (The server allocates a service only once its dependencies are met.)
+    pub async fn reconcile(self: Arc<Self>) {
+        let Some(allocs) = self.desired() else { return };
+        let mut desired: BTreeMap<InstanceId, (Arc<Release>, String, u64)> = BTreeMap::new();
+        for (id, a) in allocs.iter() {
+            // A release that cannot be fetched now keeps what runs of it as it is.
+            let Some(rel) = self.release(&id.stack, a.release).await else {
+                return;
+            };
+            if rel.spec.services.contains_key(&id.service) {
+                desired.insert(id.clone(), (rel, id.service.clone(), a.generation));
+            }
+        }
+
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        let mut restamped = Vec::new();
+        {
+            let mut live = self.live();
+            for (id, l) in live.iter_mut() {
+                if l.busy {
+                    continue;
+                }
+                // A new release that only changes the replica count (scale) keeps the
+                // instances that stay; any other change, or a restart, replaces them.
+                let keep = desired.get(id).is_some_and(|(rel, svc, generation)| {
+                    *generation == l.generation
+                        && same_but_replicas(&rel.spec.services[svc], &l.spec)
+                });
+                if !keep {
+                    l.busy = true;
+                    to_stop.push(id.clone());
+                    continue;
+                }
+                // A kept instance belongs to the current release from now on: `up`, `ps`
+                // and `status` see it as up to date, whatever release started it.
+                if let Some((rel, svc, _)) = desired.get(id)
+                    && l.release != rel.number
+                {
+                    l.release = rel.number;
+                    l.spec = rel.spec.services[svc].clone();
+                    restamped.push(id.clone());
+                }
+                let obs = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if obs.state == InstanceState::Exited
+                    && obs.restart_at.is_some_and(|t| t <= Instant::now())
+                {
+                    l.busy = true;
+                    to_stop.push(id.clone());
+                }
+            }
+            for (id, (rel, svc, generation)) in &desired {
+                if !live.contains_key(id) {
+                    to_start.push((id.clone(), rel.clone(), svc.clone(), *generation));
+                }
+            }
+        }
+        for id in &restamped {
+            self.write_observed(id);
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in to_stop {
+            let agent = self.clone();
+            tasks.spawn(async move { agent.stop_instance(id).await });
+        }
+        for (id, rel, svc, generation) in to_start {
+            let agent = self.clone();
+            tasks.spawn(async move { agent.start_instance(id, rel, svc, generation).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    pub(crate) async fn start_instance(
+        self: Arc<Self>,
+        id: InstanceId,
+        rel: Arc<Release>,
+        svc: String,
+        generation: u64,
+    ) {
+        let spec = rel.spec.services[&svc].clone();
+        let observed = Arc::new(Mutex::new(Observed {
+            state: InstanceState::Starting,
+            exit: None,
+            restarts: 0,
+            restart_at: None,
+            started: Instant::now(),
+            reason: None,
+        }));
+        // Claim the id first: no second start can race this one.
+        {
+            let mut live = self.live();
+            if live.contains_key(&id) {
+                return;
+            }
+            live.insert(
+                id.clone(),
+                Live {
+                    release: rel.number,
+                    generation,
+                    spec: spec.clone(),
+                    handle: None,
+                    ports: Vec::new(),
+                    env: BTreeMap::new(),
+                    observed: observed.clone(),
+                    busy: true,
+                    monitor: None,
+                },
+            );
+        }
+        match self.launch(&id, &rel, &spec, generation, 0).await {
+            Ok((handle, ports, env)) => {
+                let mut live = self.live();
+                if let Some(l) = live.get_mut(&id) {
+                    l.handle = Some(handle);
+                    l.ports = ports;
+                    l.env = env;
+                    l.busy = false;
+                    l.monitor = Some(self.spawn_monitor(id.clone(), l));
+                }
+            }
+            Err(reason) => {
+                self.event(&id.stack, Some(&id), "start_failed", reason.clone());
+                let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+                o.state = InstanceState::Exited;
+                o.reason = Some(reason);
+                o.restart_at = Some(Instant::now() + Duration::from_secs(1));
+                drop(o);
+                if let Some(l) = self.live().get_mut(&id) {
+                    l.busy = false;
+                }
+            }
+        }
+        self.write_observed(&id);
+    }
+
+    /// Records an exit; returns the restart delay when the policy restarts it.
+    pub(crate) fn on_exit(
+        &self,
+        id: &InstanceId,
+        spec: &ServiceSpec,
+        observed: &Mutex<Observed>,
+        status: Status,
+        container_oom: bool,
+        cause: Option<String>,
+    ) -> Option<Duration> {
+        let exit = match status {
+            Status::Exited(e) => e,
+            _ => driver::ExitStatus {
+                code: None,
+                signal: None,
+                error: Some("lost (no exit record)".into()),
+                time_ms: now_ms(),
+            },
+        };
+        let oom = if container_oom {
+            Some(match spec.limits.memory_bytes {
+                Some(b) => format!("out of memory: limit {} MiB", b >> 20),
+                None => "out of memory".to_string(),
+            })
+        } else {
+            self.oom_killed(id, spec)
+        };
+        let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
+        let restart = match spec.restart.condition {
+            RestartCondition::Always => true,
+            RestartCondition::OnFailure => !exit.success(),
+            RestartCondition::Never => false,
+        } && spec.restart.max_attempts.is_none_or(|m| o.restarts < m);
+        // Back off by doubling from the policy's delay, up to 10 s; a run longer than 10 s
+        // starts the doubling over.
+        let ran = o.started.elapsed();
+        let exponent = if ran > Duration::from_secs(10) {
+            0
+        } else {
+            o.restarts.min(7)
+        };
+        let delay = (spec.restart.delay * 2u32.pow(exponent)).min(Duration::from_secs(10));
+        o.state = if restart {
+            InstanceState::Exited
+        } else {
+            InstanceState::Failed
+        };
+        let describe = match oom.as_ref().or(cause.as_ref()) {
+            Some(why) => format!("{} ({why})", exit.describe()),
+            None => exit.describe(),
+        };
+        o.reason = Some(describe.clone());
+        o.restart_at = restart.then(|| Instant::now() + delay);
+        o.exit = Some(exit.clone());
+        drop(o);
+        let what = if restart {
+            format!("{describe}; restarting in {delay:?}")
+        } else {
+            format!("{describe}; not restarting (policy)")
+        };
+        let kind = if oom.is_some() {
+            "oom_killed"
+        } else {
+            "exited"
+        };
+        self.event(&id.stack, Some(id), kind, what);
+        self.write_observed(id);
+        self.wake();
+        restart.then_some(delay)
+    }
+
+    /// Why the kernel killed the instance for memory, if it did.
+    pub(crate) fn oom_killed(&self, id: &InstanceId, spec: &ServiceSpec) -> Option<String> {
+        let cg = self.cfg.cgroups.as_ref().ok()?;
+        let kills = cg.open(&cgroup_name(id)).ok()?.oom_kills();
+        (kills > 0).then(|| match spec.limits.memory_bytes {
+            Some(b) => format!("out of memory: limit {} MiB", b >> 20),
+            None => "out of memory".to_string(),
+        })
+    }
+
+    pub(crate) async fn stop_instance(self: Arc<Self>, id: InstanceId) {
+        let (handle, ports, spec, monitor, restarting, restarts) = {
+            let mut live = self.live();
+            let Some(l) = live.get_mut(&id) else { return };
+            let o = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let restarting = o.state == InstanceState::Exited && o.restart_at.is_some();
+            (
+                l.handle.clone(),
+                l.ports.clone(),
+                l.spec.clone(),
+                l.monitor.take(),
+                restarting,
+                o.restarts,
+            )
+        };
+        if let Some(m) = monitor {
+            m.abort();
+        }
+        // Deregister, drain, then signal: nothing routes to it by the time it gets its stop
+        // signal, and the requests it was serving have finished (at most the stop grace
+        // period, capped at 30 s, is spent waiting for them).
+        let observed = self.live().get(&id).map(|l| l.observed.clone());
+        let was_running = observed.as_ref().is_some_and(|o| {
+            let o = o.lock().unwrap_or_else(|p| p.into_inner());
+            matches!(o.state, InstanceState::Healthy | InstanceState::Unhealthy)
+        });
+        if let Some(o) = &observed {
+            self.observed_now(&id, o, InstanceState::Stopping, None);
+        }
+        // Only an instance the server still counts requests on waits for them (most have
+        // none: no drain call, no connection per stop).
+        if was_running && self.reporter.flush().await.contains(&id) {
+            let grace = spec.stop_grace.min(Duration::from_secs(30));
+            match self.cfg.server.drain(&id, grace).await {
+                Ok(d) if !d.drained => self.event(
+                    &id.stack,
+                    Some(&id),
+                    "drain_timeout",
+                    format!(
+                        "{} requests still in flight after {grace:?}; stopping anyway",
+                        d.in_flight
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(instance = %id, "drain: {e}; stopping anyway"),
+            }
+        }
+        if let Some(h) = handle.clone() {
+            h.stop(stop_signal(&spec), spec.stop_grace).await;
+            skiff_store::crash_point("instance-stopped");
+        }
+        let is_container = handle.as_ref().is_some_and(|h| h.container_id().is_some());
+        if is_container {
+            // The stack's network goes with its last container (the engine refuses to remove
+            // one in use).
+            if let Ok(engine) = &self.cfg.docker {
+                let _ = engine.remove_unused_networks().await;
+            }
+        } else {
+            // Whatever escaped the process group (a daemon that called setsid) dies with the
+            // group.
+            if let Ok(cg) = &self.cfg.cgroups
+                && let Ok(group) = cg.open(&cgroup_name(&id))
+            {
+                let removed = tokio::task::spawn_blocking(move || group.remove()).await;
+                if let Ok(Err(e)) = removed {
+                    self.event(&id.stack, Some(&id), "cgroup", format!("removing: {e}"));
+                }
+            }
+            // Host ports of containers are the engine's; only processes' are ours.
+            self.ports.release(ports.iter().map(|(_, p)| *p));
+        }
+        let dir = self.instance_dir(&id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        self.live().remove(&id);
+        self.reporter.send(Change::Removed(id.clone()));
+        if restarting {
+            // Start again right away, counting the restart.
+            let desired = self.desired_release(&id).await;
+            if let Some((rel, generation)) = desired {
+                let svc = id.service.clone();
+                let agent = self.clone();
+                agent
+                    .clone()
+                    .start_instance(id.clone(), rel, svc, generation)
+                    .await;
+                if let Some(l) = agent.live().get(&id) {
+                    l.observed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .restarts = restarts + 1;
+                }
+                agent.write_observed(&id);
+            }
+        } else {
+            self.event(&id.stack, Some(&id), "stopped", "stopped".into());
+            // Replaced (new release, restart): its successor starts now, not at the resync.
+            if self.desired().is_some_and(|d| d.contains_key(&id)) {
+                self.wake();
+            }
+        }
+    }
+
+    /// The release and restart generation `id` should run now, if it is allocated here.
+    pub(crate) async fn desired_release(&self, id: &InstanceId) -> Option<(Arc<Release>, u64)> {
+        let a = self.desired()?.get(id)?.clone();
+        let rel = self.release(&id.stack, a.release).await?;
+        rel.spec
+            .services
+            .contains_key(&id.service)
+            .then_some((rel, a.generation))
+    }
+
+    /// Stops every instance (`skiff dev` shutting down).
+    pub async fn stop_everything(self: &Arc<Self>) {
+        let ids: Vec<InstanceId> = self.live().keys().cloned().collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            if let Some(l) = self.live().get_mut(&id) {
+                l.observed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restart_at = None;
+                l.busy = true;
+            }
+            let agent = self.clone();
+            tasks.spawn(async move { agent.stop_instance(id).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    ServiceSpec {
+        replicas: 0,
+        ..a.clone()
+    } == ServiceSpec {
+        replicas: 0,
+        ..b.clone()
+    }
+}
