@@ -14,11 +14,13 @@ impl Agent {
         restarts: u32,
     ) -> Result<Launched, String> {
         if spec.driver == skiff_model::Driver::Docker {
-            return self
-                .launch_container(id, rel, spec, generation, restarts)
-                .await;
+            // Boxed: an image build and the engine's calls make a large future; process
+            // starts should not carry its size.
+            return Box::pin(self.launch_container(id, rel, spec, generation, restarts)).await;
         }
-        self.learn_addresses(&id.stack, spec).await;
+        // Boxed: rare, and a large future (an HTTP call) would otherwise sit in every start's
+        // state machine (1,000 starts in flight hold 1,000 of them).
+        Box::pin(self.learn_addresses(&id.stack, spec)).await;
         let mut ports = Vec::new();
         for p in &spec.ports {
             let port = self

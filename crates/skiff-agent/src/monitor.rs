@@ -56,9 +56,9 @@ impl Agent {
                     if probes.killed_for.is_some() {
                         return std::future::pending().await;
                     }
-                    agent
-                        .probe_once(&id, &spec, &observed, &handle, &mut probes)
-                        .await;
+                    // Boxed for the round: the probes' futures (HTTP, exec) stay out of the
+                    // state machine every instance keeps for its whole life.
+                    Box::pin(agent.probe_once(&id, &spec, &observed, &handle, &mut probes)).await;
                     // Asleep until a check is due: no timer per instance every few ms.
                     tokio::time::sleep_until(probes.next_due()).await;
                 };

@@ -253,9 +253,9 @@ impl Agent {
         }
         // Only an instance the server still counts requests on waits for them (most have
         // none: no drain call, no connection per stop).
-        if was_running && self.reporter.flush().await.contains(&id) {
+        if was_running && Box::pin(self.reporter.flush()).await.contains(&id) {
             let grace = spec.stop_grace.min(Duration::from_secs(30));
-            match self.cfg.server.drain(&id, grace).await {
+            match Box::pin(self.cfg.server.drain(&id, grace)).await {
                 Ok(d) if !d.drained => self.event(
                     &id.stack,
                     Some(&id),
