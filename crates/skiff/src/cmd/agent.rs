@@ -125,6 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::cmd::server::default_data_dir);
+    // A bad server address is said before anything else starts.
+    skiff_client::Client::new(&args.join)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
