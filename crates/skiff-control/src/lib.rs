@@ -593,7 +593,6 @@ impl Control {
                     .map(|dep| (s.stack.clone(), dep.clone()))
             })
             .collect();
-        let st = st;
         // (stack, service) → (release, generation, hold new placements back)
         let mut wanted: HashMap<(&StackKey, &str), (&Release, u64, bool)> = HashMap::new();
         for (s, rel) in &releases {

@@ -128,14 +128,23 @@ pub trait Kv: Send + Sync + 'static {
         key: &str,
         value: Vec<u8>,
         expect: Expect,
-    ) -> impl Future<Output = KvResult<u64>> + Send;
+    ) -> impl Future<Output = KvResult<u64>> + Send {
+        let op = TxnOp::put(key, value, expect);
+        async move { Ok(self.commit(vec![op]).await?.0) }
+    }
     /// Deletes `key` if `expect` holds; returns the revision of the deletion, or `None` when
     /// there was nothing to delete (no revision is used then).
     fn delete(
         &self,
         key: &str,
         expect: Expect,
-    ) -> impl Future<Output = KvResult<Option<u64>>> + Send;
+    ) -> impl Future<Output = KvResult<Option<u64>>> + Send {
+        let op = TxnOp::delete(key, expect);
+        async move {
+            let (revision, changed) = self.commit(vec![op]).await?;
+            Ok(changed.then_some(revision))
+        }
+    }
     /// Every change under `prefix` after revision `after` (0: from the oldest kept), then the
     /// live ones. The receiver ends with an error if the watcher falls too far behind.
     fn watch(
@@ -147,7 +156,12 @@ pub trait Kv: Send + Sync + 'static {
     /// [`KvError::Conflict`] naming that key. Keys must be distinct. Returns the store's
     /// revision after it. The ops that change something get consecutive revisions (etcd gives
     /// a transaction one): callers compare a key's `mod_revision`, never count revisions.
-    fn txn(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<u64>> + Send;
+    fn txn(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<u64>> + Send {
+        async move { Ok(self.commit(ops).await?.0) }
+    }
+    /// What a backend implements under `put`, `delete` and `txn`: applies the ops as
+    /// [`Kv::txn`] does and also says whether any of them changed something.
+    fn commit(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<(u64, bool)>> + Send;
 }
 
 /// Rejects a transaction that names a key twice.
@@ -331,17 +345,8 @@ impl Kv for MemKv {
         Ok((entries, st.revision))
     }
 
-    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
-        Ok(self.apply(vec![TxnOp::put(key, value, expect)])?.0)
-    }
-
-    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
-        let (revision, changed) = self.apply(vec![TxnOp::delete(key, expect)])?;
-        Ok(changed.then_some(revision))
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
-        Ok(self.apply(ops)?.0)
+    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+        self.apply(ops)
     }
 
     async fn watch(
@@ -569,17 +574,8 @@ impl Kv for RedbKv {
         Ok((out, st.revision))
     }
 
-    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
-        Ok(self.apply(vec![TxnOp::put(key, value, expect)])?.0)
-    }
-
-    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
-        let (revision, changed) = self.apply(vec![TxnOp::delete(key, expect)])?;
-        Ok(changed.then_some(revision))
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
-        Ok(self.apply(ops)?.0)
+    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+        self.apply(ops)
     }
 
     async fn watch(
@@ -619,14 +615,6 @@ impl Kv for AnyKv {
         each!(self, kv => kv.list(prefix).await)
     }
 
-    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> KvResult<u64> {
-        each!(self, kv => kv.put(key, value, expect).await)
-    }
-
-    async fn delete(&self, key: &str, expect: Expect) -> KvResult<Option<u64>> {
-        each!(self, kv => kv.delete(key, expect).await)
-    }
-
     async fn watch(
         &self,
         prefix: &str,
@@ -635,7 +623,7 @@ impl Kv for AnyKv {
         each!(self, kv => kv.watch(prefix, after).await)
     }
 
-    async fn txn(&self, ops: Vec<TxnOp>) -> KvResult<u64> {
-        each!(self, kv => kv.txn(ops).await)
+    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+        each!(self, kv => kv.commit(ops).await)
     }
 }

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use skiff_api::ApiState;
@@ -41,23 +40,9 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub ingress_workers: u16,
     /// A node silent for this long is down: its instances leave DNS and the ingress and are
-    /// placed elsewhere (`5s`, `500ms`).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub node_down_after: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{s:?} is not a duration like 5s or 500ms")),
-    }
+    /// placed elsewhere (`5s`, `500ms`, as compose writes durations).
+    #[arg(long, default_value = "5s")]
+    pub node_down_after: skiff_spec::units::Duration,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -131,7 +116,7 @@ impl Server {
             kv,
             catalog.clone(),
             skiff_control::Config {
-                down_after: args.node_down_after,
+                down_after: args.node_down_after.0,
                 ..skiff_control::Config::default()
             },
         )
