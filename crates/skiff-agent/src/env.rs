@@ -3,36 +3,71 @@
 
 use super::*;
 
+/// How a service of another node is reached: its stable address, its first ready instance.
+pub(crate) type Remote = (Option<(IpAddr, u16)>, Option<(IpAddr, u16)>);
+
 impl Agent {
-    /// Address of the first ready instance of `service` (for templates and *_SERVICE_*):
-    /// on this node, else on another as the server's catalog listed it at the start.
+    /// Where a process reaches `service`: its stable address (the same on every node,
+    /// balanced over its ready instances wherever they run) at its first TCP port; without
+    /// one yet, the first ready instance on this node, else where the server's catalog
+    /// listed one at the start.
     pub(crate) fn service_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
-        self.local_address(stack, service).or_else(|| {
-            self.remote
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&(stack.clone(), service.to_string()))
-                .copied()
-        })
+        self.stable_address(stack, service)
+            .or_else(|| self.remote(stack, service).0)
+            .or_else(|| self.instance_address(stack, service))
     }
 
-    /// Learns where the services of `stack` run on other nodes, from the server's catalog,
-    /// when `spec` needs a dependency's address and one is not on this node.
+    /// The first ready instance of `service`: on this node, else where the server's catalog
+    /// listed one (what a container reaches: the stable addresses are the host's loopback).
+    fn instance_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        self.local_address(stack, service)
+            .or_else(|| self.remote(stack, service).1)
+    }
+
+    fn remote(&self, stack: &StackKey, service: &str) -> Remote {
+        self.remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(stack.clone(), service.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The stable address of `service` and the target of its first TCP port, as this node's
+    /// catalog has it.
+    fn stable_address(&self, stack: &StackKey, service: &str) -> Option<(IpAddr, u16)> {
+        let snap = self.catalog.snapshot();
+        let e = snap
+            .services
+            .get(&skiff_catalog::ServiceKey::new(stack, service))?;
+        let port = e.ports.iter().find_map(|p| e.targets.get(p))?;
+        Some((e.address?, *port))
+    }
+
+    /// Learns how the services of `stack` are reached from the server's catalog when
+    /// `spec` needs an address this node's catalog does not have yet.
     pub(crate) async fn learn_addresses(&self, stack: &StackKey, spec: &ServiceSpec) {
         let needs = spec
             .depends_on
             .keys()
-            .any(|dep| self.local_address(stack, dep).is_none())
+            .any(|dep| self.stable_address(stack, dep).is_none())
             || spec.environment.values().any(|v| v.contains("service("));
         if !needs {
             return;
         }
-        match self.cfg.server.catalog(stack).await {
-            Ok(found) => {
+        match self.cfg.server.catalog(Some(stack)).await {
+            Ok(view) => {
                 let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
                 remote.retain(|(s, _), _| s != stack);
-                for (service, addr) in found {
-                    remote.insert((stack.clone(), service), addr);
+                for s in view.services {
+                    let stable = s
+                        .address
+                        .zip(s.ports.iter().find_map(|p| s.targets.get(p)).copied());
+                    let first = s.ports.first().and_then(|p| {
+                        let e = s.endpoints.first()?;
+                        Some((e.address, *e.ports.get(p)?))
+                    });
+                    remote.insert((stack.clone(), s.key.service), (stable, first));
                 }
             }
             Err(e) => tracing::warn!(%stack, "catalog: {e}"),
@@ -89,8 +124,8 @@ impl Agent {
     }
 
     /// Where an instance reaches `dep`: from a container, a container dependency is its
-    /// service name (a network alias) and container port; otherwise the node address and the
-    /// first running instance's host port.
+    /// service name (a network alias) and container port; otherwise the dependency's stable
+    /// address ([`Agent::service_address`]).
     pub(crate) fn dependency_address(
         &self,
         stack: &StackKey,
@@ -102,8 +137,12 @@ impl Agent {
         if container && dep_spec.driver == skiff_model::Driver::Docker {
             return dep_spec.ports.first().map(|p| (dep.to_string(), p.target));
         }
-        self.service_address(stack, dep)
-            .map(|(ip, port)| (ip.to_string(), port))
+        let found = if container {
+            self.instance_address(stack, dep)
+        } else {
+            self.service_address(stack, dep)
+        };
+        found.map(|(ip, port)| (ip.to_string(), port))
     }
 
     /// Renders `{{ service("db").address }}` (also `.host`, `.port`) in an environment value.

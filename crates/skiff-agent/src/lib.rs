@@ -32,6 +32,7 @@ mod env;
 pub mod health;
 mod launch;
 pub mod listener;
+mod mirror;
 mod monitor;
 mod reconcile;
 pub mod server;
@@ -82,6 +83,10 @@ pub struct Config {
     /// server proxies logs, exec, signals and stats there. 0: none.
     pub agent_port: u16,
     pub labels: BTreeMap<String, String>,
+    /// The server's own catalog when the agent runs in the server's process (`skiff dev`:
+    /// one node, one set of traffic counters); `None`: the agent keeps a copy of the part
+    /// its proxies serve, fed by a blocking query on the server (`mirror`).
+    pub catalog: Option<Arc<skiff_catalog::Catalog>>,
 }
 
 /// An instance the agent knows about.
@@ -116,9 +121,12 @@ pub struct Agent {
     /// is stopped before the agent knows what it should run).
     desired: Mutex<Option<server::Desired>>,
     reporter: server::Reporter,
-    /// Where services of each stack run on other nodes (first ready instance), as last
-    /// learned from the server's catalog.
-    remote: Mutex<HashMap<(StackKey, String), (IpAddr, u16)>>,
+    /// Where services of each stack are reached when this node's catalog copy does not
+    /// say yet (their stable address, else the first ready instance), as last learned from
+    /// the server's catalog.
+    remote: Mutex<HashMap<(StackKey, String), env::Remote>>,
+    /// The catalog this node's proxies (stable addresses, an agent's ingress) serve.
+    catalog: Arc<skiff_catalog::Catalog>,
     ports: PortAllocator,
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
@@ -148,6 +156,7 @@ impl Agent {
             desired: Mutex::new(None),
             reporter: server::Reporter::new(),
             remote: Mutex::new(HashMap::new()),
+            catalog: cfg.catalog.clone().unwrap_or_default(),
             cfg,
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
@@ -159,6 +168,12 @@ impl Agent {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The catalog this node's proxies serve (the server's own in `skiff dev`, else this
+    /// agent's copy): an ingress on the agent reads it.
+    pub fn catalog(&self) -> Arc<skiff_catalog::Catalog> {
+        self.catalog.clone()
     }
 
     /// Waits until every state and event reported so far reached the server.
@@ -215,6 +230,7 @@ impl Agent {
             self.cfg.agent_port,
             &self.cfg.labels,
             self.cfg.docker.is_ok(),
+            self.cfg.catalog.is_none(),
         );
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
@@ -242,6 +258,13 @@ impl Agent {
                 move || again.report_all(),
             ))
         };
+        let mirror = self
+            .cfg
+            .catalog
+            .is_none()
+            .then(|| tokio::spawn(mirror::run(self.cfg.server.clone(), self.catalog.clone())));
+        let stable =
+            skiff_ingress::serve_stable_addresses(self.catalog.clone(), Duration::from_secs(2));
         loop {
             self.clone().reconcile().await;
             tokio::select! {
@@ -256,6 +279,11 @@ impl Agent {
             if let Ok(cg) = &self.cfg.cgroups {
                 cg.remove_base_if_empty();
             }
+        }
+        // After the stops: dependents reach what drains through these to the end.
+        stable.abort();
+        if let Some(m) = &mirror {
+            m.abort();
         }
         heartbeat.abort();
         let _ = closing.send(true);

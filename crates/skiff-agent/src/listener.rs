@@ -83,6 +83,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/agent/instances/{env}/{stack}/{instance}/signal",
             post(signal),
         )
+        .route(
+            "/v1/agent/instances/{env}/{stack}/{instance}/drain",
+            post(drain),
+        )
         .with_state(agent)
 }
 
@@ -132,6 +136,33 @@ async fn signal(
         .await
         .map_err(|e| AgentError(StatusCode::BAD_REQUEST, "signal_failed", e))?;
     Ok(Json(serde_json::json!({})))
+}
+
+#[derive(serde::Deserialize)]
+struct DrainQuery {
+    #[serde(default)]
+    timeout_ms: u64,
+}
+
+/// Withdraws an instance from this node's proxies (its copy of the catalog may not have
+/// heard yet) and waits until none of them has a request or connection on it.
+async fn drain(
+    State(agent): State<Arc<Agent>>,
+    UrlPath((env, stack, instance)): UrlPath<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<DrainQuery>,
+) -> Result<Json<skiff_client::Drained>, AgentError> {
+    let id = instance_id(&env, &stack, &instance)?;
+    let timeout = Duration::from_millis(q.timeout_ms.min(30_000));
+    Ok(Json(match agent.catalog().remove(&id) {
+        None => skiff_client::Drained {
+            drained: true,
+            in_flight: 0,
+        },
+        Some(t) => skiff_client::Drained {
+            drained: t.drained(timeout).await,
+            in_flight: t.in_flight(),
+        },
+    }))
 }
 
 /// Keeps complete records at or after `since_ms`; a trailing partial line is carried over.

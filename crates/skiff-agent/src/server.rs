@@ -68,6 +68,7 @@ pub fn registration(
     agent_port: u16,
     labels: &BTreeMap<String, String>,
     docker: bool,
+    proxies: bool,
 ) -> NodeRegistration {
     let mut drivers = vec![Driver::Process];
     if docker {
@@ -80,6 +81,7 @@ pub fn registration(
         resources: resources(),
         labels: labels.clone(),
         drivers,
+        proxies,
     }
 }
 

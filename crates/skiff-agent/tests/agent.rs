@@ -34,7 +34,17 @@ async fn serve(store: &Arc<dyn Store>) -> Server {
         store.clone(),
         skiff_store::AnyKv::Mem(skiff_store::MemKv::new()),
         catalog.clone(),
-        skiff_control::Config::default(),
+        skiff_control::Config {
+            // Agents of parallel tests each get stable addresses of their own.
+            service_addresses: {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("127.{}.{}.0/24", 178 + std::process::id() % 70, n % 256)
+                    .parse()
+                    .unwrap()
+            },
+            ..skiff_control::Config::default()
+        },
     )
     .await
     .unwrap();
@@ -82,6 +92,7 @@ fn config(data: &Path, server: &Server) -> Config {
         node_name: "test".into(),
         agent_port: 0,
         labels: BTreeMap::new(),
+        catalog: None,
     }
 }
 

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use skiff_catalog::{Endpoint, ServiceKey};
 
 use crate::{ApiError, ApiQuery, ApiState};
+pub use skiff_client::{CatalogService, CatalogView};
 
 /// Longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -25,25 +25,10 @@ pub(crate) struct CatalogQuery {
     service: Option<String>,
     /// Answer only once the catalog's index is past this one (or `wait` ran out).
     index: Option<u64>,
+    /// Only services with a stable address and a TCP port (what a node's proxies serve).
+    addressed: Option<bool>,
     /// How long to block, e.g. `30s`, `500ms` (default 60s, at most 5m).
     wait: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct CatalogView {
-    /// Pass as `index` to wait for the next change.
-    pub index: u64,
-    pub services: Vec<CatalogService>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct CatalogService {
-    #[serde(flatten)]
-    pub key: ServiceKey,
-    /// Port names, in the order the service declares them.
-    pub ports: Vec<String>,
-    /// Instances ready for traffic now.
-    pub endpoints: Vec<Endpoint>,
 }
 
 /// `30s`, `500ms`, `2m`, or plain seconds.
@@ -85,13 +70,21 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let wait = wait_param(q.wait.as_deref(), Duration::from_secs(60), MAX_WAIT)?;
     let (env, stack, service) = (q.env.as_deref(), q.stack.as_deref(), q.service.as_deref());
+    let addressed = q.addressed.unwrap_or(false);
+    let index_of = |snap: &skiff_catalog::Snapshot| {
+        if addressed {
+            snap.index_of_addressed()
+        } else {
+            snap.index_of(env, stack, service)
+        }
+    };
     let mut snap = s.catalog.snapshot();
     // An index beyond the catalog's own (the server restarted since) answers at once, so
     // the client starts over from the index it gets.
     if let Some(after) = q.index.filter(|i| *i <= snap.index) {
         // Wake on changes of what the query selects, not on every change of the catalog.
         let deadline = tokio::time::Instant::now() + wait;
-        while snap.index_of(env, stack, service) <= after {
+        while index_of(&snap) <= after {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
@@ -100,14 +93,11 @@ pub(crate) async fn list(
         }
     }
     let view = CatalogView {
-        index: snap.index_of(env, stack, service),
+        index: index_of(&snap),
         services: snap
             .select(env, stack, service)
-            .map(|(k, e)| CatalogService {
-                key: k.clone(),
-                ports: e.ports.clone(),
-                endpoints: e.endpoints.values().cloned().collect(),
-            })
+            .filter(|(_, e)| !addressed || (e.address.is_some() && !e.targets.is_empty()))
+            .map(|(k, e)| CatalogService::from_entry(k, e))
             .collect(),
     };
     Ok(([("x-skiff-index", view.index.to_string())], Json(view)).into_response())

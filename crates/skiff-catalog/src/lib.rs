@@ -73,6 +73,11 @@ pub struct ServiceInfo {
     pub routes: Vec<RouteSpec>,
     /// Service ports (compose `ports: "8080:80"`): port name → port every node listens on.
     pub published: BTreeMap<String, u16>,
+    /// The service's stable address (127.77.0.0/16): every node listens on it, on the
+    /// `targets` ports, and balances over the ready instances wherever they run.
+    pub address: Option<IpAddr>,
+    /// TCP port name → the port the stable address listens on (the declared target).
+    pub targets: BTreeMap<String, u16>,
 }
 
 impl ServiceInfo {
@@ -93,9 +98,25 @@ pub struct ServiceEntry {
     pub routes: Vec<RouteSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub published: BTreeMap<String, u16>,
+    /// The service's stable address ([`ServiceInfo::address`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, u16>,
     pub endpoints: BTreeMap<u32, Endpoint>,
     /// The catalog index of this entry's last change (for blocking queries on one service).
     pub modified: u64,
+}
+
+impl ServiceEntry {
+    /// Takes what the release says (ports, routes, addresses), keeping the endpoints.
+    fn set_info(&mut self, info: ServiceInfo) {
+        self.ports = info.ports;
+        self.routes = info.routes;
+        self.published = info.published;
+        self.address = info.address;
+        self.targets = info.targets;
+    }
 }
 
 /// The catalog at one index.
@@ -103,6 +124,8 @@ pub struct ServiceEntry {
 pub struct Snapshot {
     pub index: u64,
     pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    /// The index at which a service last came or went.
+    pub keys_changed: u64,
 }
 
 /// The live catalog. Cheap to read (an `Arc` clone), every write publishes a new snapshot.
@@ -208,7 +231,16 @@ impl Catalog {
                 e.modified = index;
             }
         }
-        *cur = Arc::new(Snapshot { index, services });
+        let keys_changed = if services.keys().eq(cur.services.keys()) {
+            cur.keys_changed
+        } else {
+            index
+        };
+        *cur = Arc::new(Snapshot {
+            index,
+            services,
+            keys_changed,
+        });
         drop(cur);
         self.index.send_replace(index);
     }
@@ -219,10 +251,7 @@ impl Catalog {
         self.update(|services| {
             services.retain(|k, _| known.contains_key(k));
             for (k, info) in known {
-                let e = services.entry(k).or_default();
-                e.ports = info.ports;
-                e.routes = info.routes;
-                e.published = info.published;
+                services.entry(k).or_default().set_info(info);
             }
         });
         let snap = self.snapshot();
@@ -297,6 +326,61 @@ impl Catalog {
         self.traffic.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes this catalog a copy of another one (an agent's mirror of its server's): the
+    /// services and their ready endpoints as given, in one change. Endpoints that left are
+    /// withdrawn as by [`Catalog::remove`]; returns their traffic counters to drain on.
+    pub fn mirror(
+        &self,
+        services: BTreeMap<ServiceKey, (ServiceInfo, BTreeMap<u32, Endpoint>)>,
+    ) -> Vec<(ServiceKey, u32, Arc<Traffic>)> {
+        let before = self.snapshot();
+        let mut left = Vec::new();
+        {
+            let mut table = self.traffic_table();
+            for (k, e) in &before.services {
+                for (i, was) in &e.endpoints {
+                    let stays = services
+                        .get(k)
+                        .is_some_and(|(_, eps)| eps.get(i) == Some(was));
+                    if !stays && let Some(t) = table.get(&(k.clone(), *i)) {
+                        t.withdrawn.store(true, Ordering::SeqCst);
+                        left.push((k.clone(), *i, t.clone()));
+                    }
+                }
+            }
+            // Counters exist before a snapshot lists their endpoints; a moved endpoint (same
+            // index, another address) gets a fresh one.
+            for (k, (_, eps)) in &services {
+                for i in eps.keys() {
+                    let t = table
+                        .entry((k.clone(), *i))
+                        .or_insert_with(|| Arc::new(Traffic::default()));
+                    if t.is_withdrawn() {
+                        *t = Arc::new(Traffic::default());
+                    }
+                }
+            }
+        }
+        self.update(|current| {
+            current.retain(|k, _| services.contains_key(k));
+            for (k, (info, endpoints)) in services {
+                let e = current.entry(k).or_default();
+                e.set_info(info);
+                e.endpoints = endpoints;
+            }
+        });
+        // Forgotten once no snapshot to come lists them.
+        let mut table = self.traffic_table();
+        for (k, i, t) in &left {
+            let key = (k.clone(), *i);
+            if table.get(&key).is_some_and(|x| Arc::ptr_eq(x, t)) {
+                table.remove(&key);
+            }
+        }
+        drop(table);
+        left
+    }
+
     /// Waits until the index passes `after` (at most `wait`); returns the snapshot then.
     pub async fn wait_past(&self, after: u64, wait: Duration) -> Arc<Snapshot> {
         let mut rx = self.subscribe();
@@ -318,6 +402,23 @@ impl Snapshot {
                 && stack.is_none_or(|s| k.stack == s)
                 && service.is_none_or(|s| k.service == s)
         })
+    }
+
+    /// The services with a stable address and a TCP port: what every node's proxies serve.
+    pub fn addressed(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceEntry)> {
+        self.services
+            .iter()
+            .filter(|(_, e)| e.address.is_some() && !e.targets.is_empty())
+    }
+
+    /// The index of the last change to [`Snapshot::addressed`] (a service coming or going
+    /// counts), so that a node's mirror of it wakes for nothing else.
+    pub fn index_of_addressed(&self) -> u64 {
+        self.addressed()
+            .map(|(_, e)| e.modified)
+            .max()
+            .unwrap_or(0)
+            .max(self.keys_changed)
     }
 
     /// The index of the last change to what a filter selects: the newest `modified` of the
@@ -496,5 +597,61 @@ mod tests {
         c.add(&id("web", 1), "127.0.0.1".parse().unwrap(), BTreeMap::new());
         let snap = waiter.await.unwrap();
         assert_eq!(snap.index, 2);
+    }
+
+    #[test]
+    fn a_mirror_takes_the_copy_whole_and_withdraws_what_left_or_moved() {
+        let c = Catalog::new();
+        let key = ServiceKey::new(&StackKey::new("default", "shop").unwrap(), "web");
+        let ep = |i: u32, ip: &str| Endpoint {
+            index: i,
+            address: ip.parse().unwrap(),
+            ports: BTreeMap::from([("http".to_string(), 8000 + i as u16)]),
+        };
+        let info = ServiceInfo {
+            address: Some("127.77.0.1".parse().unwrap()),
+            targets: BTreeMap::from([("http".to_string(), 80)]),
+            ..ServiceInfo::with_ports(&["http"])
+        };
+        let copy = |eps: Vec<Endpoint>| {
+            BTreeMap::from([(
+                key.clone(),
+                (
+                    info.clone(),
+                    eps.into_iter().map(|e| (e.index, e)).collect(),
+                ),
+            )])
+        };
+        assert!(
+            c.mirror(copy(vec![ep(1, "10.0.0.1"), ep(2, "10.0.0.2")]))
+                .is_empty()
+        );
+        let snap = c.snapshot();
+        assert_eq!(snap.services[&key].endpoints.len(), 2);
+        assert_eq!(snap.services[&key].address, info.address);
+        let one = c.traffic(&key, 1).unwrap();
+        let two = c.traffic(&key, 2).unwrap();
+        assert!(one.begin());
+
+        // 1 stays, 2 moved to another node, 3 is new.
+        let index = c.snapshot().index;
+        let left = c.mirror(copy(vec![
+            ep(1, "10.0.0.1"),
+            ep(2, "10.0.0.9"),
+            ep(3, "10.0.0.3"),
+        ]));
+        assert_eq!(c.snapshot().index, index + 1, "one change");
+        assert_eq!(left.len(), 1);
+        assert!(Arc::ptr_eq(&left[0].2, &two) && two.is_withdrawn());
+        assert!(Arc::ptr_eq(&c.traffic(&key, 1).unwrap(), &one) && !one.is_withdrawn());
+        assert!(!c.traffic(&key, 2).unwrap().is_withdrawn());
+        assert!(c.traffic(&key, 3).is_some());
+
+        // The service went away: its endpoints are withdrawn, the index moves once.
+        let left = c.mirror(BTreeMap::new());
+        assert_eq!(left.len(), 3);
+        assert!(one.is_withdrawn());
+        assert!(c.snapshot().services.is_empty());
+        assert_eq!(c.snapshot().keys_changed, c.snapshot().index);
     }
 }

@@ -15,6 +15,7 @@
 //! [`ClientError::Api`], so a caller can tell "unknown node" from "server unreachable".
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -25,9 +26,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+pub use skiff_catalog::{Endpoint, ServiceEntry, ServiceInfo, ServiceKey};
 use skiff_model::{
     Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, Node, NodeResources,
-    Release, StackKey,
+    Release, RouteSpec, StackKey,
 };
 
 /// What an agent tells the server about its node.
@@ -43,6 +45,9 @@ pub struct NodeRegistration {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<Driver>,
+    /// It runs proxies on its own copy of the catalog ([`Node::proxies`]).
+    #[serde(default)]
+    pub proxies: bool,
 }
 
 /// A node's allocations at an index (the store revision of their last change).
@@ -110,6 +115,65 @@ pub struct LogQuery {
     pub since_ms: u64,
 }
 
+/// The catalog at one index (`GET /v1/catalog`): every known service of the selection with
+/// its ready instances.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogView {
+    /// Pass as `index` to wait for the next change.
+    pub index: u64,
+    pub services: Vec<CatalogService>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogService {
+    #[serde(flatten)]
+    pub key: ServiceKey,
+    /// Port names, in the order the service declares them.
+    pub ports: Vec<String>,
+    /// Ingress routes besides the service's default host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+    /// Service ports: port name → the port every node listens on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published: BTreeMap<String, u16>,
+    /// The service's stable address, the same on every node (127.77.0.0/16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// TCP port name → the port the stable address listens on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, u16>,
+    /// Instances ready for traffic now.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl CatalogService {
+    /// The entry as a catalog holds it.
+    pub fn from_entry(key: &ServiceKey, e: &ServiceEntry) -> CatalogService {
+        CatalogService {
+            key: key.clone(),
+            ports: e.ports.clone(),
+            routes: e.routes.clone(),
+            published: e.published.clone(),
+            address: e.address,
+            targets: e.targets.clone(),
+            endpoints: e.endpoints.values().cloned().collect(),
+        }
+    }
+
+    /// What [`skiff_catalog::Catalog::mirror`] takes.
+    pub fn into_parts(self) -> (ServiceKey, (ServiceInfo, BTreeMap<u32, Endpoint>)) {
+        let info = ServiceInfo {
+            ports: self.ports,
+            routes: self.routes,
+            published: self.published,
+            address: self.address,
+            targets: self.targets,
+        };
+        let endpoints = self.endpoints.into_iter().map(|e| (e.index, e)).collect();
+        (self.key, (info, endpoints))
+    }
+}
+
 /// The server's error body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -154,9 +218,6 @@ impl ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
-
-/// An address and a port.
-pub type SocketAddrPair = (std::net::IpAddr, u16);
 
 /// A client of one server. Cheap to clone (connections are pooled and shared).
 #[derive(Clone, Debug)]
@@ -315,40 +376,27 @@ impl Client {
         .await
     }
 
-    /// Where each service of `stack` is reached now: its first ready instance's address
-    /// and first port (the catalog as DNS serves it).
-    pub async fn catalog(&self, stack: &StackKey) -> Result<Vec<(String, SocketAddrPair)>> {
-        #[derive(Deserialize)]
-        struct View {
-            services: Vec<Service>,
-        }
-        #[derive(Deserialize)]
-        struct Service {
-            service: String,
-            ports: Vec<String>,
-            endpoints: Vec<Endpoint>,
-        }
-        #[derive(Deserialize)]
-        struct Endpoint {
-            address: std::net::IpAddr,
-            ports: BTreeMap<String, u16>,
-        }
-        let view: View = self
-            .call(
-                Method::GET,
-                &format!("/v1/catalog?env={}&stack={}", stack.env, stack.stack),
-                None,
-            )
-            .await?;
-        Ok(view
-            .services
-            .into_iter()
-            .filter_map(|s| {
-                let first = s.ports.first()?;
-                let e = s.endpoints.first()?;
-                Some((s.service, (e.address, *e.ports.get(first)?)))
-            })
-            .collect())
+    /// The catalog of one stack now (`None`: of every stack).
+    pub async fn catalog(&self, stack: Option<&StackKey>) -> Result<CatalogView> {
+        let path = match stack {
+            Some(s) => format!("/v1/catalog?env={}&stack={}", s.env, s.stack),
+            None => "/v1/catalog".to_string(),
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// The services with a stable address once that part of the catalog changed past
+    /// `index` (at most `wait`; a blocking query): what a node's proxies serve.
+    pub async fn addressed_catalog(&self, index: u64, wait: Duration) -> Result<CatalogView> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/catalog?addressed=true&index={index}&wait={}ms",
+                wait.as_millis()
+            ),
+            None,
+        )
+        .await
     }
 
     pub async fn report(&self, node_id: &str, report: &Report) -> Result<ReportAnswer> {
@@ -420,6 +468,21 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+
+    /// Withdraws `id` from this node's proxies and waits until none of them has a request
+    /// or connection in flight to it, at most `timeout`.
+    pub async fn agent_drain(&self, id: &InstanceId, timeout: Duration) -> Result<Drained> {
+        self.call(
+            Method::POST,
+            &format!(
+                "{}?timeout_ms={}",
+                Self::agent_path(id, "drain"),
+                timeout.as_millis()
+            ),
+            None,
+        )
+        .await
     }
 
     /// The instance's log records as a stream (the response as the agent sent it, for a

@@ -45,6 +45,9 @@ const NODES: &str = "nodes/";
 /// down timeout.
 const LIVENESS_TICK: Duration = Duration::from_millis(25);
 const ALLOCS: &str = "allocs/";
+/// Services' stable addresses: `addresses/<env>/<stack>/<service>` → `"127.77.x.y"`. Kept
+/// for good, so a service that goes and comes back gets its address again.
+const ADDRESSES: &str = "addresses/";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,6 +55,56 @@ pub struct Config {
     pub down_after: Duration,
     /// Seeds the scheduler's choices (ties, sampling).
     pub seed: u64,
+    /// Where services' stable addresses come from.
+    pub service_addresses: AddressRange,
+}
+
+/// A block of loopback addresses (`127.77.0.0/16`), the first and last left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressRange {
+    base: u32,
+    size: u32,
+}
+
+impl AddressRange {
+    /// The `i`-th usable address (1-based), if the block has it.
+    fn at(self, i: u32) -> Option<IpAddr> {
+        (i >= 1 && i + 1 < self.size).then(|| IpAddr::V4(std::net::Ipv4Addr::from(self.base + i)))
+    }
+}
+
+impl Default for AddressRange {
+    fn default() -> Self {
+        "127.77.0.0/16".parse().expect("a valid range")
+    }
+}
+
+impl std::str::FromStr for AddressRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a range like 127.77.0.0/16"))?;
+        let ip: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let len: u32 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=30).contains(l))
+            .ok_or_else(|| format!("/{len}: the prefix length must be 8 to 30"))?;
+        if !ip.is_loopback() {
+            return Err(format!(
+                "{ip} is not a loopback address (stable addresses live on 127.0.0.0/8)"
+            ));
+        }
+        let size = 1u32 << (32 - len);
+        Ok(AddressRange {
+            base: u32::from(ip) & !(size - 1),
+            size,
+        })
+    }
 }
 
 impl Default for Config {
@@ -59,6 +112,7 @@ impl Default for Config {
         Config {
             down_after: Duration::from_secs(5),
             seed: 0x5c1ff,
+            service_addresses: AddressRange::default(),
         }
     }
 }
@@ -119,6 +173,8 @@ struct State {
     /// Services some service of a current release `depends_on`: only their instances'
     /// states can change what the planner does.
     dependencies: std::collections::HashSet<(StackKey, String)>,
+    /// Services' stable addresses, and whether the kv has them yet.
+    addresses: BTreeMap<ServiceKey, (IpAddr, bool)>,
 }
 
 pub struct Control {
@@ -191,6 +247,7 @@ impl Control {
         for i in store.instances(None)? {
             st.instances.insert(i.id.clone(), i);
         }
+        st.addresses = load_addresses(&kv).await?;
         Ok(Arc::new(Control {
             store,
             kv,
@@ -286,6 +343,7 @@ impl Control {
             resources: reg.resources,
             labels: reg.labels,
             drivers: reg.drivers,
+            proxies: reg.proxies,
             status,
             last_heartbeat_ms: now_ms(),
         };
@@ -509,6 +567,8 @@ impl Control {
                 Err(KvError::Conflict { key, .. }) => {
                     tracing::info!(%key, "allocations changed under the plan; planning again");
                     self.reload_allocations().await?;
+                    let addresses = load_addresses(&self.kv).await?;
+                    self.lock().addresses = addresses;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -544,6 +604,14 @@ impl Control {
     fn applied_ops(&self, ops: Vec<TxnOp>, revision: u64) {
         let mut st = self.lock();
         for op in ops {
+            if let Some(service) = op.key.strip_prefix(ADDRESSES) {
+                if let Some(key) = service_key_of(service)
+                    && let Some(a) = st.addresses.get_mut(&key)
+                {
+                    a.1 = true;
+                }
+                continue;
+            }
             if let Some(node) = node_of_key(&op.key) {
                 st.node_index.insert(node.to_string(), revision);
             }
@@ -575,9 +643,26 @@ impl Control {
         }
         // Names of services without a current release stop resolving now.
         let mut known = BTreeMap::new();
-        for (s, rel) in &releases {
-            for (svc, spec) in &rel.spec.services {
-                known.insert(ServiceKey::new(&s.stack, svc), service_info(spec));
+        let mut ops = Vec::new();
+        {
+            let mut st = self.lock();
+            for (s, rel) in &releases {
+                for (svc, spec) in &rel.spec.services {
+                    let key = ServiceKey::new(&s.stack, svc);
+                    let mut info = service_info(spec);
+                    info.address =
+                        stable_address(self.cfg.service_addresses, &mut st.addresses, &key);
+                    if let Some(ip) = info.address
+                        && st.addresses.get(&key).is_some_and(|a| !a.1)
+                    {
+                        ops.push(TxnOp::put(
+                            address_key(&key),
+                            serde_json::to_vec(&ip).expect("addresses serialize"),
+                            Expect::Absent,
+                        ));
+                    }
+                    known.insert(key, info);
+                }
             }
         }
         self.catalog.set_services(known);
@@ -606,7 +691,6 @@ impl Control {
             }
         }
 
-        let mut ops = Vec::new();
         let mut allocations = Vec::with_capacity(st.allocs.len());
         for (key, stored) in &st.allocs {
             let a = &stored.alloc;
@@ -768,6 +852,21 @@ impl Control {
             .filter(|s| s.alloc.node == node)
             .map(|s| s.alloc.instance.clone())
             .collect();
+        // Nodes with proxies of their own: a stopping instance of a service they serve (one
+        // with a stable address) is drained through them too.
+        let proxy_nodes: Vec<&str> = st
+            .nodes
+            .values()
+            .filter(|n| n.node.proxies && !n.down)
+            .map(|n| n.node.id.as_str())
+            .collect();
+        let proxy_nodes = !proxy_nodes.is_empty();
+        let snap = self.catalog.snapshot();
+        let proxied = |id: &InstanceId| {
+            snap.services
+                .get(&ServiceKey::of(id))
+                .is_some_and(|e| e.address.is_some() && !e.targets.is_empty())
+        };
         for change in report.changes {
             match change {
                 Change::Instance(mut inst) => {
@@ -791,10 +890,11 @@ impl Control {
                                 st.withdrawn.insert(inst.id.clone(), t);
                             }
                             if inst.state == InstanceState::Stopping
-                                && st
+                                && (st
                                     .withdrawn
                                     .get(&inst.id)
                                     .is_some_and(|t| t.in_flight() > 0)
+                                    || (proxy_nodes && proxied(&inst.id)))
                             {
                                 answer.busy.push(inst.id.clone());
                             }
@@ -848,17 +948,47 @@ impl Control {
         Ok(answer)
     }
 
-    /// Waits until no request is in flight on `id`, at most `timeout`. An instance still in
-    /// the catalog is withdrawn first.
+    /// Waits until no request is in flight on `id`, at most `timeout`: through this
+    /// server's proxies, and through those of every up node that runs its own (each asked
+    /// at once, in parallel). An instance still in the catalog is withdrawn first.
     pub async fn drain(&self, id: &InstanceId, timeout: Duration) -> Drained {
-        let traffic = {
+        let (traffic, nodes) = {
             let mut st = self.lock();
-            match self.catalog.remove(id) {
+            let traffic = match self.catalog.remove(id) {
                 Some(t) => Some(t),
                 None => st.withdrawn.remove(id),
-            }
+            };
+            let nodes: Vec<Node> = st
+                .nodes
+                .values()
+                .filter(|n| n.node.proxies && !n.down && n.node.agent_port != 0)
+                .map(|n| n.node.clone())
+                .collect();
+            (traffic, nodes)
         };
-        match traffic {
+        let remote = nodes.into_iter().map(|node| {
+            let id = id.clone();
+            tokio::spawn(async move {
+                let host = match node.address.parse::<IpAddr>() {
+                    Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+                    _ => node.address.clone(),
+                };
+                let client =
+                    skiff_client::Client::new(&format!("http://{host}:{}", node.agent_port))
+                        .ok()?;
+                match client.agent_drain(&id, timeout).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        // A node that cannot be asked holds nothing up: its proxies lose the
+                        // instance with their next catalog copy.
+                        tracing::debug!(node = %node.name, %id, "drain: {e}");
+                        None
+                    }
+                }
+            })
+        });
+        let remote: Vec<_> = remote.collect();
+        let mut out = match traffic {
             None => Drained {
                 drained: true,
                 in_flight: 0,
@@ -870,7 +1000,14 @@ impl Control {
                     in_flight: t.in_flight(),
                 }
             }
+        };
+        for task in remote {
+            if let Ok(Some(d)) = task.await {
+                out.drained &= d.drained;
+                out.in_flight += d.in_flight;
+            }
         }
+        out
     }
 
     /// The node an instance runs on, as its agent last reported it.
@@ -889,8 +1026,59 @@ impl Control {
 }
 
 /// What the catalog needs to know of a service.
+/// The stable address of `key`: the one it has, else the lowest free one (not yet in the
+/// kv: the pass writes it). `None` once the range is used up.
+fn stable_address(
+    range: AddressRange,
+    addresses: &mut BTreeMap<ServiceKey, (IpAddr, bool)>,
+    key: &ServiceKey,
+) -> Option<IpAddr> {
+    if let Some((ip, _)) = addresses.get(key) {
+        return Some(*ip);
+    }
+    let used: std::collections::HashSet<IpAddr> = addresses.values().map(|a| a.0).collect();
+    let ip = (1..)
+        .map_while(|i| range.at(i))
+        .find(|ip| !used.contains(ip))?;
+    addresses.insert(key.clone(), (ip, false));
+    Some(ip)
+}
+
+fn address_key(key: &ServiceKey) -> String {
+    format!("{ADDRESSES}{}/{}/{}", key.env, key.stack, key.service)
+}
+
+fn service_key_of(rest: &str) -> Option<ServiceKey> {
+    let mut parts = rest.splitn(3, '/');
+    Some(ServiceKey {
+        env: parts.next()?.to_string(),
+        stack: parts.next()?.to_string(),
+        service: parts.next()?.to_string(),
+    })
+}
+
+async fn load_addresses(kv: &AnyKv) -> Result<BTreeMap<ServiceKey, (IpAddr, bool)>> {
+    let (entries, _) = kv.list(ADDRESSES).await?;
+    let mut out = BTreeMap::new();
+    for e in entries {
+        let ip: IpAddr = serde_json::from_slice(&e.value)
+            .map_err(|err| ControlError::Store(format!("{}: {err}", e.key)))?;
+        if let Some(key) = e.key.strip_prefix(ADDRESSES).and_then(service_key_of) {
+            out.insert(key, (ip, true));
+        }
+    }
+    Ok(out)
+}
+
 fn service_info(spec: &ServiceSpec) -> ServiceInfo {
     ServiceInfo {
+        address: None,
+        targets: spec
+            .ports
+            .iter()
+            .filter(|p| p.protocol == "tcp")
+            .map(|p| (p.name.clone(), p.target))
+            .collect(),
         ports: spec.ports.iter().map(|p| p.name.clone()).collect(),
         routes: spec.routes.clone(),
         published: spec

@@ -37,6 +37,7 @@ fn registration(name: &str, address: &str) -> NodeRegistration {
         },
         labels: BTreeMap::new(),
         drivers: vec![Driver::Process],
+        proxies: false,
     }
 }
 
@@ -73,6 +74,7 @@ async fn rig(down_after: Duration) -> Rig {
         Config {
             down_after,
             seed: 7,
+            ..Config::default()
         },
     )
     .await
@@ -373,4 +375,66 @@ async fn registration_rejects_a_taken_name_and_a_bad_address() {
         r.control.heartbeat("n9"),
         Err(ControlError::UnknownNode(_))
     ));
+}
+
+#[tokio::test]
+async fn every_service_gets_a_stable_address_that_it_keeps_across_releases_and_restarts() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.0.0.1").await;
+    r.release(&[("db", service(1, &[])), ("web", service(2, &[]))]);
+    r.pass().await;
+    let address = |catalog: &Catalog, s: &str| {
+        let snap = catalog.snapshot();
+        let e = snap.services.get(&ServiceKey::new(&stack(), s)).unwrap();
+        (e.address.unwrap(), e.targets.clone())
+    };
+    let (db, targets) = address(&r.catalog, "db");
+    let (web, _) = address(&r.catalog, "web");
+    assert_eq!(db, "127.77.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(web, "127.77.0.2".parse::<IpAddr>().unwrap());
+    assert_eq!(targets, BTreeMap::from([("http".to_string(), 80)]));
+
+    // A release without db, then one with it again: db gets its own address back, a new
+    // service the next free one.
+    r.release(&[("web", service(2, &[]))]);
+    r.pass().await;
+    r.release(&[
+        ("cache", service(1, &[])),
+        ("web", service(1, &[])),
+        ("db", service(1, &[])),
+    ]);
+    r.pass().await;
+    assert_eq!(address(&r.catalog, "db").0, db);
+    assert_eq!(address(&r.catalog, "web").0, web);
+    let cache = address(&r.catalog, "cache").0;
+    assert_eq!(cache, "127.77.0.3".parse::<IpAddr>().unwrap());
+
+    // A restarted server reads them back from the kv.
+    let catalog = Catalog::new();
+    let again = Control::open(
+        r.store.clone(),
+        r.kv.clone(),
+        catalog.clone(),
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    again.plan_and_apply().await.unwrap();
+    assert_eq!(address(&catalog, "db").0, db);
+    assert_eq!(address(&catalog, "web").0, web);
+    assert_eq!(address(&catalog, "cache").0, cache);
+}
+
+#[test]
+fn address_ranges_are_loopback_blocks() {
+    let r: AddressRange = "127.77.0.0/16".parse().unwrap();
+    assert_eq!(r.at(1), Some("127.77.0.1".parse().unwrap()));
+    assert_eq!(r.at(0xfffe), Some("127.77.255.254".parse().unwrap()));
+    assert_eq!(r.at(0xffff), None);
+    let small: AddressRange = "127.80.3.7/30".parse().unwrap();
+    assert_eq!(small.at(1), Some("127.80.3.5".parse().unwrap()));
+    assert_eq!(small.at(3), None);
+    for bad in ["10.0.0.0/16", "127.0.0.0", "127.0.0.0/31", "127.0.0.0/x"] {
+        assert!(bad.parse::<AddressRange>().is_err(), "{bad}");
+    }
 }

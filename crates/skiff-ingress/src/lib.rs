@@ -113,7 +113,7 @@ impl Ingress {
         let (tx, table) = watch::channel(Arc::new(first));
         let service_ports = cfg.service_ports.map(|ip| {
             tokio::spawn(tcp::run(
-                ip,
+                tcp::Listen::ServicePorts(ip),
                 catalog.clone(),
                 counters.clone(),
                 cfg.limits.connect_timeout,
@@ -231,6 +231,25 @@ pub(crate) async fn accept_backing_off(
             }
         }
     }
+}
+
+/// Listens on every service's stable address (127.77.0.0/16) at its TCP target ports and
+/// balances connections over its ready instances, until the returned task is aborted.
+/// Every node runs one, fed by its copy of the catalog.
+pub fn serve_stable_addresses(
+    catalog: Arc<Catalog>,
+    connect_timeout: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let counters = Arc::new(Registry {
+        catalog: catalog.clone(),
+        health: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(tcp::run(
+        tcp::Listen::StableAddresses,
+        catalog,
+        counters,
+        connect_timeout,
+    ))
 }
 
 /// Counters for table builds: traffic from the catalog, passive health kept here.

@@ -311,6 +311,22 @@ pub fn service_ports(snap: &Snapshot, counters: &impl Counters) -> BTreeMap<u16,
     out
 }
 
+/// Stable addresses: `address:target` → the service's ready instances on that port.
+pub fn stable_addresses(
+    snap: &Snapshot,
+    counters: &impl Counters,
+) -> BTreeMap<std::net::SocketAddr, Arc<Target>> {
+    let mut out = BTreeMap::new();
+    for (key, entry) in &snap.services {
+        let Some(ip) = entry.address else { continue };
+        for (port, listen) in &entry.targets {
+            out.entry(std::net::SocketAddr::new(ip, *listen))
+                .or_insert_with(|| target(key, entry, port, counters));
+        }
+    }
+    out
+}
+
 fn sort(routes: &mut [Route]) {
     routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
 }
@@ -427,6 +443,7 @@ mod tests {
                             ("http".to_string(), 8000),
                             ("admin".to_string(), 9000),
                         ]),
+                        ..ServiceInfo::default()
                     },
                 ),
                 (
@@ -435,6 +452,7 @@ mod tests {
                         ports: vec!["8080".into()],
                         routes: vec![route(Some("shop.example.test"), "/api", "8080", true)],
                         published: BTreeMap::from([("8080".to_string(), 8000)]),
+                        ..ServiceInfo::default()
                     },
                 ),
                 ("worker", ServiceInfo::default()),

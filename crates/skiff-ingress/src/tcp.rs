@@ -1,7 +1,15 @@
-//! Service ports: a compose `ports: "8080:80"` makes skiff listen on 8080 (the node address)
-//! and balance TCP connections over the ready instances' port 80, as Swarm's routing mesh
-//! does, so replicas > 1 just work. Listeners follow the catalog: opened when a service
-//! publishes a port, closed when none does any more.
+//! TCP listeners fed by the catalog, of two kinds:
+//! - service ports: a compose `ports: "8080:80"` makes skiff listen on 8080 (the node
+//!   address) and balance TCP connections over the ready instances' port 80, as Swarm's
+//!   routing mesh does, so replicas > 1 just work;
+//! - stable addresses: every service with a TCP port has an address of its own in
+//!   127.77.0.0/16, the same on every node; each node listens on it at the declared target
+//!   ports (`db` at 127.77.0.3:5432) and balances over the ready instances wherever they run,
+//!   as kube-proxy's cluster IPs do. A dependent keeps one address however often its
+//!   dependency restarts or moves.
+//!
+//! Listeners follow the catalog: opened when a service has the port, closed when none does
+//! any more.
 //!
 //! A connection picks a backend as HTTP requests do (power of two choices, passive
 //! ejection), tries another one when the connect fails, and is counted on the backend's
@@ -13,20 +21,41 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_catalog::Catalog;
+use skiff_catalog::{Catalog, Snapshot};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::accept_backing_off;
 use crate::balance::pick;
 use crate::proxy::Guard;
-use crate::routes::{Counters, Target, service_ports};
+use crate::routes::{Counters, Target, service_ports, stable_addresses};
 
-type Ports = Arc<BTreeMap<u16, Arc<Target>>>;
+type Ports = Arc<BTreeMap<SocketAddr, Arc<Target>>>;
 
-/// Listener tasks by port, aborted when dropped.
+/// Which listeners to keep.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Listen {
+    /// Published service ports, on this address.
+    ServicePorts(IpAddr),
+    /// Services' stable addresses.
+    StableAddresses,
+}
+
+impl Listen {
+    fn table(self, snap: &Snapshot, counters: &impl Counters) -> BTreeMap<SocketAddr, Arc<Target>> {
+        match self {
+            Listen::ServicePorts(ip) => service_ports(snap, counters)
+                .into_iter()
+                .map(|(port, t)| (SocketAddr::new(ip, port), t))
+                .collect(),
+            Listen::StableAddresses => stable_addresses(snap, counters),
+        }
+    }
+}
+
+/// Listener tasks by address, aborted when dropped.
 #[derive(Default)]
-struct Listeners(HashMap<u16, tokio::task::JoinHandle<()>>);
+struct Listeners(HashMap<SocketAddr, tokio::task::JoinHandle<()>>);
 
 impl Drop for Listeners {
     fn drop(&mut self) {
@@ -36,9 +65,9 @@ impl Drop for Listeners {
     }
 }
 
-/// Keeps one listener per published port on `ip` until the task is aborted.
+/// Keeps the listeners `listen` asks for until the task is aborted.
 pub(crate) async fn run(
-    ip: IpAddr,
+    listen: Listen,
     catalog: Arc<Catalog>,
     counters: Arc<impl Counters + Send + Sync + 'static>,
     connect_timeout: Duration,
@@ -46,10 +75,10 @@ pub(crate) async fn run(
     let mut changes = catalog.subscribe();
     let (tx, rx) = watch::channel::<Ports>(Arc::default());
     let mut listeners = Listeners::default();
-    let mut refused: HashSet<u16> = HashSet::new();
+    let mut refused: HashSet<SocketAddr> = HashSet::new();
     loop {
-        let ports = service_ports(&catalog.snapshot(), counters.as_ref());
-        let wanted: HashSet<u16> = ports.keys().copied().collect();
+        let ports = listen.table(&catalog.snapshot(), counters.as_ref());
+        let wanted: HashSet<SocketAddr> = ports.keys().copied().collect();
         tx.send_replace(Arc::new(ports));
         listeners.0.retain(|port, task| {
             let keep = wanted.contains(port);
@@ -59,23 +88,23 @@ pub(crate) async fn run(
             keep
         });
         refused.retain(|p| wanted.contains(p));
-        for port in wanted {
-            if listeners.0.contains_key(&port) {
+        for addr in wanted {
+            if listeners.0.contains_key(&addr) {
                 continue;
             }
-            match TcpListener::bind(SocketAddr::new(ip, port)).await {
+            match TcpListener::bind(addr).await {
                 Ok(l) => {
-                    refused.remove(&port);
-                    tracing::info!("service port {ip}:{port} listening");
+                    refused.remove(&addr);
+                    tracing::debug!("{addr} listening");
                     let rx = rx.clone();
                     listeners
                         .0
-                        .insert(port, tokio::spawn(serve(l, port, rx, connect_timeout)));
+                        .insert(addr, tokio::spawn(serve(l, addr, rx, connect_timeout)));
                 }
                 // Taken by something else: said once, tried again on the next change.
                 Err(e) => {
-                    if refused.insert(port) {
-                        tracing::warn!("service port {ip}:{port}: {e}");
+                    if refused.insert(addr) {
+                        tracing::warn!("listening on {addr}: {e}");
                     }
                 }
             }
@@ -86,11 +115,11 @@ pub(crate) async fn run(
     }
 }
 
-async fn serve(l: TcpListener, port: u16, ports: watch::Receiver<Ports>, timeout: Duration) {
-    let what = format!("service port {port}");
+async fn serve(l: TcpListener, addr: SocketAddr, ports: watch::Receiver<Ports>, timeout: Duration) {
+    let what = addr.to_string();
     loop {
         let (client, _) = accept_backing_off(&l, &what).await;
-        let target = ports.borrow().get(&port).cloned();
+        let target = ports.borrow().get(&addr).cloned();
         if let Some(target) = target {
             tokio::spawn(forward(client, target, timeout));
         }

@@ -25,6 +25,10 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<Driver>,
+    /// It runs proxies on its own copy of the catalog (stable addresses, an ingress): a
+    /// drain of any instance waits for its requests in flight too.
+    #[serde(default)]
+    pub proxies: bool,
     pub status: NodeStatus,
     /// Milliseconds since the Unix epoch, as the server received it.
     pub last_heartbeat_ms: u64,
@@ -250,6 +254,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             drivers: vec![Driver::Process],
+            proxies: false,
             status: NodeStatus::Ready,
             last_heartbeat_ms: 0,
         }

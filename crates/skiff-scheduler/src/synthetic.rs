@@ -55,6 +55,7 @@ pub fn nodes(count: usize, seed: u64) -> Vec<Node> {
                 },
                 labels,
                 drivers,
+                proxies: false,
                 status: NodeStatus::Ready,
                 last_heartbeat_ms: 1_000,
             }

@@ -26,6 +26,7 @@ fn node(name: &str, cpu: u64, mem: u64, labels: &[(&str, &str)]) -> Node {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         drivers: vec![Driver::Process],
+        proxies: false,
         status: NodeStatus::Ready,
         last_heartbeat_ms: 10_000,
     }

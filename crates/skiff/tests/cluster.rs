@@ -178,6 +178,7 @@ impl Cluster {
             .args(["netns", "exec", &ns, SKIFF, "agent", "--join"])
             .arg(format!("http://{}:7700", self.server_side(i)))
             .args(["--name", &format!("n{i}"), "--address", &self.agent_addr(i)])
+            .args(["--ingress", &format!("{}:7780", self.agent_addr(i))])
             .args(["--label", &format!("zone={}", ZONES[i]), "--data-dir"])
             .arg(self.agent_dir(i))
             .env("SKIFF_LOG", "warn")
@@ -489,32 +490,40 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
     let file = c.write("compose.yaml", STACK);
     let (ok, out) = c.cli(&["up", "-f", file.to_str().unwrap(), "--timeout", "60"]);
     assert!(ok, "{out}");
-    let srv = c.ns("srv");
-    let wrk = std::thread::spawn(move || {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &srv,
-            "wrk",
-            "-t1",
-            "-c8",
-            "-d5s",
-            "-H",
-            "Host: web.web.default.localhost",
-            "http://127.0.0.1:7780/",
-        ])
-        .1
-    });
+    // Load through the server's ingress and through the ingress of agent n1 (its own copy
+    // of the catalog): a drain waits for the requests in flight on both.
+    let load = |target: String| {
+        let srv = c.ns("srv");
+        std::thread::spawn(move || {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &srv,
+                "wrk",
+                "-t1",
+                "-c8",
+                "-d5s",
+                "-H",
+                "Host: web.web.default.localhost",
+                &target,
+            ])
+            .1
+        })
+    };
+    let through_server = load("http://127.0.0.1:7780/".to_string());
+    let through_agent = load(format!("http://{}:7780/", c.agent_addr(1)));
     std::thread::sleep(Duration::from_millis(1500));
     let (ok, out) = c.cli(&["node", "drain", "n0"]);
     assert!(ok, "{out}");
-    let out = wrk.join().unwrap();
-    assert!(out.contains("Requests/sec"), "{out}");
-    assert!(
-        !out.contains("Non-2xx") && !out.contains("Socket errors"),
-        "no failed request while n0 drained: {out}"
-    );
+    for wrk in [through_server, through_agent] {
+        let out = wrk.join().unwrap();
+        assert!(out.contains("Requests/sec"), "{out}");
+        assert!(
+            !out.contains("Non-2xx") && !out.contains("Socket errors"),
+            "no failed request while n0 drained: {out}"
+        );
+    }
     c.wait_until("web back to 3 healthy", Duration::from_secs(20), |c| {
         c.healthy("web") == 3
     });
@@ -523,6 +532,33 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
         "nothing left on the drained node"
     );
     assert!(!c.dns("web").contains(&c.agent_addr(0)));
+
+    // Every node reaches web at its one stable address, wherever its instances run.
+    let catalog: serde_json::Value = serde_json::from_str(&c.in_srv(&[
+        "curl",
+        "-s",
+        "http://127.0.0.1:7700/v1/catalog?env=default&stack=web&service=web",
+    ]))
+    .unwrap();
+    let address = catalog["services"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(address.starts_with("127.77."), "{catalog}");
+    for n in ["n0", "n1", "n2"] {
+        let (ok, body) = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &c.ns(n),
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{address}:8080/"),
+        ]);
+        assert!(ok && body.starts_with("web "), "{n}: {body}");
+    }
 }
 
 #[test]

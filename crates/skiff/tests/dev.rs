@@ -297,3 +297,80 @@ fn status_shows_the_cpu_in_use_held_to_the_quota() {
     let (_, table, _) = skiff(&dev, &["status", "spin"]);
     assert!(table.contains("CPU") && table.contains('%'), "{table}");
 }
+
+/// `{{ service("db").address }}` and `DB_SERVICE_HOST/PORT` name db's stable address: the
+/// node listens there and balances over db's ready instances, so the dependent keeps a
+/// working address when the instance it first saw dies and a new one takes its place.
+#[test]
+fn a_dependent_reaches_its_dependency_at_one_stable_address_across_restarts() {
+    let (dev, project, _data) = up_stack(
+        r#"
+name: stable
+x-skiff: {driver: process}
+services:
+  db:
+    command: [skiff-demo, --name, db]
+    expose: ["5432"]
+    restart: always
+  api:
+    command: [skiff-demo, --name, api]
+    expose: ["8080"]
+    environment:
+      DB_URL: 'http://{{ service("db").address }}'
+    depends_on: [db]
+"#,
+    );
+    let ps = |service: &str| -> serde_json::Value {
+        let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["ps", "-o", "json"]);
+        assert!(ok, "{err}");
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"]["service"] == service)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let api = ps("api");
+    let port = api["ports"].as_object().unwrap().values().next().unwrap();
+    let (code, body) = http(&format!("127.0.0.1:{port}"), "GET", "/env", "");
+    assert_eq!(code, 200, "{body}");
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let host = env["DB_SERVICE_HOST"].as_str().unwrap().to_string();
+    let ip: std::net::Ipv4Addr = host.parse().unwrap();
+    assert!(
+        ip.is_loopback() && ip != std::net::Ipv4Addr::LOCALHOST,
+        "{body}"
+    );
+    assert_eq!(env["DB_SERVICE_PORT"], "5432", "{body}");
+    assert_eq!(env["DB_URL"], format!("http://{host}:5432"), "{body}");
+
+    let stable = format!("{host}:5432");
+    let answers = |addr: &str| {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200") && buf.contains("\r\n\r\ndb ")
+    };
+    wait_for("db answers on its stable address", || answers(&stable));
+    let first = ps("db")["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("db restarted", || {
+        let db = ps("db");
+        db["pid"].as_u64().is_some_and(|p| p != first) && db["state"] == "healthy"
+    });
+    // The same address, now in front of the new instance; the dependent was not touched.
+    wait_for("the new db answers on the same address", || {
+        answers(&stable)
+    });
+    assert_eq!(ps("api")["pid"], api["pid"]);
+}

@@ -32,6 +32,13 @@ pub struct Args {
     /// the server proxies); 0 picks a free one.
     #[arg(long, default_value_t = 7701)]
     port: u16,
+    /// Also run an ingress on this node, listening here (e.g. `0.0.0.0:80`), fed by the
+    /// same catalog as the server's; published service ports open on its address too.
+    #[arg(long)]
+    ingress: Option<std::net::SocketAddr>,
+    /// Domain of the ingress hosts `<service>.<stack>.<env>.<domain>`.
+    #[arg(long, default_value = "localhost", env = "SKIFF_INGRESS_DOMAIN")]
+    ingress_domain: String,
 }
 
 /// Serves the agent's listener until the task is aborted.
@@ -107,6 +114,7 @@ pub async fn config(
         node_name: node.name,
         agent_port: node.agent_port,
         labels: node.labels,
+        catalog: None,
     })
 }
 
@@ -155,6 +163,25 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .await?;
         let agent = Agent::new(cfg).context("reading the node id")?;
         let agent_api = serve(agent.clone(), listener);
+        let ingress = match args.ingress {
+            Some(addr) => {
+                let ingress = skiff_ingress::Ingress::start(
+                    addr,
+                    skiff_ingress::Config {
+                        domain: args.ingress_domain.to_ascii_lowercase(),
+                        limits: skiff_ingress::Limits::default(),
+                        workers: 1,
+                        service_ports: Some(addr.ip()),
+                    },
+                    agent.catalog(),
+                )
+                .await
+                .with_context(|| format!("listening for the ingress on {addr}"))?;
+                println!("skiff agent: ingress listening on http://{}", ingress.addr);
+                Some(ingress)
+            }
+            None => None,
+        };
         println!(
             "skiff agent: node {} joining {} (address {})",
             agent.node_id(),
@@ -166,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("the server refused this node")?;
         agent_api.abort();
+        drop(ingress);
         println!("skiff agent: stopped (instances keep running)");
         Ok(std::process::ExitCode::SUCCESS)
     })

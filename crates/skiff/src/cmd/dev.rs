@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("listening for the agent")?;
         // The agent is a client of the server, over loopback HTTP as on any other node.
-        let cfg = crate::cmd::agent::config(
+        let mut cfg = crate::cmd::agent::config(
             &data_dir,
             &format!("http://{addr}"),
             crate::cmd::agent::NodeIdentity {
@@ -50,7 +50,6 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         )
         .await?;
         let docker_unavailable = cfg.docker.as_ref().err().cloned();
-        let agent = Agent::new(cfg).context("reading the node id")?;
         let server = server::Server::start(
             "dev",
             &args,
@@ -60,6 +59,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             Some(api_listener),
         )
         .await?;
+        // One node in one process: the agent's proxies count traffic on the server's own
+        // catalog, so a drain sees every request in flight.
+        cfg.catalog = Some(server.catalog.clone());
+        let agent = Agent::new(cfg).context("reading the node id")?;
         let agent_api = crate::cmd::agent::serve(agent.clone(), agent_listener);
         // The agent stops first: its instances drain through the server.
         let (stop_agent_tx, stop_agent) = tokio::sync::oneshot::channel::<()>();

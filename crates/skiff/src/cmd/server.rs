@@ -43,6 +43,10 @@ pub struct ServerArgs {
     /// placed elsewhere (`5s`, `500ms`, as compose writes durations).
     #[arg(long, default_value = "5s")]
     pub node_down_after: skiff_spec::units::Duration,
+    /// Where services' stable addresses come from: every node listens on a service's
+    /// address at its ports and balances over its ready instances (a loopback block).
+    #[arg(long, default_value = "127.77.0.0/16", env = "SKIFF_SERVICE_ADDRESSES")]
+    pub service_addresses: skiff_control::AddressRange,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -89,6 +93,8 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
 
 /// A running control plane.
 pub struct Server {
+    /// The live catalog (`skiff dev`'s agent serves its stable addresses from it).
+    pub catalog: Arc<skiff_catalog::Catalog>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dns: skiff_dns::DnsServer,
@@ -117,6 +123,7 @@ impl Server {
             catalog.clone(),
             skiff_control::Config {
                 down_after: args.node_down_after.0,
+                service_addresses: args.service_addresses,
                 ..skiff_control::Config::default()
             },
         )
@@ -148,7 +155,7 @@ impl Server {
             control: control.clone(),
             docker_unavailable,
             instances: Arc::new(skiff_api::ViaAgents::new(control.clone())),
-            catalog,
+            catalog: catalog.clone(),
             zone,
             routes: Some(ingress.routes()),
         });
@@ -171,6 +178,7 @@ impl Server {
             let _ = stop_control.changed().await;
         }));
         Ok(Server {
+            catalog,
             stop,
             tasks: vec![api, planner],
             dns,

@@ -72,6 +72,14 @@ impl Drop for Dev {
     }
 }
 
+/// A block of stable service addresses of its own for each server a test starts (servers
+/// of parallel tests on one machine would otherwise share 127.77.0.0/16's first addresses).
+pub fn service_addresses() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.0/24", 78 + std::process::id() % 100, n % 256)
+}
+
 pub fn start_dev(data: &Path) -> Dev {
     start_dev_with(data, &[])
 }
@@ -91,6 +99,7 @@ pub fn start_dev_with(data: &Path, env: &[(&str, &str)]) -> Dev {
         ])
         .arg(data)
         .env("SKIFF_LOG", "warn")
+        .env("SKIFF_SERVICE_ADDRESSES", service_addresses())
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
