@@ -195,6 +195,10 @@ pub fn router(state: ApiState) -> Router {
             post(create_release).get(list_releases),
         )
         .route(
+            "/v1/envs/{env}/stacks/{stack}/plan",
+            post(preview_placement),
+        )
+        .route(
             "/v1/envs/{env}/stacks/{stack}/releases/{number}",
             get(get_release),
         )
@@ -371,7 +375,23 @@ async fn create_release(
     Body(req): Body<NewRelease>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
-    for (name, svc) in &req.spec.services {
+    check_spec(&s, &req.spec)?;
+    let (release, created) = record_release(&s, key.clone(), req.spec, req.source).await?;
+    // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
+    blocking(&s, move |st| {
+        st.update_controls(&key, &mut |c| {
+            c.values_mut().for_each(|c| c.stopped = false)
+        })
+    })
+    .await?;
+    s.control.changed();
+    Ok((release_status(created), Json(release)))
+}
+
+/// Refuses a spec no release may have: bad names, absurd replicas or limits, unknown
+/// dependencies, Docker services on a server without an engine.
+fn check_spec(s: &ApiState, spec: &StackSpec) -> Result<(), ApiError> {
+    for (name, svc) in &spec.services {
         if !skiff_model::valid_service_name(name) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -401,7 +421,7 @@ async fn create_release(
             ));
         }
         for dep in svc.depends_on.keys() {
-            if !req.spec.services.contains_key(dep) {
+            if !spec.services.contains_key(dep) {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_spec",
@@ -411,8 +431,7 @@ async fn create_release(
         }
     }
     if let Some(why) = &s.docker_unavailable {
-        let docker: Vec<&str> = req
-            .spec
+        let docker: Vec<&str> = spec
             .services
             .iter()
             .filter(|(_, svc)| svc.driver == skiff_model::Driver::Docker && svc.replicas > 0)
@@ -430,16 +449,18 @@ async fn create_release(
             ));
         }
     }
-    let (release, created) = record_release(&s, key.clone(), req.spec, req.source).await?;
-    // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
-    blocking(&s, move |st| {
-        st.update_controls(&key, &mut |c| {
-            c.values_mut().for_each(|c| c.stopped = false)
-        })
-    })
-    .await?;
-    s.control.changed();
-    Ok((release_status(created), Json(release)))
+    Ok(())
+}
+
+/// Where a stack's spec would run if it were deployed now; nothing is recorded.
+async fn preview_placement(
+    State(s): State<ApiState>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
+    Body(req): Body<NewRelease>,
+) -> Result<Json<skiff_client::PlacementPreview>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    check_spec(&s, &req.spec)?;
+    Ok(Json(s.control.preview(&key, &req.spec)))
 }
 
 async fn get_release(

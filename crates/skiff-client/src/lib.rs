@@ -89,6 +89,27 @@ pub struct UnplacedView {
     pub reason: String,
 }
 
+/// Where a release of a stack would run if it were deployed now (`skiff plan`), per
+/// service; nothing is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementPreview {
+    pub services: Vec<ServicePlacement>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlacement {
+    pub service: String,
+    /// Running instances that stay where they are.
+    pub keep: u32,
+    /// New instances per node name.
+    pub place: BTreeMap<String, u32>,
+    /// Running instances that would stop (surplus, or on a node they may no longer use).
+    pub stop: u32,
+    /// Instances that would fit no node, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<UnplacedView>,
+}
+
 /// The server's answer to a report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAnswer {

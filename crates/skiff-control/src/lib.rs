@@ -31,7 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use skiff_catalog::{Catalog, ServiceInfo, ServiceKey, Traffic};
-use skiff_client::{Allocations, Change, Drained, NodeRegistration, Report, ReportAnswer};
+use skiff_client::{
+    Allocations, Change, Drained, NodeRegistration, PlacementPreview, Report, ReportAnswer,
+    ServicePlacement, UnplacedView,
+};
 use skiff_model::{
     Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
     ServiceSpec, StackKey, WaitFor,
@@ -162,6 +165,8 @@ struct Stored {
 struct State {
     nodes: BTreeMap<String, NodeLive>,
     allocs: BTreeMap<String, Stored>,
+    /// Instance → the node its allocation names (reports check theirs without a scan).
+    placed_on: HashMap<InstanceId, String>,
     /// Per node, the revision of the last change to its allocations.
     node_index: HashMap<String, u64>,
     /// Reported instances (each with its node).
@@ -236,6 +241,8 @@ impl Control {
                 .map_err(|err| ControlError::Store(format!("{}: {err}", e.key)))?;
             let idx = st.node_index.entry(alloc.node.clone()).or_default();
             *idx = (*idx).max(e.mod_revision);
+            st.placed_on
+                .insert(alloc.instance.clone(), alloc.node.clone());
             st.allocs.insert(
                 e.key,
                 Stored {
@@ -533,6 +540,129 @@ impl Control {
             .collect()
     }
 
+    fn schedule(
+        &self,
+        nodes: &[Node],
+        allocations: &[Allocation],
+        groups: &[Group<'_>],
+    ) -> skiff_scheduler::Plan {
+        skiff_scheduler::plan(
+            &Snapshot {
+                nodes,
+                allocations,
+                groups,
+            },
+            Options {
+                seed: self.cfg.seed,
+                now_ms: now_ms(),
+                // Liveness is decided here (`check_liveness`), not again by the scheduler.
+                down_after_ms: u64::MAX,
+            },
+        )
+    }
+
+    /// Where `spec` would run if it became `stack`'s release now, against the nodes and
+    /// every allocation as they are (dependencies taken as met). Nothing is written.
+    pub fn preview(&self, stack: &StackKey, spec: &skiff_model::StackSpec) -> PlacementPreview {
+        const NEXT: u64 = u64::MAX;
+        let st = self.lock();
+        let mut stopped: HashMap<&str, u32> = HashMap::new();
+        let allocations: Vec<Allocation> = st
+            .allocs
+            .values()
+            .filter_map(|s| {
+                let a = &s.alloc;
+                if &a.instance.stack != stack {
+                    return Some(a.clone());
+                }
+                match spec.services.get(&a.instance.service) {
+                    Some(svc) => {
+                        let mut next = a.clone();
+                        next.release = NEXT;
+                        next.reserved = svc.reservations;
+                        Some(next)
+                    }
+                    None => {
+                        *stopped.entry(a.instance.service.as_str()).or_default() += 1;
+                        None
+                    }
+                }
+            })
+            .collect();
+        let nodes: Vec<Node> = st.nodes.values().map(|n| self.view(n)).collect();
+        let groups: Vec<Group<'_>> = spec
+            .services
+            .iter()
+            .map(|(service, spec)| Group {
+                stack,
+                service,
+                release: NEXT,
+                spec,
+            })
+            .collect();
+        let plan = self.schedule(&nodes, &allocations, &groups);
+        let name_of: HashMap<&str, &str> = st
+            .nodes
+            .values()
+            .map(|n| (n.node.id.as_str(), n.node.name.as_str()))
+            .collect();
+        let mut out: BTreeMap<&str, ServicePlacement> = spec
+            .services
+            .keys()
+            .map(|s| {
+                let keep = allocations
+                    .iter()
+                    .filter(|a| &a.instance.stack == stack && a.instance.service == *s)
+                    .count() as u32;
+                (
+                    s.as_str(),
+                    ServicePlacement {
+                        service: s.clone(),
+                        keep,
+                        ..ServicePlacement::default()
+                    },
+                )
+            })
+            .collect();
+        for p in &plan.place {
+            if let Some(s) = out.get_mut(p.instance.service.as_str()) {
+                let node = name_of.get(p.node.as_str()).copied().unwrap_or(&p.node);
+                *s.place.entry(node.to_string()).or_default() += 1;
+                if p.replaces.is_some() {
+                    s.keep = s.keep.saturating_sub(1);
+                    s.stop += 1;
+                }
+            }
+        }
+        for stop in &plan.stop {
+            if let Some(s) = out.get_mut(stop.instance.service.as_str()) {
+                s.keep = s.keep.saturating_sub(1);
+                s.stop += 1;
+            }
+        }
+        for u in plan.unplaced {
+            if let Some(s) = out.get_mut(u.service.as_str()) {
+                s.unplaced = Some(UnplacedView {
+                    env: u.stack.env.clone(),
+                    stack: u.stack.stack.clone(),
+                    service: u.service.clone(),
+                    missing: u.missing,
+                    reason: u.reason,
+                });
+            }
+        }
+        let mut services: Vec<ServicePlacement> = out.into_values().collect();
+        for (service, n) in stopped {
+            services.push(ServicePlacement {
+                service: service.to_string(),
+                stop: n,
+                ..ServicePlacement::default()
+            });
+        }
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        PlacementPreview { services }
+    }
+
     /// Work the last pass could place nowhere, with the reasons.
     pub fn unplaced(&self) -> Vec<Unplaced> {
         self.lock().unplaced.clone()
@@ -591,6 +721,10 @@ impl Control {
             }
         }
         let mut st = self.lock();
+        st.placed_on = allocs
+            .values()
+            .map(|s| (s.alloc.instance.clone(), s.alloc.node.clone()))
+            .collect();
         st.allocs = allocs;
         for idx in st.node_index.values_mut() {
             *idx = (*idx).max(revision);
@@ -618,11 +752,17 @@ impl Control {
             match op.value {
                 Some(bytes) => {
                     if let Ok(alloc) = serde_json::from_slice::<Allocation>(&bytes) {
+                        st.placed_on
+                            .insert(alloc.instance.clone(), alloc.node.clone());
                         st.allocs.insert(op.key, Stored { alloc, revision });
                     }
                 }
                 None => {
-                    st.allocs.remove(&op.key);
+                    if let Some(gone) = st.allocs.remove(&op.key)
+                        && st.placed_on.get(&gone.alloc.instance) == Some(&gone.alloc.node)
+                    {
+                        st.placed_on.remove(&gone.alloc.instance);
+                    }
                 }
             }
         }
@@ -735,19 +875,7 @@ impl Control {
                 }
             }
         }
-        let plan = skiff_scheduler::plan(
-            &Snapshot {
-                nodes: &nodes,
-                allocations: &allocations,
-                groups: &groups,
-            },
-            Options {
-                seed: self.cfg.seed,
-                now_ms: now_ms(),
-                // Liveness is decided here (`check_liveness`), not again by the scheduler.
-                down_after_ms: u64::MAX,
-            },
-        );
+        let plan = self.schedule(&nodes, &allocations, &groups);
         let key_of: HashMap<&str, (&String, u64)> = st
             .allocs
             .iter()
@@ -846,12 +974,6 @@ impl Control {
         let mut replan = false;
         let mut listed = BTreeSet::new();
         let mut answer = ReportAnswer::default();
-        let allocated: std::collections::HashSet<InstanceId> = st
-            .allocs
-            .values()
-            .filter(|s| s.alloc.node == node)
-            .map(|s| s.alloc.instance.clone())
-            .collect();
         // Nodes with proxies of their own: a stopping instance of a service they serve (one
         // with a stable address) is drained through them too.
         let proxy_nodes: Vec<&str> = st
@@ -872,7 +994,7 @@ impl Control {
                 Change::Instance(mut inst) => {
                     inst.node = node.to_string();
                     listed.insert(inst.id.clone());
-                    let allocated = allocated.contains(&inst.id);
+                    let allocated = st.placed_on.get(&inst.id).is_some_and(|n| n == node);
                     if !allocated && st.instances.get(&inst.id).is_some_and(|i| i.node != node) {
                         // A stale copy on a node the instance moved away from (it was down):
                         // never routed to, and it does not hide the live copy; its agent

@@ -22,6 +22,11 @@ impl Client {
         }
     }
 
+    /// The server's address as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

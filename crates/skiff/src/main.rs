@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Config(args) => cmd::config::run(args),
-        Command::Plan(args) => cmd::plan::run(args, &cli.env),
+        Command::Plan(args) => cmd::plan::run(args, &client, &cli.env),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Agent(args) => cmd::agent::run(args),

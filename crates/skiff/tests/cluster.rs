@@ -454,7 +454,25 @@ fn placement_follows_spread_constraints_and_global_mode_and_unplaceable_work_say
     want.sort();
     assert_eq!(c.dns("web"), want, "DNS answers each node's instance");
 
+    // `plan` says where things would go before anything is recorded: web scaled to 5 keeps
+    // its 3 and places 2, and `huge` fits nowhere, with the reason (exit code 2).
+    let scaled = c.write("scaled.yaml", &STACK.replace("replicas: 3", "replicas: 5"));
+    let (ok, out) = c.cli(&["plan", "-f", scaled.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let web_row = out.lines().find(|l| l.starts_with("web ")).unwrap();
+    let cols: Vec<&str> = web_row.split_whitespace().collect();
+    assert_eq!(cols[1], "3", "keeps its three: {out}");
+    assert!(web_row.contains(": 1") || web_row.contains(": 2"), "{out}");
     let big = c.write("big.yaml", BIG);
+    let (ok, out) = c.cli(&["plan", "-f", big.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("1 fit nowhere") && out.contains("3 lack memory"),
+        "{out}"
+    );
+    assert!(
+        c.cli(&["history", "big"]).1.lines().count() <= 1,
+        "plan records nothing"
+    );
     let (ok, out) = c.cli(&["up", "-d", "-f", big.to_str().unwrap()]);
     assert!(ok, "{out}");
     c.wait_until("the unplaced event", Duration::from_secs(10), |c| {

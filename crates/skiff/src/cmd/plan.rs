@@ -1,11 +1,18 @@
-//! `skiff plan`: the deploy order, batch by batch.
+//! `skiff plan`: the deploy order, batch by batch, and — when a server answers — where each
+//! service would run if it were deployed now (like `nomad job plan`): what stays, what is
+//! placed on which node, what stops, and what fits nowhere with the reason.
 
 use std::process::ExitCode;
 
 use skiff_spec::model::Condition;
 use skiff_spec::order;
 
+use skiff_api::NewRelease;
+use skiff_client::PlacementPreview;
+use skiff_spec::runtime;
+
 use super::project::ProjectArgs;
+use crate::client::Client;
 use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
@@ -17,7 +24,7 @@ pub struct Args {
     output: OutputArg,
 }
 
-pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let loaded = match args.project.load()? {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -64,7 +71,48 @@ pub fn run(args: Args, env: &str) -> anyhow::Result<ExitCode> {
                 &["BATCH", "SERVICE", "DRIVER", "REPLICAS", "WAITS FOR"],
                 rows,
             );
+            let request = NewRelease {
+                spec: runtime::stack_spec(&loaded.project),
+                source: String::new(),
+            };
+            let path = format!("/v1/envs/{env}/stacks/{}/plan", loaded.name);
+            match client.post::<_, PlacementPreview>(&path, &request) {
+                Ok(preview) => {
+                    println!();
+                    println!("placement on the cluster at {} now:", client.base());
+                    print_placement(&preview);
+                    if preview.services.iter().any(|s| s.unplaced.is_some()) {
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+                Err(e) => println!("\nplacement not shown: {e}"),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_placement(preview: &PlacementPreview) {
+    let rows = preview
+        .services
+        .iter()
+        .map(|s| {
+            let place: Vec<String> = s.place.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+            vec![
+                s.service.clone(),
+                s.keep.to_string(),
+                if place.is_empty() {
+                    "-".into()
+                } else {
+                    place.join(", ")
+                },
+                s.stop.to_string(),
+                s.unplaced.as_ref().map_or_else(
+                    || "-".into(),
+                    |u| format!("{} fit nowhere: {}", u.missing, u.reason),
+                ),
+            ]
+        })
+        .collect();
+    output::print_table(&["SERVICE", "KEEP", "PLACE", "STOP", "UNPLACED"], rows);
 }
