@@ -99,7 +99,7 @@ impl Inner {
                     .or_default()
                     .clone();
                 cell.get_or_init(|| async {
-                    events("building", format!("image {tag}"));
+                    events(id, "building", format!("image {tag}"));
                     let started = Instant::now();
                     let built = self
                         .engine
@@ -113,6 +113,7 @@ impl Inner {
                         .map_err(Arc::new);
                     if built.is_ok() {
                         events(
+                            id,
                             "built",
                             format!("image {tag} in {:.1}s", started.elapsed().as_secs_f64()),
                         );

@@ -175,8 +175,8 @@ pub struct Stats {
 }
 
 /// Called by a driver with user-visible events of a start (`building`, `built`), as
-/// `(kind, message)`.
-pub type Events = Arc<dyn Fn(&'static str, String) + Send + Sync>;
+/// `(instance, kind, message)`. One sink serves every start (a clone is a reference count).
+pub type Events = Arc<dyn Fn(&InstanceId, &'static str, String) + Send + Sync>;
 
 /// Called by a driver once the workload is about to start (its image, cgroup and network
 /// ready): the agent records the instance in its directory there, so a crash from then on

@@ -81,7 +81,7 @@ async fn start(f: &Fixture, driver: &Arc<dyn Driver>, name: &str, script: &str) 
         dir: dir.clone(),
         env: env.clone(),
         listen_ports,
-        events: Arc::new(|_, _| {}),
+        events: Arc::new(|_, _, _| {}),
         before_start: Some(Box::new(move || {
             mark.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
@@ -324,7 +324,7 @@ async fn failed_start(f: &Fixture, driver: &Arc<dyn Driver>) {
         spec,
         dir: dir_of(f, &id),
         env: BTreeMap::new(),
-        events: Arc::new(|_, _| {}),
+        events: Arc::new(|_, _, _| {}),
         before_start: None,
     };
     match within("start", driver.start(req)).await {
