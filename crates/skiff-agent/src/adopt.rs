@@ -10,35 +10,33 @@ impl Agent {
         let dirs = tokio::task::spawn_blocking(move || instance_dirs(&root))
             .await
             .unwrap_or_default();
-        let mut adopted_containers = std::collections::HashSet::new();
+        let mut adopted_ids = std::collections::HashSet::new();
+        let mut adopted_dirs = std::collections::HashSet::new();
         for (id, dir) in dirs {
             let Some(meta) = read_meta(&dir) else {
                 continue;
             };
-            let handle = match (&meta.container, &self.cfg.docker) {
-                (Some(cid), Ok(engine)) => {
-                    // A container that is gone was removed behind our back: not adopted, its
-                    // directory is replaced by the next start.
-                    match engine.state(cid).await {
-                        Ok(skiff_driver_docker::State::Missing) | Err(_) => continue,
-                        Ok(_) => {}
-                    }
-                    adopted_containers.insert(cid.clone());
-                    let pid = engine
-                        .list()
-                        .await
-                        .ok()
-                        .and_then(|l| l.into_iter().find(|c| &c.id == cid).and_then(|c| c.pid));
-                    Handle::Container(Container::watch(engine.clone(), cid.clone(), pid, &dir))
-                }
-                // Its containers cannot be managed without the engine: leave them alone.
-                (Some(_), Err(_)) => continue,
-                (None, _) => match driver::Instance::adopt(&dir) {
-                    Ok(h) => Handle::Process(h),
-                    Err(_) => continue,
-                },
+            // Its workloads cannot be managed without their driver: leave them alone.
+            let Ok(driver) = self.driver(meta.spec.driver) else {
+                continue;
             };
-            self.ports.reserve(meta.ports.iter().map(|(_, p)| *p));
+            let request = skiff_driver::AdoptRequest {
+                instance: id.clone(),
+                spec: meta.spec.clone(),
+                dir: dir.clone(),
+                id: meta.workload_id.clone(),
+                env: meta.env.clone(),
+                ports: meta.ports.clone(),
+            };
+            // Gone (a container removed behind our back, a directory without a started
+            // workload): not adopted, its directory is replaced by the next start.
+            let Ok(handle) = driver.adopt(request).await else {
+                continue;
+            };
+            if let Some(wid) = handle.id() {
+                adopted_ids.insert(wid.to_string());
+            }
+            adopted_dirs.insert(dir.clone());
             let observed = Arc::new(Mutex::new(Observed {
                 state: InstanceState::Starting,
                 exit: None,
@@ -47,14 +45,13 @@ impl Agent {
                 started: Instant::now(),
                 reason: None,
             }));
-            let running = handle.status().await == Status::Running;
+            let running = handle.status().await == skiff_driver::State::Running;
             let mut live = Live {
                 release: meta.release,
                 generation: meta.generation,
                 spec: meta.spec,
                 handle: Some(handle),
                 ports: meta.ports,
-                env: meta.env,
                 observed,
                 busy: false,
                 monitor: None,
@@ -66,22 +63,26 @@ impl Agent {
                     "adopted",
                     format!(
                         "re-attached to pid {}",
-                        live.handle.as_ref().and_then(Handle::pid).unwrap_or(0)
+                        live.handle.as_ref().and_then(|h| h.pid()).unwrap_or(0)
                     ),
                 );
             }
             live.monitor = Some(self.spawn_monitor(id.clone(), &live));
             self.live().insert(id, live);
         }
-        // Containers of this cluster that no instance directory names: created by an agent that
-        // died before recording them, or left by a crash during `down`. Nothing owns them.
-        if let Ok(engine) = &self.cfg.docker
-            && let Ok(all) = engine.list().await
-        {
-            for c in all {
-                if !adopted_containers.contains(&c.id) {
-                    tracing::info!(container = %c.name, "removing an orphaned container");
-                    let _ = engine.remove(&c.id).await;
+        // Workloads of this scope that no instance directory names (containers created by an
+        // agent that died before recording them, or left by a crash during `down`): nothing
+        // owns them.
+        for driver in &self.drivers {
+            let Ok(all) = driver.list().await else {
+                continue;
+            };
+            for found in all {
+                let adopted = adopted_ids.contains(&found.id)
+                    || found.dir.as_ref().is_some_and(|d| adopted_dirs.contains(d));
+                if !adopted {
+                    tracing::info!(workload = %found.id, "removing an orphaned workload");
+                    let _ = driver.remove(&found.id).await;
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! Readiness and liveness probes.
 //!
 //! An instance is ready when its readiness check passes: `x-skiff.readiness` (http, tcp or a
-//! test), else compose's `healthcheck` (`CMD` runs the program, `CMD-SHELL` runs `sh -c`, in
-//! the instance's environment — inside the container for containers); without either, when
+//! test), else compose's `healthcheck` (`CMD` runs the program, `CMD-SHELL` runs `sh -c`,
+//! through the instance's driver: in its environment and working directory, inside the
+//! container for containers); without either, when
 //! its first port accepts a TCP connection; without ports, as soon as it runs. A liveness
 //! check (`x-skiff.liveness`) is probed the same way.
 //!
@@ -12,8 +13,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use skiff_driver::Workload;
 use skiff_model::HealthSpec;
 use tokio::process::Command;
 
@@ -35,12 +38,11 @@ pub enum Probe {
     },
     /// A check names a port the instance does not have.
     Broken(String),
-    /// A compose health check run inside a container.
+    /// A compose health check run through the workload's driver: inside a container, or
+    /// with a process's environment and working directory.
     Exec {
-        engine: skiff_driver_docker::Engine,
-        container: String,
+        workload: Arc<dyn Workload>,
         argv: Vec<String>,
-        env: BTreeMap<String, String>,
         timeout: Duration,
     },
     /// No health check and no port: running is ready.
@@ -55,7 +57,7 @@ impl Probe {
         node: std::net::IpAddr,
         ports: &[(String, u16)],
         env: &BTreeMap<String, String>,
-        container: Option<(skiff_driver_docker::Engine, String)>,
+        workload: Option<Arc<dyn Workload>>,
     ) -> Probe {
         let addr_of = |name: &str| {
             ports
@@ -90,13 +92,10 @@ impl Probe {
                     Some((_, rest)) => rest.to_vec(),
                     None => Vec::new(),
                 };
-                if let Some((engine, container)) = container {
+                if let Some(workload) = workload {
                     return Probe::Exec {
-                        engine,
-                        container,
+                        workload,
                         argv,
-                        // The container has its environment already.
-                        env: BTreeMap::new(),
                         timeout: h.timeout,
                     };
                 }
@@ -151,18 +150,19 @@ impl Probe {
                 }
             }
             Probe::Exec {
-                engine,
-                container,
+                workload,
                 argv,
-                env,
                 timeout,
             } => {
-                let run = engine.exec(container, argv, env);
-                match tokio::time::timeout(*timeout, run).await {
-                    Ok(Ok((0, _))) => Ok(()),
-                    Ok(Ok((code, out))) => Err(format!(
-                        "health check exited {code}: {}",
-                        out.lines().last().unwrap_or("").trim()
+                if argv.is_empty() {
+                    return Err("empty health check command".into());
+                }
+                match tokio::time::timeout(*timeout, workload.exec(argv)).await {
+                    Ok(Ok(out)) if out.exit_code == 0 => Ok(()),
+                    Ok(Ok(out)) => Err(format!(
+                        "health check exited {}: {}",
+                        out.exit_code,
+                        out.output.lines().last().unwrap_or("").trim()
                     )),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("health check timed out after {timeout:?}")),

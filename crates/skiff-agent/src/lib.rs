@@ -15,10 +15,14 @@
 //! routes to an instance exactly while it is healthy.
 //!
 //! Modules: `server` (the protocol: registration, heartbeat, allocations long poll, the
-//! reporter), `reconcile` (passes, starts, stops, restarts), `launch` (a process under its
-//! shim, or a container), `env` (an instance's environment and dependency addresses),
+//! reporter), `reconcile` (passes, starts, stops, restarts), `launch` (a start through the
+//! service's driver), `env` (an instance's environment and dependency addresses),
 //! `monitor` (exit and probes per instance), `health` (the probes), `adopt` (re-attaching
-//! after a restart), `workload` (the driver handle), `listener` (logs, exec, signals, stats).
+//! after a restart), `listener` (logs, exec, signals, stats).
+//!
+//! Workloads are run by drivers behind `skiff_driver::Driver` (host processes, Docker
+//! containers), looked up by the service's `driver`; the agent holds each running instance as
+//! an `Arc<dyn Workload>` and never asks which kind it is.
 //!
 //! **Invariants:**
 //! - Instance directories under `<data>/instances/` are the truth about what runs: on start
@@ -36,7 +40,6 @@ mod mirror;
 mod monitor;
 mod reconcile;
 pub mod server;
-pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -47,20 +50,18 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use skiff_client::{Change, Client};
-use skiff_driver_process::ports::{PortAllocator, env_name, port_env};
-use skiff_driver_process::{self as driver, LaunchSpec, ShimCommand, Status};
+use skiff_driver::{Driver, Ended, Workload};
+use skiff_driver_process::ports::{env_name, port_env};
+use skiff_driver_process::{self as driver, ShimCommand};
 use skiff_model::NewEvent;
 use skiff_model::{
     Instance, InstanceId, InstanceState, Release, RestartCondition, ServiceSpec, StackKey,
 };
-use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use crate::health::{Checker, Probe, Verdict};
-use crate::launch::cgroup_name;
-use crate::workload::{Container, Handle};
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
     /// Address instances listen on and are reached at (loopback in `skiff dev`).
@@ -72,9 +73,9 @@ pub struct Config {
     pub base_env: BTreeMap<String, String>,
     /// Where instances' cgroups go, or why there are none (then a service with limits does
     /// not start: limits are never silently dropped).
-    pub cgroups: Result<skiff_cgroup::Cgroups, String>,
+    pub cgroups: Result<skiff_cgroup::Cgroups, skiff_cgroup::Error>,
     /// The Docker engine, or why there is none (then docker services fail to start, saying so).
-    pub docker: Result<skiff_driver_docker::Engine, String>,
+    pub docker: Result<skiff_driver_docker::Engine, skiff_driver_docker::Error>,
     /// The server this agent executes for (its allocations, its reports).
     pub server: Client,
     /// The node's name (unique in the cluster) and labels, for placement constraints.
@@ -95,9 +96,8 @@ struct Live {
     /// The service's restart generation this instance was started for.
     generation: u64,
     spec: ServiceSpec,
-    handle: Option<Handle>,
+    handle: Option<Arc<dyn Workload>>,
     ports: Vec<(String, u16)>,
-    env: BTreeMap<String, String>,
     observed: Arc<Mutex<Observed>>,
     busy: bool,
     monitor: Option<tokio::task::JoinHandle<()>>,
@@ -127,19 +127,16 @@ pub struct Agent {
     remote: Mutex<HashMap<(StackKey, String), env::Remote>>,
     /// The catalog this node's proxies (stable addresses, an agent's ingress) serve.
     catalog: Arc<skiff_catalog::Catalog>,
-    ports: PortAllocator,
+    /// The drivers this node has, by the kind a service names.
+    drivers: Vec<Arc<dyn Driver>>,
+    /// Why a kind of driver is missing (no Docker engine), for the services that need it.
+    missing: Vec<(skiff_model::Driver, String)>,
+    /// Where drivers report a start's events (image builds).
+    events: skiff_driver::Events,
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
     wake: Notify,
-    /// One image build per tag at a time; replicas starting together share it.
-    builds: tokio::sync::Mutex<HashMap<String, BuildOnce>>,
-    /// Process starts in flight at once: more only oversubscribe the cores (a bring-up of
-    /// 1,000 instances ran 512 blocking threads, each polling for its shim).
-    process_starts: tokio::sync::Semaphore,
 }
-
-/// How many process starts run at once (see [`Agent::process_starts`]).
-const PROCESS_STARTS: usize = 16;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -150,20 +147,38 @@ fn now_ms() -> u64 {
 impl Agent {
     /// An agent for the node whose state lives in `cfg.data_dir`.
     pub fn new(cfg: Config) -> std::io::Result<Arc<Agent>> {
+        let (drivers, missing) = drivers(&cfg);
+        let reporter = server::Reporter::new();
+        let sink = reporter.clone();
+        let events: skiff_driver::Events = Arc::new(move |id, kind, message| {
+            emit(&sink, &id.stack, Some(id), kind, message);
+        });
         Ok(Arc::new(Agent {
-            ports: PortAllocator::new(cfg.node_addr),
             node_id: server::node_id(&cfg.data_dir)?,
             desired: Mutex::new(None),
-            reporter: server::Reporter::new(),
+            reporter,
             remote: Mutex::new(HashMap::new()),
             catalog: cfg.catalog.clone().unwrap_or_default(),
+            drivers,
+            missing,
+            events,
             cfg,
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            builds: tokio::sync::Mutex::new(HashMap::new()),
-            process_starts: tokio::sync::Semaphore::new(PROCESS_STARTS),
         }))
+    }
+
+    /// The driver that runs services naming `kind`, or why this node has none.
+    fn driver(&self, kind: skiff_model::Driver) -> Result<&Arc<dyn Driver>, &str> {
+        match self.drivers.iter().find(|d| d.kind() == kind) {
+            Some(d) => Ok(d),
+            None => Err(self
+                .missing
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or("no such driver on this node", |(_, why)| why.as_str())),
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -200,15 +215,7 @@ impl Agent {
     }
 
     fn event(&self, stack: &StackKey, instance: Option<&InstanceId>, kind: &str, message: String) {
-        let instance = instance.map(InstanceId::short).unwrap_or_default();
-        tracing::info!(%stack, %instance, kind, "{message}");
-        self.reporter.send(Change::Event(NewEvent {
-            time_ms: now_ms(),
-            stack: stack.clone(),
-            instance: (!instance.is_empty()).then_some(instance),
-            kind: kind.to_string(),
-            message,
-        }));
+        emit(&self.reporter, stack, instance, kind, message);
     }
 
     /// Runs until `shutdown` resolves; then stops every instance when `stop_all` is set
@@ -229,7 +236,7 @@ impl Agent {
             self.cfg.node_addr,
             self.cfg.agent_port,
             &self.cfg.labels,
-            self.cfg.docker.is_ok(),
+            self.drivers.iter().map(|d| d.kind()).collect(),
             self.cfg.catalog.is_none(),
         );
         tokio::select! {
@@ -276,9 +283,11 @@ impl Agent {
         follow.abort();
         if stop_all {
             self.stop_everything().await;
-            if let Ok(cg) = &self.cfg.cgroups {
-                cg.remove_base_if_empty();
-            }
+        }
+        // Only what nothing uses any more goes (an agent leaving workloads running keeps
+        // their cgroups and networks; one whose node runs nothing leaves no empty ones).
+        for d in &self.drivers {
+            d.shutdown().await;
         }
         // After the stops: dependents reach what drains through these to the end.
         stable.abort();
@@ -370,7 +379,7 @@ impl Agent {
                 node: self.node_id.clone(),
                 release: l.release,
                 state: o.state,
-                pid: l.handle.as_ref().and_then(Handle::pid),
+                pid: l.handle.as_ref().and_then(|h| h.pid()),
                 ports: l.ports.iter().cloned().collect(),
                 restarts: o.restarts,
                 exit_code: o.exit.as_ref().and_then(|e| e.code),
@@ -398,25 +407,7 @@ impl Agent {
     /// One reading of an instance's usage counters.
     async fn sample(&self, id: &InstanceId) -> Option<skiff_model::InstanceStats> {
         let handle = self.live().get(id)?.handle.clone()?;
-        if let Handle::Container(c) = handle {
-            let st = c.engine.stats(&c.id).await.ok()?;
-            return Some(skiff_model::InstanceStats {
-                memory_bytes: st.memory_bytes,
-                memory_limit_bytes: st.memory_limit_bytes,
-                pids: st.pids,
-                oom_kills: u64::from(Handle::Container(c).container_oom_killed()),
-                cpu_ns: st.cpu_ns,
-                cpu_millis: None,
-            });
-        }
-        let group = self
-            .cfg
-            .cgroups
-            .as_ref()
-            .ok()?
-            .open(&cgroup_name(id))
-            .ok()?;
-        let st = group.stats();
+        let st = handle.stats().await.ok()?;
         Some(skiff_model::InstanceStats {
             memory_bytes: st.memory_bytes,
             memory_limit_bytes: st.memory_limit_bytes,
@@ -427,70 +418,41 @@ impl Agent {
         })
     }
 
+    /// The workload of an instance this agent runs.
+    fn workload(&self, id: &InstanceId) -> Result<Arc<dyn Workload>, InstanceError> {
+        let live = self.live();
+        let l = live
+            .get(id)
+            .ok_or_else(|| InstanceError::NotHere(id.clone()))?;
+        l.handle
+            .clone()
+            .ok_or_else(|| InstanceError::Starting(id.clone()))
+    }
+
     /// Runs `cmd` in an instance: inside its container, or (a process) with the instance's
-    /// environment and working directory.
-    pub async fn exec(&self, id: &InstanceId, cmd: &[String]) -> Result<(i64, String), String> {
-        let (handle, env, spec) = {
-            let live = self.live();
-            let l = live
-                .get(id)
-                .ok_or_else(|| format!("{id} is not running here"))?;
-            (l.handle.clone(), l.env.clone(), l.spec.clone())
-        };
-        match handle.ok_or_else(|| format!("{id} is starting"))? {
-            Handle::Container(c) => c
-                .engine
-                .exec(&c.id, cmd, &BTreeMap::new())
-                .await
-                .map_err(|e| e.to_string()),
-            Handle::Process(_) => {
-                let (program, args) = cmd.split_first().ok_or("empty command")?;
-                let cwd = spec
-                    .working_dir
-                    .map_or_else(|| self.instance_dir(id).join("work"), PathBuf::from);
-                let mut c = tokio::process::Command::new(program);
-                c.args(args)
-                    .env_clear()
-                    .envs(&env)
-                    .current_dir(cwd)
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true);
-                let out = tokio::time::timeout(Duration::from_secs(300), c.output())
-                    .await
-                    .map_err(|_| "timed out after 300s".to_string())?
-                    .map_err(|e| format!("{program}: {e}"))?;
-                let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-                output.push_str(&String::from_utf8_lossy(&out.stderr));
-                let code = out.status.code().map_or_else(
-                    || {
-                        128 + i64::from(
-                            std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0),
-                        )
-                    },
-                    i64::from,
-                );
-                Ok((code, output))
-            }
+    /// environment and working directory; at most [`EXEC_TIMEOUT`].
+    pub async fn exec(
+        &self,
+        id: &InstanceId,
+        cmd: &[String],
+    ) -> Result<(i64, String), InstanceError> {
+        if cmd.is_empty() {
+            return Err(InstanceError::EmptyCommand);
         }
+        let handle = self.workload(id)?;
+        let out = tokio::time::timeout(EXEC_TIMEOUT, handle.exec(cmd))
+            .await
+            .map_err(|_| InstanceError::Timeout(EXEC_TIMEOUT))??;
+        Ok((out.exit_code, out.output))
     }
 
     /// Sends `signal` (e.g. `SIGHUP`, `HUP`) to an instance's workload.
-    pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<(), String> {
+    pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<(), InstanceError> {
         let name = normalize_signal(signal);
-        let sig = Signal::from_str(&name).map_err(|_| format!("unknown signal {signal:?}"))?;
-        let handle = self
-            .live()
-            .get(id)
-            .and_then(|l| l.handle.clone())
-            .ok_or_else(|| format!("{id} is not running here"))?;
-        match handle {
-            Handle::Container(c) => c
-                .engine
-                .signal(&c.id, sig.as_str())
-                .await
-                .map_err(|e| e.to_string()),
-            Handle::Process(p) => p.signal(sig).map_err(|e| e.to_string()),
-        }?;
+        let sig = Signal::from_str(&name)
+            .map_err(|_| InstanceError::UnknownSignal(signal.to_string()))?;
+        let handle = self.workload(id)?;
+        handle.signal(sig).await?;
         self.event(
             &id.stack,
             Some(id),
@@ -531,10 +493,76 @@ fn normalize_signal(s: &str) -> String {
     }
 }
 
-/// Written next to the driver's files: what the agent needs to adopt an instance.
 /// How long `stats` watches the CPU counter to tell the CPU in use.
 const CPU_SAMPLE: Duration = Duration::from_millis(200);
 
+/// The longest an `exec` runs.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why an instance cannot be exec'd into or signalled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    #[error("{0} is not running here")]
+    NotHere(InstanceId),
+    #[error("{0} is starting")]
+    Starting(InstanceId),
+    #[error("unknown signal {0:?}")]
+    UnknownSignal(String),
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Driver(#[from] skiff_driver::Error),
+}
+
+/// The drivers `cfg` gives this node, and why the others are missing.
+#[allow(clippy::type_complexity)]
+fn drivers(cfg: &Config) -> (Vec<Arc<dyn Driver>>, Vec<(skiff_model::Driver, String)>) {
+    let cgroups = match &cfg.cgroups {
+        Ok(cg) => Ok(cg.clone()),
+        Err(e) => Err(skiff_cgroup::Error::Unavailable(e.to_string())),
+    };
+    let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(
+        skiff_driver_process::driver::ProcessDriver::new(skiff_driver_process::driver::Config {
+            shim: cfg.shim.clone(),
+            cgroups,
+            base_env: cfg.base_env.clone(),
+            node_addr: cfg.node_addr,
+            root: cfg.data_dir.join("instances"),
+        }),
+    )];
+    let mut missing = Vec::new();
+    match &cfg.docker {
+        Ok(engine) => drivers.push(Arc::new(skiff_driver_docker::driver::DockerDriver::new(
+            engine.clone(),
+            cfg.node_addr,
+        ))),
+        Err(why) => missing.push((skiff_model::Driver::Docker, why.to_string())),
+    }
+    (drivers, missing)
+}
+
+fn emit(
+    reporter: &server::Reporter,
+    stack: &StackKey,
+    instance: Option<&InstanceId>,
+    kind: &str,
+    message: String,
+) {
+    let instance = instance.map(InstanceId::short).unwrap_or_default();
+    tracing::info!(%stack, %instance, kind, "{message}");
+    reporter.send(Change::Event(NewEvent {
+        time_ms: now_ms(),
+        stack: stack.clone(),
+        instance: (!instance.is_empty()).then_some(instance),
+        kind: kind.to_string(),
+        message,
+    }));
+}
+
+/// Written next to the driver's files: what the agent needs to adopt an instance.
 const META: &str = "instance.json";
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -547,9 +575,10 @@ struct Meta {
     ports: Vec<(String, u16)>,
     env: BTreeMap<String, String>,
     restarts: u32,
-    /// The container's id (Docker driver), once it is created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    container: Option<String>,
+    /// What the driver adopts it by besides its directory (`Workload::id`: a container's
+    /// id), once it started. Named for the Docker driver, which wrote it first.
+    #[serde(default, rename = "container", skip_serializing_if = "Option::is_none")]
+    workload_id: Option<String>,
 }
 
 async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
@@ -564,8 +593,5 @@ async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
-/// One image build, awaited by every replica that needs it.
-type BuildOnce = Arc<tokio::sync::OnceCell<Result<(), String>>>;
-
-/// What a start returns: the workload, its ports as reached from the node, its environment.
-type Launched = (Handle, Vec<(String, u16)>, BTreeMap<String, String>);
+/// What a start returns: the workload.
+type Launched = Arc<dyn Workload>;

@@ -121,7 +121,7 @@ async fn exec(
     let (exit_code, output) = agent
         .exec(&id, &req.cmd)
         .await
-        .map_err(|e| AgentError(StatusCode::CONFLICT, "exec_failed", e))?;
+        .map_err(|e| AgentError(StatusCode::CONFLICT, "exec_failed", e.to_string()))?;
     Ok(Json(ExecResult { exit_code, output }))
 }
 
@@ -134,7 +134,7 @@ async fn signal(
     agent
         .signal(&id, &req.signal)
         .await
-        .map_err(|e| AgentError(StatusCode::BAD_REQUEST, "signal_failed", e))?;
+        .map_err(|e| AgentError(StatusCode::BAD_REQUEST, "signal_failed", e.to_string()))?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -17,26 +17,24 @@ impl Agent {
         let observed = live.observed.clone();
         let spec = live.spec.clone();
         let ports = live.ports.clone();
-        let probe_env = live.env.clone();
         let node = self.cfg.node_addr;
         tokio::spawn(async move {
-            let container = match &handle {
-                Handle::Container(c) => Some((c.engine.clone(), c.id.clone())),
-                Handle::Process(_) => None,
-            };
+            // Command checks run through the workload (inside a container; with a process's
+            // environment), so no environment is needed here.
+            let no_env = BTreeMap::new();
             let readiness = Checker::new(
                 Probe::for_instance(
                     spec.health.as_ref(),
                     node,
                     &ports,
-                    &probe_env,
-                    container.clone(),
+                    &no_env,
+                    Some(handle.clone()),
                 ),
                 spec.health.as_ref(),
             );
             let liveness = spec.liveness.as_ref().map(|h| {
                 Checker::liveness(
-                    Probe::for_instance(Some(h), node, &ports, &probe_env, container),
+                    Probe::for_instance(Some(h), node, &ports, &no_env, Some(handle.clone())),
                     h,
                 )
             });
@@ -49,7 +47,8 @@ impl Agent {
             };
             // The exit is watched beside the probes, not between them: a crash during a
             // probe that hangs until its timeout is still seen within ~10 ms.
-            let exit = watch_exit(handle.clone());
+            // Resolves from an event (a pidfd, the engine's wait): no timer per instance.
+            let exit = handle.wait();
             tokio::pin!(exit);
             let status = loop {
                 let round = async {
@@ -71,16 +70,10 @@ impl Agent {
             // Out of traffic before anything else happens: the server withdraws it on this
             // report (the details of the exit follow).
             agent.observed_now(&id, &observed, InstanceState::Exited, None);
-            let container_oom = handle.container_oom_killed();
             // Wake the reconciler when the back-off ends, not at the next resync.
-            if let Some(delay) = agent.on_exit(
-                &id,
-                &spec,
-                &observed,
-                status,
-                container_oom,
-                probes.killed_for.take(),
-            ) {
+            if let Some(delay) =
+                agent.on_exit(&id, &spec, &observed, status, probes.killed_for.take())
+            {
                 tokio::time::sleep(delay).await;
                 agent.wake();
             }
@@ -94,7 +87,7 @@ impl Agent {
         id: &InstanceId,
         spec: &ServiceSpec,
         observed: &Mutex<Observed>,
-        handle: &Handle,
+        handle: &Arc<dyn Workload>,
         p: &mut Probes,
     ) {
         if let Some(verdict) = p.readiness.due(p.started).await {
@@ -154,7 +147,11 @@ impl Agent {
                 );
                 p.killed_for = Some(format!("liveness check failed: {why}"));
                 let (h, signal, grace) = (handle.clone(), stop_signal(spec), spec.stop_grace);
-                tokio::spawn(async move { h.stop(signal, grace).await });
+                tokio::spawn(async move {
+                    if let Err(e) = h.stop(signal, grace).await {
+                        tracing::warn!("stopping after failed liveness: {e}");
+                    }
+                });
             }
         }
     }
@@ -181,40 +178,4 @@ struct Probes {
     held: bool,
     /// Stopped by skiff after failed liveness: the cause recorded with the exit.
     killed_for: Option<String>,
-}
-
-/// Resolves when the process behind `pidfd` has ended (at once if it cannot be watched).
-#[allow(unsafe_code)]
-async fn ended(pidfd: std::os::fd::OwnedFd) {
-    // SAFETY: tokio requires that the descriptor stay open and the same for the lifetime of
-    // the `AsyncFd`; an `OwnedFd` moved into it is closed only when the `AsyncFd` drops it.
-    if let Ok(fd) =
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-    {
-        let _ = fd.readable().await;
-    }
-}
-
-/// Resolves when the workload is no longer running. A process is watched through pidfds of its
-/// shim and then of the workload (no polling: 1,000 instances cost 1,000 idle descriptors);
-/// a container, or a kernel without pidfds, is checked every 10 ms.
-async fn watch_exit(handle: Handle) -> Status {
-    if let Handle::Process(i) = &handle {
-        for pid in i.watched_pids() {
-            if let Some(fd) = driver::exit_fd(pid) {
-                ended(fd).await;
-            }
-            let status = handle.status().await;
-            if status != Status::Running {
-                return status;
-            }
-        }
-    }
-    loop {
-        let status = handle.status().await;
-        if status != Status::Running {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

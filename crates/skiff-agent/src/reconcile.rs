@@ -108,7 +108,6 @@ impl Agent {
                     spec: spec.clone(),
                     handle: None,
                     ports: Vec::new(),
-                    env: BTreeMap::new(),
                     observed: observed.clone(),
                     busy: true,
                     monitor: None,
@@ -116,12 +115,11 @@ impl Agent {
             );
         }
         match self.launch(&id, &rel, &spec, generation, 0).await {
-            Ok((handle, ports, env)) => {
+            Ok(handle) => {
                 let mut live = self.live();
                 if let Some(l) = live.get_mut(&id) {
+                    l.ports = handle.ports().to_vec();
                     l.handle = Some(handle);
-                    l.ports = ports;
-                    l.env = env;
                     l.busy = false;
                     l.monitor = Some(self.spawn_monitor(id.clone(), l));
                 }
@@ -147,27 +145,14 @@ impl Agent {
         id: &InstanceId,
         spec: &ServiceSpec,
         observed: &Mutex<Observed>,
-        status: Status,
-        container_oom: bool,
+        ended: Ended,
         cause: Option<String>,
     ) -> Option<Duration> {
-        let exit = match status {
-            Status::Exited(e) => e,
-            _ => driver::ExitStatus {
-                code: None,
-                signal: None,
-                error: Some("lost (no exit record)".into()),
-                time_ms: now_ms(),
-            },
-        };
-        let oom = if container_oom {
-            Some(match spec.limits.memory_bytes {
-                Some(b) => format!("out of memory: limit {} MiB", b >> 20),
-                None => "out of memory".to_string(),
-            })
-        } else {
-            self.oom_killed(id, spec)
-        };
+        let exit = ended.exit;
+        let oom = ended.oom_killed.then(|| match spec.limits.memory_bytes {
+            Some(b) => format!("out of memory: limit {} MiB", b >> 20),
+            None => "out of memory".to_string(),
+        });
         let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
         let restart = match spec.restart.condition {
             RestartCondition::Always => true,
@@ -212,25 +197,14 @@ impl Agent {
         restart.then_some(delay)
     }
 
-    /// Why the kernel killed the instance for memory, if it did.
-    pub(crate) fn oom_killed(&self, id: &InstanceId, spec: &ServiceSpec) -> Option<String> {
-        let cg = self.cfg.cgroups.as_ref().ok()?;
-        let kills = cg.open(&cgroup_name(id)).ok()?.oom_kills();
-        (kills > 0).then(|| match spec.limits.memory_bytes {
-            Some(b) => format!("out of memory: limit {} MiB", b >> 20),
-            None => "out of memory".to_string(),
-        })
-    }
-
     pub(crate) async fn stop_instance(self: Arc<Self>, id: InstanceId) {
-        let (handle, ports, spec, monitor, restarting, restarts) = {
+        let (handle, spec, monitor, restarting, restarts) = {
             let mut live = self.live();
             let Some(l) = live.get_mut(&id) else { return };
             let o = l.observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let restarting = o.state == InstanceState::Exited && o.restart_at.is_some();
             (
                 l.handle.clone(),
-                l.ports.clone(),
                 l.spec.clone(),
                 l.monitor.take(),
                 restarting,
@@ -269,30 +243,16 @@ impl Agent {
                 Err(e) => tracing::warn!(instance = %id, "drain: {e}; stopping anyway"),
             }
         }
-        if let Some(h) = handle.clone() {
-            h.stop(stop_signal(&spec), spec.stop_grace).await;
+        if let Some(h) = handle {
+            if let Err(e) = h.stop(stop_signal(&spec), spec.stop_grace).await {
+                tracing::warn!(instance = %id, "stopping: {e}");
+            }
             skiff_store::crash_point("instance-stopped");
-        }
-        let is_container = handle.as_ref().is_some_and(|h| h.container_id().is_some());
-        if is_container {
-            // The stack's network goes with its last container (the engine refuses to remove
-            // one in use).
-            if let Ok(engine) = &self.cfg.docker {
-                let _ = engine.remove_unused_networks().await;
+            // What it held on the node: a process's cgroup (whatever escaped its process
+            // group dies with it) and host ports, a container's network once unused.
+            if let Err(e) = h.release().await {
+                self.event(&id.stack, Some(&id), "release", format!("releasing: {e}"));
             }
-        } else {
-            // Whatever escaped the process group (a daemon that called setsid) dies with the
-            // group.
-            if let Ok(cg) = &self.cfg.cgroups
-                && let Ok(group) = cg.open(&cgroup_name(&id))
-            {
-                let removed = tokio::task::spawn_blocking(move || group.remove()).await;
-                if let Ok(Err(e)) = removed {
-                    self.event(&id.stack, Some(&id), "cgroup", format!("removing: {e}"));
-                }
-            }
-            // Host ports of containers are the engine's; only processes' are ours.
-            self.ports.release(ports.iter().map(|(_, p)| *p));
         }
         let dir = self.instance_dir(&id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;

@@ -67,13 +67,9 @@ pub fn registration(
     address: std::net::IpAddr,
     agent_port: u16,
     labels: &BTreeMap<String, String>,
-    docker: bool,
+    drivers: Vec<Driver>,
     proxies: bool,
 ) -> NodeRegistration {
-    let mut drivers = vec![Driver::Process];
-    if docker {
-        drivers.push(Driver::Docker);
-    }
     NodeRegistration {
         name: name.to_string(),
         address: address.to_string(),

@@ -85,9 +85,10 @@ fn config(data: &Path, server: &Server) -> Config {
         cgroups: skiff_cgroup::Cgroups::detect(&format!(
             "skiff-test/{}",
             data.file_name().unwrap().to_string_lossy()
-        ))
-        .map_err(|e| e.to_string()),
-        docker: Err("these tests run processes".into()),
+        )),
+        docker: Err(skiff_driver_docker::Error::Unreachable(
+            "these tests run processes".into(),
+        )),
         server: server.client.clone(),
         node_name: "test".into(),
         agent_port: 0,
@@ -437,7 +438,11 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
         .unwrap();
     let server = serve(&store).await;
     let cfg = config(data.path(), &server);
-    let cgroups = cfg.cgroups.clone().expect("cgroups on this machine");
+    let cgroups = cfg
+        .cgroups
+        .as_ref()
+        .expect("cgroups on this machine")
+        .clone();
     let agent = Agent::new(cfg).unwrap();
     let running = Running::start(&agent);
     wait_until("hog to be OOM killed", Duration::from_secs(10), || {

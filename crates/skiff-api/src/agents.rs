@@ -12,7 +12,7 @@ use skiff_client::{Client, ClientError};
 use skiff_control::Control;
 use skiff_model::{InstanceId, InstanceStats};
 
-use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, Exec, Instances};
+use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, Exec, InstanceError, Instances};
 
 /// [`Instances`] through the agents' listeners.
 pub struct ViaAgents {
@@ -26,25 +26,18 @@ impl ViaAgents {
 }
 
 /// A client of the agent that runs `id`, or why there is none.
-fn agent_of(control: &Control, id: &InstanceId) -> Result<Client, String> {
+fn agent_of(control: &Control, id: &InstanceId) -> Result<Client, InstanceError> {
     let node = control
         .node_of(id)
-        .ok_or_else(|| format!("{id} runs on no known node"))?;
+        .ok_or_else(|| InstanceError::NoNode(id.clone()))?;
     if node.agent_port == 0 {
-        return Err(format!("the agent of node {} has no listener", node.name));
+        return Err(InstanceError::NoListener(node.name));
     }
     let host = match node.address.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => node.address.clone(),
     };
-    Client::new(&format!("http://{host}:{}", node.agent_port)).map_err(|e| e.to_string())
-}
-
-fn message(e: ClientError) -> String {
-    match e {
-        ClientError::Api { message, .. } => message,
-        other => other.to_string(),
-    }
+    Ok(Client::new(&format!("http://{host}:{}", node.agent_port))?)
 }
 
 impl Instances for ViaAgents {
@@ -56,20 +49,28 @@ impl Instances for ViaAgents {
         })
     }
 
-    fn exec(&self, id: InstanceId, cmd: Vec<String>) -> BoxFuture<'static, Result<Exec, String>> {
+    fn exec(
+        &self,
+        id: InstanceId,
+        cmd: Vec<String>,
+    ) -> BoxFuture<'static, Result<Exec, InstanceError>> {
         let control = self.control.clone();
         Box::pin(async move {
             let agent = agent_of(&control, &id)?;
-            let (exit_code, output) = agent.agent_exec(&id, &cmd).await.map_err(message)?;
+            let (exit_code, output) = agent.agent_exec(&id, &cmd).await?;
             Ok(Exec { exit_code, output })
         })
     }
 
-    fn signal(&self, id: InstanceId, signal: String) -> BoxFuture<'static, Result<(), String>> {
+    fn signal(
+        &self,
+        id: InstanceId,
+        signal: String,
+    ) -> BoxFuture<'static, Result<(), InstanceError>> {
         let control = self.control.clone();
         Box::pin(async move {
             let agent = agent_of(&control, &id)?;
-            agent.agent_signal(&id, &signal).await.map_err(message)
+            Ok(agent.agent_signal(&id, &signal).await?)
         })
     }
 }
@@ -85,7 +86,7 @@ pub async fn instance_logs(
 ) -> Result<Response, ApiError> {
     let id = crate::parse_instance_id(&env, &stack, &instance)?;
     let not_found = |why: String| ApiError::new(StatusCode::NOT_FOUND, "instance_not_found", why);
-    let agent = agent_of(&s.control, &id).map_err(not_found)?;
+    let agent = agent_of(&s.control, &id).map_err(|e| not_found(e.to_string()))?;
     match agent.agent_logs(&id, q.follow, q.since_ms).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();

@@ -38,9 +38,38 @@ pub trait Instances: Send + Sync {
     fn stats(&self, id: InstanceId) -> BoxFuture<'static, Option<InstanceStats>>;
     /// Runs a command in the instance (inside a container; with a process's environment and
     /// working directory): exit code and combined output.
-    fn exec(&self, id: InstanceId, cmd: Vec<String>) -> BoxFuture<'static, Result<Exec, String>>;
+    fn exec(
+        &self,
+        id: InstanceId,
+        cmd: Vec<String>,
+    ) -> BoxFuture<'static, Result<Exec, InstanceError>>;
     /// Sends a signal to the instance's workload (`SIGHUP` to reload).
-    fn signal(&self, id: InstanceId, signal: String) -> BoxFuture<'static, Result<(), String>>;
+    fn signal(
+        &self,
+        id: InstanceId,
+        signal: String,
+    ) -> BoxFuture<'static, Result<(), InstanceError>>;
+}
+
+/// Why what was asked of an instance's agent did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    #[error("{0} runs on no known node")]
+    NoNode(InstanceId),
+    #[error("the agent of node {0} has no listener")]
+    NoListener(String),
+    /// The agent answered, or could not be reached (`ClientError::Api` carries its answer).
+    #[error("{}", agent_message(.0))]
+    Agent(#[from] skiff_client::ClientError),
+}
+
+/// The agent's own words when it answered, else what went wrong reaching it.
+fn agent_message(e: &skiff_client::ClientError) -> String {
+    match e {
+        skiff_client::ClientError::Api { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
@@ -794,7 +823,7 @@ async fn exec_instance(
         .exec(id, req.cmd)
         .await
         .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "exec_failed", e))
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "exec_failed", e.to_string()))
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -812,5 +841,5 @@ async fn signal_instance(
         .signal(id, req.signal)
         .await
         .map(|()| StatusCode::NO_CONTENT)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "signal_failed", e))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "signal_failed", e.to_string()))
 }

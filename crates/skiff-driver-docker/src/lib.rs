@@ -35,6 +35,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
+pub mod driver;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -415,7 +416,7 @@ impl Engine {
     }
 
     /// The container with its labels and published ports (keyed `<port>/<proto>`).
-    async fn inspect(&self, id: &str) -> Result<Container> {
+    pub async fn inspect(&self, id: &str) -> Result<Container> {
         let info = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -607,8 +608,20 @@ impl Engine {
         let mut waiting = self.docker.wait_container(id, None);
         // bollard reports a non-zero exit as an error item: either way, it has ended (or the
         // connection broke, which the state below tells apart).
-        let _ = waiting.next().await;
-        self.state(id).await
+        let code = match waiting.next().await {
+            Some(Ok(r)) => Some(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+            _ => None,
+        };
+        match self.state(id).await? {
+            // Removed right after it ended (a stop): the wait's answer says how.
+            State::Missing if code.is_some() => Ok(State::Exited {
+                code: code.unwrap_or(-1),
+                oom_killed: false,
+                error: None,
+            }),
+            state => Ok(state),
+        }
     }
 
     /// Runs `cmd` inside the container; returns its exit code and combined output.

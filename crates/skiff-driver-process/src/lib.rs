@@ -17,6 +17,7 @@
 //! - The workload runs in its own process group; stopping signals the whole group, then
 //!   SIGKILLs it after the grace period.
 
+pub mod driver;
 pub mod ports;
 pub mod shim;
 
@@ -53,36 +54,8 @@ pub struct LaunchSpec {
     pub cgroup_procs: Vec<PathBuf>,
 }
 
-/// How a workload ended, as the shim recorded it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// The workload could not be started at all (e.g. program not found).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub time_ms: u64,
-}
-
-impl ExitStatus {
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    pub fn describe(&self) -> String {
-        match (&self.error, self.code, self.signal) {
-            (Some(e), _, _) => format!("failed to start: {e}"),
-            (_, Some(c), _) => format!("exited with code {c}"),
-            (_, _, Some(s)) => match Signal::try_from(s) {
-                Ok(sig) => format!("killed by {sig}"),
-                Err(_) => format!("killed by signal {s}"),
-            },
-            _ => "exited".into(),
-        }
-    }
-}
+pub use skiff_driver::ExitStatus;
+pub use skiff_driver::log::{LogRecord, parse_log_line};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -123,34 +96,7 @@ pub mod files {
     /// Written by shims before 0.1 (the launch spec), removed on the next start.
     pub const SPEC: &str = "spec.json";
     pub const EXIT: &str = "exit.json";
-    pub const LOG_DIR: &str = "logs";
-    pub const LOG: &str = "output.log";
-}
-
-/// One record of an instance log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogRecord<'a> {
-    pub time_ms: u64,
-    /// `o` for stdout, `e` for stderr.
-    pub stream: char,
-    /// The line, without its line break.
-    pub text: &'a str,
-}
-
-/// Reads a log record written by the shim (`<unix-ms> <o|e> <text>`).
-pub fn parse_log_line(line: &str) -> Option<LogRecord<'_>> {
-    let (ts, rest) = line.split_once(' ')?;
-    let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
-    let stream = match stream {
-        "o" => 'o',
-        "e" => 'e',
-        _ => return None,
-    };
-    Some(LogRecord {
-        time_ms: ts.parse().ok()?,
-        stream,
-        text: text.trim_end_matches(['\n', '\r']),
-    })
+    pub use skiff_driver::log::{LOG, LOG_DIR};
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one.

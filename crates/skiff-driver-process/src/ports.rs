@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpListener};
 use std::sync::Mutex;
 
+#[derive(Debug)]
 pub struct PortAllocator {
     addr: IpAddr,
     taken: Mutex<BTreeSet<u16>>,

@@ -9,11 +9,11 @@
 //! pidfd), started once per instance; it holds no connection to the agent, so the agent can
 //! restart freely.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -267,94 +267,4 @@ fn copy_output(
     }
 }
 
-/// Appends to `output.log`, rotating it to `output.log.1` … `.keep` when it gets too big.
-pub struct LogWriter {
-    dir: PathBuf,
-    file: File,
-    size: u64,
-    max: u64,
-    keep: u32,
-}
-
-impl LogWriter {
-    pub fn open(dir: &Path, max: u64, keep: u32) -> std::io::Result<LogWriter> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(files::LOG);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
-        Ok(LogWriter {
-            dir: dir.to_path_buf(),
-            file,
-            size,
-            max: if max == 0 { 10 << 20 } else { max },
-            keep: keep.max(1),
-        })
-    }
-
-    fn rotated(&self, n: u32) -> PathBuf {
-        self.dir.join(format!("{}.{n}", files::LOG))
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let _ = fs::remove_file(self.rotated(self.keep));
-        for n in (1..self.keep).rev() {
-            let _ = fs::rename(self.rotated(n), self.rotated(n + 1));
-        }
-        fs::rename(self.dir.join(files::LOG), self.rotated(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(files::LOG))?;
-        self.size = 0;
-        Ok(())
-    }
-
-    /// Writes one line as `<unix-ms> <o|e> <text>` (with a line break, whether `line` ends
-    /// with one or not).
-    pub fn write_line(&mut self, time_ms: u64, tag: u8, line: &[u8]) {
-        let mut record = Vec::with_capacity(line.len() + 18);
-        record.extend_from_slice(time_ms.to_string().as_bytes());
-        record.push(b' ');
-        record.push(tag);
-        record.push(b' ');
-        record.extend_from_slice(line);
-        if line.last() != Some(&b'\n') {
-            record.push(b'\n');
-        }
-        self.write(&record);
-    }
-
-    /// Writes `bytes`; log trouble never stops the workload, so errors are dropped.
-    pub fn write(&mut self, bytes: &[u8]) {
-        if self.size > 0 && self.size + bytes.len() as u64 > self.max {
-            let _ = self.rotate();
-        }
-        if self.file.write_all(bytes).is_ok() {
-            self.size += bytes.len() as u64;
-        }
-    }
-
-    pub fn flush(&mut self) {
-        let _ = self.file.flush();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logs_rotate_and_keep_the_newest_files() {
-        let d = tempfile::tempdir().unwrap();
-        let mut w = LogWriter::open(d.path(), 10, 2).unwrap();
-        for chunk in ["aaaaaaa\n", "bbbbbbb\n", "ccccccc\n", "ddddddd\n"] {
-            w.write(chunk.as_bytes());
-        }
-        w.flush();
-        let read = |name: &str| fs::read_to_string(d.path().join(name)).unwrap_or_default();
-        assert_eq!(read("output.log"), "ddddddd\n");
-        assert_eq!(read("output.log.1"), "ccccccc\n");
-        assert_eq!(read("output.log.2"), "bbbbbbb\n");
-        assert!(!d.path().join("output.log.3").exists());
-    }
-}
+pub use skiff_driver::log::LogWriter;

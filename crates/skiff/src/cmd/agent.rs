@@ -83,8 +83,7 @@ pub async fn config(
     }
     // One subtree per scope: two servers or agents with different data dirs never share
     // groups.
-    let cgroups =
-        skiff_cgroup::Cgroups::detect(&format!("skiff/{scope}")).map_err(|e| e.to_string());
+    let cgroups = skiff_cgroup::Cgroups::detect(&format!("skiff/{scope}"));
     match &cgroups {
         Ok(cg) => println!(
             "skiff {role}: cgroup {} under {}",
@@ -95,9 +94,7 @@ pub async fn config(
         ),
         Err(why) => println!("skiff {role}: no resource limits ({why})"),
     }
-    let docker = skiff_driver_docker::Engine::connect(scope)
-        .await
-        .map_err(|e| e.to_string());
+    let docker = skiff_driver_docker::Engine::connect(scope).await;
     match &docker {
         Ok(engine) => println!("skiff {role}: docker engine (API {})", engine.api_version),
         Err(why) => println!("skiff {role}: no docker driver ({why})"),

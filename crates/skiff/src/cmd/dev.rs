@@ -49,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "dev",
         )
         .await?;
-        let docker_unavailable = cfg.docker.as_ref().err().cloned();
+        let docker_unavailable = cfg.docker.as_ref().err().map(ToString::to_string);
         let server = server::Server::start(
             "dev",
             &args,
