@@ -33,7 +33,7 @@
 
 mod adopt;
 mod env;
-pub mod health;
+mod health;
 mod launch;
 pub mod listener;
 mod mirror;

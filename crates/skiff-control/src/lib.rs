@@ -82,25 +82,36 @@ impl Default for AddressRange {
     }
 }
 
-impl std::str::FromStr for AddressRange {
-    type Err = String;
+/// Why a text is no [`AddressRange`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressRangeError {
+    #[error("{0:?} is not a range like 127.77.0.0/16")]
+    Syntax(String),
+    #[error("{0:?} is not an IPv4 address")]
+    Address(String),
+    #[error("/{0}: the prefix length must be 8 to 30")]
+    Length(String),
+    #[error("{0} is not a loopback address (stable addresses live on 127.0.0.0/8)")]
+    NotLoopback(std::net::Ipv4Addr),
+}
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+impl std::str::FromStr for AddressRange {
+    type Err = AddressRangeError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, AddressRangeError> {
         let (ip, len) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a range like 127.77.0.0/16"))?;
+            .ok_or_else(|| AddressRangeError::Syntax(s.to_string()))?;
         let ip: std::net::Ipv4Addr = ip
             .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+            .map_err(|_| AddressRangeError::Address(ip.to_string()))?;
         let len: u32 = len
             .parse()
             .ok()
             .filter(|l| (8..=30).contains(l))
-            .ok_or_else(|| format!("/{len}: the prefix length must be 8 to 30"))?;
+            .ok_or_else(|| AddressRangeError::Length(len.to_string()))?;
         if !ip.is_loopback() {
-            return Err(format!(
-                "{ip} is not a loopback address (stable addresses live on 127.0.0.0/8)"
-            ));
+            return Err(AddressRangeError::NotLoopback(ip));
         }
         let size = 1u32 << (32 - len);
         Ok(AddressRange {

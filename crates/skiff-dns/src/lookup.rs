@@ -22,6 +22,15 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use skiff_catalog::{Endpoint, ServiceEntry, ServiceKey, Snapshot};
 
 /// The zone skiff serves.
+/// Why a domain cannot be the zone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneError {
+    #[error("DNS domain {domain:?}: {reason}")]
+    Invalid { domain: String, reason: String },
+    #[error("the DNS domain must not be the root")]
+    Root,
+}
+
 #[derive(Clone, Debug)]
 pub struct Zone {
     /// Lower case, fully qualified (`skiff.`).
@@ -32,13 +41,16 @@ pub struct Zone {
 
 impl Zone {
     /// `domain` like `skiff` or `dev.example.test`.
-    pub fn new(domain: &str, ttl: u32) -> Result<Zone, String> {
+    pub fn new(domain: &str, ttl: u32) -> Result<Zone, ZoneError> {
         let mut origin = Name::from_ascii(domain)
-            .map_err(|e| format!("DNS domain {domain:?}: {e}"))?
+            .map_err(|e| ZoneError::Invalid {
+                domain: domain.to_string(),
+                reason: e.to_string(),
+            })?
             .to_lowercase();
         origin.set_fqdn(true);
         if origin.is_root() {
-            return Err("the DNS domain must not be the root".into());
+            return Err(ZoneError::Root);
         }
         Ok(Zone { origin, ttl })
     }

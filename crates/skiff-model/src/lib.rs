@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 mod node;
 pub use node::{
-    Allocation, Constraint, ConstraintField, DeployMode, Desired, Node, NodeResources, NodeStatus,
-    PlacementSpec, Reservations, Strategy,
+    Allocation, Constraint, ConstraintError, ConstraintField, DeployMode, Desired, Node,
+    NodeResources, NodeStatus, PlacementSpec, Reservations, Strategy,
 };
 
 // === names ===

@@ -175,21 +175,30 @@ pub enum ConstraintField {
     Id,
 }
 
+/// Why a placement constraint does not read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConstraintError {
+    #[error("{0:?} is no constraint: expected `node.labels.KEY == VALUE` or `!=`")]
+    NoOperator(String),
+    #[error("{0:?}: the value after the operator is empty")]
+    EmptyValue(String),
+    #[error("{text:?}: skiff places by node.labels.KEY, node.hostname and node.id, not {field:?}")]
+    UnknownField { text: String, field: String },
+}
+
 impl Constraint {
     /// Parses compose's `<field> == <value>` / `<field> != <value>`.
-    pub fn parse(text: &str) -> Result<Constraint, String> {
+    pub fn parse(text: &str) -> Result<Constraint, ConstraintError> {
         let (lhs, equal, rhs) = if let Some((l, r)) = text.split_once("==") {
             (l, true, r)
         } else if let Some((l, r)) = text.split_once("!=") {
             (l, false, r)
         } else {
-            return Err(format!(
-                "{text:?} is no constraint: expected `node.labels.KEY == VALUE` or `!=`"
-            ));
+            return Err(ConstraintError::NoOperator(text.to_string()));
         };
         let (lhs, value) = (lhs.trim(), rhs.trim());
         if value.is_empty() {
-            return Err(format!("{text:?}: the value after the operator is empty"));
+            return Err(ConstraintError::EmptyValue(text.to_string()));
         }
         let field = match lhs {
             "node.hostname" => ConstraintField::Hostname,
@@ -197,10 +206,10 @@ impl Constraint {
             _ => match lhs.strip_prefix("node.labels.") {
                 Some(key) if !key.is_empty() => ConstraintField::Label(key.to_string()),
                 _ => {
-                    return Err(format!(
-                        "{text:?}: skiff places by node.labels.KEY, node.hostname and node.id, \
-                         not {lhs:?}"
-                    ));
+                    return Err(ConstraintError::UnknownField {
+                        text: text.to_string(),
+                        field: lhs.to_string(),
+                    });
                 }
             },
         };
@@ -276,12 +285,14 @@ mod tests {
     #[test]
     fn constraints_on_fields_skiff_does_not_know_are_rejected_with_the_field() {
         let e = Constraint::parse("node.role == manager").unwrap_err();
-        assert!(e.contains("\"node.role\""), "{e}");
-        assert!(
-            Constraint::parse("zone=b")
-                .unwrap_err()
-                .contains("no constraint")
+        assert!(e.to_string().contains("\"node.role\""), "{e}");
+        assert_eq!(
+            Constraint::parse("zone=b").unwrap_err(),
+            ConstraintError::NoOperator("zone=b".into())
         );
-        assert!(Constraint::parse("node.labels.zone ==").is_err());
+        assert!(matches!(
+            Constraint::parse("node.labels.zone =="),
+            Err(ConstraintError::EmptyValue(_))
+        ));
     }
 }

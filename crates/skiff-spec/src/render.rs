@@ -9,20 +9,27 @@ use serde_json::Value as Json;
 
 use crate::model::Project;
 
+/// Why a project could not be written out.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("writing the project: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("writing the project as YAML: {0}")]
+    Yaml(String),
+}
+
 /// The project as compose YAML.
-pub fn to_yaml(project: &Project) -> Result<String, String> {
-    serde_saphyr::to_string(&escaped(project)?).map_err(|e| e.to_string())
+pub fn to_yaml(project: &Project) -> Result<String, RenderError> {
+    serde_saphyr::to_string(&escaped(project)?).map_err(|e| RenderError::Yaml(e.to_string()))
 }
 
 /// The project as pretty-printed JSON (also valid compose input).
-pub fn to_json(project: &Project) -> Result<String, String> {
-    serde_json::to_string_pretty(&escaped(project)?)
-        .map(|s| s + "\n")
-        .map_err(|e| e.to_string())
+pub fn to_json(project: &Project) -> Result<String, RenderError> {
+    Ok(serde_json::to_string_pretty(&escaped(project)?)? + "\n")
 }
 
-fn escaped(project: &Project) -> Result<Json, String> {
-    let mut v = serde_json::to_value(project).map_err(|e| e.to_string())?;
+fn escaped(project: &Project) -> Result<Json, RenderError> {
+    let mut v = serde_json::to_value(project)?;
     escape_dollars(&mut v);
     Ok(v)
 }

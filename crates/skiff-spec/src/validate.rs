@@ -694,7 +694,12 @@ fn check_placement(f: &mut Findings, name: &str) {
             && !is_role_constraint(text)
             && let Err(e) = skiff_model::Constraint::parse(text)
         {
-            at_node(f, &item.pos, format!("{base}.constraints[{i}]"), e);
+            at_node(
+                f,
+                &item.pos,
+                format!("{base}.constraints[{i}]"),
+                e.to_string(),
+            );
         }
     }
     for (i, item) in items("preferences").into_iter().enumerate() {

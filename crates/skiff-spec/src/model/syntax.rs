@@ -47,9 +47,19 @@ impl PortRange {
     }
 }
 
+/// A compose short syntax (`"8080:80/tcp"`, `"data:/var/lib:ro"`) that does not read, with
+/// the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SyntaxError(pub String);
+
 /// Reads `[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]` (IPv6 host addresses in brackets) into one
 /// long-syntax entry per target port.
-pub fn parse_port(spec: &str) -> Result<Vec<Port>, String> {
+pub fn parse_port(spec: &str) -> Result<Vec<Port>, SyntaxError> {
+    short_port(spec).map_err(SyntaxError)
+}
+
+fn short_port(spec: &str) -> Result<Vec<Port>, String> {
     let context = |e: String| format!("invalid port {spec:?}: {e}");
     let (addr, protocol) = match spec.rsplit_once('/') {
         Some((a, p)) => (a, p.to_string()),
@@ -155,7 +165,11 @@ pub(super) fn check_port(p: &Port) -> Result<(), String> {
 
 /// Reads `[SOURCE:]TARGET[:MODE]` into a long-syntax mount. A source that starts with `.`, `/`
 /// or `~` is a host path (bind mount); any other source names a volume.
-pub fn parse_volume(spec: &str) -> Result<ServiceVolume, String> {
+pub fn parse_volume(spec: &str) -> Result<ServiceVolume, SyntaxError> {
+    short_volume(spec).map_err(SyntaxError)
+}
+
+fn short_volume(spec: &str) -> Result<ServiceVolume, String> {
     let context = |e: &str| format!("invalid volume {spec:?}: {e}");
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
@@ -296,7 +310,7 @@ mod tests {
             ("1.2.3:80:80", "not an IP address"),
             ("5-1", "ends before it starts"),
         ] {
-            let e = parse_port(spec).unwrap_err();
+            let e = parse_port(spec).unwrap_err().0;
             assert!(e.contains(needle), "{spec}: {e}");
         }
     }
@@ -323,7 +337,7 @@ mod tests {
             ("a:b:c:d", "expected"),
             (":/x", "source is empty"),
         ] {
-            let e = parse_volume(spec).unwrap_err();
+            let e = parse_volume(spec).unwrap_err().0;
             assert!(e.contains(needle), "{spec}: {e}");
         }
     }

@@ -29,14 +29,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     output::print_diagnostics(&[], &loaded.warnings);
     match args.output {
-        Format::Json => print!(
-            "{}",
-            render::to_json(&loaded.project).map_err(anyhow::Error::msg)?
-        ),
-        Format::Yaml => print!(
-            "{}",
-            render::to_yaml(&loaded.project).map_err(anyhow::Error::msg)?
-        ),
+        Format::Json => print!("{}", render::to_json(&loaded.project)?),
+        Format::Yaml => print!("{}", render::to_yaml(&loaded.project)?),
         Format::Table => anyhow::bail!("config prints yaml or json, not a table"),
     }
     Ok(ExitCode::SUCCESS)

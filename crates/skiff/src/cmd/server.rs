@@ -115,7 +115,7 @@ impl Server {
             skiff_store::RedbKv::open(&data_dir.join("control.redb"))
                 .context("opening the control plane's store")?,
         );
-        let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl).map_err(anyhow::Error::msg)?;
+        let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl)?;
         let catalog = skiff_catalog::Catalog::new();
         let control = skiff_control::Control::open(
             store.clone(),

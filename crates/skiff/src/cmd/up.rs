@@ -31,7 +31,7 @@ pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
     };
     crate::output::print_diagnostics(&[], &loaded.warnings);
     let spec = runtime::stack_spec(&loaded.project);
-    let source = render::to_yaml(&loaded.project).map_err(anyhow::Error::msg)?;
+    let source = render::to_yaml(&loaded.project)?;
     let started = Instant::now();
     let (release, created): (Release, bool) = client.post_created(
         &format!("/v1/envs/{env}/stacks/{}/releases", loaded.name),
