@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use skiff_api::ErrorBody;
+use skiff_client::ErrorBody;
 
 pub struct Client {
     base: String,

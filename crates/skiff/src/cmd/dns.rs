@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use skiff_api::DnsView;
+use skiff_client::DnsView;
 
 use crate::client::Client;
 use crate::output::{self, OutputArg};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use skiff_spec::model::Condition;
 use skiff_spec::order;
 
-use skiff_api::NewRelease;
+use skiff_client::NewRelease;
 use skiff_client::PlacementPreview;
 use skiff_spec::runtime;
 

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use skiff_api::ReleaseSummary;
+use skiff_client::ReleaseSummary;
 use skiff_model::{Event, Instance};
 
 use crate::client::Client;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use skiff_api::{ServiceControlView, ServiceStatus, StackView};
+use skiff_client::{ServiceControlView, ServiceStatus, StackView};
 use skiff_model::{Instance, InstanceState, Release};
 
 use super::wait::{self, Wait};
@@ -361,7 +361,7 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
     let stack = stack_of_service(client, env, &service, args.stack.as_deref())?;
     let (release, created): (Release, bool) = client.post_created(
         &format!("/v1/envs/{env}/stacks/{stack}/scale"),
-        &skiff_api::ScaleRequest {
+        &skiff_client::ScaleRequest {
             service: service.clone(),
             replicas: n,
         },
@@ -411,12 +411,12 @@ pub struct ExecArgs {
 /// with a process's environment), prints its output and exits with its code.
 pub fn exec(args: ExecArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let stack = stack_of_service(client, env, &args.service, args.stack.as_deref())?;
-    let out: skiff_api::Exec = client.post(
+    let out: skiff_client::Exec = client.post(
         &format!(
             "/v1/envs/{env}/stacks/{stack}/instances/{}-{}/exec",
             args.service, args.index
         ),
-        &skiff_api::ExecRequest { cmd: args.cmd },
+        &skiff_client::ExecRequest { cmd: args.cmd },
     )?;
     print!("{}", out.output);
     Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
@@ -453,7 +453,7 @@ pub fn kill(args: KillArgs, client: &Client, env: &str) -> anyhow::Result<ExitCo
                 "/v1/envs/{env}/stacks/{stack}/instances/{}/signal",
                 i.id.short()
             ),
-            &skiff_api::SignalRequest {
+            &skiff_client::SignalRequest {
                 signal: args.signal.clone(),
             },
         )?;

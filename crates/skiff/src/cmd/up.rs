@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use skiff_api::{NewRelease, StackView};
+use skiff_client::{NewRelease, StackView};
 use skiff_model::{Instance, Release};
 use skiff_spec::{render, runtime};
 
