@@ -34,7 +34,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A [`ClientError`] in the words a person at a terminal reads: the server's own message and
 /// code, or that it cannot be reached and how to point the CLI at it.
 #[derive(Debug)]
-pub struct Error {
+pub struct Error(Box<Failed>);
+
+#[derive(Debug)]
+struct Failed {
     base: String,
     error: ClientError,
 }
@@ -42,19 +45,19 @@ pub struct Error {
 impl Error {
     /// What went wrong, typed.
     pub fn client_error(&self) -> &ClientError {
-        &self.error
+        &self.0.error
     }
 
     /// The server's error code (`stack_not_found`…), if it answered with one.
     pub fn code(&self) -> Option<&str> {
-        self.error.code()
+        self.0.error.code()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let base = &self.base;
-        match &self.error {
+        let base = &self.0.base;
+        match &self.0.error {
             ClientError::Transport { reason, .. } => write!(
                 f,
                 "cannot reach skiff at {base}: {reason} (is `skiff dev` running? set --addr or \
@@ -87,9 +90,11 @@ impl Client {
     /// request.
     pub fn new(base: &str) -> Result<Client> {
         let inner = crate::Client::new(base)
-            .map_err(|error| Error {
-                base: base.to_string(),
-                error,
+            .map_err(|error| {
+                Error(Box::new(Failed {
+                    base: base.to_string(),
+                    error,
+                }))
             })?
             .with_timeout(TIMEOUT);
         Ok(Client {
@@ -104,10 +109,10 @@ impl Client {
     }
 
     fn error(&self, error: ClientError) -> Error {
-        Error {
+        Error(Box::new(Failed {
             base: self.inner.base().to_string(),
             error,
-        }
+        }))
     }
 
     fn runtime(&self) -> Result<&Runtime> {
@@ -265,10 +270,10 @@ mod tests {
     use super::*;
 
     fn error(e: ClientError) -> String {
-        Error {
+        Error(Box::new(Failed {
             base: "http://127.0.0.1:7700".into(),
             error: e,
-        }
+        }))
         .to_string()
     }
 
