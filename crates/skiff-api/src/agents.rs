@@ -12,7 +12,9 @@ use skiff_client::{Client, ClientError};
 use skiff_control::Control;
 use skiff_model::{InstanceId, InstanceStats};
 
-use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, Exec, InstanceError, Instances};
+use skiff_client::Exec;
+
+use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, InstanceError, Instances};
 
 /// [`Instances`] through the agents' listeners.
 pub struct ViaAgents {

@@ -9,10 +9,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::{ApiError, ApiQuery, ApiState};
-pub use skiff_client::{CatalogService, CatalogView};
+use skiff_client::{CatalogService, CatalogView, DnsQuery, DnsView, RouteInfo, RoutesQuery};
 
 /// Longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -103,28 +103,6 @@ pub(crate) async fn list(
     Ok(([("x-skiff-index", view.index.to_string())], Json(view)).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DnsQuery {
-    name: String,
-    /// A, AAAA, SRV, SOA… (default A).
-    #[serde(rename = "type")]
-    qtype: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct DnsView {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub qtype: String,
-    /// NOERROR, NXDOMAIN or REFUSED.
-    pub rcode: String,
-    /// Records in zone-file form.
-    pub answers: Vec<String>,
-    pub authorities: Vec<String>,
-    pub additionals: Vec<String>,
-}
-
 pub(crate) async fn dns(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<DnsQuery>,
@@ -154,19 +132,10 @@ pub(crate) async fn dns(
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RoutesQuery {
-    /// Only the route a request for this host (and `path`) takes.
-    host: Option<String>,
-    /// With `host`: the request path (default `/`).
-    path: Option<String>,
-}
-
 pub(crate) async fn routes(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<RoutesQuery>,
-) -> Result<Json<Vec<skiff_ingress::RouteInfo>>, ApiError> {
+) -> Result<Json<Vec<RouteInfo>>, ApiError> {
     let Some(routes) = &s.routes else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,5 +1,6 @@
 //! The control plane's HTTP/JSON API. The OpenAPI description is `docs/openapi.json`, served
-//! at `/openapi.json`.
+//! at `/openapi.json`. The request and answer types are `skiff_client`'s (its `wire` module):
+//! the handlers here and the client share them.
 //!
 //! Every error is a 4xx with a stable `code` and a `message` (`{"code":"stack_not_found",…}`);
 //! clients match on `code`. A store failure is the only 5xx (`store_error`).
@@ -7,9 +8,8 @@
 //! **Invariant:** a `201` for a release means it is durably stored (the store fsyncs it before
 //! answering), so an acknowledged release survives `kill -9`.
 
-mod catalog;
-pub use catalog::{CatalogService, CatalogView, DnsView};
 mod agents;
+mod catalog;
 mod nodes;
 pub use agents::ViaAgents;
 
@@ -22,10 +22,13 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use skiff_client::{
+    ErrorBody, EventQuery, Exec, ExecRequest, InstanceStatus, NewRelease, PlacementPreview,
+    ReleaseSummary, ScaleRequest, ServiceControlView, ServiceStatus, SignalRequest, StackFilter,
+    StackView,
+};
 use skiff_model::{
-    Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, ServiceSpec, StackKey,
-    StackSpec,
+    Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, StackKey, StackSpec,
 };
 use skiff_store::{StackState, Store};
 
@@ -74,13 +77,6 @@ fn agent_message(e: &skiff_client::ClientError) -> String {
 
 pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
-/// The result of `exec`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Exec {
-    pub exit_code: i64,
-    pub output: String,
-}
-
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
@@ -106,12 +102,6 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
 }
 
 impl ApiError {
@@ -283,14 +273,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct StackView {
-    pub env: String,
-    pub stack: String,
-    /// The release that should run; `null` after `down`.
-    pub current: Option<u64>,
-}
-
 async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, ApiError> {
     Ok(Json(
         s.store
@@ -390,14 +372,6 @@ fn release_status(created: bool) -> StatusCode {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct NewRelease {
-    pub spec: StackSpec,
-    /// The resolved compose file the release was made from.
-    #[serde(default)]
-    pub source: String,
-}
-
 async fn create_release(
     State(s): State<ApiState>,
     ApiPath((env, stack)): ApiPath<(String, String)>,
@@ -486,7 +460,7 @@ async fn preview_placement(
     State(s): State<ApiState>,
     ApiPath((env, stack)): ApiPath<(String, String)>,
     Body(req): Body<NewRelease>,
-) -> Result<Json<skiff_client::PlacementPreview>, ApiError> {
+) -> Result<Json<PlacementPreview>, ApiError> {
     let key = stack_key(&env, &stack)?;
     check_spec(&s, &req.spec)?;
     Ok(Json(s.control.preview(&key, &req.spec)))
@@ -504,12 +478,6 @@ async fn get_release(
             format!("no release {number} of {key}"),
         )
     })
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ScaleRequest {
-    pub service: String,
-    pub replicas: u32,
 }
 
 /// Records a new release equal to the current one but for `service`'s replica count, so
@@ -536,15 +504,6 @@ async fn scale_service(
     svc.replicas = req.replicas;
     let (new, created) = record_release(&s, key, spec, release.source).await?;
     Ok((release_status(created), Json(new)))
-}
-
-/// A release without its spec, for history listings.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ReleaseSummary {
-    pub number: u64,
-    pub created_ms: u64,
-    pub services: Vec<String>,
-    pub current: bool,
 }
 
 async fn list_releases(
@@ -601,15 +560,9 @@ async fn down_stack(
     }))
 }
 
-#[derive(Deserialize)]
-struct InstanceQuery {
-    env: Option<String>,
-    stack: Option<String>,
-}
-
 async fn list_instances(
     State(s): State<ApiState>,
-    ApiQuery(q): ApiQuery<InstanceQuery>,
+    ApiQuery(q): ApiQuery<StackFilter>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
     let all = s.store.instances(None)?;
     Ok(Json(
@@ -620,13 +573,6 @@ async fn list_instances(
     ))
 }
 
-#[derive(Deserialize)]
-struct EventQuery {
-    #[serde(default)]
-    after: u64,
-    limit: Option<usize>,
-}
-
 async fn list_events(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<EventQuery>,
@@ -635,17 +581,6 @@ async fn list_events(
         q.after,
         q.limit.unwrap_or(1000).min(10_000),
     )?))
-}
-
-/// A service's control state after `stop`, `start` or `restart`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct ServiceControlView {
-    pub env: String,
-    pub stack: String,
-    pub service: String,
-    pub stopped: bool,
-    /// Bumped by every restart; instances of an older generation are replaced.
-    pub generation: u64,
 }
 
 /// `stop` keeps the service's instances stopped until `start` (or the next deploy);
@@ -691,32 +626,6 @@ async fn control_service(
         stopped: control.stopped,
         generation: control.generation,
     }))
-}
-
-/// One instance in a service status: observed state and resource usage.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct InstanceStatus {
-    #[serde(flatten)]
-    pub instance: Instance,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<InstanceStats>,
-}
-
-/// What `skiff status SERVICE` shows.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ServiceStatus {
-    pub env: String,
-    pub stack: String,
-    pub service: String,
-    /// The stack's current release.
-    pub release: u64,
-    pub stopped: bool,
-    pub generation: u64,
-    pub spec: ServiceSpec,
-    pub instances: Vec<InstanceStatus>,
-    /// Instances the scheduler could place on no node, and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unplaced: Option<skiff_client::UnplacedView>,
 }
 
 async fn service_status(
@@ -801,11 +710,6 @@ fn instance_id(
     Ok(id)
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ExecRequest {
-    pub cmd: Vec<String>,
-}
-
 async fn exec_instance(
     State(s): State<ApiState>,
     ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
@@ -824,11 +728,6 @@ async fn exec_instance(
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "exec_failed", e.to_string()))
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct SignalRequest {
-    pub signal: String,
 }
 
 async fn signal_instance(

@@ -2,14 +2,16 @@
 //! draining an instance before its stop signal. The deciding is `skiff_control`'s; this
 //! module is HTTP only.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use skiff_client::{Allocations, Drained, NodeRegistration, Report, ReportAnswer, UnplacedView};
+use skiff_client::{
+    Allocations, Drained, LabelChange, NodeRegistration, Report, ReportAnswer, StackFilter,
+    UnplacedView,
+};
 use skiff_control::ControlError;
 use skiff_model::{Allocation, Node, NodeStatus};
 
@@ -133,15 +135,6 @@ pub(crate) async fn undrain_node(
     Ok(Json(s.control.set_status(&id, NodeStatus::Ready).await?))
 }
 
-/// Labels to set and to remove.
-#[derive(Deserialize)]
-pub(crate) struct LabelChange {
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    #[serde(default)]
-    remove: Vec<String>,
-}
-
 pub(crate) async fn label_node(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<String>,
@@ -161,16 +154,10 @@ pub(crate) async fn label_node(
     ))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct StackQuery {
-    env: Option<String>,
-    stack: Option<String>,
-}
-
 /// Work the last planner pass could place nowhere (optionally of one stack), with reasons.
 pub(crate) async fn unplaced(
     State(s): State<ApiState>,
-    ApiQuery(q): ApiQuery<StackQuery>,
+    ApiQuery(q): ApiQuery<StackFilter>,
 ) -> Json<Vec<UnplacedView>> {
     Json(
         s.control

@@ -23,7 +23,7 @@
 //!   finds the counter of every endpoint it sees.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -433,6 +433,38 @@ impl Snapshot {
             .max()
             .unwrap_or(self.index)
     }
+}
+
+// === routes on the wire ===
+
+/// One route as `skiff routes` and `GET /v1/routes` show it: where requests for a host and
+/// path prefix go right now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Exact host, or `*.suffix` for a wildcard.
+    pub host: String,
+    pub path: String,
+    pub strip_prefix: bool,
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    /// The service's port (name or number) requests go to.
+    pub port: String,
+    pub backends: Vec<BackendInfo>,
+}
+
+/// A backend of a route and what the ingress knows of it now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The instance's index (`web-2` is 2).
+    pub instance: u32,
+    pub addr: SocketAddr,
+    /// The weight of its backend set.
+    pub weight: u32,
+    /// Requests (and tunnels) in flight through the ingress.
+    pub in_flight: usize,
+    /// Out of rotation after repeated failures, for a while.
+    pub ejected: bool,
 }
 
 #[cfg(test)]

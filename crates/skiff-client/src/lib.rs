@@ -1,5 +1,6 @@
-//! The typed HTTP client of skiff's API, used by agents (and, as they move over, the CLI and
-//! the tests), and the wire types of the agent ↔ server protocol:
+//! The typed HTTP client of skiff's API, used by agents, the server (to reach agents'
+//! listeners), the CLI (through [`blocking::Client`]) and the tests, and the wire types of
+//! the API ([`wire`], re-exported here):
 //!
 //! ```text
 //!   agent ── PUT  /v1/nodes/{id}                    register (resources, labels, drivers)
@@ -9,207 +10,45 @@
 //!         ── POST /v1/nodes/{id}/report             instance states and events, in order
 //!         ── POST /v1/envs/{env}/stacks/{stack}/instances/{i}/drain?timeout_ms=
 //!                                                   wait until no request is in flight
+//!   CLI   ── releases, stacks, scale, service controls and status, instances, events,
+//!            logs (streamed), exec, signals, nodes, allocations, DNS, routes, plan preview
 //! ```
 //!
 //! Errors are typed ([`ClientError`]): the server's `{code, message}` bodies come back as
 //! [`ClientError::Api`], so a caller can tell "unknown node" from "server unreachable".
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+pub mod blocking;
+pub mod wire;
+pub use wire::*;
+
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as Http;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-pub use skiff_catalog::{Endpoint, ServiceEntry, ServiceInfo, ServiceKey};
 use skiff_model::{
-    Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, Node, NodeResources,
-    Release, RouteSpec, StackKey,
+    Allocation, Event, Instance, InstanceId, InstanceStats, Node, Release, StackKey,
 };
 
-/// What an agent tells the server about its node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRegistration {
-    pub name: String,
-    /// Where its instances are reached.
-    pub address: String,
-    /// Its agent's own listener (logs, exec, signals, stats), on `address`; 0: none.
-    #[serde(default)]
-    pub agent_port: u16,
-    pub resources: NodeResources,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub drivers: Vec<Driver>,
-    /// It runs proxies on its own copy of the catalog ([`Node::proxies`]).
-    #[serde(default)]
-    pub proxies: bool,
-}
-
-/// A node's allocations at an index (the store revision of their last change).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocations {
-    pub index: u64,
-    pub allocations: Vec<Allocation>,
-}
-
-/// What changed on a node since its last report, in the order it happened.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// `instances` is everything the node runs: the server forgets the node's other records
-    /// (sent once after the agent starts and adopts).
-    #[serde(default)]
-    pub full: bool,
-    #[serde(default)]
-    pub changes: Vec<Change>,
-}
-
-/// One change of a report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    /// An instance's state now; the server routes to it exactly while it is `healthy`.
-    Instance(Instance),
-    /// The instance is gone from the node.
-    Removed(InstanceId),
-    Event(NewEvent),
-}
-
-/// Instances of a service the scheduler could place on no node, and why, in words.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnplacedView {
-    pub env: String,
-    pub stack: String,
-    pub service: String,
-    pub missing: u32,
-    pub reason: String,
-}
-
-/// Where a release of a stack would run if it were deployed now (`skiff plan`), per
-/// service; nothing is written.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlacementPreview {
-    pub services: Vec<ServicePlacement>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePlacement {
-    pub service: String,
-    /// Running instances that stay where they are.
-    pub keep: u32,
-    /// New instances per node name.
-    pub place: BTreeMap<String, u32>,
-    /// Running instances that would stop (surplus, or on a node they may no longer use).
-    pub stop: u32,
-    /// Instances that would fit no node, and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unplaced: Option<UnplacedView>,
-}
-
-/// The server's answer to a report.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReportAnswer {
-    /// Instances the report took out of traffic that still have requests in flight: only
-    /// these need a drain before their stop signal.
-    #[serde(default)]
-    pub busy: Vec<InstanceId>,
-}
-
-/// The answer to a drain: whether the instance's requests all finished in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Drained {
-    pub drained: bool,
-    pub in_flight: usize,
-}
-
-/// The query of an instance's logs: follow new records, and only records at or after
-/// `since_ms`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogQuery {
-    #[serde(default)]
-    pub follow: bool,
-    #[serde(default)]
-    pub since_ms: u64,
-}
-
-/// The catalog at one index (`GET /v1/catalog`): every known service of the selection with
-/// its ready instances.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct CatalogView {
-    /// Pass as `index` to wait for the next change.
-    pub index: u64,
-    pub services: Vec<CatalogService>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct CatalogService {
-    #[serde(flatten)]
-    pub key: ServiceKey,
-    /// Port names, in the order the service declares them.
-    pub ports: Vec<String>,
-    /// Ingress routes besides the service's default host.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<RouteSpec>,
-    /// Service ports: port name → the port every node listens on.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub published: BTreeMap<String, u16>,
-    /// The service's stable address, the same on every node (127.77.0.0/16).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<IpAddr>,
-    /// TCP port name → the port the stable address listens on.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub targets: BTreeMap<String, u16>,
-    /// Instances ready for traffic now.
-    pub endpoints: Vec<Endpoint>,
-}
-
-impl CatalogService {
-    /// The entry as a catalog holds it.
-    pub fn from_entry(key: &ServiceKey, e: &ServiceEntry) -> CatalogService {
-        CatalogService {
-            key: key.clone(),
-            ports: e.ports.clone(),
-            routes: e.routes.clone(),
-            published: e.published.clone(),
-            address: e.address,
-            targets: e.targets.clone(),
-            endpoints: e.endpoints.values().cloned().collect(),
-        }
-    }
-
-    /// What [`skiff_catalog::Catalog::mirror`] takes.
-    pub fn into_parts(self) -> (ServiceKey, (ServiceInfo, BTreeMap<u32, Endpoint>)) {
-        let info = ServiceInfo {
-            ports: self.ports,
-            routes: self.routes,
-            published: self.published,
-            address: self.address,
-            targets: self.targets,
-        };
-        let endpoints = self.endpoints.into_iter().map(|e| (e.index, e)).collect();
-        (self.key, (info, endpoints))
-    }
-}
-
-/// The server's error body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
-}
-
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
+    /// No answer: the connection failed, broke, or the answer took longer than the
+    /// client's timeout.
     #[error("{method} {url}: {reason}")]
     Transport {
         method: Method,
         url: String,
         reason: String,
     },
+    /// The server answered with an error status. `code` and `message` are those of its
+    /// `{code, message}` body; a body that is not one gives code [`ClientError::NO_CODE`]
+    /// and the body's text as the message.
     #[error("{method} {url}: {status}: {message}")]
     Api {
         method: Method,
@@ -218,6 +57,7 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    /// A success whose body is not what the endpoint answers.
     #[error("{method} {url}: unreadable answer: {reason}")]
     Decode {
         method: Method,
@@ -226,13 +66,27 @@ pub enum ClientError {
     },
     #[error("invalid server address {0:?}: use http://HOST:PORT")]
     Address(String),
+    /// The blocking client could not build its runtime.
+    #[error("cannot start the HTTP client: {0}")]
+    Runtime(String),
 }
 
 impl ClientError {
+    /// The `code` of an [`ClientError::Api`] whose body was not a `{code, message}` body.
+    pub const NO_CODE: &'static str = "http";
+
     /// The HTTP status the server answered with, if it answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The server's error code (`stack_not_found`…), if it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } if code != Self::NO_CODE => Some(code),
             _ => None,
         }
     }
@@ -245,6 +99,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub struct Client {
     base: String,
     http: Http<HttpConnector, Full<Bytes>>,
+    /// Longest a request may take, answer body included (not a log stream's).
+    timeout: Option<Duration>,
 }
 
 impl Client {
@@ -260,7 +116,17 @@ impl Client {
         let http = Http::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            timeout: None,
+        })
+    }
+
+    /// Gives up on a request (but not a log stream) after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -274,7 +140,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+    ) -> Result<hyper::Response<Incoming>> {
         let url = format!("{}{path}", self.base);
         let transport = |reason: String| ClientError::Transport {
             method: method.clone(),
@@ -303,20 +169,57 @@ impl Client {
             .await
             .map_err(|e| transport(e.to_string()))?
             .to_bytes();
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => (e.code, e.message),
-            Err(_) => (
-                "http".to_string(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ),
+        Err(api_error(method, url, status, &bytes))
+    }
+
+    /// Sends a request and reads the whole answer: its status and body.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let work = async {
+            let resp = self.send(method.clone(), path, body).await?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport {
+                    method: method.clone(),
+                    url: format!("{}{path}", self.base),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, bytes))
         };
-        Err(ClientError::Api {
+        match self.timeout {
+            None => work.await,
+            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                Err(ClientError::Transport {
+                    method: method.clone(),
+                    url: format!("{}{path}", self.base),
+                    reason: format!("no answer within {}s", limit.as_secs_f64()),
+                })
+            }),
+        }
+    }
+
+    /// A call whose answer is JSON: the status it came with and the value.
+    async fn call_status<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T)> {
+        let (status, bytes) = self.exchange(method.clone(), path, body).await?;
+        let value = decode(&bytes).map_err(|reason| ClientError::Decode {
             method,
-            url,
-            status,
-            code,
-            message,
-        })
+            url: format!("{}{path}", self.base),
+            reason,
+        })?;
+        Ok((status, value))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -325,23 +228,12 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
-        let resp = self.send(method.clone(), path, body).await?;
-        let url = format!("{}{path}", self.base);
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport {
-                method: method.clone(),
-                url: url.clone(),
-                reason: e.to_string(),
-            })?
-            .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            method,
-            url,
-            reason: e.to_string(),
-        })
+        Ok(self.call_status(method, path, body).await?.1)
+    }
+
+    /// A call whose answer's body does not matter (204 No Content).
+    async fn call_empty(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<()> {
+        self.exchange(method, path, body).await.map(drop)
     }
 
     fn json(value: &impl Serialize) -> Option<Vec<u8>> {
@@ -447,6 +339,272 @@ impl Client {
     }
 }
 
+/// What the CLI asks: stacks, releases, services, instances, nodes, DNS and routes.
+impl Client {
+    fn stack_path(stack: &StackKey, rest: &str) -> String {
+        format!(
+            "/v1/envs/{}/stacks/{}{rest}",
+            segment(&stack.env),
+            segment(&stack.stack)
+        )
+    }
+
+    fn instance_path(id: &InstanceId, what: &str) -> String {
+        Self::stack_path(
+            &id.stack,
+            &format!("/instances/{}/{what}", segment(&id.short())),
+        )
+    }
+
+    /// Every stack with its current release.
+    pub async fn stacks(&self) -> Result<Vec<StackView>> {
+        self.call(Method::GET, "/v1/stacks", None).await
+    }
+
+    /// Records a release (durably) unless it equals the current one: the release, and
+    /// whether it is new (`false`: the current release, unchanged).
+    pub async fn create_release(
+        &self,
+        stack: &StackKey,
+        release: &NewRelease,
+    ) -> Result<(Release, bool)> {
+        let (status, r) = self
+            .call_status(
+                Method::POST,
+                &Self::stack_path(stack, "/releases"),
+                Self::json(release),
+            )
+            .await?;
+        Ok((r, status == StatusCode::CREATED))
+    }
+
+    /// Where `release` would run if it were deployed now; nothing is recorded.
+    pub async fn preview_placement(
+        &self,
+        stack: &StackKey,
+        release: &NewRelease,
+    ) -> Result<PlacementPreview> {
+        self.call(
+            Method::POST,
+            &Self::stack_path(stack, "/plan"),
+            Self::json(release),
+        )
+        .await
+    }
+
+    /// The stack's releases, oldest first.
+    pub async fn releases(&self, stack: &StackKey) -> Result<Vec<ReleaseSummary>> {
+        self.call(Method::GET, &Self::stack_path(stack, "/releases"), None)
+            .await
+    }
+
+    /// Takes the stack down (its history stays).
+    pub async fn down(&self, stack: &StackKey) -> Result<StackView> {
+        self.call(Method::DELETE, &Self::stack_path(stack, ""), None)
+            .await
+    }
+
+    /// Records a release with `service` at `replicas`: the release, and whether it is new.
+    pub async fn scale(
+        &self,
+        stack: &StackKey,
+        service: &str,
+        replicas: u32,
+    ) -> Result<(Release, bool)> {
+        let req = ScaleRequest {
+            service: service.to_string(),
+            replicas,
+        };
+        let (status, r) = self
+            .call_status(
+                Method::POST,
+                &Self::stack_path(stack, "/scale"),
+                Self::json(&req),
+            )
+            .await?;
+        Ok((r, status == StatusCode::CREATED))
+    }
+
+    /// Stops, starts or restarts a service.
+    pub async fn control_service(
+        &self,
+        stack: &StackKey,
+        service: &str,
+        action: ServiceAction,
+    ) -> Result<ServiceControlView> {
+        let path = Self::stack_path(
+            stack,
+            &format!("/services/{}/{}", segment(service), action.as_str()),
+        );
+        self.call(Method::POST, &path, Self::json(&serde_json::json!({})))
+            .await
+    }
+
+    /// A service's spec, control state and instances with their resource usage.
+    pub async fn service_status(&self, stack: &StackKey, service: &str) -> Result<ServiceStatus> {
+        let path = Self::stack_path(stack, &format!("/services/{}", segment(service)));
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// Instances as last reported.
+    pub async fn instances(&self, filter: &StackFilter) -> Result<Vec<Instance>> {
+        self.call(Method::GET, &with_query("/v1/instances", filter), None)
+            .await
+    }
+
+    /// Work the scheduler could place on no node, and why.
+    pub async fn unplaced(&self, filter: &StackFilter) -> Result<Vec<UnplacedView>> {
+        self.call(Method::GET, &with_query("/v1/unplaced", filter), None)
+            .await
+    }
+
+    /// Events after a sequence number.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        self.call(Method::GET, &with_query("/v1/events", query), None)
+            .await
+    }
+
+    /// Runs a command in an instance: its exit code and combined output.
+    pub async fn exec(&self, id: &InstanceId, cmd: &[String]) -> Result<Exec> {
+        self.call(
+            Method::POST,
+            &Self::instance_path(id, "exec"),
+            Self::json(&ExecRequest { cmd: cmd.to_vec() }),
+        )
+        .await
+    }
+
+    /// Sends a signal (`SIGHUP`, `HUP`…) to an instance's workload.
+    pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<()> {
+        self.call_empty(
+            Method::POST,
+            &Self::instance_path(id, "signal"),
+            Self::json(&SignalRequest {
+                signal: signal.to_string(),
+            }),
+        )
+        .await
+    }
+
+    /// An instance's log records, line by line as the server sends them (with `follow`, until
+    /// the instance is gone or the stream is dropped). No timeout applies.
+    pub async fn logs(&self, id: &InstanceId, query: &LogQuery) -> Result<LogLines> {
+        let path = with_query(&Self::instance_path(id, "logs"), query);
+        let resp = self.send(Method::GET, &path, None).await?;
+        Ok(LogLines {
+            url: format!("{}{path}", self.base),
+            body: resp.into_body(),
+            buf: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// A node by id or name.
+    pub async fn node(&self, node: &str) -> Result<Node> {
+        self.call(Method::GET, &format!("/v1/nodes/{}", segment(node)), None)
+            .await
+    }
+
+    /// Takes no new work on a node and moves its instances elsewhere.
+    pub async fn drain_node(&self, node: &str) -> Result<Node> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{}/drain", segment(node)),
+            Self::json(&()),
+        )
+        .await
+    }
+
+    /// Lets a drained node take work again.
+    pub async fn undrain_node(&self, node: &str) -> Result<Node> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{}/undrain", segment(node)),
+            Self::json(&()),
+        )
+        .await
+    }
+
+    pub async fn label_node(&self, node: &str, change: &LabelChange) -> Result<Node> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{}/labels", segment(node)),
+            Self::json(change),
+        )
+        .await
+    }
+
+    /// Every node's allocations.
+    pub async fn all_allocations(&self) -> Result<Vec<Allocation>> {
+        self.call(Method::GET, "/v1/allocations", None).await
+    }
+
+    /// What skiff's DNS server answers for a name.
+    pub async fn dns(&self, query: &DnsQuery) -> Result<DnsView> {
+        self.call(Method::GET, &with_query("/v1/dns", query), None)
+            .await
+    }
+
+    /// The ingress's live route table, or the route one host and path take.
+    pub async fn routes(&self, query: &RoutesQuery) -> Result<Vec<RouteInfo>> {
+        self.call(Method::GET, &with_query("/v1/routes", query), None)
+            .await
+    }
+}
+
+/// An instance's log stream, line by line ([`Client::logs`]).
+#[derive(Debug)]
+pub struct LogLines {
+    url: String,
+    body: Incoming,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl LogLines {
+    /// The next line (without its line end) as soon as it is whole; `None` at the end of the
+    /// stream.
+    pub async fn next_line(&mut self) -> Result<Option<String>> {
+        loop {
+            if let Some(line) = take_line(&mut self.buf, self.ended) {
+                return Ok(Some(line));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                None => self.ended = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(ClientError::Transport {
+                        method: Method::GET,
+                        url: self.url.clone(),
+                        reason: error_chain(&e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The first whole line of `buf`, taken out of it (at the end of the stream, also a last
+/// line without a line end).
+fn take_line(buf: &mut Vec<u8>, ended: bool) -> Option<String> {
+    let end = match buf.iter().position(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if ended && !buf.is_empty() => buf.len(),
+        None => return None,
+    };
+    let line: Vec<u8> = buf.drain(..end).collect();
+    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
 /// Calls of an agent's own listener (`skiff_agent::listener`), for the server's proxy.
 impl Client {
     fn agent_path(id: &InstanceId, what: &str) -> String {
@@ -465,16 +623,11 @@ impl Client {
 
     /// Runs `cmd` in the instance: its exit code and combined output.
     pub async fn agent_exec(&self, id: &InstanceId, cmd: &[String]) -> Result<(i64, String)> {
-        #[derive(Deserialize)]
-        struct Done {
-            exit_code: i64,
-            output: String,
-        }
-        let done: Done = self
+        let done: Exec = self
             .call(
                 Method::POST,
                 &Self::agent_path(id, "exec"),
-                Self::json(&serde_json::json!({ "cmd": cmd })),
+                Self::json(&ExecRequest { cmd: cmd.to_vec() }),
             )
             .await?;
         Ok((done.exit_code, done.output))
@@ -485,7 +638,9 @@ impl Client {
             .call(
                 Method::POST,
                 &Self::agent_path(id, "signal"),
-                Self::json(&serde_json::json!({ "signal": signal })),
+                Self::json(&SignalRequest {
+                    signal: signal.to_string(),
+                }),
             )
             .await?;
         Ok(())
@@ -535,4 +690,185 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// The error of a non-success answer: the server's `{code, message}`, or the body's text.
+fn api_error(method: Method, url: String, status: StatusCode, body: &[u8]) -> ClientError {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => (e.code, e.message),
+        Err(_) => (
+            ClientError::NO_CODE.to_string(),
+            String::from_utf8_lossy(body).into_owned(),
+        ),
+    };
+    ClientError::Api {
+        method,
+        url,
+        status,
+        code,
+        message,
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> std::result::Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// `path?query`, or `path` when the query is empty.
+fn with_query(path: &str, query: &impl Serialize) -> String {
+    let q = serde_urlencoded::to_string(query).expect("query types serialize");
+    if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    }
+}
+
+/// A path segment, percent-encoded but for RFC 3986's unreserved characters (names that
+/// skiff accepts pass unchanged).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers every request with `status` and `body` (one connection).
+    async fn answering(status: &'static str, body: &'static str) -> Client {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(resp.as_bytes()).await.unwrap();
+        });
+        Client::new(&format!("http://{addr}")).unwrap()
+    }
+
+    fn stack() -> StackKey {
+        StackKey::new("default", "shop").unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_error_body_is_an_api_error_with_its_code() {
+        let client = answering(
+            "404 Not Found",
+            r#"{"code":"stack_not_found","message":"no stack default/shop"}"#,
+        )
+        .await;
+        match client.releases(&stack()).await.unwrap_err() {
+            ClientError::Api {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                assert_eq!(code, "stack_not_found");
+                assert_eq!(message, "no stack default/shop");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_an_error_body_has_no_code() {
+        let client = answering("502 Bad Gateway", "upstream gone").await;
+        let e = client.stacks().await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::BAD_GATEWAY));
+        assert_eq!(e.code(), None);
+        assert!(matches!(&e, ClientError::Api { message, .. } if message == "upstream gone"));
+    }
+
+    #[tokio::test]
+    async fn a_success_that_does_not_parse_is_a_decode_error() {
+        let client = answering("200 OK", r#"{"not":"a list"}"#).await;
+        let e = client.stacks().await.unwrap_err();
+        assert!(matches!(e, ClientError::Decode { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn created_tells_a_new_release_from_the_current_one() {
+        let release = r#"{"stack":{"env":"default","stack":"shop"},"number":3,"created_ms":1,
+            "spec":{"services":{},"batches":[]},"source":""}"#;
+        for (status, created) in [("201 Created", true), ("200 OK", false)] {
+            let client = answering(status, release).await;
+            let new = NewRelease {
+                spec: Default::default(),
+                source: String::new(),
+            };
+            match client.create_release(&stack(), &new).await {
+                Ok((r, c)) => assert_eq!((r.number, c), (3, created)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_a_transport_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = Client::new(&format!("http://{addr}"))
+            .unwrap()
+            .with_timeout(Duration::from_millis(50));
+        let e = client.stacks().await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Transport { reason, .. } if reason.contains("no answer")),
+            "{e:?}"
+        );
+        drop(listener);
+    }
+
+    #[test]
+    fn queries_and_segments_are_encoded() {
+        let q = DnsQuery {
+            name: "web.shop.default.skiff".into(),
+            qtype: Some("SRV".into()),
+        };
+        assert_eq!(
+            with_query("/v1/dns", &q),
+            "/v1/dns?name=web.shop.default.skiff&type=SRV"
+        );
+        let q = RoutesQuery {
+            host: Some("web.localhost:7780".into()),
+            path: Some("/api?x=1&y".into()),
+        };
+        assert_eq!(
+            with_query("/v1/routes", &q),
+            "/v1/routes?host=web.localhost%3A7780&path=%2Fapi%3Fx%3D1%26y"
+        );
+        assert_eq!(
+            with_query("/v1/instances", &StackFilter::default()),
+            "/v1/instances"
+        );
+        assert_eq!(segment("node-1.a_b~"), "node-1.a_b~");
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn log_lines_split_on_line_ends() {
+        let mut buf = b"1 o one\r\n2 e two\n3 o thr".to_vec();
+        assert_eq!(take_line(&mut buf, false).as_deref(), Some("1 o one"));
+        assert_eq!(take_line(&mut buf, false).as_deref(), Some("2 e two"));
+        assert_eq!(take_line(&mut buf, false), None);
+        assert_eq!(take_line(&mut buf, true).as_deref(), Some("3 o thr"));
+        assert_eq!(take_line(&mut buf, true), None);
+    }
 }

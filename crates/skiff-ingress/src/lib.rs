@@ -35,8 +35,8 @@ use tokio::sync::watch;
 
 pub use proxy::Limits;
 use proxy::Proxy;
-pub use routes::{BackendInfo, RouteInfo};
 use routes::{Counters, RouteTable};
+pub use skiff_catalog::{BackendInfo, RouteInfo};
 
 use crate::balance::Health;
 

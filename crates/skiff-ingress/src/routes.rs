@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use skiff_catalog::{ServiceEntry, ServiceKey, Snapshot, Traffic};
+use skiff_catalog::{BackendInfo, RouteInfo, ServiceEntry, ServiceKey, Snapshot, Traffic};
 
 use crate::balance::Health;
 
@@ -52,36 +51,6 @@ pub struct RouteTable {
     exact: HashMap<String, Vec<Route>>,
     /// `(suffix with its leading dot, routes)`, longest suffix first.
     wildcard: Vec<(String, Vec<Route>)>,
-}
-
-/// One route as `skiff routes` and `GET /v1/routes` show it: where requests for a host and
-/// path prefix go right now.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct RouteInfo {
-    /// Exact host, or `*.suffix` for a wildcard.
-    pub host: String,
-    pub path: String,
-    pub strip_prefix: bool,
-    pub env: String,
-    pub stack: String,
-    pub service: String,
-    /// The service's port (name or number) requests go to.
-    pub port: String,
-    pub backends: Vec<BackendInfo>,
-}
-
-/// A backend of a route and what the ingress knows of it now.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct BackendInfo {
-    /// The instance's index (`web-2` is 2).
-    pub instance: u32,
-    pub addr: SocketAddr,
-    /// The weight of its backend set.
-    pub weight: u32,
-    /// Requests (and tunnels) in flight through the ingress.
-    pub in_flight: usize,
-    /// Out of rotation after repeated failures, for a while.
-    pub ejected: bool,
 }
 
 impl Route {

@@ -22,6 +22,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use skiff_client::StackFilter;
+use skiff_client::blocking::Client;
+use skiff_model::InstanceState;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -113,30 +116,25 @@ impl Dns {
 }
 
 /// A ready instance: (pid, first port).
-fn ready_instances(args: &Args) -> anyhow::Result<Vec<(u32, u16, u32)>> {
-    let url = format!(
-        "{}/v1/instances?env={}&stack={}",
-        args.api, args.env, args.stack
-    );
-    let list: serde_json::Value = ureq::get(&url).call()?.body_mut().read_json()?;
+fn ready_instances(api: &Client, args: &Args) -> anyhow::Result<Vec<(u32, u16, u32)>> {
+    let list = api.instances(&StackFilter {
+        env: Some(args.env.clone()),
+        stack: Some(args.stack.clone()),
+    })?;
     Ok(list
-        .as_array()
         .into_iter()
-        .flatten()
-        .filter(|i| i["id"]["service"] == args.service.as_str() && i["state"] == "healthy")
+        .filter(|i| i.id.service == args.service && i.state == InstanceState::Healthy)
         .filter_map(|i| {
-            let pid = i["pid"].as_u64()? as u32;
-            let port = i["ports"].as_object()?.values().next()?.as_u64()? as u16;
-            let restarts = i["restarts"].as_u64().unwrap_or(0) as u32;
-            Some((pid, port, restarts))
+            let port = *i.ports.values().next()?;
+            Some((i.pid?, port, i.restarts))
         })
         .collect())
 }
 
-fn wait_whole(args: &Args, dns: &mut Dns) -> anyhow::Result<Vec<(u32, u16, u32)>> {
+fn wait_whole(api: &Client, args: &Args, dns: &mut Dns) -> anyhow::Result<Vec<(u32, u16, u32)>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = ready_instances(args)?;
+        let ready = ready_instances(api, args)?;
         if ready.len() == args.replicas
             && let Some(ports) = dns.srv_ports()?
             && ports.len() == args.replicas
@@ -171,10 +169,11 @@ fn main() -> anyhow::Result<()> {
         args.service, args.stack, args.env, args.domain
     );
     let mut dns = Dns::new(args.dns, &name)?;
+    let api = Client::new(&args.api)?;
     let every = Duration::from_millis(args.every_ms);
     let mut gone = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
-        let ready = wait_whole(&args, &mut dns)?;
+        let ready = wait_whole(&api, &args, &mut dns)?;
         // The instance restarted least: its restart back-off is the shortest.
         let &(pid, port, _) = ready
             .iter()

@@ -1,7 +1,6 @@
 //! `skiff`: the single binary. This crate is wiring, not logic: it parses the command line,
 //! reads files for the pure crates and prints what they return.
 
-mod client;
 mod cmd;
 mod fs_loader;
 mod output;
@@ -9,6 +8,7 @@ mod output;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skiff_client::ServiceAction;
 
 /// Run, find and release services from compose files.
 #[derive(Parser)]
@@ -96,36 +96,39 @@ fn main() -> ExitCode {
         std::process::exit(skiff_driver_process::shim::run(std::path::Path::new(&dir)));
     }
     let cli = Cli::parse();
-    let client = client::Client::new(&cli.addr);
+    // The API client only for commands that talk to a server (built here, its runtime on the
+    // first request): `validate`, `config`, `dev`… start nothing of it.
+    let connect = || cmd::connect(&cli.addr);
+    let env = cli.env.as_str();
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Config(args) => cmd::config::run(args),
-        Command::Plan(args) => cmd::plan::run(args, &client, &cli.env),
+        Command::Plan(args) => cmd::plan::run(args, &cli.addr, env),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Agent(args) => cmd::agent::run(args),
-        Command::Node(args) => cmd::node::run(args, &client),
-        Command::Up(args) => cmd::up::up(args, &client, &cli.env),
-        Command::Down(args) => cmd::up::down(args, &client, &cli.env),
-        Command::Ps(args) => cmd::ps::ps(args, &client, &cli.env),
-        Command::Scale(args) => cmd::service::scale(args, &client, &cli.env),
+        Command::Node(args) => connect().and_then(|c| cmd::node::run(args, &c)),
+        Command::Up(args) => connect().and_then(|c| cmd::up::up(args, &c, env)),
+        Command::Down(args) => connect().and_then(|c| cmd::up::down(args, &c, env)),
+        Command::Ps(args) => connect().and_then(|c| cmd::ps::ps(args, &c, env)),
+        Command::Scale(args) => connect().and_then(|c| cmd::service::scale(args, &c, env)),
         Command::Stop(args) => {
-            cmd::service::control(args, cmd::service::Action::Stop, &client, &cli.env)
+            connect().and_then(|c| cmd::service::control(args, ServiceAction::Stop, &c, env))
         }
         Command::Start(args) => {
-            cmd::service::control(args, cmd::service::Action::Start, &client, &cli.env)
+            connect().and_then(|c| cmd::service::control(args, ServiceAction::Start, &c, env))
         }
         Command::Restart(args) => {
-            cmd::service::control(args, cmd::service::Action::Restart, &client, &cli.env)
+            connect().and_then(|c| cmd::service::control(args, ServiceAction::Restart, &c, env))
         }
-        Command::Status(args) => cmd::service::status(args, &client, &cli.env),
-        Command::Exec(args) => cmd::service::exec(args, &client, &cli.env),
-        Command::Kill(args) => cmd::service::kill(args, &client, &cli.env),
-        Command::History(args) => cmd::ps::history(args, &client, &cli.env),
-        Command::Events(args) => cmd::ps::events(args, &client),
-        Command::Logs(args) => cmd::logs::run(args, &client, &cli.env),
-        Command::Dns(args) => cmd::dns::run(args, &client),
-        Command::Routes(args) => cmd::routes::run(args, &client),
+        Command::Status(args) => connect().and_then(|c| cmd::service::status(args, &c, env)),
+        Command::Exec(args) => connect().and_then(|c| cmd::service::exec(args, &c, env)),
+        Command::Kill(args) => connect().and_then(|c| cmd::service::kill(args, &c, env)),
+        Command::History(args) => connect().and_then(|c| cmd::ps::history(args, &c, env)),
+        Command::Events(args) => connect().and_then(|c| cmd::ps::events(args, &c)),
+        Command::Logs(args) => connect().and_then(|c| cmd::logs::run(args, &c, env)),
+        Command::Dns(args) => connect().and_then(|c| cmd::dns::run(args, &c)),
+        Command::Routes(args) => connect().and_then(|c| cmd::routes::run(args, &c)),
         Command::Shim { dir } => std::process::exit(skiff_driver_process::shim::run(&dir)),
     };
     match result {

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use skiff_api::DnsView;
+use skiff_client::DnsQuery;
+use skiff_client::blocking::Client;
 
-use crate::client::Client;
 use crate::output::{self, OutputArg};
 
 #[derive(clap::Args)]
@@ -20,8 +20,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
-    let query = [("name", args.name.as_str()), ("type", args.qtype.as_str())];
-    let view: DnsView = client.get_query("/v1/dns", &query)?;
+    let view = client.dns(&DnsQuery {
+        name: args.name,
+        qtype: Some(args.qtype),
+    })?;
     output::print(args.output.format, &view, || {
         println!(";; {} {}: {}", view.name, view.qtype, view.rcode);
         for (section, records) in [

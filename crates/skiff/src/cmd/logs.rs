@@ -1,13 +1,12 @@
 //! `skiff logs SERVICE`: the log records of a service's instances, like `docker compose logs`.
 
-use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
+use skiff_client::blocking::Client;
+use skiff_client::{LogQuery, StackFilter};
 use skiff_driver_process::parse_log_line;
 use skiff_model::Instance;
-
-use crate::client::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,7 +38,10 @@ fn parse_since(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let all: Vec<Instance> = client.get(&format!("/v1/instances?env={env}"))?;
+    let all = client.instances(&StackFilter {
+        env: Some(env.to_string()),
+        stack: None,
+    })?;
     let mut mine: Vec<&Instance> = all
         .iter()
         .filter(|i| i.id.service == args.service)
@@ -61,21 +63,18 @@ pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     }
     let width = mine.iter().map(|i| i.id.short().len()).max().unwrap_or(0);
     let out = Mutex::new(());
+    let query = LogQuery {
+        follow: args.follow,
+        since_ms: args.since.unwrap_or(0),
+    };
     std::thread::scope(|scope| {
         for inst in &mine {
-            let path = format!(
-                "/v1/envs/{env}/stacks/{}/instances/{}/logs?follow={}&since_ms={}",
-                inst.id.stack.stack,
-                inst.id.short(),
-                args.follow,
-                args.since.unwrap_or(0)
-            );
             let name = inst.id.short();
             let out = &out;
+            let query = &query;
             let timestamps = args.timestamps;
             scope.spawn(move || -> anyhow::Result<()> {
-                let reader = client.stream(&path)?;
-                for line in BufReader::new(reader).lines() {
+                for line in client.logs(&inst.id, query)? {
                     let line = line?;
                     let Some(r) = parse_log_line(&line) else {
                         continue;

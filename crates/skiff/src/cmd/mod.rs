@@ -15,3 +15,16 @@ pub mod service;
 pub mod up;
 pub mod validate;
 pub mod wait;
+
+use skiff_client::blocking::Client;
+use skiff_model::StackKey;
+
+/// The API client of the server at `addr` (nothing is sent yet).
+pub fn connect(addr: &str) -> anyhow::Result<Client> {
+    Ok(Client::new(addr)?)
+}
+
+/// `env` and `stack` as a key; a name the server would refuse is refused here.
+pub fn stack_key(env: &str, stack: &str) -> anyhow::Result<StackKey> {
+    Ok(StackKey::new(env, stack)?)
+}

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use skiff_client::LabelChange;
+use skiff_client::blocking::Client;
 use skiff_model::{Allocation, Node};
 
-use crate::client::Client;
 use crate::cmd::ps::format_time_ms as format_time;
 use crate::output::{self, OutputArg};
 
@@ -41,19 +42,11 @@ enum NodeCommand {
     },
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct LabelChange {
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-}
-
 pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
     match args.command {
         NodeCommand::Ls { output } => {
-            let nodes: Vec<Node> = client.get("/v1/nodes")?;
-            let allocs: Vec<Allocation> = client.get("/v1/allocations")?;
+            let nodes = client.nodes()?;
+            let allocs = client.all_allocations()?;
             output::print(output.format, &nodes, || {
                 let rows = nodes
                     .iter()
@@ -87,9 +80,9 @@ pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
             })?;
         }
         NodeCommand::Status { node, output } => {
-            let n: Node = client.get(&format!("/v1/nodes/{node}"))?;
+            let n = client.node(&node)?;
             let mut allocs: Vec<Allocation> = client
-                .get::<Vec<Allocation>>("/v1/allocations")?
+                .all_allocations()?
                 .into_iter()
                 .filter(|a| a.node == n.id)
                 .collect();
@@ -143,11 +136,11 @@ pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
             })?;
         }
         NodeCommand::Drain { node } => {
-            let n: Node = client.post(&format!("/v1/nodes/{node}/drain"), &())?;
+            let n = client.drain_node(&node)?;
             println!("node {}: {}", n.name, n.status);
         }
         NodeCommand::Undrain { node } => {
-            let n: Node = client.post(&format!("/v1/nodes/{node}/undrain"), &())?;
+            let n = client.undrain_node(&node)?;
             println!("node {}: {}", n.name, n.status);
         }
         NodeCommand::Label { node, labels } => {
@@ -164,8 +157,8 @@ pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("label {l:?}: use key=value to set it or key- to remove it");
                 }
             }
-            let n: Node = client
-                .post(&format!("/v1/nodes/{node}/labels"), &change)
+            let n = client
+                .label_node(&node, &change)
                 .with_context(|| format!("labelling node {node}"))?;
             println!("node {}: {}", n.name, self::labels(&n));
         }

@@ -7,12 +7,10 @@ use std::process::ExitCode;
 use skiff_spec::model::Condition;
 use skiff_spec::order;
 
-use skiff_api::NewRelease;
-use skiff_client::PlacementPreview;
+use skiff_client::{NewRelease, PlacementPreview};
 use skiff_spec::runtime;
 
 use super::project::ProjectArgs;
-use crate::client::Client;
 use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
@@ -24,7 +22,8 @@ pub struct Args {
     output: OutputArg,
 }
 
-pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+/// `addr`: the server asked for the placement (the plan prints without it).
+pub fn run(args: Args, addr: &str, env: &str) -> anyhow::Result<ExitCode> {
     let loaded = match args.project.load()? {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -75,9 +74,13 @@ pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
                 spec: runtime::stack_spec(&loaded.project),
                 source: String::new(),
             };
-            let path = format!("/v1/envs/{env}/stacks/{}/plan", loaded.name);
-            match client.post::<_, PlacementPreview>(&path, &request) {
-                Ok(preview) => {
+            let preview = super::connect(addr).and_then(|client| {
+                let key = super::stack_key(env, &loaded.name)?;
+                let preview = client.preview_placement(&key, &request)?;
+                Ok((client, preview))
+            });
+            match preview {
+                Ok((client, preview)) => {
                     println!();
                     println!("placement on the cluster at {} now:", client.base());
                     print_placement(&preview);

@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use skiff_api::ReleaseSummary;
-use skiff_model::{Event, Instance};
+use skiff_client::blocking::Client;
+use skiff_client::{EventQuery, StackFilter};
 
-use crate::client::Client;
+use super::stack_key;
 use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
@@ -17,11 +17,10 @@ pub struct PsArgs {
 }
 
 pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/v1/instances?env={env}");
-    if let Some(s) = &args.stack {
-        path.push_str(&format!("&stack={s}"));
-    }
-    let instances: Vec<Instance> = client.get(&path)?;
+    let instances = client.instances(&StackFilter {
+        env: Some(env.to_string()),
+        stack: args.stack.clone(),
+    })?;
     output::print(args.output.format, &instances, || {
         let rows = instances
             .iter()
@@ -57,8 +56,7 @@ pub struct HistoryArgs {
 }
 
 pub fn history(args: HistoryArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let releases: Vec<ReleaseSummary> =
-        client.get(&format!("/v1/envs/{env}/stacks/{}/releases", args.stack))?;
+    let releases = client.releases(&stack_key(env, &args.stack)?)?;
     output::print(args.output.format, &releases, || {
         let rows = releases
             .iter()
@@ -95,7 +93,7 @@ pub struct EventsArgs {
 pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
     let mut after = args.after;
     loop {
-        let batch: Vec<Event> = client.get(&format!("/v1/events?after={after}"))?;
+        let batch = client.events(&EventQuery { after, limit: None })?;
         for e in &batch {
             after = e.seq;
             match args.output.format {

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use skiff_ingress::RouteInfo;
+use skiff_client::blocking::Client;
+use skiff_client::{RouteInfo, RoutesQuery};
 
-use crate::client::Client;
 use crate::output::{self, OutputArg};
 
 #[derive(clap::Args)]
@@ -18,13 +18,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
-    let routes: Vec<RouteInfo> = match &args.request {
-        None => client.get("/v1/routes")?,
+    let query = match &args.request {
+        None => RoutesQuery::default(),
         Some(request) => {
             let (host, path) = split_request(request);
-            client.get_query("/v1/routes", &[("host", host), ("path", path)])?
+            RoutesQuery {
+                host: Some(host.to_string()),
+                path: Some(path.to_string()),
+            }
         }
     };
+    let routes = client.routes(&query)?;
     output::print(args.output.format, &routes, || {
         let rows = routes.iter().map(row).collect();
         output::print_table(&["HOST", "PATH", "SERVICE", "PORT", "BACKENDS"], rows);

@@ -6,22 +6,23 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use skiff_api::{ServiceControlView, ServiceStatus, StackView};
-use skiff_model::{Instance, InstanceState, Release};
+use skiff_client::blocking::Client;
+use skiff_client::{ServiceAction, ServiceStatus, StackFilter};
+use skiff_model::{Instance, InstanceId, InstanceState, Release};
 
+use super::stack_key;
 use super::wait::{self, Wait};
-use crate::client::Client;
 use crate::output::{self, OutputArg};
 
 /// The current release of `stack` in `env`.
 pub fn current_release(client: &Client, env: &str, stack: &str) -> anyhow::Result<Release> {
-    let stacks: Vec<StackView> = client.get("/v1/stacks")?;
+    let stacks = client.stacks()?;
     let current = stacks
         .iter()
         .find(|st| st.env == env && st.stack == stack)
         .and_then(|st| st.current)
         .ok_or_else(|| anyhow::anyhow!("no running stack {stack} in env {env}"))?;
-    client.get(&format!("/v1/envs/{env}/stacks/{stack}/releases/{current}"))
+    Ok(client.release(&stack_key(env, stack)?, current)?)
 }
 
 /// The stack of `env` whose current release has `service` (or `stack` when given).
@@ -34,14 +35,11 @@ pub fn stack_of_service(
     if let Some(s) = stack {
         return Ok(s.to_string());
     }
-    let stacks: Vec<StackView> = client.get("/v1/stacks")?;
+    let stacks = client.stacks()?;
     let mut with_service = Vec::new();
     for st in stacks.iter().filter(|st| st.env == env) {
         let Some(current) = st.current else { continue };
-        let rel: Release = client.get(&format!(
-            "/v1/envs/{env}/stacks/{}/releases/{current}",
-            st.stack
-        ))?;
+        let rel = client.release(&stack_key(env, &st.stack)?, current)?;
         if rel.spec.services.contains_key(service) {
             with_service.push(st.stack.clone());
         }
@@ -63,7 +61,10 @@ fn instances(
     stack: &str,
     service: &str,
 ) -> anyhow::Result<Vec<Instance>> {
-    let all: Vec<Instance> = client.get(&format!("/v1/instances?env={env}&stack={stack}"))?;
+    let all = client.instances(&StackFilter {
+        env: Some(env.to_string()),
+        stack: Some(stack.to_string()),
+    })?;
     let mut mine: Vec<Instance> = all
         .into_iter()
         .filter(|i| i.id.service == service)
@@ -117,6 +118,11 @@ pub fn wait_for(
     }
 }
 
+/// The instance `<service>-<index>` of a stack, checked as the server checks it.
+fn instance_id(env: &str, stack: &str, instance: &str) -> anyhow::Result<InstanceId> {
+    Ok(format!("{}/{instance}", stack_key(env, stack)?).parse()?)
+}
+
 pub fn state_name(s: InstanceState) -> String {
     format!("{s:?}").to_lowercase()
 }
@@ -134,18 +140,11 @@ pub struct ControlArgs {
     timeout: u64,
 }
 
-#[derive(Clone, Copy)]
-pub enum Action {
-    Stop,
-    Start,
-    Restart,
-}
-
 /// `skiff stop|start|restart SERVICE...`: records the request durably, then waits until the
 /// instances are gone (stop) or all healthy again (start, restart: every instance replaced).
 pub fn control(
     args: ControlArgs,
-    action: Action,
+    action: ServiceAction,
     client: &Client,
     env: &str,
 ) -> anyhow::Result<ExitCode> {
@@ -156,26 +155,18 @@ pub fn control(
             .iter()
             .map(|i| i.pid)
             .collect();
-        let verb = match action {
-            Action::Stop => "stop",
-            Action::Start => "start",
-            Action::Restart => "restart",
-        };
-        let _: ServiceControlView = client.post(
-            &format!("/v1/envs/{env}/stacks/{stack}/services/{service}/{verb}"),
-            &serde_json::json!({}),
-        )?;
+        client.control_service(&stack_key(env, &stack)?, service, action)?;
         let started = Instant::now();
         match action {
-            Action::Stop => {
+            ServiceAction::Stop => {
                 wait_for(client, env, &stack, service, timeout, "stopped", |m| {
                     m.is_empty()
                 })?;
                 println!("{service}: stopped");
             }
-            Action::Start | Action::Restart => {
+            ServiceAction::Start | ServiceAction::Restart => {
                 let release = current_release(client, env, &stack)?;
-                let restart = matches!(action, Action::Restart);
+                let restart = action == ServiceAction::Restart;
                 let wait = Wait {
                     env,
                     stack: &stack,
@@ -209,10 +200,7 @@ pub struct StatusArgs {
 /// `skiff status SERVICE`: the service's spec in brief and each instance's state and usage.
 pub fn status(args: StatusArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let stack = stack_of_service(client, env, &args.service, args.stack.as_deref())?;
-    let st: ServiceStatus = client.get(&format!(
-        "/v1/envs/{env}/stacks/{stack}/services/{}",
-        args.service
-    ))?;
+    let st = client.service_status(&stack_key(env, &stack)?, &args.service)?;
     output::print(args.output.format, &st, || print_status(&st))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -359,13 +347,7 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         .and_then(|(s, n)| Some((s.to_string(), n.parse::<u32>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("expected SERVICE=N (e.g. web=5), got {:?}", args.target))?;
     let stack = stack_of_service(client, env, &service, args.stack.as_deref())?;
-    let (release, created): (Release, bool) = client.post_created(
-        &format!("/v1/envs/{env}/stacks/{stack}/scale"),
-        &skiff_api::ScaleRequest {
-            service: service.clone(),
-            replicas: n,
-        },
-    )?;
+    let (release, created) = client.scale(&stack_key(env, &stack)?, &service, n)?;
     let timeout = Duration::from_secs(args.timeout);
     let wait = Wait {
         env,
@@ -411,13 +393,8 @@ pub struct ExecArgs {
 /// with a process's environment), prints its output and exits with its code.
 pub fn exec(args: ExecArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let stack = stack_of_service(client, env, &args.service, args.stack.as_deref())?;
-    let out: skiff_api::Exec = client.post(
-        &format!(
-            "/v1/envs/{env}/stacks/{stack}/instances/{}-{}/exec",
-            args.service, args.index
-        ),
-        &skiff_api::ExecRequest { cmd: args.cmd },
-    )?;
+    let id = instance_id(env, &stack, &format!("{}-{}", args.service, args.index))?;
+    let out = client.exec(&id, &args.cmd)?;
     print!("{}", out.output);
     Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
 }
@@ -448,15 +425,7 @@ pub fn kill(args: KillArgs, client: &Client, env: &str) -> anyhow::Result<ExitCo
         anyhow::bail!("no running instance of {}", args.service);
     }
     for i in targets {
-        client.post_empty(
-            &format!(
-                "/v1/envs/{env}/stacks/{stack}/instances/{}/signal",
-                i.id.short()
-            ),
-            &skiff_api::SignalRequest {
-                signal: args.signal.clone(),
-            },
-        )?;
+        client.signal(&i.id, &args.signal)?;
         println!("{}: {}", i.id.short(), args.signal);
     }
     Ok(ExitCode::SUCCESS)

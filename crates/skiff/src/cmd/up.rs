@@ -4,13 +4,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use skiff_api::{NewRelease, StackView};
-use skiff_model::{Instance, Release};
+use skiff_client::blocking::Client;
+use skiff_client::{NewRelease, StackFilter};
 use skiff_spec::{render, runtime};
 
 use super::project::ProjectArgs;
+use super::stack_key;
 use super::wait::{self, Wait};
-use crate::client::Client;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -33,10 +33,8 @@ pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
     let spec = runtime::stack_spec(&loaded.project);
     let source = render::to_yaml(&loaded.project)?;
     let started = Instant::now();
-    let (release, created): (Release, bool) = client.post_created(
-        &format!("/v1/envs/{env}/stacks/{}/releases", loaded.name),
-        &NewRelease { spec, source },
-    )?;
+    let (release, created) =
+        client.create_release(&stack_key(env, &loaded.name)?, &NewRelease { spec, source })?;
     if created {
         println!(
             "stack {} (env {env}): release {} recorded",
@@ -86,10 +84,14 @@ pub fn down(args: DownArgs, client: &Client, env: &str) -> anyhow::Result<ExitCo
             Err(code) => return Ok(code),
         },
     };
-    let _: StackView = client.delete(&format!("/v1/envs/{env}/stacks/{stack}"))?;
+    client.down(&stack_key(env, &stack)?)?;
+    let filter = StackFilter {
+        env: Some(env.to_string()),
+        stack: Some(stack.clone()),
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left: Vec<Instance> = client.get(&format!("/v1/instances?env={env}&stack={stack}"))?;
+        let left = client.instances(&filter)?;
         if left.is_empty() {
             println!("stack {stack} (env {env}): down");
             return Ok(ExitCode::SUCCESS);

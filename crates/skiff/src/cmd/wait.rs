@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use skiff_client::StackFilter;
+use skiff_client::blocking::Client;
 use skiff_model::{Instance, InstanceState, Release};
-
-use crate::client::Client;
 
 /// Restarts after which an instance that never became healthy fails the wait (a crash loop,
 /// or a start that cannot succeed: a missing image, a bad command).
@@ -47,14 +47,16 @@ pub fn until_ready(
         .collect();
     let deadline = Instant::now() + w.timeout;
     let mut last_lines: BTreeMap<&String, String> = BTreeMap::new();
+    let filter = StackFilter {
+        env: Some(w.env.to_string()),
+        stack: Some(w.stack.to_string()),
+    };
     loop {
-        let instances: Vec<Instance> =
-            client.get(&format!("/v1/instances?env={}&stack={}", w.env, w.stack))?;
+        let instances = client.instances(&filter)?;
         let mut all_ready = true;
         let mut failed = Vec::new();
         // Work no node can take fails the wait at once, with the scheduler's reason.
-        let unplaced: Vec<skiff_client::UnplacedView> =
-            client.get(&format!("/v1/unplaced?env={}&stack={}", w.env, w.stack))?;
+        let unplaced = client.unplaced(&filter)?;
         for u in unplaced.iter().filter(|u| wanted.contains_key(&u.service)) {
             failed.push(format!(
                 "{}: {} instance(s) fit no node: {} (placed once a node fits; see `skiff node ls`)",

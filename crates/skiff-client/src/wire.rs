@@ -1,0 +1,372 @@
+//! The JSON of skiff's API, both ways: what agents and the CLI send, what the server answers
+//! (`docs/openapi.json` describes the same shapes). `skiff-api` serves these types and the
+//! [`Client`](crate::Client) reads them, so the two cannot drift apart.
+//!
+//! Query types serialize to query strings ([`serde_urlencoded`]); the server reads them with
+//! the same derive.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+pub use skiff_catalog::{BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey};
+use skiff_model::{
+    Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, NodeResources, RouteSpec,
+    ServiceSpec, StackSpec,
+};
+
+// === agents ↔ server ===
+
+/// What an agent tells the server about its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub name: String,
+    /// Where its instances are reached.
+    pub address: String,
+    /// Its agent's own listener (logs, exec, signals, stats), on `address`; 0: none.
+    #[serde(default)]
+    pub agent_port: u16,
+    pub resources: NodeResources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<Driver>,
+    /// It runs proxies on its own copy of the catalog ([`Node::proxies`](skiff_model::Node::proxies)).
+    #[serde(default)]
+    pub proxies: bool,
+}
+
+/// A node's allocations at an index (the store revision of their last change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
+    pub index: u64,
+    pub allocations: Vec<Allocation>,
+}
+
+/// What changed on a node since its last report, in the order it happened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `instances` is everything the node runs: the server forgets the node's other records
+    /// (sent once after the agent starts and adopts).
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+/// One change of a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// An instance's state now; the server routes to it exactly while it is `healthy`.
+    Instance(Instance),
+    /// The instance is gone from the node.
+    Removed(InstanceId),
+    Event(NewEvent),
+}
+
+/// Instances of a service the scheduler could place on no node, and why, in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnplacedView {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    pub missing: u32,
+    pub reason: String,
+}
+
+/// Where a release of a stack would run if it were deployed now (`skiff plan`), per
+/// service; nothing is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementPreview {
+    pub services: Vec<ServicePlacement>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlacement {
+    pub service: String,
+    /// Running instances that stay where they are.
+    pub keep: u32,
+    /// New instances per node name.
+    pub place: BTreeMap<String, u32>,
+    /// Running instances that would stop (surplus, or on a node they may no longer use).
+    pub stop: u32,
+    /// Instances that would fit no node, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<UnplacedView>,
+}
+
+/// The server's answer to a report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    /// Instances the report took out of traffic that still have requests in flight: only
+    /// these need a drain before their stop signal.
+    #[serde(default)]
+    pub busy: Vec<InstanceId>,
+}
+
+/// The answer to a drain: whether the instance's requests all finished in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drained {
+    pub drained: bool,
+    pub in_flight: usize,
+}
+
+/// The query of an instance's logs: follow new records, and only records at or after
+/// `since_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub since_ms: u64,
+}
+
+/// The catalog at one index (`GET /v1/catalog`): every known service of the selection with
+/// its ready instances.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogView {
+    /// Pass as `index` to wait for the next change.
+    pub index: u64,
+    pub services: Vec<CatalogService>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogService {
+    #[serde(flatten)]
+    pub key: ServiceKey,
+    /// Port names, in the order the service declares them.
+    pub ports: Vec<String>,
+    /// Ingress routes besides the service's default host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+    /// Service ports: port name → the port every node listens on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published: BTreeMap<String, u16>,
+    /// The service's stable address, the same on every node (127.77.0.0/16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// TCP port name → the port the stable address listens on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, u16>,
+    /// Instances ready for traffic now.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl CatalogService {
+    /// The entry as a catalog holds it.
+    pub fn from_entry(key: &ServiceKey, e: &ServiceEntry) -> CatalogService {
+        CatalogService {
+            key: key.clone(),
+            ports: e.ports.clone(),
+            routes: e.routes.clone(),
+            published: e.published.clone(),
+            address: e.address,
+            targets: e.targets.clone(),
+            endpoints: e.endpoints.values().cloned().collect(),
+        }
+    }
+
+    /// What [`skiff_catalog::Catalog::mirror`] takes.
+    pub fn into_parts(self) -> (ServiceKey, (ServiceInfo, BTreeMap<u32, Endpoint>)) {
+        let info = ServiceInfo {
+            ports: self.ports,
+            routes: self.routes,
+            published: self.published,
+            address: self.address,
+            targets: self.targets,
+        };
+        let endpoints = self.endpoints.into_iter().map(|e| (e.index, e)).collect();
+        (self.key, (info, endpoints))
+    }
+}
+
+/// The server's error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+// === stacks and releases ===
+
+/// A stack and the release that should run (`GET /v1/stacks`, `DELETE …/stacks/{stack}`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StackView {
+    pub env: String,
+    pub stack: String,
+    /// The release that should run; `null` after `down`.
+    pub current: Option<u64>,
+}
+
+/// A release to record (`POST …/releases`), or to preview the placement of (`POST …/plan`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct NewRelease {
+    pub spec: StackSpec,
+    /// The resolved compose file the release was made from.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A service's new replica count (`POST …/scale`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// A release without its spec, for history listings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSummary {
+    pub number: u64,
+    pub created_ms: u64,
+    pub services: Vec<String>,
+    pub current: bool,
+}
+
+// === services and instances ===
+
+/// What `POST …/services/{service}/{action}` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// Keep the service's instances stopped until `Start` (or the next deploy).
+    Stop,
+    Start,
+    /// Replace every instance (and start a stopped service).
+    Restart,
+}
+
+impl ServiceAction {
+    /// The action's path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Stop => "stop",
+            ServiceAction::Start => "start",
+            ServiceAction::Restart => "restart",
+        }
+    }
+}
+
+/// A service's control state after `stop`, `start` or `restart`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceControlView {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    pub stopped: bool,
+    /// Bumped by every restart; instances of an older generation are replaced.
+    pub generation: u64,
+}
+
+/// One instance in a service status: observed state and resource usage.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InstanceStatus {
+    #[serde(flatten)]
+    pub instance: Instance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<InstanceStats>,
+}
+
+/// What `skiff status SERVICE` shows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    pub env: String,
+    pub stack: String,
+    pub service: String,
+    /// The stack's current release.
+    pub release: u64,
+    pub stopped: bool,
+    pub generation: u64,
+    pub spec: ServiceSpec,
+    pub instances: Vec<InstanceStatus>,
+    /// Instances the scheduler could place on no node, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<UnplacedView>,
+}
+
+/// Which stacks a listing covers (`GET /v1/instances`, `GET /v1/unplaced`): every one when
+/// empty.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+}
+
+/// `GET /v1/events`: events after a sequence number, at most `limit` (default 1000).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A command to run in an instance (`POST …/instances/{instance}/exec`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+}
+
+/// The result of `exec`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// A signal to send to an instance's workload (`POST …/instances/{instance}/signal`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SignalRequest {
+    pub signal: String,
+}
+
+// === nodes ===
+
+/// Labels to set and to remove (`POST /v1/nodes/{id}/labels`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+// === DNS and routes ===
+
+/// `GET /v1/dns`: a name and a record type (default A).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsQuery {
+    pub name: String,
+    /// A, AAAA, SRV, SOA… (default A).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+}
+
+/// What the DNS server answers for a name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DnsView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub qtype: String,
+    /// NOERROR, NXDOMAIN or REFUSED.
+    pub rcode: String,
+    /// Records in zone-file form.
+    pub answers: Vec<String>,
+    pub authorities: Vec<String>,
+    pub additionals: Vec<String>,
+}
+
+/// `GET /v1/routes`: the whole table, or only the route a request for `host` (and `path`)
+/// takes.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesQuery {
+    /// Only the route a request for this host (and `path`) takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// With `host`: the request path (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
