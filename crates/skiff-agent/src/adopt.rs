@@ -93,33 +93,21 @@ fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()
 }
 
-/// `<root>/<env>/<stack>/<service>-<index>` directories.
+/// `<root>/<env>/<stack>/<service>-<index>` directories with the instance each names.
 fn instance_dirs(root: &Path) -> Vec<(InstanceId, PathBuf)> {
-    let mut out = Vec::new();
-    let list = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for env in list(root) {
-        for stack in list(&env) {
-            for inst in list(&stack) {
-                let text = format!(
-                    "{}/{}/{}",
-                    env.file_name().unwrap_or_default().to_string_lossy(),
-                    stack.file_name().unwrap_or_default().to_string_lossy(),
-                    inst.file_name().unwrap_or_default().to_string_lossy()
-                );
-                if let Ok(id) = text.parse::<InstanceId>() {
-                    out.push((id, inst));
-                }
-            }
-        }
-    }
-    out
+    skiff_driver::instance_dirs(root)
+        .into_iter()
+        .filter_map(|inst| {
+            let name = |p: Option<&Path>| {
+                p.and_then(Path::file_name)
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let stack = inst.parent();
+            let env = stack.and_then(Path::parent);
+            let text = format!("{}/{}/{}", name(env), name(stack), name(Some(&inst)));
+            Some((text.parse::<InstanceId>().ok()?, inst))
+        })
+        .collect()
 }

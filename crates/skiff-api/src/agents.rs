@@ -35,11 +35,7 @@ fn agent_of(control: &Control, id: &InstanceId) -> Result<Client, InstanceError>
     if node.agent_port == 0 {
         return Err(InstanceError::NoListener(node.name));
     }
-    let host = match node.address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => node.address.clone(),
-    };
-    Ok(Client::new(&format!("http://{host}:{}", node.agent_port))?)
+    Ok(Client::of_agent(&node)?)
 }
 
 impl Instances for ViaAgents {

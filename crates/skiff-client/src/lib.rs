@@ -104,6 +104,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the agent listener of `node` (its address, `agent_port`).
+    pub fn of_agent(node: &Node) -> Result<Client> {
+        let host = match node.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => node.address.clone(),
+        };
+        Client::new(&format!("http://{host}:{}", node.agent_port))
+    }
+
     /// `base` is the server's URL, `http://HOST:PORT`.
     pub fn new(base: &str) -> Result<Client> {
         let base = base.trim_end_matches('/').to_string();

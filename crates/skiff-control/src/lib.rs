@@ -1102,13 +1102,7 @@ impl Control {
         let remote = nodes.into_iter().map(|node| {
             let id = id.clone();
             tokio::spawn(async move {
-                let host = match node.address.parse::<IpAddr>() {
-                    Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-                    _ => node.address.clone(),
-                };
-                let client =
-                    skiff_client::Client::new(&format!("http://{host}:{}", node.agent_port))
-                        .ok()?;
+                let client = skiff_client::Client::of_agent(&node).ok()?;
                 match client.agent_drain(&id, timeout).await {
                     Ok(d) => Some(d),
                     Err(e) => {

@@ -315,30 +315,14 @@ fn io_at(path: &Path, e: std::io::Error) -> std::io::Error {
 
 /// `<root>/<env>/<stack>/<instance>` directories a shim recorded a workload in.
 fn instance_dirs(root: &Path) -> Vec<Listed> {
-    let list = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    for env in list(root) {
-        for stack in list(&env) {
-            for dir in list(&stack) {
-                if dir.join(files::CHILD_PID).exists() {
-                    out.push(Listed {
-                        id: dir.display().to_string(),
-                        dir: Some(dir),
-                    });
-                }
-            }
-        }
-    }
-    out
+    skiff_driver::instance_dirs(root)
+        .into_iter()
+        .filter(|dir| dir.join(files::CHILD_PID).exists())
+        .map(|dir| Listed {
+            id: dir.display().to_string(),
+            dir: Some(dir),
+        })
+        .collect()
 }
 
 /// A process under its shim.

@@ -31,7 +31,7 @@ pub mod testkit;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -301,4 +301,24 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The instance directories under `root`, laid out `<env>/<stack>/<instance>` (agents and
+/// drivers share the layout); a missing or unreadable level is empty.
+pub fn instance_dirs(root: &Path) -> Vec<PathBuf> {
+    let list = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    list(root)
+        .iter()
+        .flat_map(|env| list(env))
+        .flat_map(|stack| list(&stack))
+        .collect()
 }
