@@ -127,6 +127,8 @@ pub struct Agent {
     remote: Mutex<HashMap<(StackKey, String), env::Remote>>,
     /// The catalog this node's proxies (stable addresses, an agent's ingress) serve.
     catalog: Arc<skiff_catalog::Catalog>,
+    /// Instances drained through this node that older copies of the catalog still list.
+    withdrawals: Arc<mirror::Withdrawals>,
     /// The drivers this node has, by the kind a service names.
     drivers: Vec<Arc<dyn Driver>>,
     /// Why a kind of driver is missing (no Docker engine), for the services that need it.
@@ -159,6 +161,7 @@ impl Agent {
             reporter,
             remote: Mutex::new(HashMap::new()),
             catalog: cfg.catalog.clone().unwrap_or_default(),
+            withdrawals: Arc::default(),
             drivers,
             missing,
             events,
@@ -265,11 +268,13 @@ impl Agent {
                 move || again.report_all(),
             ))
         };
-        let mirror = self
-            .cfg
-            .catalog
-            .is_none()
-            .then(|| tokio::spawn(mirror::run(self.cfg.server.clone(), self.catalog.clone())));
+        let mirror = self.cfg.catalog.is_none().then(|| {
+            tokio::spawn(mirror::run(
+                self.cfg.server.clone(),
+                self.catalog.clone(),
+                self.withdrawals.clone(),
+            ))
+        });
         let stable =
             skiff_ingress::serve_stable_addresses(self.catalog.clone(), Duration::from_secs(2));
         loop {

@@ -138,21 +138,18 @@ async fn signal(
     Ok(Json(serde_json::json!({})))
 }
 
-#[derive(serde::Deserialize)]
-struct DrainQuery {
-    #[serde(default)]
-    timeout_ms: u64,
-}
-
 /// Withdraws an instance from this node's proxies (its copy of the catalog may not have
 /// heard yet) and waits until none of them has a request or connection on it.
 async fn drain(
     State(agent): State<Arc<Agent>>,
     UrlPath((env, stack, instance)): UrlPath<(String, String, String)>,
-    axum::extract::Query(q): axum::extract::Query<DrainQuery>,
+    axum::extract::Query(q): axum::extract::Query<skiff_client::DrainQuery>,
 ) -> Result<Json<skiff_client::Drained>, AgentError> {
     let id = instance_id(&env, &stack, &instance)?;
     let timeout = Duration::from_millis(q.timeout_ms.min(30_000));
+    if let Some(index) = q.index {
+        agent.withdrawals.hold(&id, index);
+    }
     Ok(Json(match agent.catalog().remove(&id) {
         None => skiff_client::Drained {
             drained: true,

@@ -9,27 +9,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::{ApiError, ApiQuery, ApiState};
-use skiff_client::{CatalogService, CatalogView, DnsQuery, DnsView, RouteInfo, RoutesQuery};
+use skiff_client::{
+    CatalogQuery, CatalogService, CatalogView, DnsQuery, DnsView, RouteInfo, RoutesQuery,
+};
 
 /// Longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CatalogQuery {
-    env: Option<String>,
-    stack: Option<String>,
-    service: Option<String>,
-    /// Answer only once the catalog's index is past this one (or `wait` ran out).
-    index: Option<u64>,
-    /// Only services with a stable address and a TCP port (what a node's proxies serve).
-    addressed: Option<bool>,
-    /// How long to block, e.g. `30s`, `500ms` (default 60s, at most 5m).
-    wait: Option<String>,
-}
 
 /// `30s`, `500ms`, `2m`, or plain seconds.
 fn parse_wait(s: &str) -> Option<Duration> {

@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use skiff_client::{
-    Allocations, Drained, LabelChange, NodeRegistration, Report, ReportAnswer, StackFilter,
-    UnplacedView,
+    Allocations, Drained, LabelChange, NodeRegistration, PollQuery, Report, ReportAnswer,
+    StackFilter, UnplacedView,
 };
 use skiff_control::ControlError;
 use skiff_model::{Allocation, Node, NodeStatus};
@@ -75,13 +75,6 @@ pub(crate) async fn heartbeat(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Node>, ApiError> {
     Ok(Json(s.control.heartbeat(&id)?))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct PollQuery {
-    #[serde(default)]
-    index: u64,
-    wait: Option<String>,
 }
 
 pub(crate) async fn allocations(

@@ -275,12 +275,13 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<Allocations> {
+        let query = PollQuery {
+            index,
+            wait: Some(wait_ms(wait)),
+        };
         self.call(
             Method::GET,
-            &format!(
-                "/v1/nodes/{node_id}/allocations?index={index}&wait={}ms",
-                wait.as_millis()
-            ),
+            &with_query(&format!("/v1/nodes/{node_id}/allocations"), &query),
             None,
         )
         .await
@@ -300,25 +301,26 @@ impl Client {
 
     /// The catalog of one stack now (`None`: of every stack).
     pub async fn catalog(&self, stack: Option<&StackKey>) -> Result<CatalogView> {
-        let path = match stack {
-            Some(s) => format!("/v1/catalog?env={}&stack={}", s.env, s.stack),
-            None => "/v1/catalog".to_string(),
+        let query = CatalogQuery {
+            env: stack.map(|s| s.env.clone()),
+            stack: stack.map(|s| s.stack.clone()),
+            ..CatalogQuery::default()
         };
-        self.call(Method::GET, &path, None).await
+        self.call(Method::GET, &with_query("/v1/catalog", &query), None)
+            .await
     }
 
     /// The services with a stable address once that part of the catalog changed past
     /// `index` (at most `wait`; a blocking query): what a node's proxies serve.
     pub async fn addressed_catalog(&self, index: u64, wait: Duration) -> Result<CatalogView> {
-        self.call(
-            Method::GET,
-            &format!(
-                "/v1/catalog?addressed=true&index={index}&wait={}ms",
-                wait.as_millis()
-            ),
-            None,
-        )
-        .await
+        let query = CatalogQuery {
+            addressed: Some(true),
+            index: Some(index),
+            wait: Some(wait_ms(wait)),
+            ..CatalogQuery::default()
+        };
+        self.call(Method::GET, &with_query("/v1/catalog", &query), None)
+            .await
     }
 
     pub async fn report(&self, node_id: &str, report: &Report) -> Result<ReportAnswer> {
@@ -657,14 +659,20 @@ impl Client {
 
     /// Withdraws `id` from this node's proxies and waits until none of them has a request
     /// or connection in flight to it, at most `timeout`.
-    pub async fn agent_drain(&self, id: &InstanceId, timeout: Duration) -> Result<Drained> {
+    /// `index`: the server's catalog index after the instance left it (see [`DrainQuery`]).
+    pub async fn agent_drain(
+        &self,
+        id: &InstanceId,
+        timeout: Duration,
+        index: Option<u64>,
+    ) -> Result<Drained> {
+        let query = DrainQuery {
+            timeout_ms: timeout.as_millis() as u64,
+            index,
+        };
         self.call(
             Method::POST,
-            &format!(
-                "{}?timeout_ms={}",
-                Self::agent_path(id, "drain"),
-                timeout.as_millis()
-            ),
+            &with_query(&Self::agent_path(id, "drain"), &query),
             None,
         )
         .await

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 pub use skiff_catalog::{BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey};
@@ -333,6 +334,56 @@ pub struct LabelChange {
 }
 
 // === DNS and routes ===
+
+/// `GET /v1/catalog`: which services, and whether to block (a blocking query).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Answer only once the catalog's index is past this one (or `wait` ran out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Only services with a stable address and a TCP port (what a node's proxies serve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressed: Option<bool>,
+    /// How long to block, e.g. `30s`, `500ms` (default 60s, at most 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+}
+
+/// `GET /v1/nodes/{id}/allocations`: a blocking query on the node's allocation index.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    #[serde(default)]
+    pub index: u64,
+    /// How long to block, e.g. `30s`, `500ms` (default: answer at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+}
+
+/// `POST /v1/agent/instances/{env}/{stack}/{instance}/drain` on an agent's listener.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DrainQuery {
+    /// How long to wait for the requests in flight (at most 30 s).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// The server's catalog index once the instance left it: a copy of the catalog answered
+    /// before that (still listing it) does not bring it back on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// A blocking query's `wait` parameter: `1500ms`.
+pub fn wait_ms(wait: Duration) -> String {
+    format!("{}ms", wait.as_millis())
+}
 
 /// `GET /v1/dns`: a name and a record type (default A).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@
 //!
 //! **Invariant:** only the planner task writes allocations, and only through the applier.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -191,6 +191,8 @@ struct State {
     dependencies: std::collections::HashSet<(StackKey, String)>,
     /// Services' stable addresses, and whether the kv has them yet.
     addresses: BTreeMap<ServiceKey, (IpAddr, bool)>,
+    /// Replacements that retiring copies wait for (see [`awaited`]).
+    awaited: HashSet<InstanceId>,
 }
 
 pub struct Control {
@@ -202,6 +204,9 @@ pub struct Control {
     wake: Notify,
     /// The key-value revision after the last applied pass (allocation long polls wait on it).
     applied: watch::Sender<u64>,
+    /// Clients of agents' listeners (drains), by node id, with the address they were made
+    /// for: kept so that a drain reuses pooled connections.
+    agents: Mutex<HashMap<String, (String, u16, skiff_client::Client)>>,
 }
 
 fn now_ms() -> u64 {
@@ -262,6 +267,7 @@ impl Control {
                 },
             );
         }
+        st.awaited = awaited(&st.allocs);
         for i in store.instances(None)? {
             st.instances.insert(i.id.clone(), i);
         }
@@ -274,6 +280,7 @@ impl Control {
             state: Mutex::new(st),
             wake: Notify::new(),
             applied: watch::channel(revision).0,
+            agents: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -623,7 +630,11 @@ impl Control {
             .map(|s| {
                 let keep = allocations
                     .iter()
-                    .filter(|a| &a.instance.stack == stack && a.instance.service == *s)
+                    .filter(|a| {
+                        &a.instance.stack == stack
+                            && a.instance.service == *s
+                            && a.replaced_by.is_none()
+                    })
                     .count() as u32;
                 (
                     s.as_str(),
@@ -737,6 +748,7 @@ impl Control {
             .map(|s| (s.alloc.instance.clone(), s.alloc.node.clone()))
             .collect();
         st.allocs = allocs;
+        st.awaited = awaited(&st.allocs);
         for idx in st.node_index.values_mut() {
             *idx = (*idx).max(revision);
         }
@@ -748,7 +760,12 @@ impl Control {
     /// Mirrors a committed transaction in memory and wakes the long polls of its nodes.
     fn applied_ops(&self, ops: Vec<TxnOp>, revision: u64) {
         let mut st = self.lock();
-        for op in ops {
+        // Every op of a plan changes its key (puts, and deletes of keys read at a revision),
+        // so they took the consecutive revisions that end at `revision`: each allocation
+        // keeps its own, which the next pass's compare-and-swap names.
+        let first = revision + 1 - ops.len() as u64;
+        for (k, op) in ops.into_iter().enumerate() {
+            let revision = first + k as u64;
             if let Some(service) = op.key.strip_prefix(ADDRESSES) {
                 if let Some(key) = service_key_of(service)
                     && let Some(a) = st.addresses.get_mut(&key)
@@ -777,6 +794,7 @@ impl Control {
                 }
             }
         }
+        st.awaited = awaited(&st.allocs);
         drop(st);
         self.applied.send_replace(revision);
     }
@@ -842,7 +860,13 @@ impl Control {
             }
         }
 
-        let mut allocations = Vec::with_capacity(st.allocs.len());
+        // Each allocation as this pass leaves it: (value, stored revision, changed).
+        let by_id: HashMap<&str, &Allocation> = st
+            .allocs
+            .values()
+            .map(|s| (s.alloc.id.as_str(), &s.alloc))
+            .collect();
+        let mut next: BTreeMap<String, (Allocation, u64, bool)> = BTreeMap::new();
         for (key, stored) in &st.allocs {
             let a = &stored.alloc;
             let Some((rel, generation, _)) =
@@ -854,23 +878,47 @@ impl Control {
                 ));
                 continue;
             };
-            if a.release != rel.number || a.generation != *generation {
-                let mut next = a.clone();
-                next.release = rel.number;
-                next.generation = *generation;
-                if let Some(spec) = rel.spec.services.get(&a.instance.service) {
-                    next.reserved = spec.reservations;
+            let mut n = a.clone();
+            let mut changed = false;
+            let draining = st
+                .nodes
+                .get(&a.node)
+                .is_some_and(|n| n.node.status == NodeStatus::Draining);
+            if let Some(by) = &a.replaced_by {
+                match by_id.get(by.as_str()) {
+                    // Its replacement is gone (stopped, or its node went down), or its node
+                    // was undrained: it is one of the replicas again (and replaced anew if
+                    // its node still drains).
+                    _ if !draining => {
+                        n.replaced_by = None;
+                        changed = true;
+                    }
+                    None => {
+                        n.replaced_by = None;
+                        changed = true;
+                    }
+                    Some(r) if ready(&st.instances, r) => {
+                        tracing::info!(instance = %a.instance, by = %r.instance, "replaced; stopping");
+                        ops.push(TxnOp::delete(
+                            key.clone(),
+                            Expect::Revision(stored.revision),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
                 }
-                ops.push(TxnOp::put(
-                    key.clone(),
-                    serde_json::to_vec(&next).expect("allocations serialize"),
-                    Expect::Revision(stored.revision),
-                ));
-                allocations.push(next);
-            } else {
-                allocations.push(a.clone());
             }
+            if a.release != rel.number || a.generation != *generation {
+                n.release = rel.number;
+                n.generation = *generation;
+                if let Some(spec) = rel.spec.services.get(&a.instance.service) {
+                    n.reserved = spec.reservations;
+                }
+                changed = true;
+            }
+            next.insert(key.clone(), (n, stored.revision, changed));
         }
+        let allocations: Vec<Allocation> = next.values().map(|(a, _, _)| a.clone()).collect();
         let nodes: Vec<Node> = st.nodes.values().map(|n| self.view(n)).collect();
         // A held group is not planned: its allocations stay, nothing new is placed.
         let mut groups: Vec<Group<'_>> = Vec::new();
@@ -887,33 +935,20 @@ impl Control {
             }
         }
         let plan = self.schedule(&nodes, &allocations, &groups);
-        let key_of: HashMap<&str, (&String, u64)> = st
+        let key_of: HashMap<&str, &String> = st
             .allocs
             .iter()
-            .map(|(k, s)| (s.alloc.id.as_str(), (k, s.revision)))
+            .map(|(k, s)| (s.alloc.id.as_str(), k))
             .collect();
-        let mut deleted: BTreeSet<String> = ops
-            .iter()
-            .filter(|op| op.value.is_none())
-            .map(|op| op.key.clone())
-            .collect();
-        let mut delete = |ops: &mut Vec<TxnOp>, id: &str| {
-            if let Some((key, revision)) = key_of.get(id)
-                && deleted.insert((*key).clone())
-            {
-                // A re-stamp of the same key in this pass is replaced by the delete.
-                ops.retain(|op| &op.key != *key);
-                ops.push(TxnOp::delete((*key).clone(), Expect::Revision(*revision)));
-            }
-        };
         for stop in &plan.stop {
             tracing::info!(instance = %stop.instance, "stopping: {}", stop.reason);
-            delete(&mut ops, &stop.allocation);
+            if let Some(key) = key_of.get(stop.allocation.as_str())
+                && let Some((_, revision, _)) = next.remove(*key)
+            {
+                ops.push(TxnOp::delete((*key).clone(), Expect::Revision(revision)));
+            }
         }
         for p in &plan.place {
-            if let Some(old) = &p.replaces {
-                delete(&mut ops, old);
-            }
             let generation = wanted
                 .get(&(&p.instance.stack, p.instance.service.as_str()))
                 .map_or(0, |w| w.1);
@@ -926,12 +961,30 @@ impl Control {
                 desired: Desired::Run,
                 reserved: p.reserved,
                 host_ports: p.host_ports.clone(),
+                replaced_by: None,
             };
+            // Start-first: the copy it replaces runs until this one is ready.
+            if let Some(old) = &p.replaces
+                && let Some(key) = key_of.get(old.as_str())
+                && let Some((a, _, changed)) = next.get_mut(*key)
+            {
+                a.replaced_by = Some(alloc.id.clone());
+                *changed = true;
+            }
             ops.push(TxnOp::put(
                 alloc_key(&alloc),
                 serde_json::to_vec(&alloc).expect("allocations serialize"),
                 Expect::Absent,
             ));
+        }
+        for (key, (a, revision, changed)) in next {
+            if changed {
+                ops.push(TxnOp::put(
+                    key,
+                    serde_json::to_vec(&a).expect("allocations serialize"),
+                    Expect::Revision(revision),
+                ));
+            }
         }
         drop(st);
         self.record_unplaced(plan.unplaced);
@@ -1035,9 +1088,10 @@ impl Control {
                     }
                     let before = st.instances.get(&inst.id).map(|i| i.state);
                     replan |= before != Some(inst.state)
-                        && st
-                            .dependencies
-                            .contains(&(inst.id.stack.clone(), inst.id.service.clone()));
+                        && (st.awaited.contains(&inst.id)
+                            || st
+                                .dependencies
+                                .contains(&(inst.id.stack.clone(), inst.id.service.clone())));
                     let _ = self.store.put_instance(&inst);
                     st.instances.insert(inst.id.clone(), inst);
                 }
@@ -1099,11 +1153,12 @@ impl Control {
                 .collect();
             (traffic, nodes)
         };
+        let index = Some(self.catalog.snapshot().index_of_addressed());
         let remote = nodes.into_iter().map(|node| {
             let id = id.clone();
+            let client = self.agent_client(&node);
             tokio::spawn(async move {
-                let client = skiff_client::Client::of_agent(&node).ok()?;
-                match client.agent_drain(&id, timeout).await {
+                match client?.agent_drain(&id, timeout, index).await {
                     Ok(d) => Some(d),
                     Err(e) => {
                         // A node that cannot be asked holds nothing up: its proxies lose the
@@ -1137,6 +1192,23 @@ impl Control {
         out
     }
 
+    /// A client of `node`'s agent listener, made once per address.
+    fn agent_client(&self, node: &Node) -> Option<skiff_client::Client> {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((address, port, client)) = agents.get(&node.id)
+            && *address == node.address
+            && *port == node.agent_port
+        {
+            return Some(client.clone());
+        }
+        let client = skiff_client::Client::of_agent(node).ok()?;
+        agents.insert(
+            node.id.clone(),
+            (node.address.clone(), node.agent_port, client.clone()),
+        );
+        Some(client)
+    }
+
     /// The node an instance runs on, as its agent last reported it.
     pub fn node_of(&self, id: &InstanceId) -> Option<Node> {
         let st = self.lock();
@@ -1152,7 +1224,26 @@ impl Control {
     }
 }
 
-/// What the catalog needs to know of a service.
+/// Whether the instance of allocation `a` runs where it is placed and passes readiness.
+fn ready(instances: &HashMap<InstanceId, Instance>, a: &Allocation) -> bool {
+    instances
+        .get(&a.instance)
+        .is_some_and(|i| i.node == a.node && i.state == InstanceState::Healthy)
+}
+
+/// Instances whose readiness lets a retiring copy stop: a report of theirs plans again.
+fn awaited(allocs: &BTreeMap<String, Stored>) -> HashSet<InstanceId> {
+    let by_id: HashMap<&str, &InstanceId> = allocs
+        .values()
+        .map(|s| (s.alloc.id.as_str(), &s.alloc.instance))
+        .collect();
+    allocs
+        .values()
+        .filter_map(|s| s.alloc.replaced_by.as_deref())
+        .filter_map(|id| by_id.get(id).map(|i| (*i).clone()))
+        .collect()
+}
+
 /// The stable address of `key`: the one it has, else the lowest free one (not yet in the
 /// kv: the pass writes it). `None` once the range is used up.
 fn stable_address(

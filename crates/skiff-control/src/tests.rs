@@ -245,6 +245,92 @@ async fn a_silent_node_is_down_its_instances_leave_the_catalog_and_move() {
 }
 
 #[tokio::test]
+async fn a_drained_node_keeps_serving_until_its_replacements_are_ready() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(1, &[]))]);
+    r.pass().await;
+    let old = r.on("n1").remove(0);
+    r.report("n1", &old, InstanceState::Healthy, 20001);
+    r.node("n2", "two", "10.231.0.2").await;
+    r.control
+        .set_status("n1", NodeStatus::Draining)
+        .await
+        .unwrap();
+    r.pass().await;
+    let new = r.on("n2").remove(0);
+    assert_eq!(
+        new.instance.index, 2,
+        "the replacement has an index of its own"
+    );
+    let retiring = r.on("n1").remove(0);
+    assert_eq!(retiring.replaced_by.as_deref(), Some(new.id.as_str()));
+    assert_eq!(r.endpoints("web").len(), 1, "the old copy serves meanwhile");
+    r.report("n2", &new, InstanceState::Starting, 20001);
+    r.pass().await;
+    assert_eq!(
+        r.on("n1").len(),
+        1,
+        "started is not ready: the old copy stays"
+    );
+    // Ready: both serve for a moment, then the old copy's allocation goes (its agent
+    // deregisters, drains and stops it) without another call.
+    r.report("n2", &new, InstanceState::Healthy, 20001);
+    assert_eq!(r.endpoints("web").len(), 2);
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            r.pass().await;
+            if r.on("n1").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the retiring copy is stopped once its replacement is ready");
+    assert_eq!(r.on("n2").len(), 1);
+}
+
+#[tokio::test]
+async fn undraining_before_the_replacement_is_ready_keeps_the_first_copy() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.node("n2", "two", "10.231.0.2").await;
+    r.release(&[("web", service(1, &[]))]);
+    r.pass().await;
+    let (old_node, new_node) = if r.on("n1").is_empty() {
+        ("n2", "n1")
+    } else {
+        ("n1", "n2")
+    };
+    r.control
+        .set_status(old_node, NodeStatus::Draining)
+        .await
+        .unwrap();
+    r.pass().await;
+    assert_eq!(r.on(new_node).len(), 1);
+    // The operator undrains before the replacement is ready, and drains the replacement's
+    // node instead: the first copy is one of the replicas again and the replacement stops.
+    r.control
+        .set_status(old_node, NodeStatus::Ready)
+        .await
+        .unwrap();
+    r.control
+        .set_status(new_node, NodeStatus::Draining)
+        .await
+        .unwrap();
+    r.pass().await;
+    let all = r.control.all_allocations();
+    assert!(
+        all.len() == 1
+            && all[0].node == old_node
+            && all[0].instance.index == 1
+            && all[0].replaced_by.is_none(),
+        "the first copy runs on, alone: {all:?}"
+    );
+}
+
+#[tokio::test]
 async fn draining_waits_for_the_requests_in_flight() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "127.0.0.1").await;

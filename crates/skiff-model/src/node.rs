@@ -84,6 +84,12 @@ pub struct Allocation {
     /// Host ports it holds on its node (`ports: mode: host` published ports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+    /// Set on an allocation that is being replaced start-first (its node drains): the id of
+    /// the allocation that replaces it. It keeps running, and serving, until that one is
+    /// ready; then the control plane stops it. A replacement gets its own instance index, so
+    /// the two copies never share a name, a directory or a catalog entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
 }
 
 /// What the control plane wants of an allocation.

@@ -247,8 +247,9 @@ impl<'a> Scheduler<'a> {
         for i in self.touched.drain(..) {
             self.here[i] = 0;
         }
+        // Indexes in use (live copies and retiring ones), and the live copies.
         let mut kept: HashMap<u32, &Allocation> = HashMap::new();
-        let mut to_replace: Vec<&Allocation> = Vec::new();
+        let mut live: Vec<(usize, &Allocation)> = Vec::new();
         let global = spec.placement.mode == DeployMode::Global;
         let mut sorted: Vec<&Allocation> = self
             .groups
@@ -260,34 +261,56 @@ impl<'a> Scheduler<'a> {
             .sort_by(|a, b| (b.release == g.release, &b.id).cmp(&(a.release == g.release, &a.id)));
         for a in sorted {
             let node = self.by_id.get(a.node.as_str()).copied();
-            let stop = |reason: String| Stop {
-                allocation: a.id.clone(),
-                instance: a.instance.clone(),
-                reason,
-            };
             let Some(i) = node.filter(|&i| self.state[i].usable || self.state[i].draining) else {
-                plan.stop.push(stop(format!("node {} is down", a.node)));
+                plan.stop.push(stop(a, format!("node {} is down", a.node)));
                 self.release_on(node, a);
                 continue;
             };
-            let out_of_range = !global && a.instance.index > spec.replicas;
             let unfit = global && !self.statically_fits(i, spec);
-            if out_of_range || unfit || kept.contains_key(&a.instance.index) {
-                let why = if out_of_range {
-                    format!("scaled to {}", spec.replicas)
-                } else if unfit {
-                    "its node no longer fits the service's placement".to_string()
+            if unfit || kept.contains_key(&a.instance.index) {
+                let why = if unfit {
+                    "its node no longer fits the service's placement"
                 } else {
-                    "another copy of this instance runs".to_string()
+                    "another copy of this instance runs"
                 };
-                plan.stop.push(stop(why));
+                plan.stop.push(stop(a, why.to_string()));
                 self.release_on(Some(i), a);
                 continue;
             }
             kept.insert(a.instance.index, a);
-            self.count(i);
-            if self.state[i].draining {
+            // A retiring copy runs (and holds its node's room) until its replacement is
+            // ready; it is not one of the replicas any more.
+            if a.replaced_by.is_none() {
+                live.push((i, a));
+            }
+        }
+        if !global && live.len() > spec.replicas as usize {
+            // Scaled down: keep copies on ready nodes, of the current release, with the
+            // lowest indexes; stop the others.
+            live.sort_by_key(|(i, a)| {
+                (
+                    self.state[*i].draining,
+                    a.release != g.release,
+                    a.instance.index,
+                )
+            });
+            for (i, a) in live.split_off(spec.replicas as usize) {
+                plan.stop
+                    .push(stop(a, format!("scaled to {}", spec.replicas)));
+                kept.remove(&a.instance.index);
+                self.release_on(Some(i), a);
+            }
+        }
+        let mut to_replace: Vec<&Allocation> = Vec::new();
+        for (i, a) in &live {
+            self.count(*i);
+            if self.state[*i].draining {
                 to_replace.push(a);
+            }
+        }
+        for a in kept.values().filter(|a| a.replaced_by.is_some()) {
+            if let Some(&i) = self.by_id.get(a.node.as_str()) {
+                self.count(i);
             }
         }
 
@@ -319,12 +342,18 @@ impl<'a> Scheduler<'a> {
             }
             return;
         }
-        let mut missing: Vec<(u32, Option<&Allocation>)> = (1..=spec.replicas)
-            .filter(|index| !kept.contains_key(index))
-            .map(|index| (index, None))
-            .collect();
-        missing.extend(to_replace.into_iter().map(|a| (a.instance.index, Some(a))));
-        missing.sort_by_key(|(i, _)| *i);
+        // What is missing takes the lowest free indexes; then each copy on a draining node
+        // gets a replacement under an index of its own (start-first: both run until the
+        // replacement is ready, and two running copies never share a name).
+        let mut free = (1u32..).filter(|index| !kept.contains_key(index));
+        let mut missing: Vec<(u32, Option<&Allocation>)> = Vec::new();
+        for _ in live.len()..spec.replicas as usize {
+            missing.push((free.next().expect("indexes are unbounded"), None));
+        }
+        to_replace.sort_by_key(|a| a.instance.index);
+        for a in to_replace {
+            missing.push((free.next().expect("indexes are unbounded"), Some(a)));
+        }
         let mut failed = 0u32;
         let mut reason = String::new();
         for (index, replaces) in missing {
@@ -552,6 +581,14 @@ impl<'a> Scheduler<'a> {
 /// Lower is better: replicas per first and second spread label value, replicas on the node,
 /// then use (spread) or room left (binpack).
 type Score = (u32, u32, u32, u64);
+
+fn stop(a: &Allocation, reason: String) -> Stop {
+    Stop {
+        allocation: a.id.clone(),
+        instance: a.instance.clone(),
+        reason,
+    }
+}
 
 fn instance(g: &Group<'_>, index: u32) -> InstanceId {
     InstanceId {

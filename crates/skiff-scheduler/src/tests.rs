@@ -90,6 +90,7 @@ fn alloc(id: &str, index: u32, node: &str, release: u64) -> Allocation {
         desired: Desired::Run,
         reserved: Reservations::default(),
         host_ports: Vec::new(),
+        replaced_by: None,
     }
 }
 
@@ -237,6 +238,49 @@ fn a_draining_node_gets_replacements_first_and_keeps_its_instances_until_then() 
     assert_eq!(p.place.len(), 1);
     assert_eq!(p.place[0].node, "id-n1");
     assert_eq!(p.place[0].replaces.as_deref(), Some("a1"));
+    assert_eq!(
+        p.place[0].instance.index, 2,
+        "the replacement runs beside the old copy under an index of its own"
+    );
+}
+
+#[test]
+fn a_copy_being_replaced_keeps_running_and_is_neither_counted_nor_replaced_again() {
+    let mut nodes = vec![
+        node("n0", 4000, 8 * GIB, &[]),
+        node("n1", 4000, 8 * GIB, &[]),
+    ];
+    nodes[0].status = NodeStatus::Draining;
+    let mut old = alloc("a1", 1, "id-n0", 2);
+    old.replaced_by = Some("a2".into());
+    let allocs = vec![old, alloc("a2", 2, "id-n1", 2)];
+    assert_eq!(run(&nodes, &allocs, &svc(1)), Plan::default());
+    // Scaled to 2 meanwhile: the missing one takes index 3, not the retiring copy's 1.
+    let p = run(&nodes, &allocs, &svc(2));
+    assert!(p.stop.is_empty());
+    assert_eq!(p.place.len(), 1);
+    assert_eq!(
+        (p.place[0].instance.index, p.place[0].node.as_str()),
+        (3, "id-n1")
+    );
+}
+
+#[test]
+fn scaling_down_stops_copies_on_draining_nodes_before_replacing_them() {
+    let mut nodes = vec![
+        node("n0", 4000, 8 * GIB, &[]),
+        node("n1", 4000, 8 * GIB, &[]),
+    ];
+    nodes[0].status = NodeStatus::Draining;
+    let allocs = vec![
+        alloc("a1", 1, "id-n0", 2),
+        alloc("a2", 2, "id-n1", 2),
+        alloc("a3", 3, "id-n1", 2),
+    ];
+    let p = run(&nodes, &allocs, &svc(2));
+    assert!(p.place.is_empty(), "{p:?}");
+    assert_eq!(p.stop.len(), 1);
+    assert_eq!(p.stop[0].allocation, "a1");
 }
 
 #[test]

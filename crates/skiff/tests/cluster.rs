@@ -385,6 +385,10 @@ services:
     stop_grace_period: 5s
     deploy:
       replicas: 3
+  solo:
+    command: [skiff-demo, --name, solo, --start-delay, 1500ms]
+    expose: ["8080"]
+    stop_grace_period: 5s
   pinned:
     command: [skiff-demo, --name, pinned]
     expose: ["8080"]
@@ -396,6 +400,27 @@ services:
     command: [sleep, "1000"]
     deploy:
       mode: global
+"#;
+
+/// A wrk script that names what failed: each failing status with its count, and the body of
+/// the first failure (the ingress says why in it).
+const FAILURES_LUA: &str = r#"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) failed = {}; first = "" end
+function response(status, headers, body)
+  if status >= 300 then
+    failed[status] = (failed[status] or 0) + 1
+    if first == "" then first = body end
+  end
+end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for status, n in pairs(t:get("failed")) do io.write(string.format("status %d: %d\n", status, n)) end
+    local f = t:get("first")
+    if f ~= "" then io.write("first failure: " .. f .. "\n") end
+  end
+end
 "#;
 
 const BIG: &str = r#"
@@ -508,48 +533,76 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
     let file = c.write("compose.yaml", STACK);
     let (ok, out) = c.cli(&["up", "-f", file.to_str().unwrap(), "--timeout", "60"]);
     assert!(ok, "{out}");
+    // Drain the node that runs solo's only instance: start-first, its replacement runs and
+    // is ready before the old copy leaves the catalog.
+    let (solo_before, drained) = c.placed("solo").remove(0);
+    let drained_addr = c.agent_addr(drained[1..].parse().unwrap());
     // Load through the server's ingress and through the ingress of agent n1 (its own copy
     // of the catalog): a drain waits for the requests in flight on both.
-    let load = |target: String| {
+    let script = c.write("failures.lua", FAILURES_LUA);
+    let load = |service: &str, target: String| {
         let srv = c.ns("srv");
+        let host = format!("Host: {service}.web.default.localhost");
+        let script = script.to_str().unwrap().to_string();
         std::thread::spawn(move || {
             run(&[
-                "ip",
-                "netns",
-                "exec",
-                &srv,
-                "wrk",
-                "-t1",
-                "-c8",
-                "-d5s",
-                "-H",
-                "Host: web.web.default.localhost",
-                &target,
+                "ip", "netns", "exec", &srv, "wrk", "-t1", "-c8", "-d5s", "-s", &script, "-H",
+                &host, &target,
             ])
             .1
         })
     };
-    let through_server = load("http://127.0.0.1:7780/".to_string());
-    let through_agent = load(format!("http://{}:7780/", c.agent_addr(1)));
+    let loads = [
+        (
+            "web through the server",
+            load("web", "http://127.0.0.1:7780/".to_string()),
+        ),
+        (
+            "solo through the server",
+            load("solo", "http://127.0.0.1:7780/".to_string()),
+        ),
+        (
+            "web through n1",
+            load("web", format!("http://{}:7780/", c.agent_addr(1))),
+        ),
+        (
+            "solo through n1",
+            load("solo", format!("http://{}:7780/", c.agent_addr(1))),
+        ),
+    ];
     std::thread::sleep(Duration::from_millis(1500));
-    let (ok, out) = c.cli(&["node", "drain", "n0"]);
+    let (ok, out) = c.cli(&["node", "drain", &drained]);
     assert!(ok, "{out}");
-    for wrk in [through_server, through_agent] {
+    for (what, wrk) in loads {
         let out = wrk.join().unwrap();
-        assert!(out.contains("Requests/sec"), "{out}");
+        assert!(out.contains("Requests/sec"), "{what}: {out}");
         assert!(
             !out.contains("Non-2xx") && !out.contains("Socket errors"),
-            "no failed request while n0 drained: {out}"
+            "{what}: no failed request while {drained} drained: {out}"
         );
     }
-    c.wait_until("web back to 3 healthy", Duration::from_secs(20), |c| {
-        c.healthy("web") == 3
-    });
-    assert!(
-        c.placed("web").iter().all(|(_, n)| n != "n0"),
-        "nothing left on the drained node"
+    c.wait_until(
+        "web back to 3 healthy, solo to 1",
+        Duration::from_secs(20),
+        |c| c.healthy("web") == 3 && c.healthy("solo") == 1,
     );
-    assert!(!c.dns("web").contains(&c.agent_addr(0)));
+    c.wait_until(
+        "nothing left on the drained node",
+        Duration::from_secs(20),
+        |c| {
+            c.placed("web")
+                .iter()
+                .chain(&c.placed("solo"))
+                .all(|(_, n)| *n != drained)
+        },
+    );
+    let solo_after = c.placed("solo");
+    assert_eq!(solo_after.len(), 1, "one copy once the old one stopped");
+    assert_ne!(
+        solo_after[0].0, solo_before,
+        "the replacement ran beside the old copy under its own index"
+    );
+    assert!(!c.dns("web").contains(&drained_addr));
 
     // Every node reaches web at its one stable address, wherever its instances run.
     let catalog: serde_json::Value = serde_json::from_str(&c.in_srv(&[
