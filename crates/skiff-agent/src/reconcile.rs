@@ -28,11 +28,11 @@ impl Agent {
                 if l.busy {
                     continue;
                 }
-                // A new release that only changes the replica count (scale) keeps the
-                // instances that stay; any other change, or a restart, replaces them.
+                // A new release that only changes the replica count or how releases roll
+                // out keeps the instances that stay; any other change, or a restart,
+                // replaces them.
                 let keep = desired.get(id).is_some_and(|(rel, svc, generation)| {
-                    *generation == l.generation
-                        && same_but_replicas(&rel.spec.services[svc], &l.spec)
+                    *generation == l.generation && rel.spec.services[svc].same_workload(&l.spec)
                 });
                 if !keep {
                     l.busy = true;
@@ -311,15 +311,5 @@ impl Agent {
             tasks.spawn(async move { agent.stop_instance(id).await });
         }
         while tasks.join_next().await.is_some() {}
-    }
-}
-
-fn same_but_replicas(a: &ServiceSpec, b: &ServiceSpec) -> bool {
-    ServiceSpec {
-        replicas: 0,
-        ..a.clone()
-    } == ServiceSpec {
-        replicas: 0,
-        ..b.clone()
     }
 }

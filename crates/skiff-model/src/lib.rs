@@ -20,6 +20,11 @@ pub use node::{
     Allocation, Constraint, ConstraintError, ConstraintField, DeployMode, Desired, Node,
     NodeResources, NodeStatus, PlacementSpec, Reservations, Strategy,
 };
+mod release;
+pub use release::{
+    CanaryStep, FailureAction, Parallelism, ReleasePolicy, ReleaseStrategy, Switch, UpdateOrder,
+    UpdatePolicy,
+};
 
 // === names ===
 
@@ -240,6 +245,15 @@ pub struct ServiceSpec {
     pub reservations: Reservations,
     #[serde(default, skip_serializing_if = "is_default")]
     pub placement: PlacementSpec,
+    /// How a new release replaces running instances (compose `deploy.update_config`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub update: UpdatePolicy,
+    /// How a rollback does (compose `deploy.rollback_config`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rollback: UpdatePolicy,
+    /// How traffic moves to a new release (`x-skiff.release`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub release: ReleasePolicy,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -256,6 +270,20 @@ impl fmt::Display for Driver {
 }
 
 impl ServiceSpec {
+    /// Whether instances started for `other` run as this spec wants: everything but the
+    /// replica count and the release policies (how a change rolls out) is the same. A new
+    /// release that differs in nothing else keeps its instances.
+    pub fn same_workload(&self, other: &ServiceSpec) -> bool {
+        let strip = |s: &ServiceSpec| ServiceSpec {
+            replicas: 0,
+            update: UpdatePolicy::default(),
+            rollback: UpdatePolicy::default(),
+            release: ReleasePolicy::default(),
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
     /// What the process driver runs: executable (else entrypoint) followed by the command.
     pub fn process_argv(&self) -> Vec<String> {
         let mut argv: Vec<String> = match (&self.executable, &self.entrypoint) {

@@ -119,6 +119,59 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
         reservations: reservations(svc, &limits),
         limits,
         placement: placement(svc, global),
+        update: update_policy(deploy.and_then(|d| d.update_config.as_ref())),
+        rollback: update_policy(deploy.and_then(|d| d.rollback_config.as_ref())),
+        release: release_policy(x.and_then(|x| x.release.as_ref())),
+    }
+}
+
+/// `update_config` / `rollback_config`, Swarm's defaults where a field is absent.
+fn update_policy(c: Option<&model::UpdateConfig>) -> skiff_model::UpdatePolicy {
+    let d = skiff_model::UpdatePolicy::default();
+    let Some(c) = c else { return d };
+    skiff_model::UpdatePolicy {
+        parallelism: c
+            .parallelism
+            .map_or(d.parallelism, skiff_model::Parallelism::Count),
+        delay: c.delay.map_or(d.delay, |x| x.0),
+        monitor: c.monitor.map_or(d.monitor, |x| x.0),
+        max_failure_ratio: c.max_failure_ratio.unwrap_or(d.max_failure_ratio),
+        failure_action: match c.failure_action {
+            Some(model::FailureAction::Continue) => skiff_model::FailureAction::Continue,
+            Some(model::FailureAction::Rollback) => skiff_model::FailureAction::Rollback,
+            Some(model::FailureAction::Pause) | None => skiff_model::FailureAction::Pause,
+        },
+        order: match c.order {
+            Some(model::UpdateOrder::StartFirst) => skiff_model::UpdateOrder::StartFirst,
+            Some(model::UpdateOrder::StopFirst) | None => skiff_model::UpdateOrder::StopFirst,
+        },
+    }
+}
+
+/// `x-skiff.release`.
+fn release_policy(r: Option<&model::Release>) -> skiff_model::ReleasePolicy {
+    let Some(r) = r else {
+        return skiff_model::ReleasePolicy::default();
+    };
+    skiff_model::ReleasePolicy {
+        strategy: match r.strategy {
+            Some(model::Strategy::Canary) => skiff_model::ReleaseStrategy::Canary,
+            Some(model::Strategy::BlueGreen) => skiff_model::ReleaseStrategy::BlueGreen,
+            Some(model::Strategy::Rolling) | None => skiff_model::ReleaseStrategy::Rolling,
+        },
+        steps: r
+            .steps
+            .iter()
+            .map(|s| skiff_model::CanaryStep {
+                weight: s.weight,
+                pause: s.pause.map(|p| p.0),
+            })
+            .collect(),
+        switch: match r.switch {
+            Some(model::Switch::Manual) => skiff_model::Switch::Manual,
+            _ => skiff_model::Switch::Auto,
+        },
+        keep_previous: r.keep_previous.map_or(Duration::ZERO, |d| d.0),
     }
 }
 
@@ -391,6 +444,48 @@ mod tests {
             Duration::from_millis(100)
         );
         assert_eq!(db.stop_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn update_and_rollback_config_and_x_skiff_release_reach_the_model() {
+        let s = spec(
+            "services:\n  a:\n    image: a\n    deploy:\n      update_config: {parallelism: 2, delay: 1s, order: start-first, failure_action: rollback, monitor: 3s, max_failure_ratio: 0.2}\n      rollback_config: {parallelism: 0}\n    x-skiff:\n      release:\n        strategy: canary\n        steps: [{weight: 10, pause: 1m}, {weight: 50}]\n  b: {image: b}\n",
+        );
+        let a = &s.services["a"];
+        assert_eq!(
+            a.update,
+            skiff_model::UpdatePolicy {
+                parallelism: skiff_model::Parallelism::Count(2),
+                delay: Duration::from_secs(1),
+                monitor: Duration::from_secs(3),
+                max_failure_ratio: 0.2,
+                failure_action: skiff_model::FailureAction::Rollback,
+                order: skiff_model::UpdateOrder::StartFirst,
+            }
+        );
+        assert_eq!(a.rollback.parallelism, skiff_model::Parallelism::Count(0));
+        assert_eq!(a.rollback.order, skiff_model::UpdateOrder::StopFirst);
+        assert_eq!(a.release.strategy, skiff_model::ReleaseStrategy::Canary);
+        assert_eq!(
+            a.release.steps,
+            [
+                skiff_model::CanaryStep {
+                    weight: 10,
+                    pause: Some(Duration::from_secs(60))
+                },
+                skiff_model::CanaryStep {
+                    weight: 50,
+                    pause: None
+                }
+            ]
+        );
+        // Swarm's defaults, and a change of policy alone keeps the instances.
+        let b = &s.services["b"];
+        assert_eq!(b.update, skiff_model::UpdatePolicy::default());
+        assert!(a.same_workload(&skiff_model::ServiceSpec {
+            image: Some("a".into()),
+            ..b.clone()
+        }));
     }
 
     #[test]
