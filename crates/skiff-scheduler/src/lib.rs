@@ -24,6 +24,7 @@
 //! constraint, `max_replicas_per_node` or a host port; the scheduler never writes anything (one
 //! applier in the server commits plans).
 
+pub mod rollout;
 pub mod synthetic;
 
 use std::collections::HashMap;
