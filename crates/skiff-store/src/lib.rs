@@ -22,7 +22,7 @@ pub mod kv;
 mod mem;
 mod redb_store;
 
-pub use kv::{AnyKv, Expect, Kv, KvEntry, KvError, MemKv, RedbKv, TxnOp, WatchEvent};
+pub use kv::{AnyKv, Durability, Expect, Kv, KvEntry, KvError, MemKv, RedbKv, TxnOp, WatchEvent};
 pub use mem::MemStore;
 pub use redb_store::{FLUSH_EVERY, RedbStore};
 use std::collections::BTreeMap;
