@@ -453,9 +453,10 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// restart.
 const KV_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("kv_log");
 
-/// Keys in a redb file. An immediate write is fsynced before it returns; soft writes are
-/// committed without fsync and made durable together by a group commit (an empty fsynced
-/// commit) at most [`FLUSH_EVERY`] later, or by the next immediate write, whichever is first.
+/// Keys in a redb file. An immediate write is fsynced before it returns (on a blocking
+/// thread); soft writes are committed without fsync and made durable together by a group commit
+/// (an empty fsynced commit) at most [`FLUSH_EVERY`] later, or by the next immediate write,
+/// whichever is first.
 #[derive(Clone)]
 pub struct RedbKv {
     db: Arc<Database>,
@@ -742,7 +743,16 @@ impl Kv for RedbKv {
     }
 
     async fn commit(&self, ops: Vec<TxnOp>, durability: Durability) -> KvResult<(u64, bool)> {
-        self.apply(ops, durability)
+        match durability {
+            // An fsync: on a blocking thread, not on the async ones.
+            Durability::Immediate => {
+                let kv = self.clone();
+                tokio::task::spawn_blocking(move || kv.apply(ops, durability))
+                    .await
+                    .map_err(unavailable)?
+            }
+            Durability::Soft => self.apply(ops, durability),
+        }
     }
 
     async fn watch(
