@@ -12,7 +12,7 @@ use skiff_model::{
     HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec, StackKey, StackSpec,
     WaitFor,
 };
-use skiff_store::{MemStore, Store};
+use skiff_store::{AnyKv, MemKv, Store};
 
 #[test]
 #[ignore = "subprocess: the shim of the other tests"]
@@ -28,11 +28,10 @@ struct Server {
     control: Arc<skiff_control::Control>,
 }
 
-async fn serve(store: &Arc<dyn Store>) -> Server {
+async fn serve(store: &Store) -> Server {
     let catalog = skiff_catalog::Catalog::new();
     let control = skiff_control::Control::open(
         store.clone(),
-        skiff_store::AnyKv::Mem(skiff_store::MemKv::new()),
         catalog.clone(),
         skiff_control::Config {
             // Agents of parallel tests each get stable addresses of their own.
@@ -118,17 +117,23 @@ fn stack() -> StackKey {
     StackKey::new("default", "shop").unwrap()
 }
 
-/// A store with one release of `stack()`: the single service `name`.
-fn one_service(name: &str, spec: ServiceSpec) -> Arc<dyn Store> {
-    let spec = StackSpec {
-        services: BTreeMap::from([(name.to_string(), spec)]),
-        batches: vec![vec![name.to_string()]],
-    };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
+/// A store in memory with one release of `spec`.
+async fn with_release(spec: StackSpec) -> Store {
+    let store = Store::open(AnyKv::Mem(MemKv::new()), "t").await.unwrap();
     store
         .create_release(&stack(), spec, String::new(), 0)
+        .await
         .unwrap();
     store
+}
+
+/// A store with one release of `stack()`: the single service `name`.
+async fn one_service(name: &str, spec: ServiceSpec) -> Store {
+    with_release(StackSpec {
+        services: BTreeMap::from([(name.to_string(), spec)]),
+        batches: vec![vec![name.to_string()]],
+    })
+    .await
 }
 
 /// An agent run in the background, as `skiff dev` runs it (stopping everything at the end).
@@ -161,9 +166,9 @@ impl Running {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
-    while !f() {
+    while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -202,15 +207,12 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
         services: BTreeMap::from([("db".into(), db), ("api".into(), api)]),
         batches: vec![vec!["db".into()], vec!["api".into()]],
     };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
-    store
-        .create_release(&stack(), spec, String::new(), 0)
-        .unwrap();
+    let store = with_release(spec).await;
     let server = serve(&store).await;
     let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
 
-    wait_until("db running", Duration::from_secs(5), || {
+    wait_until("db running", Duration::from_secs(5), async || {
         !states(&agent, "db").is_empty()
     })
     .await;
@@ -222,12 +224,14 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    wait_until("two healthy api instances", Duration::from_secs(5), || {
-        states(&agent, "api") == vec![InstanceState::Healthy, InstanceState::Healthy]
-    })
+    wait_until(
+        "two healthy api instances",
+        Duration::from_secs(5),
+        async || states(&agent, "api") == vec![InstanceState::Healthy, InstanceState::Healthy],
+    )
     .await;
     agent.flush_reports().await;
-    let listed = store.instances(Some(&stack())).unwrap();
+    let listed = store.instances(Some(&stack())).await.unwrap();
     assert_eq!(listed.len(), 3);
 
     running.stop().await;
@@ -251,18 +255,20 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
         delay: Duration::from_millis(20),
         window: Duration::ZERO,
     };
-    let store = one_service("crash", crash);
+    let store = one_service("crash", crash).await;
     let server = serve(&store).await;
     let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
-    wait_until("the policy to give up", Duration::from_secs(10), || {
-        states(&agent, "crash") == vec![InstanceState::Failed]
-    })
+    wait_until(
+        "the policy to give up",
+        Duration::from_secs(10),
+        async || states(&agent, "crash") == vec![InstanceState::Failed],
+    )
     .await;
     agent.flush_reports().await;
-    let inst = &store.instances(Some(&stack())).unwrap()[0];
+    let inst = &store.instances(Some(&stack())).await.unwrap()[0];
     assert_eq!((inst.restarts, inst.exit_code), (2, Some(1)));
-    let events = store.events_after(0, 100).unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
     assert!(
         events
             .iter()
@@ -274,7 +280,7 @@ async fn a_failing_instance_is_restarted_until_the_policy_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_them() {
     let data = tempfile::tempdir().unwrap();
-    let store = one_service("web", service("sleep 100", 3));
+    let store = one_service("web", service("sleep 100", 3)).await;
     let server = serve(&store).await;
 
     // First agent: starts three instances, then "dies" without stopping them.
@@ -286,7 +292,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
         },
         false,
     ));
-    wait_until("three running", Duration::from_secs(5), || {
+    wait_until("three running", Duration::from_secs(5), async || {
         states(&first, "web")
             .iter()
             .filter(|s| **s == InstanceState::Healthy)
@@ -297,6 +303,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     first.flush_reports().await;
     let pids: Vec<Option<u32>> = store
         .instances(None)
+        .await
         .unwrap()
         .iter()
         .map(|i| i.pid)
@@ -313,7 +320,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
         },
         true,
     ));
-    wait_until("three adopted", Duration::from_secs(5), || {
+    wait_until("three adopted", Duration::from_secs(5), async || {
         states(&second, "web")
             .iter()
             .filter(|s| **s == InstanceState::Healthy)
@@ -325,6 +332,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     second.flush_reports().await;
     let after: Vec<Option<u32>> = store
         .instances(None)
+        .await
         .unwrap()
         .iter()
         .map(|i| i.pid)
@@ -333,6 +341,7 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     assert!(
         store
             .events_after(0, 100)
+            .await
             .unwrap()
             .iter()
             .filter(|e| e.kind == "started")
@@ -341,9 +350,9 @@ async fn a_new_agent_adopts_running_instances_without_duplicates_and_down_stops_
     );
 
     // Down: the desired release goes away, everything stops.
-    store.set_current(&stack(), None).unwrap();
+    store.set_current(&stack(), None).await.unwrap();
     server.control.changed();
-    wait_until("all stopped", Duration::from_secs(5), || {
+    wait_until("all stopped", Duration::from_secs(5), async || {
         second.snapshot().is_empty()
     })
     .await;
@@ -370,7 +379,7 @@ fn is_zombie(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync() {
     let data = tempfile::tempdir().unwrap();
-    let store = one_service("web", service("sleep 100", 1));
+    let store = one_service("web", service("sleep 100", 1)).await;
     let server = serve(&store).await;
     let mut cfg = config(data.path(), &server);
     cfg.resync = Duration::from_secs(30);
@@ -382,21 +391,22 @@ async fn a_crashed_instance_restarts_after_its_back_off_not_at_the_next_resync()
         },
         true,
     ));
-    wait_until("running", Duration::from_secs(5), || {
+    wait_until("running", Duration::from_secs(5), async || {
         states(&agent, "web") == vec![InstanceState::Healthy]
     })
     .await;
     agent.flush_reports().await;
-    let pid = store.instances(None).unwrap()[0].pid.unwrap();
+    let pid = store.instances(None).await.unwrap()[0].pid.unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     let killed = Instant::now();
-    wait_until("restarted", Duration::from_secs(5), || {
+    wait_until("restarted", Duration::from_secs(5), async || {
         store
             .instances(None)
+            .await
             .unwrap()
             .first()
             .is_some_and(|i| i.restarts == 1 && i.state == InstanceState::Healthy)
@@ -432,10 +442,7 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
         services: BTreeMap::from([("capped".into(), capped), ("hog".into(), hog)]),
         batches: vec![vec!["capped".into(), "hog".into()]],
     };
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("t"));
-    store
-        .create_release(&stack(), spec, String::new(), 0)
-        .unwrap();
+    let store = with_release(spec).await;
     let server = serve(&store).await;
     let cfg = config(data.path(), &server);
     let cgroups = cfg
@@ -445,12 +452,14 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
         .clone();
     let agent = Agent::new(cfg).unwrap();
     let running = Running::start(&agent);
-    wait_until("hog to be OOM killed", Duration::from_secs(10), || {
-        states(&agent, "hog") == vec![InstanceState::Failed]
-    })
+    wait_until(
+        "hog to be OOM killed",
+        Duration::from_secs(10),
+        async || states(&agent, "hog") == vec![InstanceState::Failed],
+    )
     .await;
     agent.flush_reports().await;
-    let events = store.events_after(0, 100).unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
     let oom = events
         .iter()
         .find(|e| e.kind == "oom_killed")
@@ -462,6 +471,7 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
     );
     let hog = store
         .instances(Some(&stack()))
+        .await
         .unwrap()
         .into_iter()
         .find(|i| i.id.service == "hog")
@@ -478,6 +488,7 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
     agent.flush_reports().await;
     let capped = store
         .instances(Some(&stack()))
+        .await
         .unwrap()
         .into_iter()
         .find(|i| i.id.service == "capped")
@@ -522,19 +533,23 @@ async fn an_exit_during_a_hanging_probe_is_seen_at_once_not_at_the_probe_timeout
         start_period: Duration::ZERO,
         start_interval: Duration::from_millis(50),
     });
-    let store = one_service("web", web);
+    let store = one_service("web", web).await;
     let server = serve(&store).await;
     let agent = Agent::new(config(data.path(), &server)).unwrap();
     let running = Running::start(&agent);
-    let first_pid = || {
+    let first_pid = async || {
         store
             .instances(None)
+            .await
             .unwrap()
             .first()
             .and_then(|i| i.pid.filter(|_| i.restarts == 0))
     };
-    wait_until("started", Duration::from_secs(5), || first_pid().is_some()).await;
-    let pid = first_pid().unwrap();
+    wait_until("started", Duration::from_secs(5), async || {
+        first_pid().await.is_some()
+    })
+    .await;
+    let pid = first_pid().await.unwrap();
     // Let the probe begin hanging.
     tokio::time::sleep(Duration::from_millis(300)).await;
     nix::sys::signal::kill(
@@ -545,9 +560,10 @@ async fn an_exit_during_a_hanging_probe_is_seen_at_once_not_at_the_probe_timeout
     wait_until(
         "the exit recorded while the probe still hangs",
         Duration::from_secs(10),
-        || {
+        async || {
             store
                 .instances(None)
+                .await
                 .unwrap()
                 .first()
                 .is_some_and(|i| i.restarts >= 1)

@@ -5,8 +5,8 @@
 //! Every error is a 4xx with a stable `code` and a `message` (`{"code":"stack_not_found",…}`);
 //! clients match on `code`. A store failure is the only 5xx (`store_error`).
 //!
-//! **Invariant:** a `201` for a release means it is durably stored (the store fsyncs it before
-//! answering), so an acknowledged release survives `kill -9`.
+//! **Invariant:** a `201` for a release means it is durably stored (the store's kv fsyncs it
+//! before answering), so an acknowledged release survives `kill -9`.
 
 mod agents;
 mod catalog;
@@ -79,7 +79,8 @@ pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Arc<dyn Store>,
+    /// Releases, stacks, controls, instances and events.
+    pub store: Store,
     /// Nodes, allocations and agents' reports; woken after a change of desired state.
     pub control: Arc<skiff_control::Control>,
     /// Logs, exec, signals and stats of an instance, from the agent that runs it
@@ -276,7 +277,8 @@ pub fn router(state: ApiState) -> Router {
 async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, ApiError> {
     Ok(Json(
         s.store
-            .stacks()?
+            .stacks()
+            .await?
             .into_iter()
             .map(|st| StackView {
                 env: st.stack.env,
@@ -287,26 +289,9 @@ async fn list_stacks(State(s): State<ApiState>) -> Result<Json<Vec<StackView>>, 
     ))
 }
 
-/// Runs a store call off the async threads (redb commits fsync).
-async fn blocking<T: Send + 'static>(
-    s: &ApiState,
-    f: impl FnOnce(&dyn Store) -> skiff_store::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = s.store.clone();
-    Ok(tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_error",
-                e.to_string(),
-            )
-        })??)
-}
-
 /// The release a stack runs now, or 404 `stack_not_found`.
-fn current_release(s: &ApiState, key: &StackKey) -> Result<Release, ApiError> {
-    current_of(s.store.as_ref(), key)?.ok_or_else(|| {
+async fn current_release(s: &ApiState, key: &StackKey) -> Result<Release, ApiError> {
+    current_of(&s.store, key).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "stack_not_found",
@@ -316,11 +301,11 @@ fn current_release(s: &ApiState, key: &StackKey) -> Result<Release, ApiError> {
 }
 
 /// The stack's current release, if it has one (none before the first `up` and after `down`).
-fn current_of(st: &dyn Store, key: &StackKey) -> skiff_store::Result<Option<Release>> {
-    match st.stacks()?.into_iter().find(|s| &s.stack == key) {
+async fn current_of(st: &Store, key: &StackKey) -> skiff_store::Result<Option<Release>> {
+    match st.stacks().await?.into_iter().find(|s| &s.stack == key) {
         Some(StackState {
             current: Some(n), ..
-        }) => st.release(key, n),
+        }) => st.release(key, n).await,
         _ => Ok(None),
     }
 }
@@ -346,16 +331,10 @@ async fn record_release(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let (release, created) = blocking(s, move |st| {
-        if let Some(cur) = current_of(st, &key)?
-            && cur.spec == spec
-            && cur.source == source
-        {
-            return Ok((cur, false));
-        }
-        Ok((st.create_release(&key, spec, source, now)?, true))
-    })
-    .await?;
+    let (release, created) = match current_of(&s.store, &key).await? {
+        Some(cur) if cur.spec == spec && cur.source == source => (cur, false),
+        _ => (s.store.create_release(&key, spec, source, now).await?, true),
+    };
     if created {
         skiff_store::crash_point("release-stored");
         s.control.changed();
@@ -381,12 +360,9 @@ async fn create_release(
     check_spec(&s, &req.spec)?;
     let (release, created) = record_release(&s, key.clone(), req.spec, req.source).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
-    blocking(&s, move |st| {
-        st.update_controls(&key, &mut |c| {
-            c.values_mut().for_each(|c| c.stopped = false)
-        })
-    })
-    .await?;
+    s.store
+        .update_controls(&key, |c| c.values_mut().for_each(|c| c.stopped = false))
+        .await?;
     s.control.changed();
     Ok((release_status(created), Json(release)))
 }
@@ -471,13 +447,17 @@ async fn get_release(
     ApiPath((env, stack, number)): ApiPath<(String, String, u64)>,
 ) -> Result<Json<Release>, ApiError> {
     let key = stack_key(&env, &stack)?;
-    s.store.release(&key, number)?.map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "release_not_found",
-            format!("no release {number} of {key}"),
-        )
-    })
+    s.store
+        .release(&key, number)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "release_not_found",
+                format!("no release {number} of {key}"),
+            )
+        })
 }
 
 /// Records a new release equal to the current one but for `service`'s replica count, so
@@ -495,7 +475,7 @@ async fn scale_service(
             "at most 10000 replicas",
         ));
     }
-    let release = current_release(&s, &key)?;
+    let release = current_release(&s, &key).await?;
     let mut spec = release.spec;
     let svc = spec
         .services
@@ -513,7 +493,8 @@ async fn list_releases(
     let key = stack_key(&env, &stack)?;
     let current = s
         .store
-        .stacks()?
+        .stacks()
+        .await?
         .into_iter()
         .find(|st| st.stack == key)
         .ok_or_else(|| {
@@ -526,7 +507,8 @@ async fn list_releases(
         .current;
     Ok(Json(
         s.store
-            .releases(&key)?
+            .releases(&key)
+            .await?
             .into_iter()
             .map(|r| ReleaseSummary {
                 number: r.number,
@@ -543,15 +525,14 @@ async fn down_stack(
     ApiPath((env, stack)): ApiPath<(String, String)>,
 ) -> Result<Json<StackView>, ApiError> {
     let key = stack_key(&env, &stack)?;
-    if !s.store.stacks()?.iter().any(|st| st.stack == key) {
+    if !s.store.stacks().await?.iter().any(|st| st.stack == key) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "stack_not_found",
             format!("no stack {key}"),
         ));
     }
-    let k = key.clone();
-    blocking(&s, move |st| st.set_current(&k, None)).await?;
+    s.store.set_current(&key, None).await?;
     s.control.changed();
     Ok(Json(StackView {
         env: key.env,
@@ -564,7 +545,7 @@ async fn list_instances(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<StackFilter>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
-    let all = s.store.instances(None)?;
+    let all = s.store.instances(None).await?;
     Ok(Json(
         all.into_iter()
             .filter(|i| q.env.as_ref().is_none_or(|e| &i.id.stack.env == e))
@@ -577,10 +558,11 @@ async fn list_events(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
-    Ok(Json(s.store.events_after(
-        q.after,
-        q.limit.unwrap_or(1000).min(10_000),
-    )?))
+    Ok(Json(
+        s.store
+            .events_after(q.after, q.limit.unwrap_or(1000).min(10_000))
+            .await?,
+    ))
 }
 
 /// `stop` keeps the service's instances stopped until `start` (or the next deploy);
@@ -605,18 +587,18 @@ async fn control_service(
             ));
         }
     };
-    if !current_release(&s, &key)?
+    if !current_release(&s, &key)
+        .await?
         .spec
         .services
         .contains_key(&service)
     {
         return Err(service_not_found(&key, &service));
     }
-    let (k, svc) = (key.clone(), service.clone());
-    let controls = blocking(&s, move |st| {
-        st.update_controls(&k, &mut |c| change(c.entry(svc.clone()).or_default()))
-    })
-    .await?;
+    let controls = s
+        .store
+        .update_controls(&key, |c| change(c.entry(service.clone()).or_default()))
+        .await?;
     s.control.changed();
     let control = controls.get(&service).cloned().unwrap_or_default();
     Ok(Json(ServiceControlView {
@@ -633,7 +615,7 @@ async fn service_status(
     ApiPath((env, stack, service)): ApiPath<(String, String, String)>,
 ) -> Result<Json<ServiceStatus>, ApiError> {
     let key = stack_key(&env, &stack)?;
-    let release = current_release(&s, &key)?;
+    let release = current_release(&s, &key).await?;
     let spec = release
         .spec
         .services
@@ -642,7 +624,8 @@ async fn service_status(
         .ok_or_else(|| service_not_found(&key, &service))?;
     let control = s
         .store
-        .stacks()?
+        .stacks()
+        .await?
         .into_iter()
         .find(|st| st.stack == key)
         .and_then(|st| st.controls.get(&service).cloned())
@@ -650,7 +633,8 @@ async fn service_status(
     // Sampled together: each takes a CPU sample window.
     let mine: Vec<Instance> = s
         .store
-        .instances(Some(&key))?
+        .instances(Some(&key))
+        .await?
         .into_iter()
         .filter(|i| i.id.service == service)
         .collect();
@@ -688,7 +672,7 @@ fn parse_instance_id(env: &str, stack: &str, instance: &str) -> Result<InstanceI
 }
 
 /// The instance `<service>-<index>` of a stack, known to the store.
-fn instance_id(
+async fn instance_id(
     s: &ApiState,
     env: &str,
     stack: &str,
@@ -697,7 +681,8 @@ fn instance_id(
     let id = parse_instance_id(env, stack, instance)?;
     if !s
         .store
-        .instances(Some(&id.stack))?
+        .instances(Some(&id.stack))
+        .await?
         .iter()
         .any(|i| i.id == id)
     {
@@ -715,7 +700,7 @@ async fn exec_instance(
     ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
     Body(req): Body<ExecRequest>,
 ) -> Result<Json<Exec>, ApiError> {
-    let id = instance_id(&s, &env, &stack, &instance)?;
+    let id = instance_id(&s, &env, &stack, &instance).await?;
     if req.cmd.is_empty() || req.cmd.len() > 1024 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -735,7 +720,7 @@ async fn signal_instance(
     ApiPath((env, stack, instance)): ApiPath<(String, String, String)>,
     Body(req): Body<SignalRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let id = instance_id(&s, &env, &stack, &instance)?;
+    let id = instance_id(&s, &env, &stack, &instance).await?;
     s.instances
         .signal(id, req.signal)
         .await

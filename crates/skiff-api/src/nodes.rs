@@ -95,7 +95,7 @@ pub(crate) async fn report(
     ApiPath(id): ApiPath<String>,
     Body(report): Body<Report>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
-    Ok(Json(s.control.report(&id, report)?))
+    Ok(Json(s.control.report(&id, report).await?))
 }
 
 #[derive(Deserialize)]

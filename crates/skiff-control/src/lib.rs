@@ -21,7 +21,9 @@
 //! - **Reports** from agents carry instance states in the order they happened. An instance is
 //!   in the catalog exactly while its latest state is `healthy`, it is reported by the node
 //!   its allocation names, and that node is not down. Leaving the catalog keeps its traffic
-//!   counter, on which the agent's drain call waits before the stop signal.
+//!   counter, on which the agent's drain call waits before the stop signal. What reports
+//!   change is written to the store by one writer task, in the order the reports were
+//!   applied (soft writes: agents report everything again when they reconnect).
 //!
 //! **Invariant:** only the planner task writes allocations, and only through the applier.
 
@@ -40,8 +42,8 @@ use skiff_model::{
     ServiceSpec, StackKey, WaitFor,
 };
 use skiff_scheduler::{Group, Options, Snapshot, Unplaced};
-use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Store, TxnOp};
-use tokio::sync::{Notify, watch};
+use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Observed, Store, TxnOp};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 const NODES: &str = "nodes/";
 /// How often silent nodes are looked for: a node is out of DNS at most this long after its
@@ -196,8 +198,10 @@ struct State {
 }
 
 pub struct Control {
-    store: Arc<dyn Store>,
+    store: Store,
     kv: AnyKv,
+    /// Observed changes for the store, in order, to the one task that writes them.
+    observed: mpsc::UnboundedSender<(Vec<Observed>, oneshot::Sender<()>)>,
     catalog: Arc<Catalog>,
     cfg: Config,
     state: Mutex<State>,
@@ -229,13 +233,10 @@ fn new_alloc_id() -> String {
 }
 
 impl Control {
-    /// Loads nodes and allocations from `kv` and the last reported instances from `store`.
-    pub async fn open(
-        store: Arc<dyn Store>,
-        kv: AnyKv,
-        catalog: Arc<Catalog>,
-        cfg: Config,
-    ) -> Result<Arc<Control>> {
+    /// Loads nodes, allocations and the last reported instances from `store` (nodes,
+    /// allocations and addresses are keys of this crate's own in its kv).
+    pub async fn open(store: Store, catalog: Arc<Catalog>, cfg: Config) -> Result<Arc<Control>> {
+        let kv = store.kv().clone();
         let mut st = State::default();
         let (nodes, _) = kv.list(NODES).await?;
         for e in nodes {
@@ -268,13 +269,16 @@ impl Control {
             );
         }
         st.awaited = awaited(&st.allocs);
-        for i in store.instances(None)? {
+        for i in store.instances(None).await? {
             st.instances.insert(i.id.clone(), i);
         }
         st.addresses = load_addresses(&kv).await?;
+        let (observed, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_observed(store.clone(), queue));
         Ok(Arc::new(Control {
             store,
             kv,
+            observed,
             catalog,
             cfg,
             state: Mutex::new(st),
@@ -690,12 +694,12 @@ impl Control {
         self.lock().unplaced.clone()
     }
 
-    fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Arc<Release>>> {
+    async fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Arc<Release>>> {
         let key = (stack.clone(), number);
         if let Some(r) = self.lock().releases.get(&key) {
             return Ok(Some(r.clone()));
         }
-        let Some(r) = self.store.release(stack, number)? else {
+        let Some(r) = self.store.release(stack, number).await? else {
             return Ok(None);
         };
         let r = Arc::new(r);
@@ -707,7 +711,7 @@ impl Control {
     /// allocations changed under it.
     async fn plan_and_apply(&self) -> Result<()> {
         for _ in 0..3 {
-            let ops = self.plan()?;
+            let ops = self.plan().await?;
             if ops.is_empty() {
                 return Ok(());
             }
@@ -800,12 +804,12 @@ impl Control {
     }
 
     /// Plans a pass: the writes that make the allocations match the releases.
-    fn plan(&self) -> Result<Vec<TxnOp>> {
-        let stacks = self.store.stacks()?;
+    async fn plan(&self) -> Result<Vec<TxnOp>> {
+        let stacks = self.store.stacks().await?;
         let mut releases = Vec::new();
         for s in &stacks {
             if let Some(n) = s.current
-                && let Some(rel) = self.release(&s.stack, n)?
+                && let Some(rel) = self.release(&s.stack, n).await?
             {
                 releases.push((s, rel));
             }
@@ -1006,9 +1010,10 @@ impl Control {
             .collect();
         st.unplaced = unplaced;
         drop(st);
+        let mut events = Vec::new();
         for u in news {
             tracing::warn!(stack = %u.stack, service = %u.service, "unplaced: {}", u.reason);
-            let _ = self.store.append_event(NewEvent {
+            events.push(Observed::Event(NewEvent {
                 time_ms: now_ms(),
                 stack: u.stack.clone(),
                 instance: None,
@@ -1017,15 +1022,44 @@ impl Control {
                     "{} instance(s) of {} fit no node: {}",
                     u.missing, u.service, u.reason
                 ),
-            });
+            }));
         }
+        if !events.is_empty() {
+            // Written by the store's writer; the planner does not wait for it.
+            drop(self.observe(events));
+        }
+    }
+
+    /// Queues observed changes for the store's one writer and resolves once they are written.
+    /// The writer takes them in the order they are queued: callers that must keep an order
+    /// queue under the state lock.
+    fn observe(&self, changes: Vec<Observed>) -> oneshot::Receiver<()> {
+        let (done, written) = oneshot::channel();
+        // The writer lives as long as this Control: a send fails only while it is dropped.
+        let _ = self.observed.send((changes, done));
+        written
     }
 
     // === reports ===
 
     /// Applies an agent's report, in order: instance records (into the catalog while
-    /// healthy), removals and events.
-    pub fn report(&self, node: &str, report: Report) -> Result<ReportAnswer> {
+    /// healthy), removals and events. The store is written after the state lock is released,
+    /// by the one writer, in the order reports were applied; the answer waits for it.
+    pub async fn report(&self, node: &str, report: Report) -> Result<ReportAnswer> {
+        let (answer, written) = self.apply_report(node, report)?;
+        if let Some(written) = written {
+            let _ = written.await;
+        }
+        Ok(answer)
+    }
+
+    /// A report applied under the state lock; its store writes queued (and resolved once
+    /// written).
+    fn apply_report(
+        &self,
+        node: &str,
+        report: Report,
+    ) -> Result<(ReportAnswer, Option<oneshot::Receiver<()>>)> {
         let mut st = self.lock();
         let address = {
             let n = st
@@ -1053,6 +1087,7 @@ impl Control {
                 .get(&ServiceKey::of(id))
                 .is_some_and(|e| e.address.is_some() && !e.targets.is_empty())
         };
+        let mut writes = Vec::new();
         for change in report.changes {
             match change {
                 Change::Instance(mut inst) => {
@@ -1092,7 +1127,7 @@ impl Control {
                             || st
                                 .dependencies
                                 .contains(&(inst.id.stack.clone(), inst.id.service.clone())));
-                    let _ = self.store.put_instance(&inst);
+                    writes.push(Observed::Instance(inst.clone()));
                     st.instances.insert(inst.id.clone(), inst);
                 }
                 Change::Removed(id) => {
@@ -1100,15 +1135,13 @@ impl Control {
                         st.instances.remove(&id);
                         st.withdrawn.remove(&id);
                         self.catalog.remove(&id);
-                        let _ = self.store.delete_instance(&id);
+                        writes.push(Observed::Removed(id.clone()));
                         replan |= st
                             .dependencies
                             .contains(&(id.stack.clone(), id.service.clone()));
                     }
                 }
-                Change::Event(e) => {
-                    let _ = self.store.append_event(e);
-                }
+                Change::Event(e) => writes.push(Observed::Event(e)),
             }
         }
         if report.full {
@@ -1124,15 +1157,16 @@ impl Control {
                 st.instances.remove(&id);
                 st.withdrawn.remove(&id);
                 self.catalog.remove(&id);
-                let _ = self.store.delete_instance(&id);
+                writes.push(Observed::Removed(id));
             }
             replan = true;
         }
+        let written = (!writes.is_empty()).then(|| self.observe(writes));
         drop(st);
         if replan {
             self.changed();
         }
-        Ok(answer)
+        Ok((answer, written))
     }
 
     /// Waits until no request is in flight on `id`, at most `timeout`: through this
@@ -1242,6 +1276,32 @@ fn awaited(allocs: &BTreeMap<String, Stored>) -> HashSet<InstanceId> {
         .filter_map(|s| s.alloc.replaced_by.as_deref())
         .filter_map(|id| by_id.get(id).map(|i| (*i).clone()))
         .collect()
+}
+
+/// The store's one writer of observed changes: takes what is queued, in order, and writes
+/// everything queued meanwhile together (soft writes, in as few transactions as the store can);
+/// then tells each sender. A failed write is logged: agents report everything again in full
+/// when they reconnect, and the in-memory state stays right.
+async fn write_observed(
+    store: Store,
+    mut queue: mpsc::UnboundedReceiver<(Vec<Observed>, oneshot::Sender<()>)>,
+) {
+    const MOST: usize = 16_384;
+    while let Some((mut changes, done)) = queue.recv().await {
+        let mut waiting = vec![done];
+        while changes.len() < MOST
+            && let Ok((more, done)) = queue.try_recv()
+        {
+            changes.extend(more);
+            waiting.push(done);
+        }
+        if let Err(e) = store.observe(changes).await {
+            tracing::warn!("store: observed state not written: {e}");
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// The stable address of `key`: the one it has, else the lowest free one (not yet in the

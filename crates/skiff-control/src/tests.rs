@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use skiff_model::{Driver, NodeResources, PortSpec, StackSpec};
-use skiff_store::{MemKv, MemStore};
+use skiff_store::MemKv;
 
 use super::*;
 
@@ -58,18 +58,17 @@ fn record(id: &InstanceId, release: u64, state: InstanceState, port: u16) -> Ins
 
 struct Rig {
     control: Arc<Control>,
-    store: Arc<dyn Store>,
+    store: Store,
     kv: AnyKv,
     catalog: Arc<Catalog>,
 }
 
 async fn rig(down_after: Duration) -> Rig {
-    let store: Arc<dyn Store> = Arc::new(MemStore::new("test"));
-    let kv = AnyKv::Mem(MemKv::new());
+    let store = Store::open(AnyKv::Mem(MemKv::new()), "test").await.unwrap();
+    let kv = store.kv().clone();
     let catalog = Catalog::new();
     let control = Control::open(
         store.clone(),
-        kv.clone(),
         catalog.clone(),
         Config {
             down_after,
@@ -88,7 +87,7 @@ async fn rig(down_after: Duration) -> Rig {
 }
 
 impl Rig {
-    fn release(&self, services: &[(&str, ServiceSpec)]) -> u64 {
+    async fn release(&self, services: &[(&str, ServiceSpec)]) -> u64 {
         let spec = StackSpec {
             services: services
                 .iter()
@@ -98,6 +97,7 @@ impl Rig {
         };
         self.store
             .create_release(&stack(), spec, String::new(), 1)
+            .await
             .unwrap()
             .number
     }
@@ -109,8 +109,10 @@ impl Rig {
             .unwrap();
     }
 
+    /// A planner pass, and what it queued for the store written.
     async fn pass(&self) {
         self.control.plan_and_apply().await.unwrap();
+        self.control.observe(Vec::new()).await.unwrap();
     }
 
     fn on(&self, node: &str) -> Vec<Allocation> {
@@ -121,7 +123,7 @@ impl Rig {
             .collect()
     }
 
-    fn report(&self, node: &str, a: &Allocation, state: InstanceState, port: u16) {
+    async fn report(&self, node: &str, a: &Allocation, state: InstanceState, port: u16) {
         let inst = record(&a.instance, a.release, state, port);
         self.control
             .report(
@@ -131,6 +133,7 @@ impl Rig {
                     changes: vec![Change::Instance(inst)],
                 },
             )
+            .await
             .unwrap();
     }
 
@@ -153,7 +156,7 @@ async fn a_release_is_allocated_over_the_registered_nodes_and_their_long_polls_w
         tokio::spawn(async move { c.allocations("n1", 0, Duration::from_secs(10)).await })
     };
     tokio::task::yield_now().await;
-    r.release(&[("web", service(4, &[]))]);
+    r.release(&[("web", service(4, &[]))]).await;
     r.pass().await;
     let got = tokio::time::timeout(Duration::from_secs(2), poll)
         .await
@@ -182,15 +185,16 @@ async fn a_dependent_is_placed_only_once_its_dependency_is_reported_healthy() {
     r.release(&[
         ("db", service(1, &[])),
         ("web", service(2, &[("db", WaitFor::Healthy)])),
-    ]);
+    ])
+    .await;
     r.pass().await;
     let placed: Vec<String> = r.on("n1").iter().map(|a| a.instance.short()).collect();
     assert_eq!(placed, ["db-1"]);
     let db = r.on("n1").remove(0);
-    r.report("n1", &db, InstanceState::Starting, 20001);
+    r.report("n1", &db, InstanceState::Starting, 20001).await;
     r.pass().await;
     assert_eq!(r.on("n1").len(), 1, "started is not healthy");
-    r.report("n1", &db, InstanceState::Healthy, 20001);
+    r.report("n1", &db, InstanceState::Healthy, 20001).await;
     assert_eq!(r.endpoints("db"), [(1, "10.231.0.1".parse().unwrap())]);
     r.pass().await;
     assert_eq!(r.on("n1").len(), 3);
@@ -201,11 +205,11 @@ async fn a_silent_node_is_down_its_instances_leave_the_catalog_and_move() {
     let r = rig(Duration::from_millis(200)).await;
     r.node("n1", "one", "10.231.0.1").await;
     r.node("n2", "two", "10.231.0.2").await;
-    r.release(&[("web", service(2, &[]))]);
+    r.release(&[("web", service(2, &[]))]).await;
     r.pass().await;
     for node in ["n1", "n2"] {
         for a in r.on(node) {
-            r.report(node, &a, InstanceState::Healthy, 20001);
+            r.report(node, &a, InstanceState::Healthy, 20001).await;
         }
     }
     assert_eq!(r.endpoints("web").len(), 2);
@@ -233,13 +237,13 @@ async fn a_silent_node_is_down_its_instances_leave_the_catalog_and_move() {
         .into_iter()
         .find(|a| a.instance == on_n2)
         .unwrap();
-    r.report("n1", &moved, InstanceState::Healthy, 20002);
+    r.report("n1", &moved, InstanceState::Healthy, 20002).await;
     r.control.heartbeat("n2").unwrap();
     let stale = Allocation {
         node: "n2".into(),
         ..moved.clone()
     };
-    r.report("n2", &stale, InstanceState::Healthy, 20009);
+    r.report("n2", &stale, InstanceState::Healthy, 20009).await;
     let ends: Vec<IpAddr> = r.endpoints("web").into_iter().map(|e| e.1).collect();
     assert_eq!(ends, [n1; 2]);
 }
@@ -248,10 +252,10 @@ async fn a_silent_node_is_down_its_instances_leave_the_catalog_and_move() {
 async fn a_drained_node_keeps_serving_until_its_replacements_are_ready() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;
-    r.release(&[("web", service(1, &[]))]);
+    r.release(&[("web", service(1, &[]))]).await;
     r.pass().await;
     let old = r.on("n1").remove(0);
-    r.report("n1", &old, InstanceState::Healthy, 20001);
+    r.report("n1", &old, InstanceState::Healthy, 20001).await;
     r.node("n2", "two", "10.231.0.2").await;
     r.control
         .set_status("n1", NodeStatus::Draining)
@@ -266,7 +270,7 @@ async fn a_drained_node_keeps_serving_until_its_replacements_are_ready() {
     let retiring = r.on("n1").remove(0);
     assert_eq!(retiring.replaced_by.as_deref(), Some(new.id.as_str()));
     assert_eq!(r.endpoints("web").len(), 1, "the old copy serves meanwhile");
-    r.report("n2", &new, InstanceState::Starting, 20001);
+    r.report("n2", &new, InstanceState::Starting, 20001).await;
     r.pass().await;
     assert_eq!(
         r.on("n1").len(),
@@ -275,7 +279,7 @@ async fn a_drained_node_keeps_serving_until_its_replacements_are_ready() {
     );
     // Ready: both serve for a moment, then the old copy's allocation goes (its agent
     // deregisters, drains and stops it) without another call.
-    r.report("n2", &new, InstanceState::Healthy, 20001);
+    r.report("n2", &new, InstanceState::Healthy, 20001).await;
     assert_eq!(r.endpoints("web").len(), 2);
     tokio::time::timeout(Duration::from_secs(2), async {
         loop {
@@ -296,7 +300,7 @@ async fn undraining_before_the_replacement_is_ready_keeps_the_first_copy() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;
     r.node("n2", "two", "10.231.0.2").await;
-    r.release(&[("web", service(1, &[]))]);
+    r.release(&[("web", service(1, &[]))]).await;
     r.pass().await;
     let (old_node, new_node) = if r.on("n1").is_empty() {
         ("n2", "n1")
@@ -334,16 +338,16 @@ async fn undraining_before_the_replacement_is_ready_keeps_the_first_copy() {
 async fn draining_waits_for_the_requests_in_flight() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "127.0.0.1").await;
-    r.release(&[("web", service(1, &[]))]);
+    r.release(&[("web", service(1, &[]))]).await;
     r.pass().await;
     let a = r.on("n1").remove(0);
-    r.report("n1", &a, InstanceState::Healthy, 20001);
+    r.report("n1", &a, InstanceState::Healthy, 20001).await;
     let traffic = r
         .catalog
         .traffic(&ServiceKey::new(&stack(), "web"), 1)
         .unwrap();
     assert!(traffic.begin());
-    r.report("n1", &a, InstanceState::Stopping, 20001);
+    r.report("n1", &a, InstanceState::Stopping, 20001).await;
     assert!(r.endpoints("web").is_empty(), "out of the catalog first");
     assert!(!traffic.begin(), "no new request reaches it");
     let d = r
@@ -364,7 +368,7 @@ async fn draining_waits_for_the_requests_in_flight() {
 async fn the_applier_plans_again_when_allocations_changed_under_it() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;
-    r.release(&[("web", service(1, &[]))]);
+    r.release(&[("web", service(1, &[]))]).await;
     r.pass().await;
     let a = r.on("n1").remove(0);
     // Someone else rewrites the allocation: the control's view is stale.
@@ -373,7 +377,7 @@ async fn the_applier_plans_again_when_allocations_changed_under_it() {
         .await
         .unwrap();
     // A new release re-stamps it: the first commit conflicts, the second goes through.
-    let n = r.release(&[("web", service(1, &[]))]);
+    let n = r.release(&[("web", service(1, &[]))]).await;
     r.pass().await;
     let now: Allocation =
         serde_json::from_slice(&r.kv.get(&key).await.unwrap().unwrap().value).unwrap();
@@ -386,13 +390,13 @@ async fn unplaceable_work_is_kept_with_its_reason_and_an_event() {
     r.node("n1", "one", "10.231.0.1").await;
     let mut big = service(1, &[]);
     big.reservations.memory_bytes = 64 << 30;
-    r.release(&[("big", big)]);
+    r.release(&[("big", big)]).await;
     r.pass().await;
     let u = r.control.unplaced();
     assert_eq!(u.len(), 1);
     assert!(u[0].reason.contains("memory"), "{}", u[0].reason);
     r.pass().await;
-    let events = r.store.events_after(0, 100).unwrap();
+    let events = r.store.events_after(0, 100).await.unwrap();
     assert_eq!(
         events.iter().filter(|e| e.kind == "unplaced").count(),
         1,
@@ -404,13 +408,13 @@ async fn unplaceable_work_is_kept_with_its_reason_and_an_event() {
 async fn a_full_report_forgets_what_the_node_no_longer_runs() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;
-    r.release(&[("web", service(2, &[]))]);
+    r.release(&[("web", service(2, &[]))]).await;
     r.pass().await;
     let allocs = r.on("n1");
     for a in &allocs {
-        r.report("n1", a, InstanceState::Healthy, 20001);
+        r.report("n1", a, InstanceState::Healthy, 20001).await;
     }
-    assert_eq!(r.store.instances(None).unwrap().len(), 2);
+    assert_eq!(r.store.instances(None).await.unwrap().len(), 2);
     let keep = record(&allocs[0].instance, 1, InstanceState::Healthy, 20001);
     r.control
         .report(
@@ -429,10 +433,12 @@ async fn a_full_report_forgets_what_the_node_no_longer_runs() {
                 ],
             },
         )
+        .await
         .unwrap();
     let left: Vec<String> = r
         .store
         .instances(None)
+        .await
         .unwrap()
         .iter()
         .map(|i| i.id.short())
@@ -467,7 +473,8 @@ async fn registration_rejects_a_taken_name_and_a_bad_address() {
 async fn every_service_gets_a_stable_address_that_it_keeps_across_releases_and_restarts() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.0.0.1").await;
-    r.release(&[("db", service(1, &[])), ("web", service(2, &[]))]);
+    r.release(&[("db", service(1, &[])), ("web", service(2, &[]))])
+        .await;
     r.pass().await;
     let address = |catalog: &Catalog, s: &str| {
         let snap = catalog.snapshot();
@@ -482,13 +489,14 @@ async fn every_service_gets_a_stable_address_that_it_keeps_across_releases_and_r
 
     // A release without db, then one with it again: db gets its own address back, a new
     // service the next free one.
-    r.release(&[("web", service(2, &[]))]);
+    r.release(&[("web", service(2, &[]))]).await;
     r.pass().await;
     r.release(&[
         ("cache", service(1, &[])),
         ("web", service(1, &[])),
         ("db", service(1, &[])),
-    ]);
+    ])
+    .await;
     r.pass().await;
     assert_eq!(address(&r.catalog, "db").0, db);
     assert_eq!(address(&r.catalog, "web").0, web);
@@ -497,14 +505,9 @@ async fn every_service_gets_a_stable_address_that_it_keeps_across_releases_and_r
 
     // A restarted server reads them back from the kv.
     let catalog = Catalog::new();
-    let again = Control::open(
-        r.store.clone(),
-        r.kv.clone(),
-        catalog.clone(),
-        Config::default(),
-    )
-    .await
-    .unwrap();
+    let again = Control::open(r.store.clone(), catalog.clone(), Config::default())
+        .await
+        .unwrap();
     again.plan_and_apply().await.unwrap();
     assert_eq!(address(&catalog, "db").0, db);
     assert_eq!(address(&catalog, "web").0, web);
@@ -523,4 +526,62 @@ fn address_ranges_are_loopback_blocks() {
     for bad in ["10.0.0.0/16", "127.0.0.0", "127.0.0.0/31", "127.0.0.0/x"] {
         assert!(bad.parse::<AddressRange>().is_err(), "{bad}");
     }
+}
+
+#[test]
+fn the_store_and_the_control_plane_keep_apart_in_the_kv() {
+    for ours in [NODES, ALLOCS, ADDRESSES] {
+        for theirs in skiff_store::KEY_PREFIXES {
+            assert!(
+                !ours.starts_with(theirs) && !theirs.starts_with(ours),
+                "{ours} and {theirs} overlap"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_gets_reports_in_the_order_they_were_applied() {
+    let r = Arc::new(rig(Duration::from_secs(5)).await);
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(3, &[]))]).await;
+    r.pass().await;
+    let allocs = r.on("n1");
+    // Reports racing each other, each a state of every instance: whichever was applied last
+    // is what the store holds, as in memory.
+    let states = [
+        InstanceState::Starting,
+        InstanceState::Healthy,
+        InstanceState::Unhealthy,
+        InstanceState::Stopping,
+    ];
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (r, allocs) = (r.clone(), allocs.clone());
+            tokio::spawn(async move {
+                let changes = allocs
+                    .iter()
+                    .map(|a| {
+                        Change::Instance(record(&a.instance, 1, states[i % states.len()], 20001))
+                    })
+                    .collect();
+                r.control
+                    .report(
+                        "n1",
+                        Report {
+                            full: false,
+                            changes,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = r.store.instances(None).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored, r.control.instances());
 }

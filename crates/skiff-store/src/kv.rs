@@ -5,8 +5,16 @@
 //! revision, then follows live ones.
 //!
 //! Two backends: [`MemKv`] (tests, `--store memory`) and [`RedbKv`] (one redb file; each write
-//! durable when it returns). Both keep the last [`HISTORY`] changes for watches; a watch from
-//! an older revision fails with [`KvError::Compacted`], as etcd's does.
+//! durable when it returns, but for [soft](Durability::Soft) ones). Both keep the last
+//! [`HISTORY`] changes for watches; a watch from an older revision fails with
+//! [`KvError::Compacted`], as etcd's does.
+//!
+//! A write is [`Durability::Immediate`] (durable when it returns: `put`, `delete`, `txn`) or
+//! [`Durability::Soft`] (`txn_soft`): applied, numbered and watched like any other, but a crash
+//! may lose it until a group commit makes it durable, at most [`FLUSH_EVERY`] later. Soft
+//! writes are for what is observed and rebuilt anyway (instance states, events), so that a
+//! burst of them costs a few fsyncs, not one each. A backend without the distinction (etcd)
+//! treats a soft write as a normal one.
 //!
 //! **Invariants:** revisions grow by one per successful write, across all keys; a watch
 //! delivers each change of its prefix exactly once, in revision order, with no gap between the
@@ -15,7 +23,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc};
@@ -26,6 +36,20 @@ pub const HISTORY: u64 = 10_000;
 /// Changes buffered for live watchers that have not taken them yet; one further behind gets
 /// `Lagged` (and lists again). The buffer is allocated whole up front, so it stays small.
 const LIVE_BUFFER: usize = 256;
+
+/// How long a soft write may stay undurable: a group commit this often makes every soft write
+/// before it durable with one fsync.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// How durable a write is when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable (fsynced) before the call returns.
+    Immediate,
+    /// Applied, numbered and watched at once; durable at the next group commit, at most
+    /// [`FLUSH_EVERY`] later. A crash before it may lose it (and only soft writes).
+    Soft,
+}
 
 /// A key's value and the revisions of its creation and last change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +146,23 @@ pub trait Kv: Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = KvResult<Option<KvEntry>>> + Send;
     /// Every key under `prefix`, in key order, and the store's revision they were read at.
     fn list(&self, prefix: &str) -> impl Future<Output = KvResult<(Vec<KvEntry>, u64)>> + Send;
+    /// At most `limit` keys under `prefix` from `start` on (`start` included), in key order,
+    /// and the store's revision they were read at (etcd's range with a limit).
+    fn list_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> impl Future<Output = KvResult<(Vec<KvEntry>, u64)>> + Send {
+        async move {
+            let (entries, revision) = self.list(prefix).await?;
+            let from = entries.partition_point(|e| e.key.as_str() < start);
+            Ok((
+                entries.into_iter().skip(from).take(limit).collect(),
+                revision,
+            ))
+        }
+    }
     /// Writes `value` if `expect` holds; returns the write's revision.
     fn put(
         &self,
@@ -130,7 +171,7 @@ pub trait Kv: Send + Sync + 'static {
         expect: Expect,
     ) -> impl Future<Output = KvResult<u64>> + Send {
         let op = TxnOp::put(key, value, expect);
-        async move { Ok(self.commit(vec![op]).await?.0) }
+        async move { Ok(self.commit(vec![op], Durability::Immediate).await?.0) }
     }
     /// Deletes `key` if `expect` holds; returns the revision of the deletion, or `None` when
     /// there was nothing to delete (no revision is used then).
@@ -141,7 +182,7 @@ pub trait Kv: Send + Sync + 'static {
     ) -> impl Future<Output = KvResult<Option<u64>>> + Send {
         let op = TxnOp::delete(key, expect);
         async move {
-            let (revision, changed) = self.commit(vec![op]).await?;
+            let (revision, changed) = self.commit(vec![op], Durability::Immediate).await?;
             Ok(changed.then_some(revision))
         }
     }
@@ -157,11 +198,20 @@ pub trait Kv: Send + Sync + 'static {
     /// revision after it. The ops that change something get consecutive revisions (etcd gives
     /// a transaction one): callers compare a key's `mod_revision`, never count revisions.
     fn txn(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<u64>> + Send {
-        async move { Ok(self.commit(ops).await?.0) }
+        async move { Ok(self.commit(ops, Durability::Immediate).await?.0) }
     }
-    /// What a backend implements under `put`, `delete` and `txn`: applies the ops as
-    /// [`Kv::txn`] does and also says whether any of them changed something.
-    fn commit(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<(u64, bool)>> + Send;
+    /// [`Kv::txn`] as a [soft](Durability::Soft) write.
+    fn txn_soft(&self, ops: Vec<TxnOp>) -> impl Future<Output = KvResult<u64>> + Send {
+        async move { Ok(self.commit(ops, Durability::Soft).await?.0) }
+    }
+    /// What a backend implements under `put`, `delete`, `txn` and `txn_soft`: applies the ops
+    /// as [`Kv::txn`] does, durable as asked, and also says whether any of them changed
+    /// something.
+    fn commit(
+        &self,
+        ops: Vec<TxnOp>,
+        durability: Durability,
+    ) -> impl Future<Output = KvResult<(u64, bool)>> + Send;
 }
 
 /// Rejects a transaction that names a key twice.
@@ -297,7 +347,7 @@ fn check(key: &str, expect: Expect, current: Option<&KvEntry>) -> KvResult<()> {
 
 // === memory ===
 
-/// Keys in memory: for tests and `--store memory`.
+/// Keys in memory: for tests and `--store memory`. Every write is as durable as the process.
 #[derive(Clone, Default)]
 pub struct MemKv {
     inner: Arc<Mutex<MemState>>,
@@ -327,39 +377,7 @@ impl MemKv {
     fn lock(&self) -> MutexGuard<'_, MemState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-impl Kv for MemKv {
-    async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
-        Ok(self.lock().data.get(key).cloned())
-    }
-
-    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
-        let st = self.lock();
-        let entries = st
-            .data
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| e.clone())
-            .collect();
-        Ok((entries, st.revision))
-    }
-
-    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
-        self.apply(ops)
-    }
-
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: u64,
-    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
-        let st = self.lock();
-        st.log.watch(prefix, after, st.revision)
-    }
-}
-
-impl MemKv {
     /// Applies a transaction; returns the revision after it and whether it changed anything.
     fn apply(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
         distinct(&ops)?;
@@ -387,6 +405,46 @@ impl MemKv {
     }
 }
 
+impl Kv for MemKv {
+    async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
+        Ok(self.lock().data.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
+        self.list_from(prefix, prefix, usize::MAX).await
+    }
+
+    async fn list_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> KvResult<(Vec<KvEntry>, u64)> {
+        let st = self.lock();
+        let entries = st
+            .data
+            .range(start.max(prefix).to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok((entries, st.revision))
+    }
+
+    async fn commit(&self, ops: Vec<TxnOp>, _: Durability) -> KvResult<(u64, bool)> {
+        self.apply(ops)
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> KvResult<mpsc::Receiver<KvResult<WatchEvent>>> {
+        let st = self.lock();
+        st.log.watch(prefix, after, st.revision)
+    }
+}
+
 // === redb ===
 
 /// key → `mod_revision (8 bytes LE) · create_revision (8 bytes LE) · value`.
@@ -395,16 +453,58 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// restart.
 const KV_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("kv_log");
 
-/// Keys in a redb file. Each write is durable when it returns.
+/// Keys in a redb file. An immediate write is fsynced before it returns (on a blocking
+/// thread); soft writes are committed without fsync and made durable together by a group commit
+/// (an empty fsynced commit) at most [`FLUSH_EVERY`] later, or by the next immediate write,
+/// whichever is first.
 #[derive(Clone)]
 pub struct RedbKv {
     db: Arc<Database>,
     state: Arc<Mutex<RedbState>>,
+    sync: Arc<SyncState>,
 }
 
 struct RedbState {
     revision: u64,
     log: Log,
+}
+
+/// What the group commit needs, shared with its thread.
+#[derive(Default)]
+struct SyncState {
+    /// A soft write is not durable yet.
+    dirty: AtomicBool,
+    /// Commits that reached the disk (fsynced): immediate writes and group commits.
+    durable_commits: AtomicU64,
+    /// Held by a group commit from taking `dirty` to its end: one waiting for it knows the
+    /// soft writes it saw are durable.
+    flushing: Mutex<()>,
+}
+
+impl SyncState {
+    /// Makes every soft write so far durable (one fsync, if there is any).
+    fn group_commit(&self, db: &Database) -> KvResult<()> {
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let commit = || -> Result<(), redb::Error> {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(redb::Durability::Immediate)?;
+            tx.commit()?;
+            Ok(())
+        };
+        match commit() {
+            Ok(()) => {
+                self.durable_commits.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty.store(true, Ordering::Release);
+                Err(unavailable(e))
+            }
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> KvError {
@@ -483,10 +583,46 @@ impl RedbKv {
             drop(history);
             tx.commit().map_err(unavailable)?;
         }
-        Ok(RedbKv {
+        let kv = RedbKv {
             db: Arc::new(db),
             state: Arc::new(Mutex::new(RedbState { revision, log })),
-        })
+            sync: Arc::new(SyncState::default()),
+        };
+        kv.start_flusher();
+        Ok(kv)
+    }
+
+    /// Commits that reached the disk so far (immediate writes and group commits), for tests
+    /// that check soft writes are batched.
+    pub fn durable_commits(&self) -> u64 {
+        self.sync.durable_commits.load(Ordering::Acquire)
+    }
+
+    /// Makes every soft write so far durable now (one fsync, if there is any): the group
+    /// commit without waiting for it.
+    pub fn flush(&self) -> KvResult<()> {
+        self.sync.group_commit(&self.db)
+    }
+
+    /// The group commit's thread: every [`FLUSH_EVERY`], one fsynced empty commit if a soft
+    /// write happened since the last durable one. It ends with the last handle on the file.
+    fn start_flusher(&self) {
+        let db: Weak<Database> = Arc::downgrade(&self.db);
+        let sync = self.sync.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kv-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    let Some(db) = db.upgrade() else { return };
+                    if let Err(e) = sync.group_commit(&db) {
+                        tracing::warn!("kv: group commit: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("kv: no group-commit thread ({e}); soft writes stay undurable");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RedbState> {
@@ -502,25 +638,30 @@ impl RedbKv {
             .and_then(|v| decode_entry(key, v.value())))
     }
 
-    /// Applies a transaction's changes at the next revisions, durably in one commit, then
-    /// records them for watches.
-    fn apply(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
+    /// Applies a transaction's changes at the next revisions in one commit (checked and
+    /// written in the same redb write transaction), durable as asked, then records them for
+    /// watches.
+    fn apply(&self, ops: Vec<TxnOp>, durability: Durability) -> KvResult<(u64, bool)> {
         distinct(&ops)?;
         let mut st = self.lock();
-        let current = ops
-            .iter()
-            .map(|op| self.read(&op.key))
-            .collect::<KvResult<Vec<_>>>()?;
-        for (op, cur) in ops.iter().zip(&current) {
-            check(&op.key, op.expect, cur.as_ref())?;
-        }
-        let events = changes(ops, &current, st.revision);
-        let Some(last) = events.last().map(WatchEvent::revision) else {
-            return Ok((st.revision, false));
-        };
-        let tx = self.db.begin_write().map_err(unavailable)?;
-        {
+        let mut tx = self.db.begin_write().map_err(unavailable)?;
+        tx.set_durability(match durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::Soft => redb::Durability::None,
+        })
+        .map_err(unavailable)?;
+        let events = {
             let mut table = tx.open_table(KV).map_err(unavailable)?;
+            let mut current = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let entry = table
+                    .get(op.key.as_str())
+                    .map_err(unavailable)?
+                    .and_then(|v| decode_entry(&op.key, v.value()));
+                check(&op.key, op.expect, entry.as_ref())?;
+                current.push(entry);
+            }
+            let events = changes(ops, &current, st.revision);
             let mut history = tx.open_table(KV_LOG).map_err(unavailable)?;
             for ev in &events {
                 match ev {
@@ -541,8 +682,23 @@ impl RedbKv {
                     history.remove(revision - HISTORY).map_err(unavailable)?;
                 }
             }
-        }
+            events
+        };
+        let Some(last) = events.last().map(WatchEvent::revision) else {
+            // Nothing changes: no commit, no revision. (A failed check above dropped the
+            // transaction, which aborts it.)
+            tx.abort().map_err(unavailable)?;
+            return Ok((st.revision, false));
+        };
         tx.commit().map_err(unavailable)?;
+        match durability {
+            Durability::Immediate => {
+                // Durable, and so is every soft commit before it.
+                self.sync.dirty.store(false, Ordering::Release);
+                self.sync.durable_commits.fetch_add(1, Ordering::AcqRel);
+            }
+            Durability::Soft => self.sync.dirty.store(true, Ordering::Release),
+        }
         st.revision = last;
         for ev in events {
             st.log.record(ev);
@@ -557,12 +713,24 @@ impl Kv for RedbKv {
     }
 
     async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
+        self.list_from(prefix, prefix, usize::MAX).await
+    }
+
+    async fn list_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> KvResult<(Vec<KvEntry>, u64)> {
         // Under the write lock: the entries and the revision belong together.
         let st = self.lock();
         let tx = self.db.begin_read().map_err(unavailable)?;
         let table = tx.open_table(KV).map_err(unavailable)?;
         let mut out = Vec::new();
-        for row in table.range(prefix..).map_err(unavailable)? {
+        for row in table.range(start.max(prefix)..).map_err(unavailable)? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = row.map_err(unavailable)?;
             if !k.value().starts_with(prefix) {
                 break;
@@ -574,8 +742,17 @@ impl Kv for RedbKv {
         Ok((out, st.revision))
     }
 
-    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
-        self.apply(ops)
+    async fn commit(&self, ops: Vec<TxnOp>, durability: Durability) -> KvResult<(u64, bool)> {
+        match durability {
+            // An fsync: on a blocking thread, not on the async ones.
+            Durability::Immediate => {
+                let kv = self.clone();
+                tokio::task::spawn_blocking(move || kv.apply(ops, durability))
+                    .await
+                    .map_err(unavailable)?
+            }
+            Durability::Soft => self.apply(ops, durability),
+        }
     }
 
     async fn watch(
@@ -615,6 +792,15 @@ impl Kv for AnyKv {
         each!(self, kv => kv.list(prefix).await)
     }
 
+    async fn list_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> KvResult<(Vec<KvEntry>, u64)> {
+        each!(self, kv => kv.list_from(prefix, start, limit).await)
+    }
+
     async fn watch(
         &self,
         prefix: &str,
@@ -623,7 +809,7 @@ impl Kv for AnyKv {
         each!(self, kv => kv.watch(prefix, after).await)
     }
 
-    async fn commit(&self, ops: Vec<TxnOp>) -> KvResult<(u64, bool)> {
-        each!(self, kv => kv.commit(ops).await)
+    async fn commit(&self, ops: Vec<TxnOp>, durability: Durability) -> KvResult<(u64, bool)> {
+        each!(self, kv => kv.commit(ops, durability).await)
     }
 }

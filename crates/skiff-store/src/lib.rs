@@ -1,50 +1,105 @@
-//! Durable state of the control plane, behind one [`Store`] trait.
+//! The control plane's state, in one revisioned key-value store.
 //!
-//! [`RedbStore`] keeps it in one redb file (ACID; every write transaction is committed with
-//! `Durability::Immediate`, i.e. fsynced before the call returns, so an acknowledged release
-//! survives `kill -9`). [`MemStore`] keeps it in memory for tests. Both pass the same contract
-//! battery (`tests/contract.rs`).
+//! [`kv`] is the contract underneath, shaped after etcd v3 so an etcd backend can slot in:
+//! store-wide revisions, compare-and-swap, transactions, watch from a revision, and
+//! [soft](kv::Durability::Soft) writes. [`MemKv`] (tests) and [`RedbKv`] (one redb file,
+//! `control.redb` in the data dir) implement it.
 //!
-//! Releases and desired state (service controls) are fsynced before the call returns.
-//! Observed instance state and events are "soft" writes: committed without fsync and made
-//! durable together by a group commit at most [`FLUSH_EVERY`] later, so a burst of 100
-//! instance starts costs a few fsyncs, not 100, and a `kill -9` loses at most the last
-//! ~100 ms of them (the agent rebuilds observed state from the instance directories anyway).
+//! [`Store`] is the domain layer over any [`Kv`]: releases, stacks (which release is current),
+//! service controls, observed instances and events, each an async method. skiff-control keeps
+//! its own keys (nodes, allocations, stable addresses) in the same kv, through [`Store::kv`].
 //!
-//! Values are JSON of the `skiff-model` types; the file records [`FORMAT_VERSION`] and a store
-//! written by a newer skiff is refused rather than misread.
+//! # Key layout
 //!
-//! **Invariant:** release numbers per stack start at 1, only grow, and are never reused, even
-//! after a crash between two writes: the number is assigned in the same transaction that
-//! stores the release.
+//! Values are JSON of the `skiff-model` types unless said otherwise.
+//!
+//! | key | value | written |
+//! |---|---|---|
+//! | `meta/format` | [`FORMAT_VERSION`] of this layout | once, at init |
+//! | `meta/cluster_id` | the data dir's random id (a string) | once, at init |
+//! | `meta/event_seq` | event numbers up to this are taken (durable reservation) | durable |
+//! | `meta/imported` | path of the `state.redb` imported at init, if one was | once |
+//! | `stacks/<env>/<stack>` | `{"current": n or null, "next": n}` | durable, CAS |
+//! | `releases/<env>/<stack>/<n:020>` | [`Release`](skiff_model::Release) | durable, create-only |
+//! | `controls/<env>/<stack>` | `{service: ServiceControl}`, absent when all default | durable, CAS |
+//! | `instances/<env>/<stack>/<service>/<index:010>` | [`Instance`](skiff_model::Instance) | soft |
+//! | `events/<seq:020>` | [`Event`](skiff_model::Event), the last [`EVENTS_KEPT`] | soft |
+//!
+//! skiff-control uses `nodes/`, `allocs/` and `addresses/` ([`KEY_PREFIXES`] are this crate's).
+//! Numbers are zero-padded so that key order is numeric order (`web-2` before `web-10`).
+//!
+//! # Durability
+//!
+//! Releases, stack records and controls are durable (fsynced) when the call returns.
+//! Observed instance state and events are soft writes: applied, numbered and watched at once,
+//! made durable by a group commit at most [`FLUSH_EVERY`] later, so a burst of 1,000 instance
+//! starts costs a few fsyncs, not 1,000, and a `kill -9` loses at most the last ~100 ms of them
+//! (agents report their instances again in full when they reconnect).
+//!
+//! # Invariants
+//!
+//! - Release numbers per stack start at 1, only grow, and are never reused, even after a
+//!   crash: the number comes from the stack record, read at revision r, and the release is
+//!   written in the transaction that moves the record on, conditional on r (retried on a
+//!   conflict).
+//! - Event numbers strictly grow and are never reused, even when a crash loses the last soft
+//!   writes: a process takes them from blocks reserved durably (`meta/event_seq`), so after a
+//!   restart numbering goes on after the last block (with a gap).
+//! - A layout newer than [`FORMAT_VERSION`] is refused ([`StoreError::NewerFormat`]) rather
+//!   than misread.
+//!
+//! # Import
+//!
+//! A data dir written before the state moved onto the kv has `state.redb` (the former
+//! `RedbStore`, format 1) next to `control.redb`. [`Store::open_importing`] with its path
+//! imports everything from it (releases with their numbers, current releases, controls,
+//! instances, events with their numbers, the cluster id) in the transaction that initialises
+//! the layout, then renames it to `state.redb.imported`.
 
 pub mod kv;
-mod mem;
-mod redb_store;
+mod legacy;
+mod store;
 
-pub use kv::{AnyKv, Expect, Kv, KvEntry, KvError, MemKv, RedbKv, TxnOp, WatchEvent};
-pub use mem::MemStore;
-pub use redb_store::{FLUSH_EVERY, RedbStore};
+pub use kv::{
+    AnyKv, Durability, Expect, FLUSH_EVERY, Kv, KvEntry, KvError, MemKv, RedbKv, TxnOp, WatchEvent,
+};
+pub use skiff_model::NewEvent;
+pub use store::{EVENTS_KEPT, Observed, Store};
+
 use std::collections::BTreeMap;
 
-use skiff_model::{Event, Instance, InstanceId, Release, ServiceControl, StackKey, StackSpec};
+use skiff_model::{ServiceControl, StackKey};
 
-/// Version of the on-disk encoding.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version of the key layout (`meta/format`). Format 1 was the former `state.redb`.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The key prefixes this crate writes; everything else in the kv belongs to its callers.
+pub const KEY_PREFIXES: [&str; 6] = [
+    "meta/",
+    "stacks/",
+    "releases/",
+    "controls/",
+    "instances/",
+    "events/",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("store {path}: {message}")]
-    Open { path: String, message: String },
     #[error(
-        "store {path} was written by a newer skiff (format {found}, this one reads {FORMAT_VERSION})"
+        "the store was written by a newer skiff (format {found}, this one reads {FORMAT_VERSION})"
     )]
-    NewerFormat { path: String, found: u64 },
+    NewerFormat { found: u64 },
     #[error("store: {0}")]
-    Backend(String),
+    Kv(#[from] KvError),
     #[error("store: corrupt value under {key}: {message}")]
     Corrupt { key: String, message: String },
+    /// Reading the former `state.redb` for the import failed.
+    #[error("importing {path}: {message}")]
+    Import { path: String, message: String },
+    /// A compare-and-swap lost to other writers this many times in a row.
+    #[error("store: {key} kept changing under {tries} attempts to update it")]
+    Contended { key: String, tries: u32 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -60,94 +115,6 @@ pub struct StackState {
 
 /// Controls of a stack's services, by service name.
 pub type Controls = BTreeMap<String, ServiceControl>;
-
-pub use skiff_model::NewEvent;
-
-fn new_release(
-    stack: &StackKey,
-    number: u64,
-    spec: StackSpec,
-    source: String,
-    now_ms: u64,
-) -> Release {
-    Release {
-        stack: stack.clone(),
-        number,
-        created_ms: now_ms,
-        spec,
-        source,
-    }
-}
-
-/// The control plane's durable state.
-pub trait Store: Send + Sync {
-    /// The random id this data dir got at init.
-    fn cluster_id(&self) -> Result<String>;
-
-    /// Records a new release with the next number and makes it the stack's current one, in
-    /// one transaction.
-    fn create_release(
-        &self,
-        stack: &StackKey,
-        spec: StackSpec,
-        source: String,
-        now_ms: u64,
-    ) -> Result<Release>;
-
-    fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Release>>;
-
-    /// Every release of the stack, oldest first.
-    fn releases(&self, stack: &StackKey) -> Result<Vec<Release>>;
-
-    /// Sets which release should run; `None` takes the stack down (its history stays).
-    fn set_current(&self, stack: &StackKey, number: Option<u64>) -> Result<()>;
-
-    fn stacks(&self) -> Result<Vec<StackState>>;
-
-    /// Changes a stack's service controls with `f` in one durable transaction; returns them.
-    fn update_controls(
-        &self,
-        stack: &StackKey,
-        f: &mut dyn FnMut(&mut Controls),
-    ) -> Result<Controls>;
-
-    fn put_instance(&self, instance: &Instance) -> Result<()>;
-
-    fn delete_instance(&self, id: &InstanceId) -> Result<()>;
-
-    /// Instances of one stack, or of all stacks, ordered by id.
-    fn instances(&self, stack: Option<&StackKey>) -> Result<Vec<Instance>>;
-
-    /// Appends an event and returns it with its sequence number.
-    fn append_event(&self, event: NewEvent) -> Result<Event>;
-
-    /// Events with `seq > after`, oldest first, at most `limit`.
-    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
-}
-
-fn stack_prefix(stack: &StackKey) -> String {
-    format!("{}/{}/", stack.env, stack.stack)
-}
-
-fn release_key(stack: &StackKey, number: u64) -> String {
-    format!("{}{number:020}", stack_prefix(stack))
-}
-
-/// Sorts instances by stack, service, then numeric index (`web-2` before `web-10`).
-fn instance_key(id: &InstanceId) -> String {
-    format!("{}{}/{:010}", stack_prefix(&id.stack), id.service, id.index)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        message: e.to_string(),
-    })
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))
-}
 
 /// Named crash points for durability tests: with `SKIFF_CRASH_AT=<name>` (or `<name>:<n>`
 /// for the n-th time it is reached) the process aborts right there, as a `kill -9` would

@@ -1,7 +1,8 @@
-//! One contract, two stores: every test runs against `MemStore` and `RedbStore`.
+//! One contract, two kvs: every test runs the domain layer ([`Store`]) over `MemKv` and
+//! `RedbKv`.
 
 use skiff_model::{Instance, InstanceId, InstanceState, StackKey, StackSpec};
-use skiff_store::{MemStore, NewEvent, RedbStore, Store};
+use skiff_store::{Expect, Kv, MemKv, NewEvent, Observed, RedbKv, Store, StoreError};
 
 fn stack(name: &str) -> StackKey {
     StackKey::new("default", name).unwrap()
@@ -26,155 +27,381 @@ fn instance(stack_name: &str, service: &str, index: u32) -> Instance {
     }
 }
 
+fn event(i: u64) -> NewEvent {
+    NewEvent {
+        time_ms: i,
+        stack: stack("a"),
+        instance: Some("web-1".into()),
+        kind: "started".into(),
+        message: format!("m{i}"),
+    }
+}
+
 macro_rules! store_battery {
     ($module:ident, $make:expr) => {
         mod $module {
             use super::*;
 
-            fn store() -> (impl Store, Option<tempfile::TempDir>) {
+            fn kv() -> (impl Kv + Clone, Option<tempfile::TempDir>) {
                 $make
             }
 
-            #[test]
-            fn release_numbers_start_at_one_and_grow_per_stack() {
-                let (s, _d) = store();
+            async fn store() -> (Store<impl Kv + Clone>, Option<tempfile::TempDir>) {
+                let (kv, dir) = kv();
+                (Store::open(kv, "test").await.unwrap(), dir)
+            }
+
+            #[tokio::test]
+            async fn the_cluster_id_is_set_once() {
+                let (kv, _d) = kv();
+                let s = Store::open(kv.clone(), "first").await.unwrap();
+                assert_eq!(s.cluster_id(), "first");
+                let again = Store::open(kv, "second").await.unwrap();
+                assert_eq!(again.cluster_id(), "first");
+            }
+
+            #[tokio::test]
+            async fn a_newer_layout_is_refused() {
+                let (kv, _d) = kv();
+                kv.put("meta/format", b"99".to_vec(), Expect::Any)
+                    .await
+                    .unwrap();
+                match Store::open(kv, "x").await {
+                    Err(StoreError::NewerFormat { found: 99 }) => {}
+                    Err(other) => panic!("wrong error: {other}"),
+                    Ok(_) => panic!("opened a newer layout"),
+                }
+            }
+
+            #[tokio::test]
+            async fn release_numbers_start_at_one_and_grow_per_stack() {
+                let (s, _d) = store().await;
                 let a = stack("a");
                 let b = stack("b");
+                let number = |r: skiff_model::Release| r.number;
                 assert_eq!(
-                    s.create_release(&a, StackSpec::default(), "x".into(), 1)
-                        .unwrap()
-                        .number,
+                    number(
+                        s.create_release(&a, StackSpec::default(), "x".into(), 1)
+                            .await
+                            .unwrap()
+                    ),
                     1
                 );
                 assert_eq!(
-                    s.create_release(&a, StackSpec::default(), "y".into(), 2)
-                        .unwrap()
-                        .number,
+                    number(
+                        s.create_release(&a, StackSpec::default(), "y".into(), 2)
+                            .await
+                            .unwrap()
+                    ),
                     2
                 );
                 assert_eq!(
-                    s.create_release(&b, StackSpec::default(), "z".into(), 3)
-                        .unwrap()
-                        .number,
+                    number(
+                        s.create_release(&b, StackSpec::default(), "z".into(), 3)
+                            .await
+                            .unwrap()
+                    ),
                     1
                 );
-                let history: Vec<u64> = s.releases(&a).unwrap().iter().map(|r| r.number).collect();
+                let history: Vec<u64> = s
+                    .releases(&a)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.number)
+                    .collect();
                 assert_eq!(history, vec![1, 2]);
-                assert_eq!(s.release(&a, 2).unwrap().unwrap().source, "y");
-                assert!(s.release(&a, 3).unwrap().is_none());
+                assert_eq!(s.release(&a, 2).await.unwrap().unwrap().source, "y");
+                assert!(s.release(&a, 3).await.unwrap().is_none());
             }
 
-            #[test]
-            fn service_controls_are_per_stack_and_defaults_are_not_kept() {
-                let (s, _d) = store();
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_releases_get_distinct_numbers_without_gaps() {
+                let (s, _d) = store().await;
+                let a = stack("a");
+                let writers: Vec<_> = (0..8)
+                    .map(|i| {
+                        let (s, a) = (s.clone(), a.clone());
+                        tokio::spawn(async move {
+                            let mut got = Vec::new();
+                            for j in 0..5 {
+                                got.push(
+                                    s.create_release(
+                                        &a,
+                                        StackSpec::default(),
+                                        format!("{i}.{j}"),
+                                        0,
+                                    )
+                                    .await
+                                    .unwrap()
+                                    .number,
+                                );
+                            }
+                            got
+                        })
+                    })
+                    .collect();
+                let mut numbers = Vec::new();
+                for w in writers {
+                    numbers.extend(w.await.unwrap());
+                }
+                numbers.sort_unstable();
+                assert_eq!(numbers, (1..=40).collect::<Vec<u64>>());
+                assert_eq!(s.releases(&a).await.unwrap().len(), 40);
+            }
+
+            #[tokio::test]
+            async fn service_controls_are_per_stack_and_defaults_are_not_kept() {
+                let (s, _d) = store().await;
                 let a = stack("a");
                 let b = stack("b");
                 s.create_release(&a, StackSpec::default(), String::new(), 1)
+                    .await
                     .unwrap();
                 s.create_release(&b, StackSpec::default(), String::new(), 1)
+                    .await
                     .unwrap();
                 let after = s
-                    .update_controls(&a, &mut |c| {
+                    .update_controls(&a, |c| {
                         c.entry("web".into()).or_default().stopped = true;
                         c.entry("db".into()).or_default().generation += 1;
                     })
+                    .await
                     .unwrap();
                 assert_eq!(after.len(), 2);
-                let controls = |k: &StackKey| {
-                    s.stacks()
-                        .unwrap()
-                        .into_iter()
-                        .find(|st| &st.stack == k)
-                        .unwrap()
-                        .controls
+                let controls = |k: StackKey| {
+                    let s = s.clone();
+                    async move {
+                        s.stacks()
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .find(|st| st.stack == k)
+                            .unwrap()
+                            .controls
+                    }
                 };
-                assert!(controls(&a)["web"].stopped);
-                assert_eq!(controls(&a)["db"].generation, 1);
-                assert!(controls(&b).is_empty());
+                assert!(controls(a.clone()).await["web"].stopped);
+                assert_eq!(controls(a.clone()).await["db"].generation, 1);
+                assert!(controls(b.clone()).await.is_empty());
                 // Back to the default: nothing is stored for web.
-                s.update_controls(&a, &mut |c| {
+                s.update_controls(&a, |c| {
                     c.entry("web".into()).or_default().stopped = false;
                 })
+                .await
                 .unwrap();
-                assert_eq!(controls(&a).keys().collect::<Vec<_>>(), ["db"]);
+                assert_eq!(controls(a.clone()).await.keys().collect::<Vec<_>>(), ["db"]);
             }
 
-            #[test]
-            fn a_new_release_becomes_current_and_down_keeps_history() {
-                let (s, _d) = store();
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_control_updates_are_all_kept() {
+                let (s, _d) = store().await;
                 let a = stack("a");
                 s.create_release(&a, StackSpec::default(), String::new(), 1)
+                    .await
+                    .unwrap();
+                let writers: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (s, a) = (s.clone(), a.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..5 {
+                                s.update_controls(&a, |c| {
+                                    c.entry("web".into()).or_default().generation += 1
+                                })
+                                .await
+                                .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for w in writers {
+                    w.await.unwrap();
+                }
+                let st = s.stacks().await.unwrap().remove(0);
+                assert_eq!(st.controls["web"].generation, 40, "no update lost");
+            }
+
+            #[tokio::test]
+            async fn a_new_release_becomes_current_and_down_keeps_history() {
+                let (s, _d) = store().await;
+                let a = stack("a");
+                s.create_release(&a, StackSpec::default(), String::new(), 1)
+                    .await
                     .unwrap();
                 s.create_release(&a, StackSpec::default(), String::new(), 2)
+                    .await
                     .unwrap();
-                assert_eq!(s.stacks().unwrap()[0].current, Some(2));
-                s.set_current(&a, None).unwrap();
-                assert_eq!(s.stacks().unwrap()[0].current, None);
-                assert_eq!(s.releases(&a).unwrap().len(), 2);
-                // Numbers are never reused, even after down.
+                assert_eq!(s.stacks().await.unwrap()[0].current, Some(2));
+                s.set_current(&a, Some(1)).await.unwrap();
+                assert_eq!(s.stacks().await.unwrap()[0].current, Some(1));
+                s.set_current(&a, None).await.unwrap();
+                assert_eq!(s.stacks().await.unwrap()[0].current, None);
+                assert_eq!(s.releases(&a).await.unwrap().len(), 2);
+                // Numbers are never reused, even after a rollback and down.
                 assert_eq!(
                     s.create_release(&a, StackSpec::default(), String::new(), 3)
+                        .await
                         .unwrap()
                         .number,
                     3
                 );
             }
 
-            #[test]
-            fn instances_are_listed_per_stack_in_numeric_order() {
-                let (s, _d) = store();
+            #[tokio::test]
+            async fn instances_are_listed_per_stack_in_numeric_order() {
+                let (s, _d) = store().await;
                 for i in [10, 2, 1] {
-                    s.put_instance(&instance("a", "web", i)).unwrap();
+                    s.put_instance(&instance("a", "web", i)).await.unwrap();
                 }
-                s.put_instance(&instance("ab", "web", 1)).unwrap();
+                s.put_instance(&instance("ab", "web", 1)).await.unwrap();
                 let ids: Vec<String> = s
                     .instances(Some(&stack("a")))
+                    .await
                     .unwrap()
                     .iter()
                     .map(|i| i.id.short())
                     .collect();
                 assert_eq!(ids, vec!["web-1", "web-2", "web-10"]);
-                assert_eq!(s.instances(None).unwrap().len(), 4);
+                assert_eq!(s.instances(None).await.unwrap().len(), 4);
                 let mut changed = instance("a", "web", 2);
                 changed.state = InstanceState::Healthy;
-                s.put_instance(&changed).unwrap();
-                s.delete_instance(&instance("a", "web", 1).id).unwrap();
-                let left = s.instances(Some(&stack("a"))).unwrap();
+                s.put_instance(&changed).await.unwrap();
+                s.delete_instance(&instance("a", "web", 1).id)
+                    .await
+                    .unwrap();
+                let left = s.instances(Some(&stack("a"))).await.unwrap();
                 assert_eq!(left.len(), 2);
                 assert_eq!(left[0].state, InstanceState::Healthy);
             }
 
-            #[test]
-            fn events_get_increasing_sequence_numbers() {
-                let (s, _d) = store();
+            #[tokio::test]
+            async fn events_get_increasing_sequence_numbers() {
+                let (s, _d) = store().await;
                 for i in 0..5 {
-                    let e = s
-                        .append_event(NewEvent {
-                            time_ms: i,
-                            stack: stack("a"),
-                            instance: Some("web-1".into()),
-                            kind: "started".into(),
-                            message: format!("m{i}"),
-                        })
-                        .unwrap();
+                    let e = s.append_event(event(i)).await.unwrap();
                     assert_eq!(e.seq, i + 1);
                 }
                 let after: Vec<u64> = s
                     .events_after(2, 2)
+                    .await
                     .unwrap()
                     .iter()
                     .map(|e| e.seq)
                     .collect();
                 assert_eq!(after, vec![3, 4]);
-                assert!(s.events_after(5, 10).unwrap().is_empty());
+                assert!(s.events_after(5, 10).await.unwrap().is_empty());
+                assert!(s.events_after(u64::MAX, 10).await.unwrap().is_empty());
+            }
+
+            #[tokio::test]
+            async fn observed_changes_are_written_in_order_also_of_one_instance() {
+                let (s, _d) = store().await;
+                let mut up = instance("a", "web", 1);
+                up.state = InstanceState::Healthy;
+                let events = s
+                    .observe(vec![
+                        Observed::Instance(instance("a", "web", 1)),
+                        Observed::Event(event(1)),
+                        Observed::Instance(up.clone()),
+                        Observed::Instance(instance("a", "web", 2)),
+                        Observed::Event(event(2)),
+                        Observed::Removed(instance("a", "web", 2).id),
+                        Observed::Instance(instance("a", "db", 1)),
+                    ])
+                    .await
+                    .unwrap();
+                assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+                let now: Vec<(String, InstanceState)> = s
+                    .instances(None)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|i| (i.id.short(), i.state))
+                    .collect();
+                assert_eq!(
+                    now,
+                    [
+                        ("db-1".to_string(), InstanceState::Pending),
+                        ("web-1".to_string(), InstanceState::Healthy)
+                    ]
+                );
+                // Every change of web-1 reached the kv, in order, as its watchers see it.
+                let mut w = s.kv().watch("instances/default/a/web/", 0).await.unwrap();
+                let mut seen = Vec::new();
+                while let Ok(Some(Ok(ev))) =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), w.recv()).await
+                {
+                    seen.push(match ev {
+                        skiff_store::WatchEvent::Put(e) => {
+                            let i: Instance = serde_json::from_slice(&e.value).unwrap();
+                            format!("{} {:?}", i.id.short(), i.state)
+                        }
+                        skiff_store::WatchEvent::Delete { key, .. } => format!("- {key}"),
+                    });
+                }
+                assert_eq!(
+                    seen,
+                    [
+                        "web-1 Pending",
+                        "web-1 Healthy",
+                        "web-2 Pending",
+                        "- instances/default/a/web/0000000002"
+                    ]
+                );
+            }
+
+            #[tokio::test]
+            async fn events_past_the_kept_history_are_dropped() {
+                let (s, _d) = store().await;
+                let n = skiff_store::EVENTS_KEPT + 30;
+                let mut batch = Vec::new();
+                for i in 0..n {
+                    batch.push(Observed::Event(event(i)));
+                    if batch.len() == 1000 {
+                        s.observe(std::mem::take(&mut batch)).await.unwrap();
+                    }
+                }
+                s.observe(batch).await.unwrap();
+                let kept = s.events_after(0, usize::MAX).await.unwrap();
+                assert_eq!(kept.len() as u64, skiff_store::EVENTS_KEPT);
+                assert_eq!(kept[0].seq, 31);
+                assert_eq!(kept.last().unwrap().seq, n);
             }
         }
     };
 }
 
-store_battery!(memory, (MemStore::new("test"), None));
+store_battery!(memory, (MemKv::new(), None));
 store_battery!(redb, {
     let d = tempfile::tempdir().unwrap();
-    let s = RedbStore::open(&d.path().join("state.redb"), "test").unwrap();
-    (s, Some(d))
+    let kv = RedbKv::open(&d.path().join("control.redb")).unwrap();
+    (kv, Some(d))
 });
+
+#[tokio::test]
+async fn event_numbers_go_on_after_a_restart_and_are_never_reused() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("control.redb");
+    let before = {
+        let s = Store::open(RedbKv::open(&path).unwrap(), "x")
+            .await
+            .unwrap();
+        s.append_event(event(1)).await.unwrap();
+        s.append_event(event(2)).await.unwrap().seq
+    };
+    // What a crash may lose (the soft writes) does not matter: the next process starts after
+    // every number the last one could have handed out.
+    let s = Store::open(RedbKv::open(&path).unwrap(), "x")
+        .await
+        .unwrap();
+    let after = s.append_event(event(3)).await.unwrap().seq;
+    assert!(after > before, "{after} after {before}");
+    let seqs: Vec<u64> = s
+        .events_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, after]);
+}

@@ -127,6 +127,65 @@ macro_rules! kv_battery {
             }
 
             #[tokio::test]
+            async fn list_from_starts_at_a_key_and_stops_at_the_limit() {
+                let (kv, _d) = kv();
+                for k in ["e/1", "e/2", "e/3", "e/4", "f/1"] {
+                    kv.put(k, k.as_bytes().to_vec(), Expect::Any).await.unwrap();
+                }
+                let keys = |entries: Vec<skiff_store::KvEntry>| -> Vec<String> {
+                    entries.into_iter().map(|e| e.key).collect()
+                };
+                let (got, rev) = kv.list_from("e/", "e/2", 2).await.unwrap();
+                assert_eq!((keys(got), rev), (vec!["e/2".to_string(), "e/3".to_string()], 5));
+                let (got, _) = kv.list_from("e/", "e/3", 10).await.unwrap();
+                assert_eq!(keys(got), ["e/3", "e/4"], "not past the prefix");
+                let (got, _) = kv.list_from("e/", "a", 1).await.unwrap();
+                assert_eq!(keys(got), ["e/1"], "a start before the prefix is the prefix");
+                assert!(kv.list_from("e/", "e/9", 10).await.unwrap().0.is_empty());
+            }
+
+            #[tokio::test]
+            async fn soft_writes_get_revisions_and_are_watched_in_order_with_the_others() {
+                let (kv, _d) = kv();
+                let r1 = kv.put("s/a", b"1".to_vec(), Expect::Any).await.unwrap();
+                let mut w = kv.watch("s/", 0).await.unwrap();
+                let r2 = kv
+                    .txn_soft(vec![
+                        TxnOp::put("s/b", b"2".to_vec(), Expect::Absent),
+                        TxnOp::put("s/a", b"3".to_vec(), Expect::Revision(r1)),
+                    ])
+                    .await
+                    .unwrap();
+                assert_eq!(r2, r1 + 2);
+                let r3 = kv.put("s/c", b"4".to_vec(), Expect::Any).await.unwrap();
+                assert_eq!(r3, r2 + 1);
+                // Compare-and-swap holds for soft writes too.
+                assert!(matches!(
+                    kv.txn_soft(vec![TxnOp::put("s/a", b"x".to_vec(), Expect::Revision(r1))]).await,
+                    Err(KvError::Conflict { .. })
+                ));
+                let seen: Vec<(String, u64)> = [
+                    next(&mut w).await,
+                    next(&mut w).await,
+                    next(&mut w).await,
+                    next(&mut w).await,
+                ]
+                .iter()
+                .map(|e| (e.key().to_string(), e.revision()))
+                .collect();
+                assert_eq!(
+                    seen,
+                    [
+                        ("s/a".to_string(), r1),
+                        ("s/b".to_string(), r1 + 1),
+                        ("s/a".to_string(), r2),
+                        ("s/c".to_string(), r3)
+                    ]
+                );
+                assert_eq!(kv.get("s/a").await.unwrap().unwrap().value, b"3");
+            }
+
+            #[tokio::test]
             async fn list_then_watch_from_its_revision_misses_nothing() {
                 let (kv, _d) = kv();
                 kv.put("n/1", b"1".to_vec(), Expect::Any).await.unwrap();
@@ -171,6 +230,22 @@ async fn redb_keeps_keys_revisions_and_watch_history_across_a_reopen() {
         2,
         "history before the reopen is replayed"
     );
+}
+
+#[tokio::test]
+async fn redb_soft_writes_are_read_back_after_a_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("kv.redb");
+    {
+        let kv = RedbKv::open(&path).unwrap();
+        kv.txn_soft(vec![TxnOp::put("a", b"1".to_vec(), Expect::Any)])
+            .await
+            .unwrap();
+        kv.put("b", b"2".to_vec(), Expect::Any).await.unwrap();
+    }
+    let kv = RedbKv::open(&path).unwrap();
+    assert_eq!(kv.get("a").await.unwrap().unwrap().mod_revision, 1);
+    assert_eq!(kv.get("b").await.unwrap().unwrap().mod_revision, 2);
 }
 
 #[tokio::test]

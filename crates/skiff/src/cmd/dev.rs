@@ -23,10 +23,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(server::default_data_dir);
-    let store = server::open_store(&data_dir)?;
-    let cluster = store.cluster_id()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let store = server::open_store(&data_dir).await?;
+        let cluster = store.cluster_id().to_string();
         let api_listener = tokio::net::TcpListener::bind(args.api)
             .await
             .with_context(|| format!("listening for the API on {}", args.api))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use skiff_api::ApiState;
-use skiff_store::{RedbStore, Store};
+use skiff_store::{AnyKv, RedbKv, Store};
 
 /// The listeners and settings `skiff server` and `skiff dev` share.
 #[derive(clap::Args, Clone)]
@@ -81,20 +81,24 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Creates the data dir and opens the store in it.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Creates the data dir and opens the control plane's store in it: one kv file,
+/// `control.redb`, for everything. A `state.redb` of an older skiff is imported into it on the
+/// first open (and renamed `state.redb.imported`).
+pub async fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    Ok(Arc::new(RedbStore::open(
-        &data_dir.join("state.redb"),
-        &random_id()?,
-    )?))
+    let path = data_dir.join("control.redb");
+    let kv = RedbKv::open(&path).context("opening the control plane's store")?;
+    Store::open_importing(AnyKv::Redb(kv), &random_id()?, &data_dir.join("state.redb"))
+        .await
+        .with_context(|| format!("opening the control plane's store {}", path.display()))
 }
 
 /// A running control plane.
 pub struct Server {
     /// The live catalog (`skiff dev`'s agent serves its stable addresses from it).
     pub catalog: Arc<skiff_catalog::Catalog>,
+    store: Store,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     dns: skiff_dns::DnsServer,
@@ -107,19 +111,14 @@ impl Server {
         role: &str,
         args: &ServerArgs,
         data_dir: &Path,
-        store: Arc<dyn Store>,
+        store: Store,
         docker_unavailable: Option<String>,
         api_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Server> {
-        let kv = skiff_store::AnyKv::Redb(
-            skiff_store::RedbKv::open(&data_dir.join("control.redb"))
-                .context("opening the control plane's store")?,
-        );
         let zone = skiff_dns::Zone::new(&args.domain, args.dns_ttl)?;
         let catalog = skiff_catalog::Catalog::new();
         let control = skiff_control::Control::open(
             store.clone(),
-            kv,
             catalog.clone(),
             skiff_control::Config {
                 down_after: args.node_down_after.0,
@@ -159,7 +158,7 @@ impl Server {
             zone,
             routes: Some(ingress.routes()),
         });
-        println!("skiff {role}: cluster {}", store.cluster_id()?);
+        println!("skiff {role}: cluster {}", store.cluster_id());
         println!("skiff {role}: data dir {}", data_dir.display());
         println!("skiff {role}: dns listening on {} (udp, tcp)", dns.addr);
         println!("skiff {role}: ingress listening on http://{}", ingress.addr);
@@ -179,6 +178,7 @@ impl Server {
         }));
         Ok(Server {
             catalog,
+            store,
             stop,
             tasks: vec![api, planner],
             dns,
@@ -193,6 +193,12 @@ impl Server {
         }
         drop(self.dns);
         drop(self.ingress);
+        // The last soft writes (instance states, events), durable before the process ends.
+        if let AnyKv::Redb(kv) = self.store.kv()
+            && let Err(e) = kv.flush()
+        {
+            tracing::warn!("store: {e}");
+        }
     }
 }
 
@@ -206,9 +212,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     init_tracing();
     let args = args.server;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let store = open_store(&data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let store = open_store(&data_dir).await?;
         let server = Server::start("server", &args, &data_dir, store, None, None).await?;
         crate::cmd::dev::shutdown_signal().await;
         println!("skiff server: stopping (agents keep their instances running)");
