@@ -41,6 +41,7 @@ use skiff_model::{
     Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
     ServiceSpec, StackKey, WaitFor,
 };
+use skiff_scheduler::rollout::{self, Rollout, RolloutState};
 use skiff_scheduler::{Group, Options, Snapshot, Unplaced};
 use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Observed, Store, TxnOp};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -53,6 +54,9 @@ const ALLOCS: &str = "allocs/";
 /// Services' stable addresses: `addresses/<env>/<stack>/<service>` → `"127.77.x.y"`. Kept
 /// for good, so a service that goes and comes back gets its address again.
 const ADDRESSES: &str = "addresses/";
+/// Rollouts: `rollouts/<env>/<stack>/<service>` → the service's last [`Rollout`], in flight
+/// or over (a pass resumes it where it was, after a restart too).
+const ROLLOUTS: &str = "rollouts/";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -195,6 +199,19 @@ struct State {
     addresses: BTreeMap<ServiceKey, (IpAddr, bool)>,
     /// Replacements that retiring copies wait for (see [`awaited`]).
     awaited: HashSet<InstanceId>,
+    /// Each service's last rollout, with its key's revision.
+    rollouts: BTreeMap<(StackKey, String), (Rollout, u64)>,
+    /// Services with a rollout running: their instances' reports plan again.
+    rolling: HashSet<(StackKey, String)>,
+    /// When a running rollout has something to do (a monitor window or a delay ends).
+    wake_at: Option<u64>,
+}
+
+/// What a committed pass still has to do: events to record, rollbacks to start.
+#[derive(Default)]
+struct AfterPass {
+    events: Vec<NewEvent>,
+    rollbacks: Vec<(StackKey, u64)>,
 }
 
 pub struct Control {
@@ -273,6 +290,15 @@ impl Control {
             st.instances.insert(i.id.clone(), i);
         }
         st.addresses = load_addresses(&kv).await?;
+        let (entries, _) = kv.list(ROLLOUTS).await?;
+        for e in entries {
+            if let (Some(key), Ok(r)) = (
+                rollout_key_of(&e.key),
+                serde_json::from_slice::<Rollout>(&e.value),
+            ) {
+                st.rollouts.insert(key, (r, e.mod_revision));
+            }
+        }
         let (observed, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_observed(store.clone(), queue));
         Ok(Arc::new(Control {
@@ -318,9 +344,20 @@ impl Control {
             if let Err(e) = self.plan_and_apply().await {
                 tracing::warn!("planner: {e}");
             }
+            // A running rollout's next deadline (end of a monitor window or of a delay).
+            let deadline = self.lock().wake_at.map(|at| {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(at.saturating_sub(now_ms()).max(1))
+            });
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
         liveness.abort();
@@ -620,6 +657,7 @@ impl Control {
                 service,
                 release: NEXT,
                 spec,
+                replace: &[],
             })
             .collect();
         let plan = self.schedule(&nodes, &allocations, &groups);
@@ -711,14 +749,14 @@ impl Control {
     /// allocations changed under it.
     async fn plan_and_apply(&self) -> Result<()> {
         for _ in 0..3 {
-            let ops = self.plan().await?;
+            let (ops, after) = self.plan().await?;
             if ops.is_empty() {
-                return Ok(());
+                return self.after_pass(after).await;
             }
             match self.kv.txn(ops.clone()).await {
                 Ok(revision) => {
                     self.applied_ops(ops, revision);
-                    return Ok(());
+                    return self.after_pass(after).await;
                 }
                 Err(KvError::Conflict { key, .. }) => {
                     tracing::info!(%key, "allocations changed under the plan; planning again");
@@ -728,6 +766,51 @@ impl Control {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        Ok(())
+    }
+
+    /// Records a committed pass's events and starts its rollbacks: each deploys the release
+    /// rolled back to as a new release, replaced by `rollback_config`.
+    async fn after_pass(&self, after: AfterPass) -> Result<()> {
+        for e in after.events {
+            self.store.append_event(e).await?;
+        }
+        for (stack, to) in after.rollbacks {
+            let Some(old) = self.release(&stack, to).await? else {
+                continue;
+            };
+            let rel = self
+                .store
+                .create_release(
+                    &stack,
+                    old.spec.clone(),
+                    format!("rollback to release {to}"),
+                    now_ms(),
+                )
+                .await?;
+            // Its rollouts replace by rollback_config.
+            let mut ops = Vec::new();
+            for svc in rel.spec.services.keys() {
+                let mut r = Rollout::new(rel.number, None, 0, now_ms());
+                r.rollback = true;
+                let key = (stack.clone(), svc.clone());
+                let expect = self
+                    .lock()
+                    .rollouts
+                    .get(&key)
+                    .map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
+                ops.push(TxnOp::put(
+                    rollout_key(&stack, svc),
+                    serde_json::to_vec(&r).expect("rollouts serialize"),
+                    expect,
+                ));
+            }
+            match self.kv.txn(ops.clone()).await {
+                Ok(revision) => self.applied_ops(ops, revision),
+                Err(e) => tracing::warn!(%stack, "rollback rollouts not recorded: {e}"),
+            }
+            self.changed();
         }
         Ok(())
     }
@@ -770,6 +853,17 @@ impl Control {
         let first = revision + 1 - ops.len() as u64;
         for (k, op) in ops.into_iter().enumerate() {
             let revision = first + k as u64;
+            if let Some(key) = rollout_key_of(&op.key) {
+                match op.value.as_deref().map(serde_json::from_slice::<Rollout>) {
+                    Some(Ok(r)) => {
+                        st.rollouts.insert(key, (r, revision));
+                    }
+                    _ => {
+                        st.rollouts.remove(&key);
+                    }
+                }
+                continue;
+            }
             if let Some(service) = op.key.strip_prefix(ADDRESSES) {
                 if let Some(key) = service_key_of(service)
                     && let Some(a) = st.addresses.get_mut(&key)
@@ -804,7 +898,7 @@ impl Control {
     }
 
     /// Plans a pass: the writes that make the allocations match the releases.
-    async fn plan(&self) -> Result<Vec<TxnOp>> {
+    async fn plan(&self) -> Result<(Vec<TxnOp>, AfterPass)> {
         let stacks = self.store.stacks().await?;
         let mut releases = Vec::new();
         for s in &stacks {
@@ -812,6 +906,20 @@ impl Control {
                 && let Some(rel) = self.release(&s.stack, n).await?
             {
                 releases.push((s, rel));
+            }
+        }
+        // The releases allocations were placed or re-stamped under: whether a copy runs as
+        // the current release wants (else a rollout replaces it).
+        let placed_under: BTreeSet<(StackKey, u64)> = self
+            .lock()
+            .allocs
+            .values()
+            .map(|s| (s.alloc.instance.stack.clone(), s.alloc.release))
+            .collect();
+        let mut specs: HashMap<(StackKey, u64), Arc<Release>> = HashMap::new();
+        for (stack, n) in placed_under {
+            if let Some(rel) = self.release(&stack, n).await? {
+                specs.insert((stack, n), rel);
             }
         }
         // Names of services without a current release stop resolving now.
@@ -871,6 +979,10 @@ impl Control {
             .map(|s| (s.alloc.id.as_str(), &s.alloc))
             .collect();
         let mut next: BTreeMap<String, (Allocation, u64, bool)> = BTreeMap::new();
+        let mut outdated_ids: HashSet<String> = HashSet::new();
+        // Copies stopped in this pass because their replacements are ready: a rollout still
+        // sees them once, to learn which replacement was theirs.
+        let mut retired: Vec<Allocation> = Vec::new();
         for (key, stored) in &st.allocs {
             let a = &stored.alloc;
             let Some((rel, generation, _)) =
@@ -890,13 +1002,15 @@ impl Control {
                 .is_some_and(|n| n.node.status == NodeStatus::Draining);
             if let Some(by) = &a.replaced_by {
                 match by_id.get(by.as_str()) {
-                    // Its replacement is gone (stopped, or its node went down), or its node
-                    // was undrained: it is one of the replicas again (and replaced anew if
-                    // its node still drains).
-                    _ if !draining => {
+                    // Moved off a node that was undrained since: it is one of the replicas
+                    // again (a replacement of the same release is a move; one of a newer
+                    // release is a rollout's).
+                    Some(r) if !draining && r.release == a.release => {
                         n.replaced_by = None;
                         changed = true;
                     }
+                    // Its replacement is gone (stopped, or its node went down): the same,
+                    // and it is replaced anew if still due.
                     None => {
                         n.replaced_by = None;
                         changed = true;
@@ -907,12 +1021,25 @@ impl Control {
                             key.clone(),
                             Expect::Revision(stored.revision),
                         ));
+                        retired.push(a.clone());
                         continue;
                     }
                     Some(_) => {}
                 }
             }
-            if a.release != rel.number || a.generation != *generation {
+            // A copy of an older release whose spec runs differently is replaced by the
+            // service's rollout; any other (a scale, a policy change, a restart) is re-stamped
+            // here: its agent keeps the instance, or replaces it for a restart.
+            let outdated = a.release != rel.number
+                && a.generation == *generation
+                && specs
+                    .get(&(a.instance.stack.clone(), a.release))
+                    .and_then(|old| old.spec.services.get(&a.instance.service))
+                    .zip(rel.spec.services.get(&a.instance.service))
+                    .is_some_and(|(old, new)| !old.same_workload(new));
+            if outdated {
+                outdated_ids.insert(a.id.clone());
+            } else if a.release != rel.number || a.generation != *generation {
                 n.release = rel.number;
                 n.generation = *generation;
                 if let Some(spec) = rel.spec.services.get(&a.instance.service) {
@@ -922,6 +1049,19 @@ impl Control {
             }
             next.insert(key.clone(), (n, stored.revision, changed));
         }
+        let now = now_ms();
+        let mut after = AfterPass::default();
+        let replace = self.roll(
+            &mut st,
+            &releases,
+            &wanted,
+            &outdated_ids,
+            &retired,
+            &mut next,
+            &mut ops,
+            &mut after,
+            now,
+        );
         let allocations: Vec<Allocation> = next.values().map(|(a, _, _)| a.clone()).collect();
         let nodes: Vec<Node> = st.nodes.values().map(|n| self.view(n)).collect();
         // A held group is not planned: its allocations stay, nothing new is placed.
@@ -934,6 +1074,9 @@ impl Control {
                         service: svc,
                         release: rel.number,
                         spec,
+                        replace: replace
+                            .get(&(s.stack.clone(), svc.clone()))
+                            .map_or(&[], Vec::as_slice),
                     });
                 }
             }
@@ -992,7 +1135,162 @@ impl Control {
         }
         drop(st);
         self.record_unplaced(plan.unplaced);
-        Ok(ops)
+        Ok((ops, after))
+    }
+
+    /// Advances every service's rollout one step (see [`skiff_scheduler::rollout`]):
+    /// re-stamps and abandons go into `next` and `ops`, a changed rollout into `ops`, events and
+    /// rollbacks into `after`; returns, per service, the allocations to replace start-first
+    /// in this pass.
+    #[allow(clippy::too_many_arguments)]
+    fn roll(
+        &self,
+        st: &mut State,
+        releases: &[(&skiff_store::StackState, Arc<Release>)],
+        wanted: &HashMap<(&StackKey, &str), (&Release, u64, bool)>,
+        outdated: &HashSet<String>,
+        retired: &[Allocation],
+        next: &mut BTreeMap<String, (Allocation, u64, bool)>,
+        ops: &mut Vec<TxnOp>,
+        after: &mut AfterPass,
+        now: u64,
+    ) -> HashMap<(StackKey, String), Vec<String>> {
+        let mut replace: HashMap<(StackKey, String), Vec<String>> = HashMap::new();
+        let mut by_group: HashMap<(&StackKey, &str), Vec<&Allocation>> = HashMap::new();
+        for a in next.values().map(|(a, _, _)| a).chain(retired) {
+            by_group
+                .entry((&a.instance.stack, a.instance.service.as_str()))
+                .or_default()
+                .push(a);
+        }
+        let mut rolling = HashSet::new();
+        let mut wake: Option<u64> = None;
+        // (key of the allocation in `next`, what to do with it)
+        let mut restamp: Vec<(String, u64, u64, skiff_model::Reservations)> = Vec::new();
+        let mut abandon: Vec<String> = Vec::new();
+        for (s, rel) in releases {
+            for (svc, spec) in &rel.spec.services {
+                let Some((_, generation, false)) = wanted.get(&(&s.stack, svc.as_str())) else {
+                    continue;
+                };
+                let copies: Vec<rollout::Copy<'_>> = by_group
+                    .get(&(&s.stack, svc.as_str()))
+                    .map(|v| v.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| rollout::Copy {
+                        alloc: &a.id,
+                        index: a.instance.index,
+                        outdated: outdated.contains(&a.id),
+                        replaced_by: a.replaced_by.as_deref(),
+                        health: health(&st.instances, a),
+                    })
+                    .collect();
+                let stale = copies
+                    .iter()
+                    .filter(|c| c.outdated && c.replaced_by.is_none())
+                    .count() as u32;
+                let key = (s.stack.clone(), svc.clone());
+                let stored = st.rollouts.get(&key);
+                let mut r = match stored {
+                    Some((r, _)) if r.release == rel.number => r.clone(),
+                    _ if stale > 0 => {
+                        let from = by_group
+                            .get(&(&s.stack, svc.as_str()))
+                            .into_iter()
+                            .flatten()
+                            .filter(|a| outdated.contains(&a.id))
+                            .map(|a| a.release)
+                            .max();
+                        after.events.push(NewEvent {
+                            time_ms: now,
+                            stack: s.stack.clone(),
+                            instance: None,
+                            kind: "rollout".into(),
+                            message: format!(
+                                "{svc}: rolling out release {} over {stale} instance(s), {}",
+                                rel.number,
+                                describe(&spec.update)
+                            ),
+                        });
+                        Rollout::new(rel.number, from, stale, now)
+                    }
+                    _ => continue,
+                };
+                if r.total == 0 {
+                    r.total = stale;
+                }
+                let policy = if r.rollback {
+                    &spec.rollback
+                } else {
+                    &spec.update
+                };
+                let actions = rollout::step(&mut r, &copies, policy, spec.replicas, now);
+                drop(copies);
+                for action in actions {
+                    match action {
+                        rollout::Action::Restamp(id) => {
+                            restamp.push((id, rel.number, *generation, spec.reservations))
+                        }
+                        rollout::Action::Replace(id) => {
+                            replace.entry(key.clone()).or_default().push(id);
+                        }
+                        rollout::Action::Abandon(id) => abandon.push(id),
+                        rollout::Action::Rollback => {
+                            if let Some(from) = r.from {
+                                after.rollbacks.push((s.stack.clone(), from));
+                            }
+                        }
+                        rollout::Action::Event(message) => after.events.push(NewEvent {
+                            time_ms: now,
+                            stack: s.stack.clone(),
+                            instance: None,
+                            kind: "rollout".into(),
+                            message: format!("{svc}: {message}"),
+                        }),
+                    }
+                }
+                if r.state == RolloutState::Running {
+                    rolling.insert(key.clone());
+                    if let Some(at) = r.wake_at(policy) {
+                        wake = Some(wake.map_or(at, |w: u64| w.min(at)));
+                    }
+                }
+                if stored.map(|(old, _)| old) != Some(&r) {
+                    let expect = stored.map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
+                    ops.push(TxnOp::put(
+                        rollout_key(&s.stack, svc),
+                        serde_json::to_vec(&r).expect("rollouts serialize"),
+                        expect,
+                    ));
+                }
+            }
+        }
+        drop(by_group);
+        let key_of: HashMap<String, String> = next
+            .iter()
+            .map(|(k, (a, _, _))| (a.id.clone(), k.clone()))
+            .collect();
+        for (id, release, generation, reserved) in restamp {
+            if let Some(k) = key_of.get(&id)
+                && let Some((a, _, changed)) = next.get_mut(k)
+            {
+                a.release = release;
+                a.generation = generation;
+                a.reserved = reserved;
+                *changed = true;
+            }
+        }
+        for id in abandon {
+            if let Some(k) = key_of.get(&id)
+                && let Some((_, revision, _)) = next.remove(k)
+            {
+                ops.push(TxnOp::delete(k.clone(), Expect::Revision(revision)));
+            }
+        }
+        st.rolling = rolling;
+        st.wake_at = wake;
+        replace
     }
 
     /// Keeps the last pass's unplaced work, with an event when a group's reason changes.
@@ -1123,10 +1421,10 @@ impl Control {
                     }
                     let before = st.instances.get(&inst.id).map(|i| i.state);
                     replan |= before != Some(inst.state)
-                        && (st.awaited.contains(&inst.id)
-                            || st
-                                .dependencies
-                                .contains(&(inst.id.stack.clone(), inst.id.service.clone())));
+                        && (st.awaited.contains(&inst.id) || {
+                            let group = (inst.id.stack.clone(), inst.id.service.clone());
+                            st.dependencies.contains(&group) || st.rolling.contains(&group)
+                        });
                     writes.push(Observed::Instance(inst.clone()));
                     st.instances.insert(inst.id.clone(), inst);
                 }
@@ -1263,6 +1561,45 @@ fn ready(instances: &HashMap<InstanceId, Instance>, a: &Allocation) -> bool {
     instances
         .get(&a.instance)
         .is_some_and(|i| i.node == a.node && i.state == InstanceState::Healthy)
+}
+
+/// How a rollout sees the instance of allocation `a`: ready, failed, or neither yet. Only an
+/// instance of the allocation's own release on its node counts (a re-stamped allocation whose
+/// old instance still runs is not ready yet).
+fn health(instances: &HashMap<InstanceId, Instance>, a: &Allocation) -> rollout::Health {
+    match instances.get(&a.instance) {
+        Some(i) if i.node == a.node && i.release == a.release => match i.state {
+            InstanceState::Healthy => rollout::Health::Ready,
+            InstanceState::Exited | InstanceState::Failed => rollout::Health::Failed,
+            _ => rollout::Health::Pending,
+        },
+        _ => rollout::Health::Pending,
+    }
+}
+
+/// An update policy in a few words, for events.
+fn describe(p: &skiff_model::UpdatePolicy) -> String {
+    let batch = match p.parallelism {
+        skiff_model::Parallelism::Count(0) => "all at once".to_string(),
+        skiff_model::Parallelism::Count(n) => format!("{n} at a time"),
+        skiff_model::Parallelism::Percent(n) => format!("{n}% at a time"),
+    };
+    let order = match p.order {
+        skiff_model::UpdateOrder::StartFirst => "start-first",
+        skiff_model::UpdateOrder::StopFirst => "stop-first",
+    };
+    format!("{batch}, {order}")
+}
+
+fn rollout_key(stack: &StackKey, service: &str) -> String {
+    format!("{ROLLOUTS}{}/{}/{service}", stack.env, stack.stack)
+}
+
+/// The service a `rollouts/` key names.
+fn rollout_key_of(key: &str) -> Option<(StackKey, String)> {
+    let mut parts = key.strip_prefix(ROLLOUTS)?.splitn(3, '/');
+    let (env, stack, service) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((StackKey::new(env, stack).ok()?, service.to_string()))
 }
 
 /// Instances whose readiness lets a retiring copy stop: a report of theirs plans again.

@@ -51,6 +51,7 @@ fn main() {
             service,
             release: 1,
             spec,
+            replace: &[],
         };
         let t = Instant::now();
         s.plan_group(&g, &mut p);

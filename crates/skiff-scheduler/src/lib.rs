@@ -53,6 +53,8 @@ pub struct Group<'a> {
     pub service: &'a str,
     pub release: u64,
     pub spec: &'a ServiceSpec,
+    /// Allocations to replace start-first now (a rollout's batch), as if their nodes drained.
+    pub replace: &'a [String],
 }
 
 /// What the scheduler looks at.
@@ -305,7 +307,7 @@ impl<'a> Scheduler<'a> {
         let mut to_replace: Vec<&Allocation> = Vec::new();
         for (i, a) in &live {
             self.count(*i);
-            if self.state[*i].draining {
+            if self.state[*i].draining || g.replace.contains(&a.id) {
                 to_replace.push(a);
             }
         }

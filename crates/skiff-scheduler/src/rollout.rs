@@ -8,10 +8,12 @@
 //! instance and starts the new one under the same index. **Start-first** asks for a
 //! replacement beside it (the scheduler places it under an index of its own; the old copy is
 //! `replaced_by` it and stops once the replacement is ready, as a node drain does). An item
-//! is done once its new instance has stayed ready for `monitor`; a new instance that fails
-//! within it is a failed update. When failures exceed `max_failure_ratio` of the instances
-//! to replace, `failure_action` pauses the rollout, rolls it back or carries on. The next
-//! batch starts `delay` after the last one is done.
+//! is done once its new instance is ready (and, start-first, the old copy gone); it is then
+//! watched for `monitor` (as Swarm does, the window does not hold the next batch back): a new
+//! instance that fails before it was ready or within its window is a failed update. When
+//! failures exceed `max_failure_ratio` of the instances to replace, `failure_action` pauses
+//! the rollout, rolls it back or carries on. The next batch starts `delay` after the last one
+//! is done; the rollout is done when nothing is outdated, in flight or watched.
 //!
 //! **Invariant:** a step never puts more than `parallelism` instances in flight, and never
 //! acts while the rollout is paused or over.
@@ -43,6 +45,9 @@ pub struct Rollout {
     /// Instances in flight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<Item>,
+    /// New instances in their monitor window: (allocation, ready since).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watching: Vec<(String, u64)>,
     /// The next batch starts no earlier (the policy's `delay` after the last one).
     #[serde(default)]
     pub next_batch_ms: u64,
@@ -67,9 +72,6 @@ pub struct Item {
     /// Start-first: the replacement's allocation, once placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new: Option<String>,
-    /// When the new instance was first seen ready (the monitor window runs from there).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_ms: Option<u64>,
 }
 
 /// One allocation of the service as the control plane sees it now.
@@ -122,6 +124,7 @@ impl Rollout {
             replaced: 0,
             failed: 0,
             batch: Vec::new(),
+            watching: Vec::new(),
             next_batch_ms: 0,
         }
     }
@@ -133,15 +136,11 @@ impl Rollout {
             return None;
         }
         let monitor = policy.monitor.as_millis() as u64;
-        let ends = self
-            .batch
-            .iter()
-            .filter_map(|i| i.ready_ms)
-            .map(|t| t + monitor);
-        match ends.min() {
-            Some(t) => Some(t),
-            None if self.batch.is_empty() => Some(self.next_batch_ms),
-            None => None,
+        let watched = self.watching.iter().map(|(_, t)| t + monitor).min();
+        let next = self.batch.is_empty().then_some(self.next_batch_ms);
+        match (watched, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -163,9 +162,29 @@ pub fn step(
     let monitor = policy.monitor.as_millis() as u64;
     let start_first = policy.order == UpdateOrder::StartFirst;
 
+    // New instances in their monitor window: a failure counts, an end passes.
+    let mut watching = std::mem::take(&mut r.watching);
+    watching.retain(|(id, since)| {
+        let Some(c) = find(id) else { return false };
+        match c.health {
+            Health::Ready => now_ms < since + monitor,
+            Health::Pending | Health::Failed => {
+                r.failed += 1;
+                r.replaced = r.replaced.saturating_sub(1);
+                out.push(Action::Event(format!(
+                    "release {}: instance {} failed within its monitor window",
+                    r.release, c.index
+                )));
+                false
+            }
+        }
+    });
+    r.watching = watching;
+
     // Progress of the batch in flight.
     let mut finished = false;
     let mut batch = std::mem::take(&mut r.batch);
+    let mut ready = Vec::new();
     batch.retain_mut(|item| {
         let old = find(&item.old);
         if start_first && item.new.is_none() {
@@ -195,28 +214,22 @@ pub fn step(
         };
         match health {
             Health::Ready => {
-                let since = *item.ready_ms.get_or_insert(now_ms);
-                let old_gone = !start_first || old.is_none();
-                if now_ms >= since + monitor && old_gone {
-                    r.replaced += 1;
-                    finished = true;
-                    return false;
+                if start_first && old.is_some() {
+                    // Ready; done once the old copy is gone (it is being drained).
+                    return true;
                 }
-                true
+                r.replaced += 1;
+                finished = true;
+                ready.push((new.alloc.to_string(), now_ms));
+                false
             }
-            Health::Pending if item.ready_ms.is_none() => true,
-            Health::Pending | Health::Failed => {
+            Health::Pending => true,
+            Health::Failed => {
                 r.failed += 1;
                 finished = true;
-                let name = format!("instance {}", new.index);
                 out.push(Action::Event(format!(
-                    "release {}: {name} failed {}",
-                    r.release,
-                    if item.ready_ms.is_some() {
-                        "within its monitor window"
-                    } else {
-                        "before it was ready"
-                    }
+                    "release {}: instance {} failed before it was ready",
+                    r.release, new.index
                 )));
                 if start_first {
                     out.push(Action::Abandon(new.alloc.to_string()));
@@ -226,6 +239,9 @@ pub fn step(
         }
     });
     r.batch = batch;
+    if monitor > 0 {
+        r.watching.extend(ready);
+    }
 
     // Too many failures: the policy's failure action.
     let allowed = policy.max_failure_ratio * f64::from(r.total.max(1));
@@ -271,6 +287,9 @@ pub fn step(
         .iter()
         .filter(|c| c.outdated && c.replaced_by.is_none())
         .collect();
+    if todo.is_empty() && !r.watching.is_empty() {
+        return out;
+    }
     if todo.is_empty() {
         r.state = RolloutState::Done;
         out.push(Action::Event(format!(
@@ -293,7 +312,6 @@ pub fn step(
         r.batch.push(Item {
             old: c.alloc.to_string(),
             new: None,
-            ready_ms: None,
         });
         out.push(if start_first {
             Action::Replace(c.alloc.to_string())
@@ -357,19 +375,20 @@ mod tests {
             copy("a2", 2, false, Health::Ready),
             copy("a3", 3, true, Health::Ready),
         ];
-        assert!(step(&mut r, &ready, &p, 3, 20).is_empty(), "monitoring");
-        assert_eq!(r.wake_at(&p), Some(120));
+        // Ready: done, watched for the monitor window, and the next batch starts at once.
         assert_eq!(
-            step(&mut r, &ready, &p, 3, 120),
+            step(&mut r, &ready, &p, 3, 20),
             [Action::Restamp("a3".into())]
         );
         assert_eq!(r.replaced, 2);
+        assert_eq!(r.wake_at(&p), Some(120), "the end of the monitor window");
         let done = [
             copy("a1", 1, false, Health::Ready),
             copy("a2", 2, false, Health::Ready),
             copy("a3", 3, false, Health::Ready),
         ];
-        step(&mut r, &done, &p, 3, 130);
+        assert!(step(&mut r, &done, &p, 3, 130).is_empty());
+        assert_eq!(r.state, RolloutState::Running, "a3 is still watched");
         let acts = step(&mut r, &done, &p, 3, 230);
         assert_eq!(r.state, RolloutState::Done);
         assert_eq!(r.replaced, 3);
@@ -396,6 +415,12 @@ mod tests {
         step(&mut r, &after, &p, 1, 510);
         assert_eq!(r.replaced, 1);
         step(&mut r, &after, &p, 1, 520);
+        assert_eq!(
+            r.state,
+            RolloutState::Running,
+            "watched for its monitor window"
+        );
+        step(&mut r, &after, &p, 1, 610);
         assert_eq!(r.state, RolloutState::Done);
     }
 
@@ -412,7 +437,11 @@ mod tests {
             copy("a1", 1, false, Health::Ready),
             copy("a2", 2, true, Health::Ready),
         ];
-        step(&mut r, &crashed, &p, 2, 10);
+        assert_eq!(
+            step(&mut r, &crashed, &p, 2, 10),
+            [Action::Restamp("a2".into())],
+            "the monitor window does not hold the next batch back"
+        );
         let crashed = [
             copy("a1", 1, false, Health::Failed),
             copy("a2", 2, true, Health::Ready),
@@ -487,7 +516,7 @@ mod tests {
             step(&mut r, &failed, &p, 2, 500).is_empty(),
             "the delay holds"
         );
-        assert_eq!(r.wake_at(&p), Some(1_002));
+        assert_eq!(r.wake_at(&p), Some(1_001));
         assert_eq!(
             step(&mut r, &failed, &p, 2, 1_002),
             [Action::Restamp("a2".into())]
@@ -500,8 +529,8 @@ mod tests {
         r.batch.push(Item {
             old: "a1".into(),
             new: Some("b3".into()),
-            ready_ms: Some(9),
         });
+        r.watching.push(("b2".into(), 9));
         let json = serde_json::to_vec(&r).unwrap();
         assert_eq!(serde_json::from_slice::<Rollout>(&json).unwrap(), r);
     }

@@ -123,6 +123,7 @@ pub fn groups<'a>(
             service,
             release: 1,
             spec,
+            replace: &[],
         })
         .collect()
 }

@@ -57,6 +57,7 @@ fn run(nodes: &[Node], allocs: &[Allocation], spec: &ServiceSpec) -> Plan {
         service: "web",
         release: 2,
         spec,
+        replace: &[],
     }];
     plan(
         &Snapshot {

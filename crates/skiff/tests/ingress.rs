@@ -179,6 +179,63 @@ impl Load {
     }
 }
 
+/// A service whose changes roll out (`@ORDER@` and `@VERSION@` are filled in per step).
+const ROLLING: &str = "name: shop
+x-skiff: {driver: process}
+services:
+  web:
+    command: [skiff-demo, --name, web]
+    ports: [{name: http, target: 8080}]
+    environment: {DEMO_VERSION: '@VERSION@'}
+    deploy:
+      replicas: 3
+      update_config: {order: '@ORDER@', monitor: 500ms}
+    stop_grace_period: 5s
+    x-skiff:
+      readiness: {http: {path: /health}, interval: 200ms, retries: 1}
+";
+
+#[test]
+fn rolling_updates_start_first_and_stop_first_under_load_fail_no_request() {
+    let file = |order: &str, version: &str| {
+        ROLLING
+            .replace("@ORDER@", order)
+            .replace("@VERSION@", version)
+    };
+    let (dev, project, _data) = up_stack(&file("start-first", "v1"));
+    let load = Load::start(&dev.ingress, WEB, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    for (order, version) in [("start-first", "v2"), ("stop-first", "v3")] {
+        std::fs::write(project.path().join("compose.yaml"), file(order, version)).unwrap();
+        let started = Instant::now();
+        let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up", "--timeout", "60"]);
+        assert!(ok, "{order}: {out}{err}");
+        // `up` returns once every instance runs the new release: all answers say so.
+        for _ in 0..10 {
+            let (code, body) = get(&dev, WEB, "/");
+            assert!(
+                code == 200 && body.contains(version),
+                "{order}: {code} {body}"
+            );
+        }
+        eprintln!("{order}: rolled out in {:?}", started.elapsed());
+        let (_, events, _) = skiff_in(&dev, project.path(), &[], &["events"]);
+        assert!(
+            events.contains("rolling out release") && events.contains(order),
+            "{events}"
+        );
+    }
+    let (ok, failures) = load.finish();
+    assert!(ok > 1000, "only {ok} requests went through");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
 #[test]
 fn kill_9_of_an_instance_and_scaling_3_to_6_to_3_under_load_fail_no_request() {
     let (dev, project, _data) = up_stack(STACK);

@@ -1,9 +1,11 @@
 //! Waiting for a stack's desired instances: what `up`, `scale`, `start` and `restart` follow
-//! until it holds. The desired set is the current release's: for each service, indexes
-//! `1..=replicas`, each healthy and up to date with the current spec. An instance the agent
-//! kept through a release that changed nothing of it (an unchanged `up`, a replica change) is
-//! re-stamped with that release, so "up to date" is `release == current`, whatever release
-//! started it.
+//! until it holds. The desired set is the current release's: for each service, `replicas`
+//! instances healthy and up to date with the current spec (counted, not named: a start-first
+//! replacement runs under an index of its own). An instance kept through a release that
+//! changed nothing of how it runs (an unchanged `up`, a replica or policy change) is re-stamped
+//! with that release, so "up to date" is `release == current`, whatever release started it;
+//! instances a rollout has not replaced yet keep their older release and are not counted, and
+//! the wait holds while one of them still serves.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,7 +68,7 @@ pub fn until_ready(
         for (&svc, &n) in &wanted {
             let desired: Vec<&Instance> = instances
                 .iter()
-                .filter(|i| &i.id.service == svc && i.id.index <= n)
+                .filter(|i| &i.id.service == svc && i.release == w.release.number)
                 .collect();
             let ready = desired
                 .iter()
@@ -88,7 +90,15 @@ pub fn until_ready(
                     ));
                 }
             }
-            all_ready &= ready as u32 == n;
+            let ready = (ready as u32).min(n);
+            // Done when the old ones no longer serve either (a rollout withdraws and drains
+            // them once their replacements are ready).
+            let old_serving = instances.iter().any(|i| {
+                &i.id.service == svc
+                    && i.release != w.release.number
+                    && i.state == InstanceState::Healthy
+            });
+            all_ready &= ready == n && !old_serving;
             if w.progress {
                 let line = format!("{svc:<20} {ready}/{n} healthy");
                 if last_lines.get(svc) != Some(&line) {
