@@ -32,8 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Changes kept for watches that start in the past (a watch starts from the revision of the
 /// list before it, so this only has to cover the moment between the two). Observed instance
-/// states and events are changes too: a bring-up of 1,000 instances makes a few thousand, and
-/// 10,000 kept in memory cost `skiff dev` 2 MB.
+/// states and events are changes too: a bring-up of 1,000 instances makes a few thousand.
 pub const HISTORY: u64 = 1_000;
 
 /// Changes buffered for live watchers that have not taken them yet; one further behind gets
