@@ -218,6 +218,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/envs/{env}/stacks/{stack}/plan",
             post(preview_placement),
         )
+        .route("/v1/envs/{env}/stacks/{stack}/rollouts", get(list_rollouts))
         .route(
             "/v1/envs/{env}/stacks/{stack}/releases/{number}",
             get(get_release),
@@ -484,6 +485,40 @@ async fn scale_service(
     svc.replicas = req.replicas;
     let (new, created) = record_release(&s, key, spec, release.source).await?;
     Ok((release_status(created), Json(new)))
+}
+
+/// Each service's last rollout (in flight or over); empty before the first change rolls.
+async fn list_rollouts(
+    State(s): State<ApiState>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
+) -> Result<Json<Vec<skiff_client::RolloutView>>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    Ok(Json(
+        s.control
+            .rollouts(&key)
+            .into_iter()
+            .map(|(service, r)| skiff_client::RolloutView {
+                service,
+                release: r.release,
+                from: r.from,
+                rollback: r.rollback,
+                state: match r.state {
+                    skiff_scheduler::rollout::RolloutState::Running => "running",
+                    skiff_scheduler::rollout::RolloutState::Paused => "paused",
+                    skiff_scheduler::rollout::RolloutState::Done => "done",
+                    skiff_scheduler::rollout::RolloutState::Failed => "failed",
+                }
+                .to_string(),
+                reason: r.reason,
+                total: r.total,
+                replaced: r.replaced,
+                failed: r.failed,
+                in_flight: r.batch.len() as u32,
+                watching: r.watching.len() as u32,
+                started_ms: r.started_ms,
+            })
+            .collect(),
+    ))
 }
 
 async fn list_releases(

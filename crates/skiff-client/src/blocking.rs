@@ -156,6 +156,10 @@ impl Client {
         self.run(self.inner.release(stack, number))
     }
 
+    pub fn rollouts(&self, stack: &StackKey) -> Result<Vec<RolloutView>> {
+        self.run(self.inner.rollouts(stack))
+    }
+
     pub fn releases(&self, stack: &StackKey) -> Result<Vec<ReleaseSummary>> {
         self.run(self.inner.releases(stack))
     }

@@ -287,6 +287,16 @@ impl Client {
         .await
     }
 
+    /// Each service's last rollout in `stack`.
+    pub async fn rollouts(&self, stack: &StackKey) -> Result<Vec<RolloutView>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/envs/{}/stacks/{}/rollouts", stack.env, stack.stack),
+            None,
+        )
+        .await
+    }
+
     pub async fn release(&self, stack: &StackKey, number: u64) -> Result<Release> {
         self.call(
             Method::GET,

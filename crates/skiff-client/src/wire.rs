@@ -335,6 +335,32 @@ pub struct LabelChange {
 
 // === DNS and routes ===
 
+/// A service's last rollout (`GET /v1/envs/{env}/stacks/{stack}/rollouts`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RolloutView {
+    pub service: String,
+    /// The release rolled out.
+    pub release: u64,
+    /// The release it replaces, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// Rolled by `rollback_config` (a rollback).
+    #[serde(default)]
+    pub rollback: bool,
+    /// `running`, `paused`, `done` or `failed`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Instances to replace when it started, replaced so far, failed.
+    pub total: u32,
+    pub replaced: u32,
+    pub failed: u32,
+    /// Instances being replaced now, and new ones in their monitor window.
+    pub in_flight: u32,
+    pub watching: u32,
+    pub started_ms: u64,
+}
+
 /// `GET /v1/catalog`: which services, and whether to block (a blocking query).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -1541,6 +1541,16 @@ impl Control {
         Some(client)
     }
 
+    /// Each service's last rollout in `stack`, by service name.
+    pub fn rollouts(&self, stack: &StackKey) -> Vec<(String, Rollout)> {
+        self.lock()
+            .rollouts
+            .iter()
+            .filter(|((s, _), _)| s == stack)
+            .map(|((_, svc), (r, _))| (svc.clone(), r.clone()))
+            .collect()
+    }
+
     /// The node an instance runs on, as its agent last reported it.
     pub fn node_of(&self, id: &InstanceId) -> Option<Node> {
         let st = self.lock();

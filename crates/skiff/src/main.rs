@@ -73,6 +73,8 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
     History(cmd::ps::HistoryArgs),
+    /// Rollouts of changed services: `skiff rollout status STACK [SERVICE]`.
+    Rollout(cmd::rollout::Args),
     /// Print a service's logs (-f to follow).
     Logs(cmd::logs::Args),
     /// Show what happened: starts, exits, restarts, adoptions.
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => connect().and_then(|c| cmd::service::exec(args, &c, env)),
         Command::Kill(args) => connect().and_then(|c| cmd::service::kill(args, &c, env)),
         Command::History(args) => connect().and_then(|c| cmd::ps::history(args, &c, env)),
+        Command::Rollout(args) => connect().and_then(|c| cmd::rollout::run(args, &c, env)),
         Command::Events(args) => connect().and_then(|c| cmd::ps::events(args, &c)),
         Command::Logs(args) => connect().and_then(|c| cmd::logs::run(args, &c, env)),
         Command::Dns(args) => connect().and_then(|c| cmd::dns::run(args, &c)),

@@ -234,6 +234,24 @@ fn rolling_updates_start_first_and_stop_first_under_load_fail_no_request() {
         ok + failures.len(),
         &failures[..failures.len().min(5)]
     );
+    // `rollout status` says how the last one went, once its monitor window is over.
+    wait_for("the rollout done", || {
+        let (_, out, _) = skiff_in(&dev, project.path(), &[], &["rollout", "status", "shop"]);
+        out.lines()
+            .any(|l| l.starts_with("web ") && l.contains("2 -> 3") && l.contains("done"))
+    });
+    let (_, out, _) = skiff_in(&dev, project.path(), &[], &["rollout", "status", "shop"]);
+    assert!(out.contains("3/3"), "{out}");
+    let (ok, _, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["rollout", "status", "shop", "db"],
+    );
+    assert!(
+        !ok && err.contains("db of stack shop has not rolled out a change yet"),
+        "{err}"
+    );
 }
 
 #[test]

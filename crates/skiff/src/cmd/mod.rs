@@ -9,6 +9,7 @@ pub mod node;
 pub mod plan;
 pub mod project;
 pub mod ps;
+pub mod rollout;
 pub mod routes;
 pub mod server;
 pub mod service;
