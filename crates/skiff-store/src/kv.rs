@@ -147,7 +147,9 @@ pub type KvResult<T> = Result<T, KvError>;
 pub trait Kv: Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = KvResult<Option<KvEntry>>> + Send;
     /// Every key under `prefix`, in key order, and the store's revision they were read at.
-    fn list(&self, prefix: &str) -> impl Future<Output = KvResult<(Vec<KvEntry>, u64)>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = KvResult<(Vec<KvEntry>, u64)>> + Send {
+        self.list_from(prefix, prefix, usize::MAX)
+    }
     /// At most `limit` keys under `prefix` from `start` on (`start` included), in key order,
     /// and the store's revision they were read at (etcd's range with a limit).
     fn list_from(
@@ -410,10 +412,6 @@ impl MemKv {
 impl Kv for MemKv {
     async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
         Ok(self.lock().data.get(key).cloned())
-    }
-
-    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
-        self.list_from(prefix, prefix, usize::MAX).await
     }
 
     async fn list_from(
@@ -712,10 +710,6 @@ impl RedbKv {
 impl Kv for RedbKv {
     async fn get(&self, key: &str) -> KvResult<Option<KvEntry>> {
         self.read(key)
-    }
-
-    async fn list(&self, prefix: &str) -> KvResult<(Vec<KvEntry>, u64)> {
-        self.list_from(prefix, prefix, usize::MAX).await
     }
 
     async fn list_from(

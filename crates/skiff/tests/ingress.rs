@@ -167,6 +167,19 @@ impl Load {
         Load { stop, ok, threads }
     }
 
+    /// Stops; more than 1,000 requests went through and none failed.
+    fn finish_without_failures(self) {
+        let (ok, failures) = self.finish();
+        assert!(ok > 1000, "only {ok} requests went through");
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            ok + failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+
     /// Stops and returns (successful requests, failures).
     fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -225,15 +238,7 @@ fn rolling_updates_start_first_and_stop_first_under_load_fail_no_request() {
             "{events}"
         );
     }
-    let (ok, failures) = load.finish();
-    assert!(ok > 1000, "only {ok} requests went through");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        ok + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_failures();
     // `rollout status` says how the last one went, once its monitor window is over.
     wait_for("the rollout done", || {
         let (_, out, _) = skiff_in(&dev, project.path(), &[], &["rollout", "status", "shop"]);
@@ -288,15 +293,7 @@ fn kill_9_of_an_instance_and_scaling_3_to_6_to_3_under_load_fail_no_request() {
     assert!(ok, "{out}{err}");
     std::thread::sleep(Duration::from_millis(500));
 
-    let (ok, failures) = load.finish();
-    assert!(ok > 1000, "only {ok} requests went through");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        ok + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_failures();
 }
 
 #[test]
