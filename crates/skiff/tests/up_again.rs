@@ -139,3 +139,43 @@ fn scale_start_and_restart_wait_on_the_current_spec_after_a_kill_9() {
     assert!(out.contains("web: 3 instances healthy"), "{out}");
     assert_eq!(pids(&dev).len(), 4);
 }
+
+#[test]
+fn up_fails_at_once_naming_the_cause_when_its_rollout_pauses_on_a_failed_instance() {
+    let (project, _data, dev) = fresh();
+    up(&dev, project.path(), "2");
+    // Release 2's web exits at once: its first new instance fails, the rollout pauses (the
+    // default failure action) and the other instance of release 1 keeps running.
+    let broken = STACK.replace(
+        "command: [skiff-demo, --name, web]",
+        "command: [sh, -c, 'exit 3']",
+    );
+    std::fs::write(project.path().join("compose.yaml"), broken).unwrap();
+    let started = Instant::now();
+    let (ok, out, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[("N", "2")],
+        &["up", "--timeout", "60"],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("web: the rollout of release 2 paused")
+            && err.contains("1 of 2 instances failed"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    let (_, ps, _) = skiff_in(&dev, project.path(), &[], &["ps"]);
+    let old_running = ps
+        .lines()
+        .filter(|l| l.starts_with("web-") && l.contains("healthy"))
+        .count();
+    assert_eq!(
+        old_running, 1,
+        "the paused rollout left one old instance serving: {ps}"
+    );
+}

@@ -57,6 +57,26 @@ pub fn until_ready(
         let instances = client.instances(&filter)?;
         let mut all_ready = true;
         let mut failed = Vec::new();
+        // A rollout of this release that paused or failed will not finish by waiting.
+        let stack = skiff_model::StackKey {
+            env: w.env.to_string(),
+            stack: w.stack.to_string(),
+        };
+        for r in client.rollouts(&stack)? {
+            if wanted.contains_key(&r.service)
+                && r.release == w.release.number
+                && (r.state == "paused" || r.state == "failed")
+            {
+                failed.push(format!(
+                    "{}: the rollout of release {} {}: {} (see `skiff rollout status {}`)",
+                    r.service,
+                    r.release,
+                    r.state,
+                    r.reason.as_deref().unwrap_or("no reason recorded"),
+                    w.stack
+                ));
+            }
+        }
         // Work no node can take fails the wait at once, with the scheduler's reason.
         let unplaced = client.unplaced(&filter)?;
         for u in unplaced.iter().filter(|u| wanted.contains_key(&u.service)) {
