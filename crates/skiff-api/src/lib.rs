@@ -220,6 +220,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/envs/{env}/stacks/{stack}/rollouts", get(list_rollouts))
         .route(
+            "/v1/envs/{env}/stacks/{stack}/rollouts/{service}/{action}",
+            post(steer_rollout),
+        )
+        .route(
             "/v1/envs/{env}/stacks/{stack}/releases/{number}",
             get(get_release),
         )
@@ -487,6 +491,54 @@ async fn scale_service(
     Ok((release_status(created), Json(new)))
 }
 
+/// `pause` a running rollout or `resume` a paused one.
+async fn steer_rollout(
+    State(s): State<ApiState>,
+    ApiPath((env, stack, service, action)): ApiPath<(String, String, String, String)>,
+) -> Result<Json<skiff_client::RolloutView>, ApiError> {
+    let key = stack_key(&env, &stack)?;
+    let pause = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action {other:?} (pause, resume)"),
+            ));
+        }
+    };
+    let r = s.control.steer_rollout(&key, &service, pause).await?;
+    Ok(Json(rollout_view(service, r)))
+}
+
+fn rollout_view(
+    service: String,
+    r: skiff_scheduler::rollout::Rollout,
+) -> skiff_client::RolloutView {
+    use skiff_scheduler::rollout::RolloutState;
+    skiff_client::RolloutView {
+        service,
+        release: r.release,
+        from: r.from,
+        rollback: r.rollback,
+        state: match r.state {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Done => "done",
+            RolloutState::Failed => "failed",
+        }
+        .to_string(),
+        reason: r.reason,
+        total: r.total,
+        replaced: r.replaced,
+        failed: r.failed,
+        in_flight: r.batch.len() as u32,
+        watching: r.watching.len() as u32,
+        started_ms: r.started_ms,
+    }
+}
+
 /// Each service's last rollout (in flight or over); empty before the first change rolls.
 async fn list_rollouts(
     State(s): State<ApiState>,
@@ -497,26 +549,7 @@ async fn list_rollouts(
         s.control
             .rollouts(&key)
             .into_iter()
-            .map(|(service, r)| skiff_client::RolloutView {
-                service,
-                release: r.release,
-                from: r.from,
-                rollback: r.rollback,
-                state: match r.state {
-                    skiff_scheduler::rollout::RolloutState::Running => "running",
-                    skiff_scheduler::rollout::RolloutState::Paused => "paused",
-                    skiff_scheduler::rollout::RolloutState::Done => "done",
-                    skiff_scheduler::rollout::RolloutState::Failed => "failed",
-                }
-                .to_string(),
-                reason: r.reason,
-                total: r.total,
-                replaced: r.replaced,
-                failed: r.failed,
-                in_flight: r.batch.len() as u32,
-                watching: r.watching.len() as u32,
-                started_ms: r.started_ms,
-            })
+            .map(|(service, r)| rollout_view(service, r))
             .collect(),
     ))
 }

@@ -33,6 +33,12 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
             }
+            ControlError::NoRollout(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "rollout_not_found", e.to_string())
+            }
+            ControlError::RolloutState(_) => {
+                ApiError::new(StatusCode::CONFLICT, "rollout_state", e.to_string())
+            }
             ControlError::Store(_) => {
                 tracing::error!("{e}");
                 ApiError::new(

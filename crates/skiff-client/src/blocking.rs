@@ -156,6 +156,15 @@ impl Client {
         self.run(self.inner.release(stack, number))
     }
 
+    pub fn steer_rollout(
+        &self,
+        stack: &StackKey,
+        service: &str,
+        action: &str,
+    ) -> Result<RolloutView> {
+        self.run(self.inner.steer_rollout(stack, service, action))
+    }
+
     pub fn rollouts(&self, stack: &StackKey) -> Result<Vec<RolloutView>> {
         self.run(self.inner.rollouts(stack))
     }

@@ -297,6 +297,26 @@ impl Client {
         .await
     }
 
+    /// `pause` a service's running rollout or `resume` its paused one.
+    pub async fn steer_rollout(
+        &self,
+        stack: &StackKey,
+        service: &str,
+        action: &str,
+    ) -> Result<RolloutView> {
+        self.call(
+            Method::POST,
+            &format!(
+                "/v1/envs/{}/stacks/{}/rollouts/{}/{action}",
+                stack.env,
+                stack.stack,
+                segment(service)
+            ),
+            None,
+        )
+        .await
+    }
+
     pub async fn release(&self, stack: &StackKey, number: u64) -> Result<Release> {
         self.call(
             Method::GET,

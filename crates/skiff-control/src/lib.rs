@@ -147,6 +147,12 @@ pub enum ControlError {
     Invalid(String),
     #[error("store: {0}")]
     Store(String),
+    /// No rollout of that service (it never rolled out a change).
+    #[error("{0}")]
+    NoRollout(String),
+    /// The rollout is not in a state the request applies to.
+    #[error("{0}")]
+    RolloutState(String),
 }
 
 impl From<KvError> for ControlError {
@@ -1539,6 +1545,82 @@ impl Control {
             (node.address.clone(), node.agent_port, client.clone()),
         );
         Some(client)
+    }
+
+    /// Pauses a running rollout of `service`, or resumes a paused one (a resume forgives the
+    /// failures that paused it: they are in its events). Written with compare-and-swap
+    /// against the planner's own writes; the planner takes it up at once.
+    pub async fn steer_rollout(
+        &self,
+        stack: &StackKey,
+        service: &str,
+        pause: bool,
+    ) -> Result<Rollout> {
+        let key = (stack.clone(), service.to_string());
+        for _ in 0..5 {
+            let (mut r, revision) = self.lock().rollouts.get(&key).cloned().ok_or_else(|| {
+                ControlError::NoRollout(format!(
+                    "{service} of stack {stack} has not rolled out a change yet"
+                ))
+            })?;
+            let what = match (pause, r.state) {
+                (true, RolloutState::Running) => {
+                    r.state = RolloutState::Paused;
+                    r.reason = Some("paused by `skiff rollout pause`".into());
+                    "paused by `skiff rollout pause`".to_string()
+                }
+                (false, RolloutState::Paused) => {
+                    let forgiven = std::mem::take(&mut r.failed);
+                    r.state = RolloutState::Running;
+                    r.reason = None;
+                    if forgiven > 0 {
+                        format!("resumed ({forgiven} failure(s) forgiven)")
+                    } else {
+                        "resumed".to_string()
+                    }
+                }
+                (_, state) => {
+                    return Err(ControlError::RolloutState(format!(
+                        "the rollout of release {} of {service} is {}: nothing to {}",
+                        r.release,
+                        match state {
+                            RolloutState::Running => "running",
+                            RolloutState::Paused => "paused",
+                            RolloutState::Done => "done",
+                            RolloutState::Failed => "failed",
+                        },
+                        if pause { "pause" } else { "resume" }
+                    )));
+                }
+            };
+            let op = TxnOp::put(
+                rollout_key(stack, service),
+                serde_json::to_vec(&r).expect("rollouts serialize"),
+                Expect::Revision(revision),
+            );
+            match self.kv.txn(vec![op.clone()]).await {
+                Ok(rev) => {
+                    self.applied_ops(vec![op], rev);
+                    self.store
+                        .append_event(NewEvent {
+                            time_ms: now_ms(),
+                            stack: stack.clone(),
+                            instance: None,
+                            kind: "rollout".into(),
+                            message: format!("{service}: release {} {what}", r.release),
+                        })
+                        .await?;
+                    self.changed();
+                    return Ok(r);
+                }
+                // The planner moved it on meanwhile: look again.
+                Err(KvError::Conflict { .. }) => tokio::task::yield_now().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControlError::Store(format!(
+            "the rollout of {service} kept changing; try again"
+        )))
     }
 
     /// Each service's last rollout in `stack`, by service name.

@@ -698,3 +698,53 @@ async fn a_change_of_replicas_or_policy_alone_is_no_rollout() {
     );
     assert!(r.control.lock().rollouts.is_empty());
 }
+
+#[tokio::test]
+async fn a_paused_rollout_replaces_nothing_more_until_resumed() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(3, &[]))]).await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    let update = skiff_model::UpdatePolicy {
+        monitor: Duration::ZERO,
+        ..skiff_model::UpdatePolicy::default()
+    };
+    let two = r.release(&[("web", changed(3, update))]).await;
+    r.pass().await;
+    let paused = r
+        .control
+        .steer_rollout(&stack(), "web", true)
+        .await
+        .unwrap();
+    assert_eq!(paused.state, RolloutState::Paused);
+    let again = r.control.steer_rollout(&stack(), "web", true).await;
+    assert!(
+        matches!(again, Err(ControlError::RolloutState(_))),
+        "{again:?}"
+    );
+    for _ in 0..5 {
+        healthy_pass(&r).await;
+    }
+    let new = |r: &Rig| {
+        r.control
+            .all_allocations()
+            .iter()
+            .filter(|a| a.release == two)
+            .count()
+    };
+    assert_eq!(new(&r), 1, "only the batch in flight when it paused");
+    r.control
+        .steer_rollout(&stack(), "web", false)
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        healthy_pass(&r).await;
+    }
+    assert_eq!(new(&r), 3);
+    let missing = r.control.steer_rollout(&stack(), "db", false).await;
+    assert!(
+        matches!(missing, Err(ControlError::NoRollout(_))),
+        "{missing:?}"
+    );
+}

@@ -178,4 +178,20 @@ fn up_fails_at_once_naming_the_cause_when_its_rollout_pauses_on_a_failed_instanc
         old_running, 1,
         "the paused rollout left one old instance serving: {ps}"
     );
+
+    // Its status says why; pausing it again is refused; `resume` carries on.
+    let (_, status, _) = skiff_in(&dev, project.path(), &[], &["rollout", "status", "again"]);
+    assert!(
+        status.contains("paused") && status.contains("1 of 2 instances failed"),
+        "{status}"
+    );
+    let (ok, _, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["rollout", "pause", "again", "web"],
+    );
+    assert!(!ok && err.contains("is paused: nothing to pause"), "{err}");
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["rollout", "resume", "again"]);
+    assert!(ok && out.contains("web: release 2 running"), "{out}{err}");
 }

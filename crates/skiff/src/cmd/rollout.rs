@@ -1,5 +1,5 @@
-//! `skiff rollout status STACK [SERVICE]`: each service's last rollout — its release, state,
-//! progress and why it paused or failed.
+//! `skiff rollout status|pause|resume STACK [SERVICE]`: each service's last rollout — its
+//! release, state, progress and why it paused or failed — and steering it.
 
 use std::process::ExitCode;
 
@@ -24,14 +24,32 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Pause running rollouts: nothing more is replaced until `resume`.
+    Pause {
+        stack: String,
+        /// Only this service (default: every service whose rollout runs).
+        service: Option<String>,
+    },
+    /// Resume paused rollouts (failures that paused one are forgiven; its events keep them).
+    Resume {
+        stack: String,
+        /// Only this service (default: every service whose rollout is paused).
+        service: Option<String>,
+    },
 }
 
 pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let Command::Status {
-        stack,
-        service,
-        output: out,
-    } = args.command;
+    let (stack, service, out) = match args.command {
+        Command::Status {
+            stack,
+            service,
+            output,
+        } => (stack, service, output),
+        Command::Pause { stack, service } => return steer(client, env, &stack, service, "pause"),
+        Command::Resume { stack, service } => {
+            return steer(client, env, &stack, service, "resume");
+        }
+    };
     let mut rollouts = client.rollouts(&stack_key(env, &stack)?)?;
     if let Some(svc) = &service {
         rollouts.retain(|r| &r.service == svc);
@@ -76,5 +94,41 @@ pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
             rows,
         );
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pauses or resumes one service's rollout, or every one in the state the action applies to.
+fn steer(
+    client: &Client,
+    env: &str,
+    stack: &str,
+    service: Option<String>,
+    action: &str,
+) -> anyhow::Result<ExitCode> {
+    let key = stack_key(env, stack)?;
+    let services = match service {
+        Some(s) => vec![s],
+        None => {
+            let from = if action == "pause" {
+                "running"
+            } else {
+                "paused"
+            };
+            let services: Vec<String> = client
+                .rollouts(&key)?
+                .into_iter()
+                .filter(|r| r.state == from)
+                .map(|r| r.service)
+                .collect();
+            if services.is_empty() {
+                anyhow::bail!("stack {stack} has no {from} rollout to {action}");
+            }
+            services
+        }
+    };
+    for s in services {
+        let r = client.steer_rollout(&key, &s, action)?;
+        println!("{}: release {} {}", r.service, r.release, r.state);
+    }
     Ok(ExitCode::SUCCESS)
 }
