@@ -223,6 +223,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/envs/{env}/stacks/{stack}/rollouts/{service}/{action}",
             post(steer_rollout),
         )
+        .route("/v1/envs/{env}/stacks/{stack}/rollback", post(rollback))
         .route(
             "/v1/envs/{env}/stacks/{stack}/releases/{number}",
             get(get_release),
@@ -489,6 +490,17 @@ async fn scale_service(
     svc.replicas = req.replicas;
     let (new, created) = record_release(&s, key, spec, release.source).await?;
     Ok((release_status(created), Json(new)))
+}
+
+/// Deploys an earlier release's spec again as a new release, rolled by `rollback_config`.
+async fn rollback(
+    State(s): State<ApiState>,
+    ApiPath((env, stack)): ApiPath<(String, String)>,
+    Body(req): Body<skiff_client::RollbackRequest>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    let key = stack_key(&env, &stack)?;
+    let release = s.control.rollback(&key, req.to).await?;
+    Ok((StatusCode::CREATED, Json(release)))
 }
 
 /// `pause` a running rollout or `resume` a paused one.

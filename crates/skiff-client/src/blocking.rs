@@ -156,6 +156,10 @@ impl Client {
         self.run(self.inner.release(stack, number))
     }
 
+    pub fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
+        self.run(self.inner.rollback(stack, to))
+    }
+
     pub fn steer_rollout(
         &self,
         stack: &StackKey,

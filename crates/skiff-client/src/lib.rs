@@ -297,6 +297,16 @@ impl Client {
         .await
     }
 
+    /// Deploys release `to` again (default: the one before the current) as a new release.
+    pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
+        self.call(
+            Method::POST,
+            &format!("/v1/envs/{}/stacks/{}/rollback", stack.env, stack.stack),
+            Self::json(&RollbackRequest { to }),
+        )
+        .await
+    }
+
     /// `pause` a service's running rollout or `resume` its paused one.
     pub async fn steer_rollout(
         &self,

@@ -335,6 +335,15 @@ pub struct LabelChange {
 
 // === DNS and routes ===
 
+/// `POST /v1/envs/{env}/stacks/{stack}/rollback`: deploy release `to` again (default: the one
+/// before the current) as a new release.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
 /// A service's last rollout (`GET /v1/envs/{env}/stacks/{stack}/rollouts`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RolloutView {

@@ -783,42 +783,81 @@ impl Control {
             self.store.append_event(e).await?;
         }
         for (stack, to) in after.rollbacks {
-            let Some(old) = self.release(&stack, to).await? else {
-                continue;
-            };
-            let rel = self
-                .store
-                .create_release(
-                    &stack,
-                    old.spec.clone(),
-                    format!("rollback to release {to}"),
-                    now_ms(),
-                )
-                .await?;
-            // Its rollouts replace by rollback_config.
-            let mut ops = Vec::new();
-            for svc in rel.spec.services.keys() {
-                let mut r = Rollout::new(rel.number, None, 0, now_ms());
-                r.rollback = true;
-                let key = (stack.clone(), svc.clone());
-                let expect = self
-                    .lock()
-                    .rollouts
-                    .get(&key)
-                    .map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
-                ops.push(TxnOp::put(
-                    rollout_key(&stack, svc),
-                    serde_json::to_vec(&r).expect("rollouts serialize"),
-                    expect,
-                ));
+            if let Err(e) = self.rollback(&stack, Some(to)).await {
+                tracing::warn!(%stack, "rollback to release {to}: {e}");
             }
-            match self.kv.txn(ops.clone()).await {
-                Ok(revision) => self.applied_ops(ops, revision),
-                Err(e) => tracing::warn!(%stack, "rollback rollouts not recorded: {e}"),
-            }
-            self.changed();
         }
         Ok(())
+    }
+
+    /// Deploys release `to` of `stack` again as a new release (default: the one before the
+    /// current), its changed services replaced by their `rollback_config`; returns it.
+    pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
+        let current = self
+            .store
+            .stacks()
+            .await?
+            .into_iter()
+            .find(|s| &s.stack == stack)
+            .and_then(|s| s.current)
+            .ok_or_else(|| ControlError::Invalid(format!("stack {stack} runs no release")))?;
+        let to = match to {
+            Some(n) => n,
+            None if current > 1 => current - 1,
+            None => {
+                return Err(ControlError::Invalid(format!(
+                    "stack {stack} has no release before {current} to roll back to"
+                )));
+            }
+        };
+        if to == current {
+            return Err(ControlError::Invalid(format!(
+                "release {to} is the one stack {stack} runs"
+            )));
+        }
+        let old = self
+            .release(stack, to)
+            .await?
+            .ok_or_else(|| ControlError::Invalid(format!("stack {stack} has no release {to}")))?;
+        let rel = self
+            .store
+            .create_release(stack, old.spec.clone(), old.source.clone(), now_ms())
+            .await?;
+        // Its rollouts replace by rollback_config.
+        let mut ops = Vec::new();
+        for svc in rel.spec.services.keys() {
+            let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
+            r.rollback = true;
+            let key = (stack.clone(), svc.clone());
+            let expect = self
+                .lock()
+                .rollouts
+                .get(&key)
+                .map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
+            ops.push(TxnOp::put(
+                rollout_key(stack, svc),
+                serde_json::to_vec(&r).expect("rollouts serialize"),
+                expect,
+            ));
+        }
+        match self.kv.txn(ops.clone()).await {
+            Ok(revision) => self.applied_ops(ops, revision),
+            Err(e) => tracing::warn!(%stack, "rollback rollouts not recorded: {e}"),
+        }
+        self.store
+            .append_event(NewEvent {
+                time_ms: now_ms(),
+                stack: stack.clone(),
+                instance: None,
+                kind: "rollback".into(),
+                message: format!(
+                    "release {} runs release {to}'s spec again (from release {current})",
+                    rel.number
+                ),
+            })
+            .await?;
+        self.changed();
+        Ok(rel)
     }
 
     async fn reload_allocations(&self) -> Result<()> {

@@ -73,8 +73,10 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// List a stack's releases.
     History(cmd::ps::HistoryArgs),
-    /// Rollouts of changed services: `skiff rollout status STACK [SERVICE]`.
+    /// Rollouts of changed services: `skiff rollout status|pause|resume STACK [SERVICE]`.
     Rollout(cmd::rollout::Args),
+    /// Deploy an earlier release again (default: the one before the current) and wait.
+    Rollback(cmd::rollout::RollbackArgs),
     /// Print a service's logs (-f to follow).
     Logs(cmd::logs::Args),
     /// Show what happened: starts, exits, restarts, adoptions.
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         Command::Kill(args) => connect().and_then(|c| cmd::service::kill(args, &c, env)),
         Command::History(args) => connect().and_then(|c| cmd::ps::history(args, &c, env)),
         Command::Rollout(args) => connect().and_then(|c| cmd::rollout::run(args, &c, env)),
+        Command::Rollback(args) => connect().and_then(|c| cmd::rollout::rollback(args, &c, env)),
         Command::Events(args) => connect().and_then(|c| cmd::ps::events(args, &c)),
         Command::Logs(args) => connect().and_then(|c| cmd::logs::run(args, &c, env)),
         Command::Dns(args) => connect().and_then(|c| cmd::dns::run(args, &c)),

@@ -195,3 +195,50 @@ fn up_fails_at_once_naming_the_cause_when_its_rollout_pauses_on_a_failed_instanc
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["rollout", "resume", "again"]);
     assert!(ok && out.contains("web: release 2 running"), "{out}{err}");
 }
+
+#[test]
+fn rollback_runs_the_previous_release_again_as_a_new_one_and_waits_for_it() {
+    let (project, _data, dev) = fresh();
+    up(&dev, project.path(), "2");
+    let broken = STACK.replace(
+        "command: [skiff-demo, --name, web]",
+        "command: [sh, -c, 'exit 3']",
+    );
+    std::fs::write(project.path().join("compose.yaml"), broken).unwrap();
+    let (ok, _, _) = skiff_in(
+        &dev,
+        project.path(),
+        &[("N", "2")],
+        &["up", "--timeout", "60"],
+    );
+    assert!(!ok, "release 2 pauses");
+    let (ok, out, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["rollback", "again", "--timeout", "30"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("release 3 recorded (rolling back)") && out.contains("healthy"),
+        "{out}"
+    );
+    assert_eq!(releases(&dev), 3, "a rollback is a new release");
+    let (_, ps, _) = skiff_in(&dev, project.path(), &[], &["ps"]);
+    let web: Vec<&str> = ps.lines().filter(|l| l.starts_with("web-")).collect();
+    assert!(
+        web.len() == 2 && web.iter().all(|l| l.contains("healthy")),
+        "{ps}"
+    );
+    // Nothing before release 1; the current one is not a target.
+    let (ok, _, err) = skiff_in(
+        &dev,
+        project.path(),
+        &[],
+        &["rollback", "again", "--to", "3"],
+    );
+    assert!(
+        !ok && err.contains("release 3 is the one stack default/again runs"),
+        "{err}"
+    );
+}

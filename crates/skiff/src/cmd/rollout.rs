@@ -2,10 +2,12 @@
 //! release, state, progress and why it paused or failed — and steering it.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use skiff_client::blocking::Client;
 
 use super::stack_key;
+use super::wait::{self, Wait};
 use crate::output::{self, OutputArg};
 
 #[derive(clap::Args)]
@@ -130,5 +132,50 @@ fn steer(
         let r = client.steer_rollout(&key, &s, action)?;
         println!("{}: release {} {}", r.service, r.release, r.state);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    stack: String,
+    /// The release to run again (default: the one before the current).
+    #[arg(long)]
+    to: Option<u64>,
+    /// Do not wait for the instances.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+/// `skiff rollback STACK [--to N]`: release N's spec as a new release, its changed services
+/// replaced by their `rollback_config`; waits like `up`.
+pub fn rollback(args: RollbackArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let release = client.rollback(&stack_key(env, &args.stack)?, args.to)?;
+    println!(
+        "stack {} (env {env}): release {} recorded (rolling back)",
+        args.stack, release.number
+    );
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let w = Wait {
+        env,
+        stack: &args.stack,
+        release: &release,
+        services: &[],
+        timeout: Duration::from_secs(args.timeout),
+        progress: true,
+    };
+    wait::until_ready(client, &w, |_| true)?;
+    let total: u32 = release.spec.services.values().map(|s| s.replicas).sum();
+    println!(
+        "stack {} release {}: {total} instances healthy in {:.2}s",
+        args.stack,
+        release.number,
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
