@@ -528,19 +528,12 @@ fn rollout_view(
     service: String,
     r: skiff_scheduler::rollout::Rollout,
 ) -> skiff_client::RolloutView {
-    use skiff_scheduler::rollout::RolloutState;
     skiff_client::RolloutView {
         service,
         release: r.release,
         from: r.from,
         rollback: r.rollback,
-        state: match r.state {
-            RolloutState::Running => "running",
-            RolloutState::Paused => "paused",
-            RolloutState::Done => "done",
-            RolloutState::Failed => "failed",
-        }
-        .to_string(),
+        state: r.state.as_str().to_string(),
         reason: r.reason,
         total: r.total,
         replaced: r.replaced,

@@ -1622,12 +1622,7 @@ impl Control {
                     return Err(ControlError::RolloutState(format!(
                         "the rollout of release {} of {service} is {}: nothing to {}",
                         r.release,
-                        match state {
-                            RolloutState::Running => "running",
-                            RolloutState::Paused => "paused",
-                            RolloutState::Done => "done",
-                            RolloutState::Failed => "failed",
-                        },
+                        state.as_str(),
                         if pause { "pause" } else { "resume" }
                     )));
                 }

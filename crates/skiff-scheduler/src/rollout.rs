@@ -110,6 +110,18 @@ pub enum Action {
     Event(String),
 }
 
+impl RolloutState {
+    /// The state's name, as it is stored (serde) and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Done => "done",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
 impl Rollout {
     /// A rollout of `release` over `total` outdated instances, starting now.
     pub fn new(release: u64, from: Option<u64>, total: u32, now_ms: u64) -> Rollout {

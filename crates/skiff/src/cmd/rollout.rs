@@ -2,12 +2,12 @@
 //! release, state, progress and why it paused or failed — and steering it.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use skiff_client::blocking::Client;
 
 use super::stack_key;
-use super::wait::{self, Wait};
+use super::wait;
 use crate::output::{self, OutputArg};
 
 #[derive(clap::Args)]
@@ -161,21 +161,6 @@ pub fn rollback(args: RollbackArgs, client: &Client, env: &str) -> anyhow::Resul
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let w = Wait {
-        env,
-        stack: &args.stack,
-        release: &release,
-        services: &[],
-        timeout: Duration::from_secs(args.timeout),
-        progress: true,
-    };
-    wait::until_ready(client, &w, |_| true)?;
-    let total: u32 = release.spec.services.values().map(|s| s.replicas).sum();
-    println!(
-        "stack {} release {}: {total} instances healthy in {:.2}s",
-        args.stack,
-        release.number,
-        started.elapsed().as_secs_f64()
-    );
+    wait::until_ready_and_report(client, env, &args.stack, &release, args.timeout, started)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use skiff_spec::{render, runtime};
 
 use super::project::ProjectArgs;
 use super::stack_key;
-use super::wait::{self, Wait};
+use super::wait;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -49,22 +49,7 @@ pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let wait = Wait {
-        env,
-        stack: &loaded.name,
-        release: &release,
-        services: &[],
-        timeout: Duration::from_secs(args.timeout),
-        progress: true,
-    };
-    wait::until_ready(client, &wait, |_| true)?;
-    let total: u32 = release.spec.services.values().map(|s| s.replicas).sum();
-    println!(
-        "stack {} release {}: {total} instances healthy in {:.2}s",
-        loaded.name,
-        release.number,
-        started.elapsed().as_secs_f64()
-    );
+    wait::until_ready_and_report(client, env, &loaded.name, &release, args.timeout, started)?;
     Ok(ExitCode::SUCCESS)
 }
 

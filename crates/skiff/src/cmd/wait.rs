@@ -31,6 +31,34 @@ pub struct Wait<'a> {
     pub progress: bool,
 }
 
+/// Waits as `up` does for `release` of `stack` (`timeout` seconds), then prints how many
+/// instances are healthy and how long it took since `started`.
+pub fn until_ready_and_report(
+    client: &Client,
+    env: &str,
+    stack: &str,
+    release: &Release,
+    timeout: u64,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let wait = Wait {
+        env,
+        stack,
+        release,
+        services: &[],
+        timeout: Duration::from_secs(timeout),
+        progress: true,
+    };
+    until_ready(client, &wait, |_| true)?;
+    let total: u32 = release.spec.services.values().map(|s| s.replicas).sum();
+    println!(
+        "stack {stack} release {}: {total} instances healthy in {:.2}s",
+        release.number,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Polls the server until every desired instance is healthy, up to date and passes `fresh`
 /// (e.g. "not one of the pids before a restart"). Fails at once on a failed instance or a
 /// crash loop, naming the cause, and with the instances still pending after the timeout.
