@@ -140,17 +140,22 @@ fn scale_start_and_restart_wait_on_the_current_spec_after_a_kill_9() {
     assert_eq!(pids(&dev).len(), 4);
 }
 
+/// Makes the project's next release one whose web instances exit at once.
+fn write_broken_web(dir: &std::path::Path) {
+    let broken = STACK.replace(
+        "command: [skiff-demo, --name, web]",
+        "command: [sh, -c, 'exit 3']",
+    );
+    std::fs::write(dir.join("compose.yaml"), broken).unwrap();
+}
+
 #[test]
 fn up_fails_at_once_naming_the_cause_when_its_rollout_pauses_on_a_failed_instance() {
     let (project, _data, dev) = fresh();
     up(&dev, project.path(), "2");
     // Release 2's web exits at once: its first new instance fails, the rollout pauses (the
     // default failure action) and the other instance of release 1 keeps running.
-    let broken = STACK.replace(
-        "command: [skiff-demo, --name, web]",
-        "command: [sh, -c, 'exit 3']",
-    );
-    std::fs::write(project.path().join("compose.yaml"), broken).unwrap();
+    write_broken_web(project.path());
     let started = Instant::now();
     let (ok, out, err) = skiff_in(
         &dev,
@@ -200,11 +205,7 @@ fn up_fails_at_once_naming_the_cause_when_its_rollout_pauses_on_a_failed_instanc
 fn rollback_runs_the_previous_release_again_as_a_new_one_and_waits_for_it() {
     let (project, _data, dev) = fresh();
     up(&dev, project.path(), "2");
-    let broken = STACK.replace(
-        "command: [skiff-demo, --name, web]",
-        "command: [sh, -c, 'exit 3']",
-    );
-    std::fs::write(project.path().join("compose.yaml"), broken).unwrap();
+    write_broken_web(project.path());
     let (ok, _, _) = skiff_in(
         &dev,
         project.path(),
