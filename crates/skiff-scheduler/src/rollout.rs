@@ -51,6 +51,9 @@ pub struct Rollout {
     /// The next batch starts no earlier (the policy's `delay` after the last one).
     #[serde(default)]
     pub next_batch_ms: u64,
+    /// Canary and blue-green: steps, weight and judgements ([`crate::traffic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::traffic::Traffic>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ impl Rollout {
             batch: Vec::new(),
             watching: Vec::new(),
             next_batch_ms: 0,
+            traffic: None,
         }
     }
 
