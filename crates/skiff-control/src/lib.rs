@@ -256,7 +256,8 @@ struct Rolled {
 #[derive(Default)]
 struct AfterPass {
     events: Vec<NewEvent>,
-    rollbacks: Vec<(StackKey, u64)>,
+    /// (stack, release to run again, why)
+    rollbacks: Vec<(StackKey, u64, String)>,
 }
 
 pub struct Control {
@@ -830,8 +831,8 @@ impl Control {
         for e in after.events {
             self.store.append_event(e).await?;
         }
-        for (stack, to) in after.rollbacks {
-            if let Err(e) = self.rollback(&stack, Some(to)).await {
+        for (stack, to, why) in after.rollbacks {
+            if let Err(e) = self.rollback_because(&stack, Some(to), Some(why)).await {
                 tracing::warn!(%stack, "rollback to release {to}: {e}");
             }
         }
@@ -841,6 +842,17 @@ impl Control {
     /// Deploys release `to` of `stack` again as a new release (default: the one before the
     /// current), its changed services replaced by their `rollback_config`; returns it.
     pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
+        self.rollback_because(stack, to, None).await
+    }
+
+    /// [`Control::rollback`], with why the control plane rolled back (kept as the rollback's
+    /// reason, so that `up` of the release rolled back can say it).
+    async fn rollback_because(
+        &self,
+        stack: &StackKey,
+        to: Option<u64>,
+        why: Option<String>,
+    ) -> Result<Release> {
         let current = self
             .store
             .stacks()
@@ -876,6 +888,7 @@ impl Control {
         for svc in rel.spec.services.keys() {
             let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
             r.rollback = true;
+            r.reason = why.clone();
             let key = (stack.clone(), svc.clone());
             let expect = self
                 .lock()
@@ -1435,7 +1448,14 @@ impl Control {
                         rollout::Action::Abandon(id) => abandon.push(id),
                         rollout::Action::Rollback => {
                             if let Some(from) = r.from {
-                                after.rollbacks.push((s.stack.clone(), from));
+                                after.rollbacks.push((
+                                    s.stack.clone(),
+                                    from,
+                                    format!(
+                                        "{svc}: {}",
+                                        r.reason.as_deref().unwrap_or("the rollout failed")
+                                    ),
+                                ));
                             }
                         }
                         rollout::Action::Event(message) => after.events.push(NewEvent {
@@ -1859,7 +1879,12 @@ impl Control {
                         })
                         .await?;
                     if let Some(to) = then_rollback {
-                        self.rollback(stack, Some(to)).await?;
+                        self.rollback_because(
+                            stack,
+                            Some(to),
+                            Some(format!("{service}: aborted by `skiff rollout abort`")),
+                        )
+                        .await?;
                     }
                     self.changed();
                     return Ok(r);

@@ -119,6 +119,15 @@ pub fn until_ready(
                 }
                 gated.push(r.service.clone());
             }
+            if r.rollback && r.from == Some(w.release.number) {
+                failed.push(format!(
+                    "release {} was rolled back by release {}: {}",
+                    w.release.number,
+                    r.release,
+                    r.reason.as_deref().unwrap_or("`skiff rollback`")
+                ));
+                break;
+            }
             if wanted.contains_key(&r.service)
                 && r.release == w.release.number
                 && (r.state == "paused" || r.state == "failed")
