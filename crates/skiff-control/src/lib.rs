@@ -853,12 +853,14 @@ impl Control {
         to: Option<u64>,
         why: Option<String>,
     ) -> Result<Release> {
-        let current = self
+        let state = self
             .store
             .stacks()
             .await?
             .into_iter()
-            .find(|s| &s.stack == stack)
+            .find(|s| &s.stack == stack);
+        let current = state
+            .as_ref()
             .and_then(|s| s.current)
             .ok_or_else(|| ControlError::Invalid(format!("stack {stack} runs no release")))?;
         let to = match to {
@@ -888,6 +890,10 @@ impl Control {
         for svc in rel.spec.services.keys() {
             let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
             r.rollback = true;
+            r.generation = state
+                .as_ref()
+                .and_then(|s| s.controls.get(svc))
+                .map_or(0, |c| c.generation);
             r.reason = why.clone();
             let key = (stack.clone(), svc.clone());
             let expect = self
@@ -1108,9 +1114,11 @@ impl Control {
             if let Some(by) = &a.replaced_by {
                 match by_id.get(by.as_str()) {
                     // Moved off a node that was undrained since: it is one of the replicas
-                    // again (a replacement of the same release is a move; one of a newer
-                    // release is a rollout's).
-                    Some(r) if !draining && r.release == a.release => {
+                    // again (a replacement of the same release and generation is a move; one
+                    // of a newer release or generation is a rollout's).
+                    Some(r)
+                        if !draining && r.release == a.release && r.generation == a.generation =>
+                    {
                         n.replaced_by = None;
                         changed = true;
                     }
@@ -1132,16 +1140,17 @@ impl Control {
                     Some(_) => {}
                 }
             }
-            // A copy of an older release whose spec runs differently is replaced by the
-            // service's rollout; any other (a scale, a policy change, a restart) is re-stamped
-            // here: its agent keeps the instance, or replaces it for a restart.
-            let outdated = a.release != rel.number
-                && a.generation == *generation
-                && specs
-                    .get(&(a.instance.stack.clone(), a.release))
-                    .and_then(|old| old.spec.services.get(&a.instance.service))
-                    .zip(rel.spec.services.get(&a.instance.service))
-                    .is_some_and(|(old, new)| !old.same_workload(new));
+            // A copy of an older release whose spec runs differently, or of an older
+            // generation (`skiff restart`), is replaced by the service's rollout; any other (a
+            // scale, a policy change) is re-stamped here: its agent keeps the instance.
+            // A restart (a newer generation) replaces every copy by the same rollout.
+            let outdated = a.generation != *generation
+                || a.release != rel.number
+                    && specs
+                        .get(&(a.instance.stack.clone(), a.release))
+                        .and_then(|old| old.spec.services.get(&a.instance.service))
+                        .zip(rel.spec.services.get(&a.instance.service))
+                        .is_some_and(|(old, new)| !old.same_workload(new));
             if outdated {
                 outdated_ids.insert(a.id.clone());
             } else if a.release != rel.number || a.generation != *generation {
@@ -1330,7 +1339,15 @@ impl Control {
                 };
                 let key = (s.stack.clone(), svc.clone());
                 let stored = st.rollouts.get(&key);
+                // A restart replaces instances of the current release: rolled, never weighed.
+                let restart = by_group
+                    .get(&(&s.stack, svc.as_str()))
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| outdated.contains(&a.id))
+                    .all(|a| a.release == rel.number);
                 let by_traffic = traffic::manages_traffic(&spec.release)
+                    && !restart
                     && stored.is_none_or(|(r, _)| r.release != rel.number || !r.rollback);
                 let mut copies: Vec<rollout::Copy<'_>> = by_group
                     .get(&(&s.stack, svc.as_str()))
@@ -1365,7 +1382,25 @@ impl Control {
                     .filter(|c| c.outdated && c.replaced_by.is_none())
                     .count() as u32;
                 let mut r = match stored {
-                    Some((r, _)) if r.release == rel.number => r.clone(),
+                    Some((r, _)) if r.release == rel.number && r.generation == *generation => {
+                        r.clone()
+                    }
+                    _ if stale > 0 && restart => {
+                        after.events.push(NewEvent {
+                            time_ms: now,
+                            stack: s.stack.clone(),
+                            instance: None,
+                            kind: "rollout".into(),
+                            message: format!(
+                                "{svc}: restarting {stale} instance(s) of release {}, {}",
+                                rel.number,
+                                describe(&spec.update)
+                            ),
+                        });
+                        let mut r = Rollout::new(rel.number, None, stale, now);
+                        r.generation = *generation;
+                        r
+                    }
                     _ if stale > 0 => {
                         let from = by_group
                             .get(&(&s.stack, svc.as_str()))
@@ -1389,7 +1424,9 @@ impl Control {
                                 }
                             ),
                         });
-                        Rollout::new(rel.number, from, stale, now)
+                        let mut r = Rollout::new(rel.number, from, stale, now);
+                        r.generation = *generation;
+                        r
                     }
                     _ => continue,
                 };

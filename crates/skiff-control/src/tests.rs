@@ -932,3 +932,52 @@ async fn blue_green_switches_once_the_new_set_is_ready_and_a_rollback_while_warm
     assert_eq!(e.split, None);
     assert_eq!(e.leaving, [4, 5, 6].into());
 }
+
+#[tokio::test]
+async fn a_restart_rolls_by_update_config_instead_of_replacing_every_instance_at_once() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let mut spec = service(3, &[]);
+    spec.update = skiff_model::UpdatePolicy {
+        order: skiff_model::UpdateOrder::StartFirst,
+        monitor: Duration::ZERO,
+        ..skiff_model::UpdatePolicy::default()
+    };
+    // A canary policy too: a restart is rolled, never weighed.
+    spec.release = canary_policy(&[50]);
+    let one = r.release(&[("web", spec)]).await;
+    r.pass().await;
+    let before = healthy_pass(&r).await;
+    r.store
+        .update_controls(&stack(), |c| {
+            c.entry("web".into()).or_default().generation += 1
+        })
+        .await
+        .unwrap();
+    r.pass().await;
+    let allocs = r.control.all_allocations();
+    assert_eq!(allocs.len(), 4, "one replacement beside three: {allocs:?}");
+    assert!(r.entry("web").split.is_none());
+    for _ in 0..20 {
+        let allocs = healthy_pass(&r).await;
+        assert!(allocs.len() <= 4, "{allocs:?}");
+        if allocs.iter().all(|a| a.generation == 1) && allocs.len() == 3 {
+            break;
+        }
+    }
+    let after = healthy_pass(&r).await;
+    assert!(
+        after.iter().all(|a| a.generation == 1 && a.release == one),
+        "{after:#?} {:?}",
+        r.control.lock().rollouts
+    );
+    assert!(
+        after.iter().all(|a| before.iter().all(|b| b.id != a.id)),
+        "every instance replaced"
+    );
+    let (rollout, _) = r.control.lock().rollouts[&(stack(), "web".to_string())].clone();
+    assert_eq!(
+        (rollout.state, rollout.generation, rollout.from),
+        (RolloutState::Done, 1, None)
+    );
+}

@@ -33,6 +33,9 @@ pub struct Rollout {
     /// Rolling back: `rollback_config` applies instead of `update_config`.
     #[serde(default)]
     pub rollback: bool,
+    /// The service's restart generation it replaces to (`skiff restart` rolls too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     pub state: RolloutState,
     /// Why it paused or failed, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +57,10 @@ pub struct Rollout {
     /// Canary and blue-green: steps, weight and judgements ([`crate::traffic`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<crate::traffic::Traffic>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +139,7 @@ impl Rollout {
             release,
             from,
             rollback: false,
+            generation: 0,
             state: RolloutState::Running,
             reason: None,
             started_ms: now_ms,

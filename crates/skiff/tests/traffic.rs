@@ -303,3 +303,29 @@ fn a_canary_judged_by_the_ingress_aborts_itself_when_its_release_answers_errors(
         "{status}"
     );
 }
+
+#[test]
+fn a_restart_rolls_one_instance_at_a_time_under_mixed_load_without_a_failed_request() {
+    let (dev, project, _data) = up_stack(&file("v1", "{strategy: rolling}", 0));
+    let p = project.path();
+    let before = healthy_pids(&dev, p);
+    let load = Load::start(&dev.ingress, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = skiff_ok(&dev, p, &["restart", "web"]);
+    assert!(out.contains("web"), "{out}");
+    let after = healthy_pids(&dev, p);
+    assert_eq!(after.len(), 4);
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "every instance replaced"
+    );
+    let (_, events, _) = skiff_in(&dev, p, &[], &["events"]);
+    assert!(events.contains("restarting 4 instance(s)"), "{events}");
+    let (ok, failures) = load.finish();
+    assert!(ok > 500, "only {ok} requests went through");
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
