@@ -248,6 +248,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/nodes/{id}/heartbeat",
             axum::routing::put(nodes::heartbeat),
         )
+        .route("/v1/nodes/{id}/figures", axum::routing::put(nodes::figures))
         .route("/v1/nodes/{id}/allocations", get(nodes::allocations))
         .route("/v1/nodes/{id}/report", post(nodes::report))
         .route("/v1/nodes/{id}/drain", post(nodes::drain_node))

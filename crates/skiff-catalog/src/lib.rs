@@ -474,6 +474,17 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// Everything the proxies of this process counted, per service and release.
+    pub fn all_figures(&self) -> Vec<(ServiceKey, u64, Figures)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(ServiceKey, u64, Figures)> = stats
+            .iter()
+            .map(|((k, r), s)| (k.clone(), *r, s.read()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
     /// Forgets the counters of releases of services that no split names any more.
     pub fn forget_stats(&self, keep: impl Fn(&ServiceKey, u64) -> bool) {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -589,6 +600,19 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Adds what another proxy counted.
+    pub fn add(&mut self, other: &Figures) {
+        // Saturating: figures sent by agents are not trusted to stay in range.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (i, n) in other.latency.iter().enumerate() {
+            self.latency[i] = self.latency[i].saturating_add(*n);
+        }
+    }
+
     /// What happened after `earlier` was read.
     pub fn since(&self, earlier: &Figures) -> Figures {
         Figures {
@@ -615,14 +639,14 @@ impl Figures {
     /// The 99th percentile latency in milliseconds, as the upper bound of its bucket
     /// (`None` without requests; `u64::MAX` when it is past the last bound).
     pub fn p99_ms(&self) -> Option<u64> {
-        let total: u64 = self.latency.iter().sum();
+        let total = self.latency.iter().fold(0u64, |a, n| a.saturating_add(*n));
         if total == 0 {
             return None;
         }
         let rank = total - total / 100;
-        let mut seen = 0;
+        let mut seen = 0u64;
         for (i, n) in self.latency.iter().enumerate() {
-            seen += n;
+            seen = seen.saturating_add(*n);
             if seen >= rank {
                 return Some(LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
             }

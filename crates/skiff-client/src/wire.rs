@@ -385,6 +385,16 @@ pub struct RolloutView {
     pub traffic: Option<TrafficView>,
 }
 
+/// What an agent's proxies counted for one release of a service (cumulative), sent with
+/// `PUT /v1/nodes/{id}/figures` so that a canary is judged by every ingress's requests.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFigures {
+    pub service: ServiceKey,
+    pub release: u64,
+    pub figures: skiff_catalog::Figures,
+}
+
 /// How a canary or blue-green release moves traffic, and what the ingress saw of it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct TrafficView {

@@ -212,6 +212,8 @@ struct State {
     rolling: HashSet<(StackKey, String)>,
     /// When a running rollout has something to do (a monitor window or a delay ends).
     wake_at: Option<u64>,
+    /// What each agent's proxies counted per service and release (cumulative, as last sent).
+    node_figures: HashMap<String, HashMap<(ServiceKey, u64), Figures>>,
     /// Canary and blue-green: the ingress's figures of the new release when its current
     /// step's weight applied, by service: (release, step start, figures then).
     baselines: HashMap<(StackKey, String), (u64, u64, Figures)>,
@@ -1439,7 +1441,7 @@ impl Control {
                     &spec.update
                 };
                 let actions = if by_traffic {
-                    let judged = self.judged(&mut st.baselines, &key, &r);
+                    let judged = self.judged(st, &key, &r);
                     let step = traffic::step(
                         &mut r,
                         &copies,
@@ -1453,9 +1455,8 @@ impl Control {
                         // The window of the next judgement starts when a step's weight applies.
                         let base = st.baselines.get(&key);
                         if base.is_none_or(|b| (b.0, b.1) != (r.release, t.since_ms)) {
-                            let figures = self
-                                .catalog
-                                .figures(&ServiceKey::new(&s.stack, svc), r.release);
+                            let figures =
+                                self.total_figures(st, &ServiceKey::new(&s.stack, svc), r.release);
                             st.baselines
                                 .insert(key.clone(), (r.release, t.since_ms, figures));
                         }
@@ -1558,20 +1559,13 @@ impl Control {
     }
 
     /// The ingress's figures of rollout `r`'s release since its current step's weight applied.
-    fn judged(
-        &self,
-        baselines: &mut HashMap<(StackKey, String), (u64, u64, Figures)>,
-        key: &(StackKey, String),
-        r: &Rollout,
-    ) -> Option<traffic::Judged> {
+    fn judged(&self, st: &State, key: &(StackKey, String), r: &Rollout) -> Option<traffic::Judged> {
         let t = r.traffic.as_ref()?;
-        let (release, since, base) = baselines.get(key)?;
+        let (release, since, base) = st.baselines.get(key)?;
         if (*release, *since) != (r.release, t.since_ms) {
             return None;
         }
-        let now = self
-            .catalog
-            .figures(&ServiceKey::new(&key.0, &key.1), r.release);
+        let now = self.total_figures(st, &ServiceKey::new(&key.0, &key.1), r.release);
         let window = now.since(base);
         Some(traffic::Judged {
             requests: window.requests,
@@ -1936,10 +1930,37 @@ impl Control {
         )))
     }
 
-    /// What this server's ingress counted for one release of a service (while traffic was
-    /// split between releases).
+    /// What every ingress counted for one release of a service (while traffic was split
+    /// between releases): this server's and those agents sent.
     pub fn release_figures(&self, service: &ServiceKey, release: u64) -> Figures {
-        self.catalog.figures(service, release)
+        let st = self.lock();
+        self.total_figures(&st, service, release)
+    }
+
+    fn total_figures(&self, st: &State, service: &ServiceKey, release: u64) -> Figures {
+        let mut f = self.catalog.figures(service, release);
+        let key = (service.clone(), release);
+        for per_node in st.node_figures.values() {
+            if let Some(n) = per_node.get(&key) {
+                f.add(n);
+            }
+        }
+        f
+    }
+
+    /// Takes what a node's proxies counted so far (each figure cumulative: the last one sent
+    /// replaces the one before).
+    pub fn node_figures(&self, id: &str, figures: Vec<skiff_client::NodeFigures>) -> Result<()> {
+        let mut st = self.lock();
+        if !st.nodes.contains_key(id) {
+            return Err(ControlError::UnknownNode(id.to_string()));
+        }
+        let per_node = figures
+            .into_iter()
+            .map(|f| ((f.service, f.release), f.figures))
+            .collect();
+        st.node_figures.insert(id.to_string(), per_node);
+        Ok(())
     }
 
     /// Each service's last rollout in `stack`, by service name.

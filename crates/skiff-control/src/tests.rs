@@ -981,3 +981,39 @@ async fn a_restart_rolls_by_update_config_instead_of_replacing_every_instance_at
         (RolloutState::Done, 1, None)
     );
 }
+
+#[tokio::test]
+async fn a_canary_is_judged_by_what_every_node_s_ingress_counted() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let key = ServiceKey::new(&stack(), "web");
+    let own = r.catalog.release_stats(&key, 2);
+    own.record(200, Duration::from_millis(3));
+    own.record(503, Duration::from_millis(3));
+    let mut sent = Figures::default();
+    for status in [200, 200, 500] {
+        let s = skiff_catalog::ReleaseStats::default();
+        s.record(status, Duration::from_millis(40));
+        sent.add(&s.read());
+    }
+    let from_node = |figures: Figures| {
+        vec![skiff_client::NodeFigures {
+            service: key.clone(),
+            release: 2,
+            figures,
+        }]
+    };
+    r.control
+        .node_figures("n1", from_node(sent.clone()))
+        .unwrap();
+    let total = r.control.release_figures(&key, 2);
+    assert_eq!((total.requests, total.errors), (5, 2));
+    assert_eq!(total.p99_ms(), Some(50), "the slow ones the node saw count");
+    // Cumulative: what a node sends next replaces what it sent before.
+    r.control.node_figures("n1", from_node(sent)).unwrap();
+    assert_eq!(r.control.release_figures(&key, 2).requests, 5);
+    assert!(matches!(
+        r.control.node_figures("nope", Vec::new()),
+        Err(ControlError::UnknownNode(_))
+    ));
+}
