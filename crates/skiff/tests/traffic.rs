@@ -329,3 +329,45 @@ fn a_restart_rolls_one_instance_at_a_time_under_mixed_load_without_a_failed_requ
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn a_canary_resumes_its_step_and_weight_after_a_kill_9_of_the_server() {
+    let (dev, project, data) = up_stack(&file("v1", CANARY, 0));
+    let p = project.path();
+    up(&dev, p, &file("v2", CANARY, 0));
+    let before = pids(&dev);
+    assert_eq!(before.len(), 5, "four old and one canary");
+    let mut dev = dev;
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+    drop(dev);
+    let dev = start_dev(data.path());
+    wait_for("re-adoption", || pids(&dev) == before);
+    let status = skiff_ok(&dev, p, &["rollout", "status", "shop", "web"]);
+    assert!(
+        status.contains("running") && status.contains("25%") && status.contains("1/2"),
+        "{status}"
+    );
+    let load = Load::start(&dev.ingress, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = load.versions_since(since);
+    let v2 = share(&counts, "v2");
+    assert!(
+        (0.15..=0.35).contains(&v2),
+        "still 25% to the canary: {counts:?}"
+    );
+    skiff_ok(&dev, p, &["rollout", "promote", "shop", "web"]);
+    wait_for("the canary promoted to 100%", || {
+        skiff_ok(&dev, p, &["rollout", "status", "shop", "web"]).contains("done")
+    });
+    let (ok, failures) = load.finish();
+    assert!(ok > 500, "only {ok} requests went through");
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(pids(&dev).len(), 4);
+}
