@@ -1249,25 +1249,30 @@ impl Control {
         // What the catalog serves from now, before any agent learns of this pass: the
         // instances of each service that keep an allocation (the others take no new
         // requests), and how traffic splits between releases.
-        let mut live: HashMap<ServiceKey, Vec<(u32, bool)>> = HashMap::new();
+        // Per service: the indexes that keep an allocation, and those of them that run the
+        // current release's spec.
+        let mut live: HashMap<ServiceKey, (HashSet<u32>, BTreeSet<u32>)> = HashMap::new();
         for (a, _, _) in next.values() {
-            live.entry(ServiceKey::of(&a.instance))
-                .or_default()
-                .push((a.instance.index, outdated_ids.contains(&a.id)));
+            let e = live.entry(ServiceKey::of(&a.instance)).or_default();
+            e.0.insert(a.instance.index);
+            if !outdated_ids.contains(&a.id) {
+                e.1.insert(a.instance.index);
+            }
         }
         for p in &plan.place {
-            live.entry(ServiceKey::of(&p.instance))
-                .or_default()
-                .push((p.instance.index, false));
+            let e = live.entry(ServiceKey::of(&p.instance)).or_default();
+            e.0.insert(p.instance.index);
+            e.1.insert(p.instance.index);
         }
         let snap = self.catalog.snapshot();
+        let none = (HashSet::new(), BTreeSet::new());
         for (key, info) in known.iter_mut() {
-            let copies = live.get(key).map_or(&[][..], Vec::as_slice);
+            let (kept, current) = live.get(key).unwrap_or(&none);
             if let Some(entry) = snap.services.get(key) {
                 info.leaving = entry
                     .endpoints
                     .keys()
-                    .filter(|i| !copies.iter().any(|(c, _)| c == *i))
+                    .filter(|i| !kept.contains(i))
                     .copied()
                     .collect();
             }
@@ -1281,7 +1286,7 @@ impl Control {
             if let Some(&(release, stable, weight)) = rolled.splits.get(&group) {
                 info.split = Some(Split {
                     release,
-                    canary: copies.iter().filter(|c| !c.1).map(|c| c.0).collect(),
+                    canary: current.clone(),
                     stable,
                     weight,
                 });
