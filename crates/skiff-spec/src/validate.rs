@@ -1146,22 +1146,6 @@ fn warn_service(
             ));
         }
     }
-    // x-skiff.release is typed and checked, but releases do not act on it until the releases
-    // issue lands: every field of it is said to be accepted and not acted on.
-    let release = service_node
-        .get("x-skiff")
-        .and_then(Node::as_map)
-        .and_then(|x| x.get("release"))
-        .and_then(Node::as_map);
-    for (key, entry) in release.into_iter().flat_map(|r| r.iter()) {
-        if !key.starts_with("x-") {
-            warnings.push(Diagnostic::at(
-                &entry.key_pos,
-                format!("services.{name}.x-skiff.release.{key}"),
-                "accepted but not acted on by skiff yet",
-            ));
-        }
-    }
     for v in &svc.volumes {
         if v.kind == VolumeKind::Bind
             && let Some(src) = &v.source
