@@ -130,6 +130,8 @@ pub fn step(
     let old: Vec<&Copy<'_>> = copies.iter().filter(|c| c.outdated).collect();
     let ready = new.iter().filter(|c| c.health == Health::Ready).count() as u32;
     let failed = new.iter().filter(|c| c.health == Health::Failed).count() as u32;
+    // Progress as `rollout status` shows it: new instances ready, of the replicas.
+    r.replaced = ready.min(replicas);
 
     match r.state {
         RolloutState::Done | RolloutState::Failed => {
@@ -239,7 +241,6 @@ pub fn step(
                 for c in &old {
                     out.actions.push(Action::Abandon(c.alloc.to_string()));
                 }
-                r.replaced = new.len() as u32;
                 r.state = RolloutState::Done;
                 out.extra = 0;
                 out.actions.push(Action::Event(format!(
@@ -726,6 +727,36 @@ mod tests {
         assert_eq!(abandoned(&s).len(), 10);
         assert!(abandoned(&s).iter().all(|id| id.starts_with("new-")));
         assert_eq!(r.state, RolloutState::Failed);
+    }
+
+    #[test]
+    fn a_blue_green_release_that_fails_its_analysis_after_the_switch_switches_back() {
+        let p = ReleasePolicy {
+            strategy: ReleaseStrategy::BlueGreen,
+            keep_previous: Duration::from_secs(60),
+            analysis: Some(Analysis {
+                max_error_rate: Some(0.01),
+                min_requests: 10,
+                interval: Duration::from_secs(1),
+                ..Analysis::default()
+            }),
+            ..ReleasePolicy::default()
+        };
+        let mut r = Rollout::new(2, Some(1), 10, 0);
+        let mut c = Copies::new(10);
+        c.new_release(10, Health::Ready);
+        run(&mut r, &c, &p, None, 0);
+        assert_eq!((r.traffic.as_ref().unwrap().weight, r.replaced), (100, 10));
+        let bad = Judged {
+            requests: 100,
+            errors: 10,
+            p99_ms: Some(3),
+        };
+        let s = run(&mut r, &c, &p, Some(bad), 1_000);
+        assert_eq!(r.traffic.as_ref().unwrap().weight, 0, "switched back");
+        assert_eq!(abandoned(&s).len(), 10);
+        assert!(abandoned(&s).iter().all(|id| id.starts_with("new-")), "the warm set stays");
+        assert!(s.actions.contains(&Action::Rollback));
     }
 
     #[test]
