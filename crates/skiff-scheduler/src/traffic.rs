@@ -755,7 +755,10 @@ mod tests {
         let s = run(&mut r, &c, &p, Some(bad), 1_000);
         assert_eq!(r.traffic.as_ref().unwrap().weight, 0, "switched back");
         assert_eq!(abandoned(&s).len(), 10);
-        assert!(abandoned(&s).iter().all(|id| id.starts_with("new-")), "the warm set stays");
+        assert!(
+            abandoned(&s).iter().all(|id| id.starts_with("new-")),
+            "the warm set stays"
+        );
         assert!(s.actions.contains(&Action::Rollback));
     }
 
