@@ -121,7 +121,14 @@ fn stack() -> StackKey {
 async fn with_release(spec: StackSpec) -> Store {
     let store = Store::open(AnyKv::Mem(MemKv::new()), "t").await.unwrap();
     store
-        .create_release(&stack(), spec, String::new(), 0)
+        .create_release(
+            &stack(),
+            spec,
+            String::new(),
+            0,
+            skiff_model::Author::unknown(),
+            skiff_model::Cause::Up,
+        )
         .await
         .unwrap();
     store

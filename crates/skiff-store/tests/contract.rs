@@ -81,25 +81,46 @@ macro_rules! store_battery {
                 let number = |r: skiff_model::Release| r.number;
                 assert_eq!(
                     number(
-                        s.create_release(&a, StackSpec::default(), "x".into(), 1)
-                            .await
-                            .unwrap()
+                        s.create_release(
+                            &a,
+                            StackSpec::default(),
+                            "x".into(),
+                            1,
+                            skiff_model::Author::unknown(),
+                            skiff_model::Cause::Up
+                        )
+                        .await
+                        .unwrap()
                     ),
                     1
                 );
                 assert_eq!(
                     number(
-                        s.create_release(&a, StackSpec::default(), "y".into(), 2)
-                            .await
-                            .unwrap()
+                        s.create_release(
+                            &a,
+                            StackSpec::default(),
+                            "y".into(),
+                            2,
+                            skiff_model::Author::unknown(),
+                            skiff_model::Cause::Up
+                        )
+                        .await
+                        .unwrap()
                     ),
                     2
                 );
                 assert_eq!(
                     number(
-                        s.create_release(&b, StackSpec::default(), "z".into(), 3)
-                            .await
-                            .unwrap()
+                        s.create_release(
+                            &b,
+                            StackSpec::default(),
+                            "z".into(),
+                            3,
+                            skiff_model::Author::unknown(),
+                            skiff_model::Cause::Up
+                        )
+                        .await
+                        .unwrap()
                     ),
                     1
                 );
@@ -131,6 +152,8 @@ macro_rules! store_battery {
                                         StackSpec::default(),
                                         format!("{i}.{j}"),
                                         0,
+                                        skiff_model::Author::unknown(),
+                                        skiff_model::Cause::Up,
                                     )
                                     .await
                                     .unwrap()
@@ -155,12 +178,26 @@ macro_rules! store_battery {
                 let (s, _d) = store().await;
                 let a = stack("a");
                 let b = stack("b");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
-                s.create_release(&b, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
+                s.create_release(
+                    &a,
+                    StackSpec::default(),
+                    String::new(),
+                    1,
+                    skiff_model::Author::unknown(),
+                    skiff_model::Cause::Up,
+                )
+                .await
+                .unwrap();
+                s.create_release(
+                    &b,
+                    StackSpec::default(),
+                    String::new(),
+                    1,
+                    skiff_model::Author::unknown(),
+                    skiff_model::Cause::Up,
+                )
+                .await
+                .unwrap();
                 let after = s
                     .update_controls(&a, |c| {
                         c.entry("web".into()).or_default().stopped = true;
@@ -197,9 +234,16 @@ macro_rules! store_battery {
             async fn concurrent_control_updates_are_all_kept() {
                 let (s, _d) = store().await;
                 let a = stack("a");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
+                s.create_release(
+                    &a,
+                    StackSpec::default(),
+                    String::new(),
+                    1,
+                    skiff_model::Author::unknown(),
+                    skiff_model::Cause::Up,
+                )
+                .await
+                .unwrap();
                 let writers: Vec<_> = (0..8)
                     .map(|_| {
                         let (s, a) = (s.clone(), a.clone());
@@ -225,12 +269,26 @@ macro_rules! store_battery {
             async fn a_new_release_becomes_current_and_down_keeps_history() {
                 let (s, _d) = store().await;
                 let a = stack("a");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
-                s.create_release(&a, StackSpec::default(), String::new(), 2)
-                    .await
-                    .unwrap();
+                s.create_release(
+                    &a,
+                    StackSpec::default(),
+                    String::new(),
+                    1,
+                    skiff_model::Author::unknown(),
+                    skiff_model::Cause::Up,
+                )
+                .await
+                .unwrap();
+                s.create_release(
+                    &a,
+                    StackSpec::default(),
+                    String::new(),
+                    2,
+                    skiff_model::Author::unknown(),
+                    skiff_model::Cause::Up,
+                )
+                .await
+                .unwrap();
                 assert_eq!(s.stacks().await.unwrap()[0].current, Some(2));
                 s.set_current(&a, Some(1)).await.unwrap();
                 assert_eq!(s.stacks().await.unwrap()[0].current, Some(1));
@@ -239,10 +297,17 @@ macro_rules! store_battery {
                 assert_eq!(s.releases(&a).await.unwrap().len(), 2);
                 // Numbers are never reused, even after a rollback and down.
                 assert_eq!(
-                    s.create_release(&a, StackSpec::default(), String::new(), 3)
-                        .await
-                        .unwrap()
-                        .number,
+                    s.create_release(
+                        &a,
+                        StackSpec::default(),
+                        String::new(),
+                        3,
+                        skiff_model::Author::unknown(),
+                        skiff_model::Cause::Up
+                    )
+                    .await
+                    .unwrap()
+                    .number,
                     3
                 );
             }

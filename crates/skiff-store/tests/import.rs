@@ -98,7 +98,14 @@ async fn everything_in_state_redb_is_imported_once_and_the_file_set_aside() {
 
     // Numbering goes on where the old file left it.
     let next = s
-        .create_release(&shop(), StackSpec::default(), String::new(), 0)
+        .create_release(
+            &shop(),
+            StackSpec::default(),
+            String::new(),
+            0,
+            skiff_model::Author::unknown(),
+            skiff_model::Cause::Up,
+        )
         .await
         .unwrap();
     assert_eq!(next.number, 4);
