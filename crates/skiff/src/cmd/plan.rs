@@ -73,6 +73,7 @@ pub fn run(args: Args, addr: &str, env: &str) -> anyhow::Result<ExitCode> {
             let request = NewRelease {
                 spec: runtime::stack_spec(&loaded.project),
                 source: String::new(),
+                author: None,
             };
             let preview = super::connect(addr).and_then(|client| {
                 let key = super::stack_key(env, &loaded.name)?;

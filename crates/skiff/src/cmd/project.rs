@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use skiff_model::StackSpec;
 use skiff_spec::diag::SpecError;
 use skiff_spec::node::Limits;
 use skiff_spec::project::{LoadOptions, LoadedProject, load};
+use skiff_spec::{render, runtime};
 
 use crate::fs_loader::FsLoader;
 use crate::output;
@@ -54,4 +56,29 @@ impl ProjectArgs {
             }
         }
     }
+
+    /// What `up` submits for the project: loaded and validated (warnings printed), its
+    /// runtime spec and resolved text; on invalid input the diagnostics are printed and the
+    /// exit code returned. `skiff diff` compares exactly this with the current release.
+    pub fn release(&self) -> anyhow::Result<Result<Prepared, ExitCode>> {
+        let loaded = match self.load()? {
+            Ok(p) => p,
+            Err(code) => return Ok(Err(code)),
+        };
+        output::print_diagnostics(&[], &loaded.warnings);
+        Ok(Ok(Prepared {
+            spec: runtime::stack_spec(&loaded.project),
+            source: render::to_yaml(&loaded.project)?,
+            name: loaded.name,
+        }))
+    }
+}
+
+/// A project as `up` submits it.
+pub struct Prepared {
+    /// The stack's name.
+    pub name: String,
+    pub spec: StackSpec,
+    /// The resolved compose text (`skiff config`).
+    pub source: String,
 }
