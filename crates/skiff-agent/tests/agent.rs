@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use skiff_agent::{Agent, Config};
 use skiff_driver_process::ShimCommand;
 use skiff_model::{
-    HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec, StackKey, StackSpec,
-    WaitFor,
+    Author, Cause, HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec,
+    StackKey, StackSpec, WaitFor,
 };
 use skiff_store::{AnyKv, MemKv, Store};
 
@@ -126,8 +126,8 @@ async fn with_release(spec: StackSpec) -> Store {
             spec,
             String::new(),
             0,
-            skiff_model::Author::unknown(),
-            skiff_model::Cause::Up,
+            Author::unknown(),
+            Cause::Up,
         )
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use skiff_model::{Driver, NodeResources, PortSpec, StackSpec};
+use skiff_model::{Author, Cause, Driver, NodeResources, PortSpec, StackSpec};
 use skiff_store::MemKv;
 
 use super::*;
@@ -101,8 +101,8 @@ impl Rig {
                 spec,
                 String::new(),
                 1,
-                skiff_model::Author::unknown(),
-                skiff_model::Cause::Up,
+                Author::unknown(),
+                Cause::Up,
             )
             .await
             .unwrap()

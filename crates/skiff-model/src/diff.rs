@@ -198,9 +198,9 @@ impl Fields {
         });
     }
 
-    /// A field compared by its rendering only.
-    fn text(&mut self, field: &str, old: String, new: String) {
-        self.value(field, old != new, old, new);
+    /// A field that differs when its values do, shown by `show`.
+    fn by<T: PartialEq>(&mut self, field: &str, old: &T, new: &T, show: impl Fn(&T) -> String) {
+        self.value(field, old != new, show(old), show(new));
     }
 
     /// A field shown by name only.
@@ -245,100 +245,50 @@ impl Fields {
 }
 
 fn service_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<FieldChange> {
-    let mut f = Fields(Vec::new());
-    f.text("driver", a.driver.to_string(), b.driver.to_string());
-    f.text("image", opt(&a.image), opt(&b.image));
-    f.named("build", a.build != b.build);
-    f.value(
-        "entrypoint",
-        a.entrypoint != b.entrypoint,
-        argv(&a.entrypoint),
-        argv(&b.entrypoint),
-    );
-    f.value(
-        "command",
-        a.command != b.command,
-        argv(&a.command),
-        argv(&b.command),
-    );
-    f.text("executable", opt(&a.executable), opt(&b.executable));
-    f.text("working_dir", opt(&a.working_dir), opt(&b.working_dir));
-    f.keyed("environment", &a.environment, &b.environment);
-    f.value(
-        "ports",
-        a.ports != b.ports,
-        list(&a.ports, port),
-        list(&b.ports, port),
-    );
-    f.keyed(
-        "mounts",
-        &by_key(&a.mounts, mount),
-        &by_key(&b.mounts, mount),
-    );
-    f.text("replicas", a.replicas.to_string(), b.replicas.to_string());
     let waits = |s: &ServiceSpec| -> BTreeMap<String, &'static str> {
         s.depends_on
             .iter()
             .map(|(k, w)| (k.clone(), wait_words(*w)))
             .collect()
     };
+    let mut f = Fields(Vec::new());
+    f.by("driver", &a.driver, &b.driver, |d| d.to_string());
+    f.by("image", &a.image, &b.image, opt);
+    f.named("build", a.build != b.build);
+    f.by("entrypoint", &a.entrypoint, &b.entrypoint, argv);
+    f.by("command", &a.command, &b.command, argv);
+    f.by("executable", &a.executable, &b.executable, opt);
+    f.by("working_dir", &a.working_dir, &b.working_dir, opt);
+    f.keyed("environment", &a.environment, &b.environment);
+    f.by("ports", &a.ports, &b.ports, |p| list(p, port));
+    f.keyed(
+        "mounts",
+        &by_key(&a.mounts, mount),
+        &by_key(&b.mounts, mount),
+    );
+    f.by("replicas", &a.replicas, &b.replicas, |r| r.to_string());
     f.keyed("depends_on", &waits(a), &waits(b));
-    f.value(
-        "health",
-        a.health != b.health,
-        opt_health(&a.health),
-        opt_health(&b.health),
-    );
-    f.value(
-        "liveness",
-        a.liveness != b.liveness,
-        opt_health(&a.liveness),
-        opt_health(&b.liveness),
-    );
-    f.text(
-        "keep_failed",
-        a.keep_failed.to_string(),
-        b.keep_failed.to_string(),
-    );
+    f.by("health", &a.health, &b.health, opt_health);
+    f.by("liveness", &a.liveness, &b.liveness, opt_health);
+    f.by("keep_failed", &a.keep_failed, &b.keep_failed, |k| {
+        k.to_string()
+    });
     f.keyed(
         "routes",
         &by_key(&a.routes, route),
         &by_key(&b.routes, route),
     );
-    f.value(
-        "restart",
-        a.restart != b.restart,
-        restart(&a.restart),
-        restart(&b.restart),
-    );
-    f.text("stop_signal", a.stop_signal.clone(), b.stop_signal.clone());
-    f.text("stop_grace", duration(a.stop_grace), duration(b.stop_grace));
-    f.value(
-        "limits",
-        a.limits != b.limits,
-        limits(&a.limits),
-        limits(&b.limits),
-    );
+    f.by("restart", &a.restart, &b.restart, restart);
+    f.by("stop_signal", &a.stop_signal, &b.stop_signal, Clone::clone);
+    f.by("stop_grace", &a.stop_grace, &b.stop_grace, |d| duration(*d));
+    f.by("limits", &a.limits, &b.limits, limits);
     f.named("reservations", a.reservations != b.reservations);
     f.named("placement", a.placement != b.placement);
-    f.value(
-        "update_config",
-        a.update != b.update,
-        update_words(&a.update),
-        update_words(&b.update),
-    );
-    f.value(
-        "rollback_config",
-        a.rollback != b.rollback,
-        update_words(&a.rollback),
-        update_words(&b.rollback),
-    );
-    f.value(
-        "release",
-        a.release != b.release,
-        strategy(a.release.strategy).into(),
-        strategy(b.release.strategy).into(),
-    );
+    f.by("update_config", &a.update, &b.update, update_words);
+    f.by("rollback_config", &a.rollback, &b.rollback, update_words);
+    f.by("release", &a.release, &b.release, |r| {
+        strategy(r.strategy).into()
+    });
     f.0
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_model::{Instance, InstanceId, InstanceState, StackKey, StackSpec};
+use skiff_model::{Author, Cause, Instance, InstanceId, InstanceState, StackKey, StackSpec};
 use skiff_store::{RedbKv, Store};
 
 const CHILD: &str = "SKIFF_STORE_CRASH_CHILD";
@@ -41,8 +41,8 @@ async fn reopening_keeps_releases_and_the_cluster_id() {
             StackSpec::default(),
             "v1".into(),
             1,
-            skiff_model::Author::unknown(),
-            skiff_model::Cause::Up,
+            Author::unknown(),
+            Cause::Up,
         )
         .await
         .unwrap();
@@ -66,8 +66,8 @@ fn crash_child_writer() {
                     StackSpec::default(),
                     "x".repeat(512),
                     0,
-                    skiff_model::Author::unknown(),
-                    skiff_model::Cause::Up,
+                    Author::unknown(),
+                    Cause::Up,
                 )
                 .await
                 .unwrap();

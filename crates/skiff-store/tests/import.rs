@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use skiff_model::{InstanceState, StackKey, StackSpec};
+use skiff_model::{Author, Cause, InstanceState, StackKey, StackSpec};
 use skiff_store::{Expect, Kv, MemKv, RedbKv, Store, StoreError};
 
 const FIXTURE: &str = concat!(
@@ -103,8 +103,8 @@ async fn everything_in_state_redb_is_imported_once_and_the_file_set_aside() {
             StackSpec::default(),
             String::new(),
             0,
-            skiff_model::Author::unknown(),
-            skiff_model::Cause::Up,
+            Author::unknown(),
+            Cause::Up,
         )
         .await
         .unwrap();
