@@ -217,7 +217,7 @@ fn diff_says_what_up_would_change_per_service_with_exit_codes_0_and_2() {
     let (code, out, err) = run(&dev, dir, &[], &["diff", "-f", "compose.yaml"]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        out.contains("no release yet\n+ cache\n+ db\n+ web\n"),
+        out.contains("runs no release\n+ cache\n+ db\n+ web\n"),
         "{out}"
     );
 

@@ -82,7 +82,7 @@ pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
                 "stack {} (env {env}): compared with release {n}",
                 plan.stack
             ),
-            None => println!("stack {} (env {env}): no release yet", plan.stack),
+            None => println!("stack {} (env {env}): runs no release", plan.stack),
         }
         for line in lines(&plan.services, &project.spec, args.verbose) {
             println!("{line}");
