@@ -363,8 +363,13 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         progress: false,
     };
     wait::until_ready(client, &wait, |_| true)?;
+    // Scaled down: until the surplus stopped. Counted, not by index: start-first rollouts
+    // leave replicas under indexes above the count.
     wait_for(client, env, &stack, &service, timeout, "scaled", |m| {
-        m.iter().all(|i| i.id.index <= n)
+        m.iter()
+            .filter(|i| i.state != InstanceState::Stopped)
+            .count()
+            <= n as usize
     })?;
     if created {
         println!(
