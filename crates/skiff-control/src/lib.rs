@@ -213,11 +213,15 @@ struct State {
     wake_at: Option<u64>,
 }
 
-/// What a committed pass still has to do: events to record, rollbacks to start.
+/// What a pass tells and still has to do: its events (committed with it), rollbacks to start
+/// once it is committed, and the crash points its commit passed (see
+/// [`skiff_store::crash_point`]: `rollout-started`, `rollout-batch`, `rollout-retire`,
+/// `rollout-done`, `rollout-failed`).
 #[derive(Default)]
 struct AfterPass {
     events: Vec<NewEvent>,
     rollbacks: Vec<(StackKey, u64)>,
+    points: Vec<&'static str>,
 }
 
 pub struct Control {
@@ -755,16 +759,22 @@ impl Control {
     /// allocations changed under it.
     async fn plan_and_apply(&self) -> Result<()> {
         for _ in 0..3 {
-            let (ops, after) = self.plan().await?;
+            let (ops, mut after) = self.plan().await?;
             if ops.is_empty() {
                 return self.after_pass(after).await;
             }
-            match self.kv.txn(ops.clone()).await {
-                Ok(revision) => {
+            // The pass's events are part of its transaction: a rollout's steps are told
+            // exactly once, even when the server dies right after the commit.
+            let events = std::mem::take(&mut after.events);
+            match self.store.commit_with_events(ops.clone(), events).await {
+                Ok((revision, _)) => {
                     self.applied_ops(ops, revision);
+                    for point in &after.points {
+                        skiff_store::crash_point(point);
+                    }
                     return self.after_pass(after).await;
                 }
-                Err(KvError::Conflict { key, .. }) => {
+                Err(skiff_store::StoreError::Kv(KvError::Conflict { key, .. })) => {
                     tracing::info!(%key, "allocations changed under the plan; planning again");
                     self.reload_allocations().await?;
                     let addresses = load_addresses(&self.kv).await?;
@@ -778,10 +788,13 @@ impl Control {
 
     /// Records a committed pass's events and starts its rollbacks: each deploys the release
     /// rolled back to as a new release, replaced by `rollback_config`.
-    async fn after_pass(&self, after: AfterPass) -> Result<()> {
+    async fn after_pass(&self, mut after: AfterPass) -> Result<()> {
         for e in after.events {
             self.store.append_event(e).await?;
         }
+        // One rollback per stack, however many of its services failed.
+        after.rollbacks.sort();
+        after.rollbacks.dedup_by(|a, b| a.0 == b.0);
         for (stack, to) in after.rollbacks {
             if let Err(e) = self.rollback(&stack, Some(to)).await {
                 tracing::warn!(%stack, "rollback to release {to}: {e}");
@@ -819,43 +832,45 @@ impl Control {
             .release(stack, to)
             .await?
             .ok_or_else(|| ControlError::Invalid(format!("stack {stack} has no release {to}")))?;
-        let rel = self
+        // The release, its rollouts (replaced by rollback_config) and its event in one
+        // transaction: a crash leaves all of it or none (then a pending automatic rollback
+        // is started again).
+        let now = now_ms();
+        // Unconditional: they replace whatever rollout each service had (a planner pass that
+        // read the one before conflicts on its revision and plans again).
+        let rollouts = |number: u64| -> Vec<TxnOp> {
+            old.spec
+                .services
+                .keys()
+                .map(|svc| {
+                    let mut r = Rollout::new(number, Some(current), 0, now);
+                    r.rollback = true;
+                    TxnOp::put(
+                        rollout_key(stack, svc),
+                        serde_json::to_vec(&r).expect("rollouts serialize"),
+                        Expect::Any,
+                    )
+                })
+                .collect()
+        };
+        let (rel, revision) = self
             .store
-            .create_release(stack, old.spec.clone(), old.source.clone(), now_ms())
-            .await?;
-        // Its rollouts replace by rollback_config.
-        let mut ops = Vec::new();
-        for svc in rel.spec.services.keys() {
-            let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
-            r.rollback = true;
-            let key = (stack.clone(), svc.clone());
-            let expect = self
-                .lock()
-                .rollouts
-                .get(&key)
-                .map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
-            ops.push(TxnOp::put(
-                rollout_key(stack, svc),
-                serde_json::to_vec(&r).expect("rollouts serialize"),
-                expect,
-            ));
-        }
-        match self.kv.txn(ops.clone()).await {
-            Ok(revision) => self.applied_ops(ops, revision),
-            Err(e) => tracing::warn!(%stack, "rollback rollouts not recorded: {e}"),
-        }
-        self.store
-            .append_event(NewEvent {
-                time_ms: now_ms(),
-                stack: stack.clone(),
-                instance: None,
-                kind: "rollback".into(),
-                message: format!(
-                    "release {} runs release {to}'s spec again (from release {current})",
-                    rel.number
-                ),
+            .create_release_with(stack, old.spec.clone(), old.source.clone(), now, |rel| {
+                let event = NewEvent {
+                    time_ms: now,
+                    stack: stack.clone(),
+                    instance: None,
+                    kind: "rollback".into(),
+                    message: format!(
+                        "release {} runs release {to}'s spec again (from release {current})",
+                        rel.number
+                    ),
+                };
+                (rollouts(rel.number), vec![event])
             })
             .await?;
+        self.applied_ops(rollouts(rel.number), revision);
+        skiff_store::crash_point("rollout-rollback");
         self.changed();
         Ok(rel)
     }
@@ -1028,6 +1043,7 @@ impl Control {
         // Copies stopped in this pass because their replacements are ready: a rollout still
         // sees them once, to learn which replacement was theirs.
         let mut retired: Vec<Allocation> = Vec::new();
+        let mut rollout_retired = false;
         for (key, stored) in &st.allocs {
             let a = &stored.alloc;
             let Some((rel, generation, _)) =
@@ -1066,6 +1082,9 @@ impl Control {
                             key.clone(),
                             Expect::Revision(stored.revision),
                         ));
+                        if r.release != a.release {
+                            rollout_retired = true;
+                        }
                         retired.push(a.clone());
                         continue;
                     }
@@ -1096,6 +1115,9 @@ impl Control {
         }
         let now = now_ms();
         let mut after = AfterPass::default();
+        if rollout_retired {
+            after.points.push("rollout-retire");
+        }
         let replace = self.roll(
             &mut st,
             &releases,
@@ -1258,6 +1280,7 @@ impl Control {
                                 describe(&spec.update)
                             ),
                         });
+                        after.points.push("rollout-started");
                         Rollout::new(rel.number, from, stale, now)
                     }
                     _ => continue,
@@ -1270,8 +1293,43 @@ impl Control {
                 } else {
                     &spec.update
                 };
+                let was = r.state;
                 let actions = rollout::step(&mut r, &copies, policy, spec.replicas, now);
+                // The instances a new batch replaces, by name: an event of their own.
+                let batch: Vec<String> = actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        rollout::Action::Restamp(id) | rollout::Action::Replace(id) => copies
+                            .iter()
+                            .find(|c| c.alloc == id)
+                            .map(|c| format!("{svc}-{}", c.index)),
+                        _ => None,
+                    })
+                    .collect();
                 drop(copies);
+                if !batch.is_empty() {
+                    after.points.push("rollout-batch");
+                    after.events.push(NewEvent {
+                        time_ms: now,
+                        stack: s.stack.clone(),
+                        instance: None,
+                        kind: "rollout".into(),
+                        message: format!(
+                            "{svc}: release {}: replacing {}",
+                            rel.number,
+                            batch.join(", ")
+                        ),
+                    });
+                }
+                if r.state == RolloutState::Done && was != RolloutState::Done {
+                    after.points.push("rollout-done");
+                }
+                // A rollback decided before a crash, whose release was not recorded.
+                if r.rollback_pending
+                    && let Some(from) = r.from
+                {
+                    after.rollbacks.push((s.stack.clone(), from));
+                }
                 for action in actions {
                     match action {
                         rollout::Action::Restamp(id) => {
@@ -1283,6 +1341,8 @@ impl Control {
                         rollout::Action::Abandon(id) => abandon.push(id),
                         rollout::Action::Rollback => {
                             if let Some(from) = r.from {
+                                r.rollback_pending = true;
+                                after.points.push("rollout-failed");
                                 after.rollbacks.push((s.stack.clone(), from));
                             }
                         }
@@ -1331,6 +1391,14 @@ impl Control {
                 && let Some((_, revision, _)) = next.remove(k)
             {
                 ops.push(TxnOp::delete(k.clone(), Expect::Revision(revision)));
+            }
+            // Its old copy is one of the replicas again in this very pass: else the
+            // scheduler would place another copy of the failed release in its stead.
+            for (a, _, changed) in next.values_mut() {
+                if a.replaced_by.as_deref() == Some(id.as_str()) {
+                    a.replaced_by = None;
+                    *changed = true;
+                }
             }
         }
         st.rolling = rolling;
