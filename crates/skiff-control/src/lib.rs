@@ -1236,6 +1236,13 @@ impl Control {
         let mut restamp: Vec<(String, u64, u64, skiff_model::Reservations)> = Vec::new();
         let mut abandon: Vec<String> = Vec::new();
         for (s, rel) in releases {
+            let event = |message: String| NewEvent {
+                time_ms: now,
+                stack: s.stack.clone(),
+                instance: None,
+                kind: "rollout".into(),
+                message,
+            };
             for (svc, spec) in &rel.spec.services {
                 let Some((_, generation, false)) = wanted.get(&(&s.stack, svc.as_str())) else {
                     continue;
@@ -1269,17 +1276,11 @@ impl Control {
                             .filter(|a| outdated.contains(&a.id))
                             .map(|a| a.release)
                             .max();
-                        after.events.push(NewEvent {
-                            time_ms: now,
-                            stack: s.stack.clone(),
-                            instance: None,
-                            kind: "rollout".into(),
-                            message: format!(
-                                "{svc}: rolling out release {} over {stale} instance(s), {}",
-                                rel.number,
-                                describe(&spec.update)
-                            ),
-                        });
+                        after.events.push(event(format!(
+                            "{svc}: rolling out release {} over {stale} instance(s), {}",
+                            rel.number,
+                            describe(&spec.update)
+                        )));
                         after.points.push("rollout-started");
                         Rollout::new(rel.number, from, stale, now)
                     }
@@ -1309,17 +1310,11 @@ impl Control {
                 drop(copies);
                 if !batch.is_empty() {
                     after.points.push("rollout-batch");
-                    after.events.push(NewEvent {
-                        time_ms: now,
-                        stack: s.stack.clone(),
-                        instance: None,
-                        kind: "rollout".into(),
-                        message: format!(
-                            "{svc}: release {}: replacing {}",
-                            rel.number,
-                            batch.join(", ")
-                        ),
-                    });
+                    after.events.push(event(format!(
+                        "{svc}: release {}: replacing {}",
+                        rel.number,
+                        batch.join(", ")
+                    )));
                 }
                 if r.state == RolloutState::Done && was != RolloutState::Done {
                     after.points.push("rollout-done");
@@ -1346,13 +1341,9 @@ impl Control {
                                 after.rollbacks.push((s.stack.clone(), from));
                             }
                         }
-                        rollout::Action::Event(message) => after.events.push(NewEvent {
-                            time_ms: now,
-                            stack: s.stack.clone(),
-                            instance: None,
-                            kind: "rollout".into(),
-                            message: format!("{svc}: {message}"),
-                        }),
+                        rollout::Action::Event(message) => {
+                            after.events.push(event(format!("{svc}: {message}")));
+                        }
                     }
                 }
                 if r.state == RolloutState::Running {

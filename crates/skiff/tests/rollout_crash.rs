@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -175,48 +174,14 @@ impl Drop for Case {
 
 /// Live processes whose environment carries `CRASH_MARK=mark`: pid → (instance, version).
 fn workloads(mark: &str) -> BTreeMap<i32, (String, String)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if is_zombie(&e.path()) {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        let mut env = BTreeMap::new();
-        for kv in raw.split(|b| *b == 0) {
-            let kv = String::from_utf8_lossy(kv);
-            if let Some((k, v)) = kv.split_once('=') {
-                env.insert(k.to_string(), v.to_string());
-            }
-        }
-        if env.get("CRASH_MARK").map(String::as_str) == Some(mark) {
-            out.insert(
-                pid,
-                (
-                    env.get("SKIFF_INSTANCE").cloned().unwrap_or_default(),
-                    env.get("DEMO_VERSION").cloned().unwrap_or_default(),
-                ),
-            );
-        }
-    }
-    out
-}
-
-fn is_zombie(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
+    processes()
+        .into_iter()
+        .filter(|(_, env)| env.get("CRASH_MARK").map(String::as_str) == Some(mark))
+        .map(|(pid, mut env)| {
+            let mut take = |k: &str| env.remove(k).unwrap_or_default();
+            (pid, (take("SKIFF_INSTANCE"), take("DEMO_VERSION")))
         })
-        .unwrap_or(true)
+        .collect()
 }
 
 /// Samples the case's workload processes every few milliseconds until stopped: the most
@@ -274,11 +239,29 @@ fn wait_abort(dev: &mut Dev, point: &str) {
     }
 }
 
-/// `up` v1, `up -d` v2 on a server that aborts at `point`, a normal server on the same data
-/// dir: the rollout completes as if nothing happened.
-fn rollout_resumes_after(point: &str, order: &'static str) {
+/// What a crash during the change to v2 leaves: the case, the restarted server, a name for
+/// messages and the instances of v1.
+struct Crashed {
+    case: Case,
+    dev: Dev,
+    context: String,
+    old: BTreeSet<String>,
+}
+
+/// `up` v1 on a server that aborts at `point`, `up -d` of v2 (`command`), the abort, and a
+/// normal server on the same data dir; then waits until `release` runs `version` everywhere
+/// and checks that never more copies ran at once than `order` allows (the replicas, one more
+/// start-first), sampled from before v2 to the end.
+fn crash_during_v2(
+    prefix: &str,
+    point: &str,
+    order: &'static str,
+    command: &str,
+    release: u64,
+    version: &str,
+) -> Crashed {
     let stack = format!(
-        "rc-{}-{}",
+        "{prefix}-{}-{}",
         point.replace([':', '-'], ""),
         &order[..order.find('-').unwrap()]
     );
@@ -292,17 +275,16 @@ fn rollout_resumes_after(point: &str, order: &'static str) {
     let old: BTreeSet<String> = case.workloads().into_values().map(|(i, _)| i).collect();
 
     let sampler = Sampler::start(&case.mark);
-    case.write("v2", DEMO);
+    case.write("v2", command);
     // The answer may be cut off by the crash; the release is recorded before it.
     case.cli(&dev, &["up", "-d"]);
     wait_abort(&mut dev, &context);
     drop(dev);
     let dev = start_dev(case.data.path());
-    case.wait_done(&dev, 2, "v2", &context);
+    case.wait_done(&dev, release, version, &context);
     // The last instance's monitor window, then nothing more happens.
     std::thread::sleep(Duration::from_millis(400));
     let most = sampler.finish();
-
     let allowed = if order == "start-first" {
         REPLICAS + 1
     } else {
@@ -312,6 +294,23 @@ fn rollout_resumes_after(point: &str, order: &'static str) {
         most <= allowed,
         "{context}: {most} copies ran at once (at most {allowed})"
     );
+    Crashed {
+        case,
+        dev,
+        context,
+        old,
+    }
+}
+
+/// `up` v1, `up -d` v2 on a server that aborts at `point`, a normal server on the same data
+/// dir: the rollout completes as if nothing happened.
+fn rollout_resumes_after(point: &str, order: &'static str) {
+    let Crashed {
+        case,
+        dev,
+        context,
+        old,
+    } = crash_during_v2("rc", point, order, DEMO, 2, "v2");
     let running = case.workloads();
     assert_eq!(running.len(), REPLICAS, "{context}: {running:?}");
     assert!(
@@ -348,7 +347,7 @@ fn rollout_resumes_after(point: &str, order: &'static str) {
         "{context}: {events:#?}"
     );
 
-    let (ok, _, err) = case.cli(&dev, &["down", &stack]);
+    let (ok, _, err) = case.cli(&dev, &["down", &case.stack]);
     assert!(ok, "{err}");
     wait_for("the stack down", || case.workloads().is_empty());
 }
@@ -380,37 +379,9 @@ fn a_crash_right_after_a_rollout_is_done_keeps_it_done_in_both_orders() {
 /// v1, then a v2 that fails with `failure_action: rollback` on a server that aborts at
 /// `point`: after the restart the stack runs one rollback release (3, v1's spec).
 fn rollback_happens_once_after(point: &str, order: &'static str) {
-    let stack = format!(
-        "rb-{}-{}",
-        point.replace([':', '-'], ""),
-        &order[..order.find('-').unwrap()]
-    );
-    let context = format!("{point} ({order})");
-    let case = Case::new(&stack, order);
-    case.write("v1", DEMO);
-    let mut dev = start_dev_with(case.data.path(), &[("SKIFF_CRASH_AT", point)]);
-    let (ok, out, err) = case.cli(&dev, &["up", "--timeout", "60"]);
-    assert!(ok, "{context}: up v1: {out}{err}");
-
-    let sampler = Sampler::start(&case.mark);
-    case.write("v2", BROKEN);
-    case.cli(&dev, &["up", "-d"]);
-    wait_abort(&mut dev, &context);
-    drop(dev);
-    let dev = start_dev(case.data.path());
-    case.wait_done(&dev, 3, "v1", &context);
-    std::thread::sleep(Duration::from_millis(400));
-    let most = sampler.finish();
-    let allowed = if order == "start-first" {
-        REPLICAS + 1
-    } else {
-        REPLICAS
-    };
-    assert!(
-        most <= allowed,
-        "{context}: {most} copies ran at once (at most {allowed})"
-    );
-
+    let Crashed {
+        case, dev, context, ..
+    } = crash_during_v2("rb", point, order, BROKEN, 3, "v1");
     assert_eq!(
         case.releases(&dev),
         [1, 2, 3],
@@ -428,7 +399,7 @@ fn rollback_happens_once_after(point: &str, order: &'static str) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["stack"] == stack.as_str())
+        .find(|s| s["stack"] == case.stack.as_str())
         .and_then(|s| s["current"].as_u64());
     assert_eq!(current, Some(3), "{context}: {stacks}");
     let rollbacks = case.events(&dev, "rollback");
@@ -447,7 +418,7 @@ fn rollback_happens_once_after(point: &str, order: &'static str) {
         "{context}: {events:#?}"
     );
 
-    let (ok, _, err) = case.cli(&dev, &["down", &stack]);
+    let (ok, _, err) = case.cli(&dev, &["down", &case.stack]);
     assert!(ok, "{err}");
     wait_for("the stack down", || case.workloads().is_empty());
 }
