@@ -2,12 +2,12 @@
 # Every benchmark in a short mode, then one table: figure, value, target, must, pass.
 # Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
 # run; ratios, since the machine is noisy). Every closing note carries this table.
-# Usage: bench/all.sh            (about 7 minutes on 2 cores)
-#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler cluster)
+# Usage: bench/all.sh            (about 8 minutes on 2 cores)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler cluster releases)
 # The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-up dns gone ingress docker scheduler cluster}
+only=${BENCH_ONLY:-up dns gone ingress docker scheduler cluster releases}
 logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
 mkdir -p "$logs"
 cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
@@ -27,6 +27,7 @@ want ingress && run ingress bench/ingress.sh 3 5
 want docker && run docker bench/docker100.sh 50 2
 want scheduler && run scheduler bench/scheduler.sh
 want cluster && run cluster bench/cluster.sh
+want releases && run releases bench/releases.sh 30000
 
 # pick LOG SED-EXPRESSION: the first match in the log, or "-".
 pick() { local v; v=$(sed -n "$2" "$logs/$1.log" 2>/dev/null | head -n 1); echo "${v:--}"; }
@@ -80,12 +81,19 @@ if want cluster; then
   row "node loss: out of DNS after the down timeout (2 s)" "$(pick cluster 's/^node loss: out of DNS after .*X - Y = \(-*[0-9]*\) ms)$/\1/p')" ms 100 100 le
   row "node loss: running elsewhere after the down timeout (2 s)" "$(pick cluster 's/^node loss: running elsewhere after .*X - Y = \(-*[0-9]*\) ms)$/\1/p')" ms 2000 2000 le
 fi
+if want releases; then
+  row "releases: failed requests, rolling update of 10 under mixed wrk (64 conns, POST every 5th)" "$(pick releases 's/^releases: rolling update.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
+  info "  requests in that run (short mode; bench/releases.sh: >= 100,000)" "$(pick releases 's/^releases: rolling update.*: requests \([0-9]*\),.*/\1/p')" ""
+  info "  p99 during the rolling update" "$(pick releases 's/^releases: rolling update.*p99 \([0-9.]*\) ms.*/\1/p')" ms
+  row "releases: failed requests, skiff rollback of 10 under the same load" "$(pick releases 's/^releases: rollback:.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
+  info "  reference: nginx -s reload every 1 s under the same load, failed" "$(pick releases 's/^releases: nginx.*failed \([0-9]*\),.*/\1/p')" ""
+fi
 
 echo
 echo "| figure | value | target | must | pass |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh)"
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh, bench/releases.sh 30000)"
 printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
 exit 0

@@ -97,8 +97,8 @@ for url in "http://127.0.0.1:$proxy_port/" "http://127.0.0.1:$haproxy_port/" "ht
 done
 
 # wrk summary: rps, p99 (ms), failed requests.
-run_wrk() { # url seconds [connections [lua script]]
-  wrk -t2 -c"${3:-64}" -d"$2"s --latency ${4:+-s "$4"} -H "Host: $host" "$1" 2>&1 | awk '
+run_wrk() { # url seconds [connections [lua script [script argument]]]
+  wrk -t2 -c"${3:-64}" -d"$2"s --latency ${4:+-s "$4"} -H "Host: $host" "$1" ${5:+-- "$5"} 2>&1 | awk '
     /Requests\/sec/ {rps=$2}
     /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; p99=v}
     /Socket errors/ {gsub(/,/,""); err=$4+$6+$8+$10}
@@ -169,24 +169,10 @@ wait $wrk_pid
 read -r rps p99 failed < "$work/b.out"
 echo "rps $rps, p99 ${p99}ms, failed requests: $failed (target 0)"
 
-echo "== (c) scale 3 -> 10 -> 3 under wrk load, GET / and POST /echo (100 bytes) alternating ($((SECS * 2))s)"
-cat > "$work/mixed.lua" <<'EOF2'
--- Every other request is a POST with a body: it may not be retried once sent, so only
--- withdrawing, draining, then signalling an instance keeps it from failing.
-local n = 0
-local body = string.rep("x", 100)
-request = function()
-  n = n + 1
-  if n % 2 == 0 then
-    local h = {}
-    for k, v in pairs(wrk.headers) do h[k] = v end
-    h["Content-Type"] = "text/plain"
-    return wrk.format("POST", "/echo", h, body)
-  end
-  return wrk.format("GET", "/")
-end
-EOF2
-run_wrk "http://$ingress/" "$((SECS * 2))" 16 "$work/mixed.lua" > "$work/c.out" &
+echo "== (c) scale 3 -> 10 -> 3 under wrk load, GET / and POST /echo (64 bytes) alternating ($((SECS * 2))s)"
+# bench/mixed.lua with every 2nd request a POST: it may not be retried once sent, so only
+# withdrawing, draining, then signalling an instance keeps it from failing.
+run_wrk "http://$ingress/" "$((SECS * 2))" 16 "$(realpath bench/mixed.lua)" 2 > "$work/c.out" &
 wrk_pid=$!
 sleep 1
 "$skiff" scale demo=10 > /dev/null

@@ -254,12 +254,16 @@ struct Rolled {
     splits: HashMap<(StackKey, String), (u64, u64, u32)>,
 }
 
-/// What a committed pass still has to do: events to record, rollbacks to start.
+/// What a pass tells and still has to do: its events (committed with it), rollbacks to start
+/// once it is committed, and the crash points its commit passed (see
+/// [`skiff_store::crash_point`]: `rollout-started`, `rollout-batch`, `rollout-retire`,
+/// `rollout-done`, `rollout-failed`).
 #[derive(Default)]
 struct AfterPass {
     events: Vec<NewEvent>,
     /// (stack, release to run again, why)
     rollbacks: Vec<(StackKey, u64, String)>,
+    points: Vec<&'static str>,
 }
 
 pub struct Control {
@@ -806,16 +810,22 @@ impl Control {
     /// allocations changed under it.
     async fn plan_and_apply(&self) -> Result<()> {
         for _ in 0..3 {
-            let (ops, after) = self.plan().await?;
+            let (ops, mut after) = self.plan().await?;
             if ops.is_empty() {
                 return self.after_pass(after).await;
             }
-            match self.kv.txn(ops.clone()).await {
-                Ok(revision) => {
+            // The pass's events are part of its transaction: a rollout's steps are told
+            // exactly once, even when the server dies right after the commit.
+            let events = std::mem::take(&mut after.events);
+            match self.store.commit_with_events(ops.clone(), events).await {
+                Ok((revision, _)) => {
                     self.applied_ops(ops, revision);
+                    for point in &after.points {
+                        skiff_store::crash_point(point);
+                    }
                     return self.after_pass(after).await;
                 }
-                Err(KvError::Conflict { key, .. }) => {
+                Err(skiff_store::StoreError::Kv(KvError::Conflict { key, .. })) => {
                     tracing::info!(%key, "allocations changed under the plan; planning again");
                     self.reload_allocations().await?;
                     let addresses = load_addresses(&self.kv).await?;
@@ -829,10 +839,13 @@ impl Control {
 
     /// Records a committed pass's events and starts its rollbacks: each deploys the release
     /// rolled back to as a new release, replaced by `rollback_config`.
-    async fn after_pass(&self, after: AfterPass) -> Result<()> {
+    async fn after_pass(&self, mut after: AfterPass) -> Result<()> {
         for e in after.events {
             self.store.append_event(e).await?;
         }
+        // One rollback per stack, however many of its services failed.
+        after.rollbacks.sort();
+        after.rollbacks.dedup_by(|a, b| a.0 == b.0);
         for (stack, to, why) in after.rollbacks {
             if let Err(e) = self
                 .rollback_because(&stack, Some(to), Some(why), None)
@@ -894,13 +907,41 @@ impl Control {
             .release(stack, to)
             .await?
             .ok_or_else(|| ControlError::Invalid(format!("stack {stack} has no release {to}")))?;
-        let rel = self
+        // The release, its rollouts (replaced by rollback_config) and its event in one
+        // transaction: a crash leaves all of it or none (then a pending automatic rollback
+        // is started again).
+        let now = now_ms();
+        // Unconditional: they replace whatever rollout each service had (a planner pass that
+        // read the one before conflicts on its revision and plans again).
+        let rollouts = |number: u64| -> Vec<TxnOp> {
+            old.spec
+                .services
+                .keys()
+                .map(|svc| {
+                    let mut r = Rollout::new(number, Some(current), 0, now);
+                    r.rollback = true;
+                    // The service's restart generation: the rollback's rollout is its own.
+                    r.generation = state
+                        .as_ref()
+                        .and_then(|s| s.controls.get(svc))
+                        .map_or(0, |c| c.generation);
+                    // Why, so that `up` of the release rolled back can say it.
+                    r.reason = why.clone();
+                    TxnOp::put(
+                        rollout_key(stack, svc),
+                        serde_json::to_vec(&r).expect("rollouts serialize"),
+                        Expect::Any,
+                    )
+                })
+                .collect()
+        };
+        let (rel, revision) = self
             .store
-            .create_release(
+            .create_release_with(
                 stack,
                 old.spec.clone(),
                 old.source.clone(),
-                now_ms(),
+                now,
                 author.clone().unwrap_or_else(|| Author {
                     user: "skiff".into(),
                     host: skiff_client::author::host_name(),
@@ -909,46 +950,23 @@ impl Control {
                     Some(_) => Cause::Rollback { to, from: current },
                     None => Cause::AutomaticRollback { to, from: current },
                 },
+                |rel| {
+                    let event = NewEvent {
+                        time_ms: now,
+                        stack: stack.clone(),
+                        instance: None,
+                        kind: "rollback".into(),
+                        message: format!(
+                            "release {} runs release {to}'s spec again (from release {current})",
+                            rel.number
+                        ),
+                    };
+                    (rollouts(rel.number), vec![event])
+                },
             )
             .await?;
-        // Its rollouts replace by rollback_config.
-        let mut ops = Vec::new();
-        for svc in rel.spec.services.keys() {
-            let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
-            r.rollback = true;
-            r.generation = state
-                .as_ref()
-                .and_then(|s| s.controls.get(svc))
-                .map_or(0, |c| c.generation);
-            r.reason = why.clone();
-            let key = (stack.clone(), svc.clone());
-            let expect = self
-                .lock()
-                .rollouts
-                .get(&key)
-                .map_or(Expect::Absent, |(_, rev)| Expect::Revision(*rev));
-            ops.push(TxnOp::put(
-                rollout_key(stack, svc),
-                serde_json::to_vec(&r).expect("rollouts serialize"),
-                expect,
-            ));
-        }
-        match self.kv.txn(ops.clone()).await {
-            Ok(revision) => self.applied_ops(ops, revision),
-            Err(e) => tracing::warn!(%stack, "rollback rollouts not recorded: {e}"),
-        }
-        self.store
-            .append_event(NewEvent {
-                time_ms: now_ms(),
-                stack: stack.clone(),
-                instance: None,
-                kind: "rollback".into(),
-                message: format!(
-                    "release {} runs release {to}'s spec again (from release {current})",
-                    rel.number
-                ),
-            })
-            .await?;
+        self.applied_ops(rollouts(rel.number), revision);
+        skiff_store::crash_point("rollout-rollback");
         self.changed();
         Ok(rel)
     }
@@ -1120,6 +1138,7 @@ impl Control {
         // Copies stopped in this pass because their replacements are ready: a rollout still
         // sees them once, to learn which replacement was theirs.
         let mut retired: Vec<Allocation> = Vec::new();
+        let mut rollout_retired = false;
         for (key, stored) in &st.allocs {
             let a = &stored.alloc;
             let Some((rel, generation, _)) =
@@ -1160,6 +1179,9 @@ impl Control {
                             key.clone(),
                             Expect::Revision(stored.revision),
                         ));
+                        if r.release != a.release {
+                            rollout_retired = true;
+                        }
                         retired.push(a.clone());
                         continue;
                     }
@@ -1191,6 +1213,9 @@ impl Control {
         }
         let now = now_ms();
         let mut after = AfterPass::default();
+        if rollout_retired {
+            after.points.push("rollout-retire");
+        }
         let rolled = self.roll(
             &mut st,
             &releases,
@@ -1364,6 +1389,13 @@ impl Control {
         let mut restamp: Vec<(String, u64, u64, skiff_model::Reservations)> = Vec::new();
         let mut abandon: Vec<String> = Vec::new();
         for (s, rel) in releases {
+            let event = |message: String| NewEvent {
+                time_ms: now,
+                stack: s.stack.clone(),
+                instance: None,
+                kind: "rollout".into(),
+                message,
+            };
             for (svc, spec) in &rel.spec.services {
                 let Some((_, generation, false)) = wanted.get(&(&s.stack, svc.as_str())) else {
                     continue;
@@ -1417,17 +1449,12 @@ impl Control {
                         r.clone()
                     }
                     _ if stale > 0 && restart => {
-                        after.events.push(NewEvent {
-                            time_ms: now,
-                            stack: s.stack.clone(),
-                            instance: None,
-                            kind: "rollout".into(),
-                            message: format!(
-                                "{svc}: restarting {stale} instance(s) of release {}, {}",
-                                rel.number,
-                                describe(&spec.update)
-                            ),
-                        });
+                        after.events.push(event(format!(
+                            "{svc}: restarting {stale} instance(s) of release {}, {}",
+                            rel.number,
+                            describe(&spec.update)
+                        )));
+                        after.points.push("rollout-started");
                         let mut r = Rollout::new(rel.number, None, stale, now);
                         r.generation = *generation;
                         r
@@ -1440,21 +1467,16 @@ impl Control {
                             .filter(|a| outdated.contains(&a.id))
                             .map(|a| a.release)
                             .max();
-                        after.events.push(NewEvent {
-                            time_ms: now,
-                            stack: s.stack.clone(),
-                            instance: None,
-                            kind: "rollout".into(),
-                            message: format!(
-                                "{svc}: rolling out release {} over {stale} instance(s), {}",
-                                rel.number,
-                                if by_traffic {
-                                    describe_traffic(&spec.release)
-                                } else {
-                                    describe(&spec.update)
-                                }
-                            ),
-                        });
+                        after.events.push(event(format!(
+                            "{svc}: rolling out release {} over {stale} instance(s), {}",
+                            rel.number,
+                            if by_traffic {
+                                describe_traffic(&spec.release)
+                            } else {
+                                describe(&spec.update)
+                            }
+                        )));
+                        after.points.push("rollout-started");
                         let mut r = Rollout::new(rel.number, from, stale, now);
                         r.generation = *generation;
                         r
@@ -1469,6 +1491,7 @@ impl Control {
                 } else {
                     &spec.update
                 };
+                let was = r.state;
                 let actions = if by_traffic {
                     let judged = self.judged(st, &key, &r);
                     let step = traffic::step(
@@ -1503,7 +1526,42 @@ impl Control {
                 } else {
                     rollout::step(&mut r, &copies, policy, spec.replicas, now)
                 };
+                // The instances a new batch replaces, by name: an event of their own.
+                let batch: Vec<String> = actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        rollout::Action::Restamp(id) | rollout::Action::Replace(id) => copies
+                            .iter()
+                            .find(|c| c.alloc == id)
+                            .map(|c| format!("{svc}-{}", c.index)),
+                        _ => None,
+                    })
+                    .collect();
                 drop(copies);
+                if !batch.is_empty() {
+                    after.points.push("rollout-batch");
+                    after.events.push(event(format!(
+                        "{svc}: release {}: replacing {}",
+                        rel.number,
+                        batch.join(", ")
+                    )));
+                }
+                if r.state == RolloutState::Done && was != RolloutState::Done {
+                    after.points.push("rollout-done");
+                }
+                // A rollback decided before a crash, whose release was not recorded.
+                if r.rollback_pending
+                    && let Some(from) = r.from
+                {
+                    after.rollbacks.push((
+                        s.stack.clone(),
+                        from,
+                        format!(
+                            "{svc}: {}",
+                            r.reason.as_deref().unwrap_or("the rollout failed")
+                        ),
+                    ));
+                }
                 for action in actions {
                     match action {
                         rollout::Action::Restamp(id) => {
@@ -1515,6 +1573,8 @@ impl Control {
                         rollout::Action::Abandon(id) => abandon.push(id),
                         rollout::Action::Rollback => {
                             if let Some(from) = r.from {
+                                r.rollback_pending = true;
+                                after.points.push("rollout-failed");
                                 after.rollbacks.push((
                                     s.stack.clone(),
                                     from,
@@ -1525,13 +1585,9 @@ impl Control {
                                 ));
                             }
                         }
-                        rollout::Action::Event(message) => after.events.push(NewEvent {
-                            time_ms: now,
-                            stack: s.stack.clone(),
-                            instance: None,
-                            kind: "rollout".into(),
-                            message: format!("{svc}: {message}"),
-                        }),
+                        rollout::Action::Event(message) => {
+                            after.events.push(event(format!("{svc}: {message}")));
+                        }
                     }
                 }
                 if r.state == RolloutState::Running {
@@ -1575,6 +1631,14 @@ impl Control {
                 && let Some((_, revision, _)) = next.remove(k)
             {
                 ops.push(TxnOp::delete(k.clone(), Expect::Revision(revision)));
+            }
+            // Its old copy is one of the replicas again in this very pass: else the
+            // scheduler would place another copy of the failed release in its stead.
+            for (a, _, changed) in next.values_mut() {
+                if a.replaced_by.as_deref() == Some(id.as_str()) {
+                    a.replaced_by = None;
+                    *changed = true;
+                }
             }
         }
         st.rolling = rolling;

@@ -1028,3 +1028,38 @@ async fn a_canary_is_judged_by_what_every_node_s_ingress_counted() {
         Err(ControlError::UnknownNode(_))
     ));
 }
+
+#[tokio::test]
+async fn a_failed_start_first_replacement_is_abandoned_and_not_placed_again() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(2, &[]))]).await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    let update = skiff_model::UpdatePolicy {
+        order: skiff_model::UpdateOrder::StartFirst,
+        ..skiff_model::UpdatePolicy::default()
+    };
+    let two = r.release(&[("web", changed(2, update))]).await;
+    r.pass().await;
+    let replacement = r
+        .control
+        .all_allocations()
+        .into_iter()
+        .find(|a| a.release == two)
+        .expect("a replacement placed");
+    // It exits before it is ready: the rollout pauses (the default) and abandons it.
+    r.report("n1", &replacement, InstanceState::Exited, 20002)
+        .await;
+    r.pass().await;
+    let allocs = r.control.all_allocations();
+    assert!(
+        allocs
+            .iter()
+            .all(|a| a.release != two && a.replaced_by.is_none()),
+        "the old copies are the replicas again, nothing of release {two} placed: {allocs:?}"
+    );
+    assert_eq!(allocs.len(), 2);
+    let (rollout, _) = r.control.lock().rollouts[&(stack(), "web".to_string())].clone();
+    assert_eq!(rollout.state, RolloutState::Paused);
+}

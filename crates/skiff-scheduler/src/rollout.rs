@@ -57,6 +57,10 @@ pub struct Rollout {
     /// Canary and blue-green: steps, weight and judgements ([`crate::traffic`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<crate::traffic::Traffic>,
+    /// Failed with `failure_action: rollback`, and the rollback's release is not recorded
+    /// yet: the control plane starts it (again, after a crash) until it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_pending: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -150,6 +154,7 @@ impl Rollout {
             watching: Vec::new(),
             next_batch_ms: 0,
             traffic: None,
+            rollback_pending: false,
         }
     }
 
@@ -544,6 +549,37 @@ mod tests {
         assert_eq!(
             step(&mut r, &failed, &p, 2, 1_002),
             [Action::Restamp("a2".into())]
+        );
+    }
+
+    #[test]
+    fn percentage_parallelism_sizes_batches_rounded_up_and_at_least_one() {
+        let ten: Vec<String> = (1..=10).map(|i| format!("a{i}")).collect();
+        let copies: Vec<Copy<'_>> = ten
+            .iter()
+            .enumerate()
+            .map(|(i, id)| copy(id, i as u32 + 1, true, Health::Ready))
+            .collect();
+        for (percent, replicas, want) in [(25, 10, 3), (10, 10, 1), (1, 10, 1), (100, 10, 10)] {
+            let p = UpdatePolicy {
+                parallelism: Parallelism::Percent(percent),
+                ..policy(1, UpdateOrder::StopFirst)
+            };
+            let mut r = Rollout::new(2, Some(1), 10, 0);
+            let acts = step(&mut r, &copies, &p, replicas, 0);
+            assert_eq!(acts.len(), want, "{percent}% of {replicas}: {acts:?}");
+            assert_eq!(r.batch.len(), want);
+            assert_eq!(acts[0], Action::Restamp("a1".into()), "lowest index first");
+        }
+        // 25 % of 2 replicas: one at a time, never none.
+        let p = UpdatePolicy {
+            parallelism: Parallelism::Percent(25),
+            ..policy(1, UpdateOrder::StartFirst)
+        };
+        let mut r = Rollout::new(2, Some(1), 2, 0);
+        assert_eq!(
+            step(&mut r, &copies[..2], &p, 2, 0),
+            [Action::Replace("a1".into())]
         );
     }
 

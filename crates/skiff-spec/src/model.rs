@@ -16,7 +16,7 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor, value::MapAccessDeserialize
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::de::Extensions;
-use crate::units::{Bytes, Cpus, Duration};
+use crate::units::{Bytes, Cpus, Duration, Parallelism};
 
 pub use syntax::{parse_port, parse_volume};
 
@@ -1198,7 +1198,7 @@ pub enum RestartCondition {
 #[serde(default)]
 pub struct UpdateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<u32>,
+    pub parallelism: Option<Parallelism>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -130,9 +130,11 @@ fn update_policy(c: Option<&model::UpdateConfig>) -> skiff_model::UpdatePolicy {
     let d = skiff_model::UpdatePolicy::default();
     let Some(c) = c else { return d };
     skiff_model::UpdatePolicy {
-        parallelism: c
-            .parallelism
-            .map_or(d.parallelism, skiff_model::Parallelism::Count),
+        parallelism: match c.parallelism {
+            Some(crate::units::Parallelism::Count(n)) => skiff_model::Parallelism::Count(n),
+            Some(crate::units::Parallelism::Percent(p)) => skiff_model::Parallelism::Percent(p),
+            None => d.parallelism,
+        },
         delay: c.delay.map_or(d.delay, |x| x.0),
         monitor: c.monitor.map_or(d.monitor, |x| x.0),
         max_failure_ratio: c.max_failure_ratio.unwrap_or(d.max_failure_ratio),
@@ -459,6 +461,18 @@ mod tests {
             Duration::from_millis(100)
         );
         assert_eq!(db.stop_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn parallelism_as_a_percentage_or_a_quoted_count_reaches_the_model() {
+        let s = spec(
+            "services:\n  a:\n    image: a\n    deploy:\n      update_config: {parallelism: 25%}\n      rollback_config: {parallelism: \"3\"}\n",
+        );
+        let a = &s.services["a"];
+        assert_eq!(a.update.parallelism, skiff_model::Parallelism::Percent(25));
+        assert_eq!(a.rollback.parallelism, skiff_model::Parallelism::Count(3));
+        // 25 % of 10 replicas: batches of 3 (rounded up).
+        assert_eq!(a.update.parallelism.batch(10), 3);
     }
 
     #[test]

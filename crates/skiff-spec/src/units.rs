@@ -239,6 +239,64 @@ impl<'de> Deserialize<'de> for Cpus {
     }
 }
 
+// === Parallelism ===
+
+/// `update_config.parallelism` / `rollback_config.parallelism`: a count (`2`, `"2"`; 0 = all
+/// at once) or a percentage of the replicas (`"25%"`, 1 to 100, batches rounded up). The
+/// compose-spec's schema allows a string there; a count is written back as a number, a
+/// percentage as its string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Parallelism {
+    Count(u32),
+    Percent(u32),
+}
+
+impl FromStr for Parallelism {
+    type Err = String;
+
+    fn from_str(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(n @ 1..=100) => Ok(Parallelism::Percent(n)),
+                Ok(n) => Err(format!("a percentage must be 1% to 100%, got {n}%")),
+                Err(_) => Err(format!(
+                    "expected a count or a percentage such as \"25%\", got {input:?}"
+                )),
+            };
+        }
+        s.parse::<u32>()
+            .map(Parallelism::Count)
+            .map_err(|_| format!("expected a count or a percentage such as \"25%\", got {input:?}"))
+    }
+}
+
+impl fmt::Display for Parallelism {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Parallelism::Count(n) => write!(f, "{n}"),
+            Parallelism::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Parallelism {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Parallelism::Count(n) => s.serialize_u32(*n),
+            Parallelism::Percent(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Parallelism {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(FromStrVisitor::<Parallelism>::new(
+            "a count or a percentage such as \"25%\"",
+        ))
+    }
+}
+
 // === shared ===
 
 /// Reads a scalar of any type as text and parses it with `FromStr<Err = String>`.
@@ -286,6 +344,22 @@ mod tests {
 
     fn d(s: &str) -> Result<StdDuration, String> {
         s.parse::<Duration>().map(|d| d.0)
+    }
+
+    #[test]
+    fn parallelism_is_a_count_or_a_percentage_of_1_to_100() {
+        let p = |s: &str| s.parse::<Parallelism>();
+        assert_eq!(p("2"), Ok(Parallelism::Count(2)));
+        assert_eq!(p("0"), Ok(Parallelism::Count(0)));
+        assert_eq!(p("25%"), Ok(Parallelism::Percent(25)));
+        assert_eq!(p(" 100 %"), Ok(Parallelism::Percent(100)));
+        assert_eq!(p("1%"), Ok(Parallelism::Percent(1)));
+        assert!(p("0%").unwrap_err().contains("1% to 100%"));
+        assert!(p("150%").unwrap_err().contains("1% to 100%, got 150%"));
+        assert!(p("-1").unwrap_err().contains("a count or a percentage"));
+        assert!(p("half").unwrap_err().contains("\"half\""));
+        assert!(p("2.5%").is_err());
+        assert_eq!(Parallelism::Percent(25).to_string(), "25%");
     }
 
     #[test]

@@ -133,6 +133,11 @@ fn shm_size_and_tmpfs_sizes_not_byte_sizes() {
 }
 
 #[test]
+fn parallelism_is_a_count_or_a_percentage_of_1_to_100() {
+    rejects("parallelism");
+}
+
+#[test]
 fn develop_watch_without_action_or_sync_target() {
     rejects("develop-watch");
     rejects("develop-watch-target");

@@ -273,6 +273,26 @@ impl<K: Kv> Store<K> {
         author: Author,
         cause: Cause,
     ) -> Result<Release> {
+        self.create_release_with(stack, spec, source, now_ms, author, cause, |_| {
+            (Vec::new(), Vec::new())
+        })
+        .await
+        .map(|(release, _)| release)
+    }
+
+    /// [`Store::create_release`], with the caller's writes and events that depend on the
+    /// release (its number) in the same transaction: all of it happened, or none of it.
+    /// Returns the release and the revision of the last of the caller's writes.
+    pub async fn create_release_with(
+        &self,
+        stack: &StackKey,
+        spec: StackSpec,
+        source: String,
+        now_ms: u64,
+        author: Author,
+        cause: Cause,
+        with: impl Fn(&Release) -> (Vec<TxnOp>, Vec<NewEvent>),
+    ) -> Result<(Release, u64)> {
         let key = stack_key(stack);
         let mut release = Release {
             stack: stack.clone(),
@@ -295,7 +315,7 @@ impl<K: Kv> Store<K> {
             let release_key = release_key(stack, release.number);
             // The record first: a writer that raced this one conflicts on it. The release's
             // own key conflicts only when the record lies about the numbers taken.
-            let ops = vec![
+            let mut ops = vec![
                 TxnOp::put(key.clone(), encode(&key, &record)?, as_read(entry.as_ref())),
                 TxnOp::put(
                     release_key.clone(),
@@ -303,19 +323,50 @@ impl<K: Kv> Store<K> {
                     Expect::Absent,
                 ),
             ];
-            match self.kv.txn(ops).await {
-                Ok(_) => return Ok(release),
-                Err(KvError::Conflict { key: k, .. }) if k == release_key => {
+            let (extra, events) = with(&release);
+            ops.extend(extra);
+            match self.commit_with_events(ops, events).await {
+                Ok((revision, _)) => return Ok((release, revision)),
+                Err(StoreError::Kv(KvError::Conflict { key: k, .. })) if k == release_key => {
                     return Err(StoreError::Corrupt {
                         key,
                         message: format!("release {} exists already", release.number),
                     });
                 }
-                Err(KvError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Kv(KvError::Conflict { .. })) => {}
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Contended { key, tries: TRIES })
+    }
+
+    /// Commits `ops` and `events` (numbered here, after every event written before) in one
+    /// durable transaction: what a caller decided and what it tells of it happen together,
+    /// or not at all, even across a `kill -9`. Returns the revision of the last of `ops`
+    /// (events take the ones after it) and the numbered events. A conflict leaves a gap in
+    /// the event numbers, never a reused one.
+    pub async fn commit_with_events(
+        &self,
+        mut ops: Vec<TxnOp>,
+        events: Vec<NewEvent>,
+    ) -> Result<(u64, Vec<Event>)> {
+        if events.is_empty() {
+            return Ok((self.kv.txn(ops).await?, Vec::new()));
+        }
+        // Held until the write is done: numbers reach the kv in order.
+        let mut seq = self.seq.lock().await;
+        let mut next = self.take_seqs(&mut seq, events.len() as u64).await?;
+        let mut numbered = Vec::with_capacity(events.len());
+        for e in events {
+            let event = e.numbered(next);
+            next += 1;
+            let key = event_key(event.seq);
+            ops.push(TxnOp::put(key.clone(), encode(&key, &event)?, Expect::Any));
+            numbered.push(event);
+        }
+        let revision = self.kv.txn(ops).await?;
+        drop(seq);
+        Ok((revision - numbered.len() as u64, numbered))
     }
 
     pub async fn release(&self, stack: &StackKey, number: u64) -> Result<Option<Release>> {

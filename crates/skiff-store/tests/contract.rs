@@ -286,6 +286,71 @@ macro_rules! store_battery {
             }
 
             #[tokio::test]
+            async fn a_commit_with_events_writes_both_or_neither_and_numbers_them_in_order() {
+                let (s, _d) = store().await;
+                s.append_event(event(0)).await.unwrap();
+                let put = |v: &str, expect| {
+                    skiff_store::TxnOp::put("rollouts/x", v.as_bytes().to_vec(), expect)
+                };
+                let (revision, events) = s
+                    .commit_with_events(vec![put("1", Expect::Absent)], vec![event(1), event(2)])
+                    .await
+                    .unwrap();
+                assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+                let entry = s.kv().get("rollouts/x").await.unwrap().unwrap();
+                assert_eq!(
+                    entry.mod_revision, revision,
+                    "the revision of the caller's op"
+                );
+                // A conflict writes neither the op nor its events.
+                let lost = s
+                    .commit_with_events(vec![put("2", Expect::Absent)], vec![event(3)])
+                    .await;
+                assert!(matches!(lost, Err(StoreError::Kv(_))), "{lost:?}");
+                assert_eq!(s.kv().get("rollouts/x").await.unwrap().unwrap().value, b"1");
+                let all = s.events_after(0, 10).await.unwrap();
+                assert_eq!(all.len(), 3);
+                // The next event comes after the lost one's number (a gap, never a reuse).
+                assert!(s.append_event(event(4)).await.unwrap().seq > 4);
+            }
+
+            #[tokio::test]
+            async fn a_release_created_with_writes_of_its_own_carries_them_and_its_events() {
+                let (s, _d) = store().await;
+                let (rel, _) = s
+                    .create_release_with(
+                        &stack("a"),
+                        StackSpec::default(),
+                        "x".into(),
+                        1,
+                        Author {
+                            user: "alice".into(),
+                            host: "box".into(),
+                        },
+                        Cause::Up,
+                        |r| {
+                            let key = format!("rollouts/default/a/web/{}", r.number);
+                            let op = skiff_store::TxnOp::put(key, b"r".to_vec(), Expect::Absent);
+                            (vec![op], vec![event(r.number)])
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rel.number, 1);
+                assert!(
+                    s.kv()
+                        .get("rollouts/default/a/web/1")
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+                let events = s.events_after(0, 10).await.unwrap();
+                assert_eq!(events.len(), 1);
+                assert_eq!(events[0].message, "m1");
+                assert_eq!(s.stacks().await.unwrap()[0].current, Some(1));
+            }
+
+            #[tokio::test]
             async fn observed_changes_are_written_in_order_also_of_one_instance() {
                 let (s, _d) = store().await;
                 let mut up = instance("a", "web", 1);

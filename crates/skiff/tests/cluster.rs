@@ -3,8 +3,9 @@
 //! (addresses from 10.231.0.0/16, only inside these namespaces, created and removed here).
 //! The user's view: placement by spread, constraints and global mode; work that fits
 //! nowhere reported with its reason; a node drained under load with no failed request; a
-//! node cut off and back without duplicates; an agent killed -9 and its instances out of
-//! DNS and running elsewhere.
+//! rolling update of instances spread over the three agents under load with no failed
+//! request; a node cut off and back without duplicates; an agent killed -9 and its
+//! instances out of DNS and running elsewhere.
 
 mod common;
 
@@ -402,25 +403,22 @@ services:
       mode: global
 "#;
 
-/// A wrk script that names what failed: each failing status with its count, and the body of
-/// the first failure (the ingress says why in it).
-const FAILURES_LUA: &str = r#"
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) failed = {}; first = "" end
-function response(status, headers, body)
-  if status >= 300 then
-    failed[status] = (failed[status] or 0) + 1
-    if first == "" then first = body end
-  end
-end
-function done(summary, latency, requests)
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("failed")) do io.write(string.format("status %d: %d\n", status, n)) end
-    local f = t:get("first")
-    if f ~= "" then io.write("first failure: " .. f .. "\n") end
-  end
-end
+/// 6 replicas over the 3 agents, rolled 2 at a time, start-first.
+const ROLLING: &str = r#"
+name: roll
+x-skiff:
+  driver: process
+services:
+  web:
+    command: [skiff-demo, --name, web]
+    expose: ["8080"]
+    environment: {DEMO_VERSION: "@VERSION@"}
+    stop_grace_period: 5s
+    deploy:
+      replicas: 6
+      update_config: {parallelism: 2, order: start-first, monitor: 500ms}
+    x-skiff:
+      readiness: {http: {path: /health}, interval: 500ms, retries: 3}
 "#;
 
 const BIG: &str = r#"
@@ -539,7 +537,7 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
     let drained_addr = c.agent_addr(drained[1..].parse().unwrap());
     // Load through the server's ingress and through the ingress of agent n1 (its own copy
     // of the catalog): a drain waits for the requests in flight on both.
-    let script = c.write("failures.lua", FAILURES_LUA);
+    let script = c.write("mixed.lua", common::MIXED_LUA);
     let load = |service: &str, target: String| {
         let srv = c.ns("srv");
         let host = format!("Host: {service}.web.default.localhost");
@@ -575,9 +573,9 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
     assert!(ok, "{out}");
     for (what, wrk) in loads {
         let out = wrk.join().unwrap();
-        assert!(out.contains("Requests/sec"), "{what}: {out}");
+        let m = common::Mixed::parse(&out).unwrap_or_else(|| panic!("{what}: {out}"));
         assert!(
-            !out.contains("Non-2xx") && !out.contains("Socket errors"),
+            m.requests > 0 && m.failed == 0,
             "{what}: no failed request while {drained} drained: {out}"
         );
     }
@@ -630,6 +628,98 @@ fn a_drained_node_moves_its_instances_under_load_without_a_failed_request() {
         ]);
         assert!(ok && body.starts_with("web "), "{n}: {body}");
     }
+}
+
+#[test]
+fn a_rolling_update_across_three_agents_under_mixed_load_fails_no_request() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let file = c.write("compose.yaml", &ROLLING.replace("@VERSION@", "v1"));
+    let (ok, out) = c.cli(&["up", "-f", file.to_str().unwrap(), "--timeout", "60"]);
+    assert!(ok, "{out}");
+    let nodes = |c: &Cluster| {
+        let placed = c.placed("web");
+        let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+        for (_, n) in &placed {
+            *per_node.entry(n.clone()).or_default() += 1;
+        }
+        (placed.len(), per_node)
+    };
+    let (count, per_node) = nodes(&c);
+    assert_eq!(count, 6);
+    assert_eq!(per_node.len(), 3, "spread over the 3 agents: {per_node:?}");
+
+    // The mixed load through the server's ingress while `up` rolls v2 out.
+    let script = c.write("mixed.lua", common::MIXED_LUA);
+    let secs = 15;
+    let wrk = {
+        let srv = c.ns("srv");
+        let script = script.to_str().unwrap().to_string();
+        std::thread::spawn(move || {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &srv,
+                "wrk",
+                "-t2",
+                "-c64",
+                &format!("-d{secs}s"),
+                "--latency",
+                "-s",
+                &script,
+                "-H",
+                "Host: web.roll.default.localhost",
+                "http://127.0.0.1:7780/",
+            ])
+            .1
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    c.write("compose.yaml", &ROLLING.replace("@VERSION@", "v2"));
+    let (ok, out) = c.cli(&["up", "-f", file.to_str().unwrap(), "--timeout", "60"]);
+    let took = started.elapsed();
+    assert!(ok, "{out}");
+    let out = wrk.join().unwrap();
+    let m = common::Mixed::parse(&out).unwrap_or_else(|| panic!("wrk: {out}"));
+    eprintln!(
+        "rolled 6 over 3 agents in {took:?} under {} requests, {} failed, p99 {} ms",
+        m.requests, m.failed, m.p99_ms
+    );
+    assert!(
+        took + Duration::from_millis(1500) < Duration::from_secs(secs),
+        "the rollout ({took:?}) outlasted the load"
+    );
+    assert!(m.requests > 0 && m.failed == 0, "failed requests: {out}");
+
+    // Every answer from v2, and still spread over the 3 nodes.
+    for _ in 0..20 {
+        let body = c.in_srv(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-H",
+            "Host: web.roll.default.localhost",
+            "http://127.0.0.1:7780/",
+        ]);
+        assert!(body.starts_with("web ") && body.contains("v2"), "{body}");
+    }
+    let (count, per_node) = nodes(&c);
+    assert_eq!(count, 6);
+    assert_eq!(
+        per_node.len(),
+        3,
+        "still spread over the 3 agents: {per_node:?}"
+    );
+    c.wait_until("the rollout done", Duration::from_secs(20), |c| {
+        let (_, out) = c.cli(&["rollout", "status", "roll"]);
+        out.lines()
+            .any(|l| l.starts_with("web ") && l.contains("done") && l.contains("6/6"))
+    });
 }
 
 #[test]

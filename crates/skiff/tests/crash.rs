@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -168,42 +167,6 @@ impl Drop for Fixture {
             }
         }
     }
-}
-
-fn is_zombie(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
-/// Every live process with its environment.
-fn processes() -> Vec<(i32, BTreeMap<String, String>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if is_zombie(&e.path()) {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        let env = raw
-            .split(|b| *b == 0)
-            .filter_map(|kv| {
-                let kv = String::from_utf8_lossy(kv);
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_string(), v.to_string()))
-            })
-            .collect();
-        out.push((pid, env));
-    }
-    out
 }
 
 /// A small deterministic generator (xorshift64*), so a failing run can be replayed.

@@ -356,3 +356,105 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `bench/mixed.lua`: the release benchmarks' wrk load (every 5th request a POST with a body;
+/// socket errors and statuses >= 400 fail), shared by the tests and `bench/releases.sh`.
+#[allow(dead_code)]
+pub const MIXED_LUA: &str = include_str!("../../../../bench/mixed.lua");
+
+/// The machine-readable line `bench/mixed.lua` ends wrk's output with.
+#[allow(dead_code)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Mixed {
+    pub requests: u64,
+    pub failed: u64,
+    pub socket_errors: u64,
+    pub status_errors: u64,
+    pub p99_ms: f64,
+    pub duration_s: f64,
+}
+
+#[allow(dead_code)]
+impl Mixed {
+    /// The figures in wrk's output, or `None` when the script's line is missing (wrk failed).
+    pub fn parse(out: &str) -> Option<Mixed> {
+        let line = out.lines().find_map(|l| l.strip_prefix("mixed: "))?;
+        let mut m = Mixed::default();
+        for field in line.split_whitespace() {
+            let (k, v) = field.split_once('=')?;
+            match k {
+                "requests" => m.requests = v.parse().ok()?,
+                "failed" => m.failed = v.parse().ok()?,
+                "socket_errors" => m.socket_errors = v.parse().ok()?,
+                "status_errors" => m.status_errors = v.parse().ok()?,
+                "p99_ms" => m.p99_ms = v.parse().ok()?,
+                "duration_s" => m.duration_s = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(m)
+    }
+
+    /// Requests per second over the run.
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.duration_s.max(0.001)
+    }
+}
+
+/// Whether `wrk` can run here; in CI (`CI=true`) it must.
+#[allow(dead_code)]
+pub fn have_wrk() -> bool {
+    let ok = Command::new("wrk")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok || std::env::var("CI").as_deref() != Ok("true"),
+        "CI has wrk: the load tests must run"
+    );
+    if !ok {
+        eprintln!("skipped: wrk is not installed");
+    }
+    ok
+}
+
+/// Whether `/proc/<pid>` is a zombie (or gone).
+#[allow(dead_code)]
+pub fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Every live process with its environment.
+#[allow(dead_code)]
+pub fn processes() -> Vec<(i32, std::collections::BTreeMap<String, String>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if is_zombie(&e.path()) {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let env = raw
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        out.push((pid, env));
+    }
+    out
+}
