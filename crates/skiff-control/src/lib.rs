@@ -39,7 +39,7 @@ use skiff_client::{
 };
 use skiff_model::{
     Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
-    ServiceSpec, StackKey, WaitFor,
+    ServiceSpec, StackKey, WaitFor, WorkloadChange,
 };
 use skiff_scheduler::rollout::{self, Rollout, RolloutState};
 use skiff_scheduler::{Group, Options, Snapshot, Unplaced};
@@ -1025,6 +1025,9 @@ impl Control {
             .collect();
         let mut next: BTreeMap<String, (Allocation, u64, bool)> = BTreeMap::new();
         let mut outdated_ids: HashSet<String> = HashSet::new();
+        // (stack, service) → (release, configs, signal, instances) re-stamped for a reload.
+        let mut reloads: BTreeMap<(StackKey, String), (u64, Vec<String>, String, Vec<String>)> =
+            BTreeMap::new();
         // Copies stopped in this pass because their replacements are ready: a rollout still
         // sees them once, to learn which replacement was theirs.
         let mut retired: Vec<Allocation> = Vec::new();
@@ -1075,16 +1078,27 @@ impl Control {
             // A copy of an older release whose spec runs differently is replaced by the
             // service's rollout; any other (a scale, a policy change, a restart) is re-stamped
             // here: its agent keeps the instance, or replaces it for a restart.
-            let outdated = a.release != rel.number
-                && a.generation == *generation
-                && specs
+            // A copy whose change is a reload (configs only, `x-skiff.reload`) is re-stamped
+            // like a kept one: its agent rewrites the files and signals it.
+            let change = if a.release != rel.number && a.generation == *generation {
+                specs
                     .get(&(a.instance.stack.clone(), a.release))
                     .and_then(|old| old.spec.services.get(&a.instance.service))
                     .zip(rel.spec.services.get(&a.instance.service))
-                    .is_some_and(|(old, new)| !old.same_workload(new));
-            if outdated {
+                    .map_or(WorkloadChange::Keep, |(old, new)| old.change_to(new))
+            } else {
+                WorkloadChange::Keep
+            };
+            if change == WorkloadChange::Replace {
                 outdated_ids.insert(a.id.clone());
             } else if a.release != rel.number || a.generation != *generation {
+                if let WorkloadChange::Reload { configs, signal } = change {
+                    reloads
+                        .entry((a.instance.stack.clone(), a.instance.service.clone()))
+                        .or_insert_with(|| (rel.number, configs, signal, Vec::new()))
+                        .3
+                        .push(a.instance.short());
+                }
                 n.release = rel.number;
                 n.generation = *generation;
                 if let Some(spec) = rel.spec.services.get(&a.instance.service) {
@@ -1096,6 +1110,21 @@ impl Control {
         }
         let now = now_ms();
         let mut after = AfterPass::default();
+        for ((stack, service), (release, configs, signal, mut instances)) in reloads {
+            instances.sort();
+            after.events.push(NewEvent {
+                time_ms: now,
+                stack,
+                instance: None,
+                kind: "reload".into(),
+                message: format!(
+                    "{service}: release {release} changes only configs {}; reloading {} \
+                     with {signal} instead of replacing them",
+                    configs.join(", "),
+                    instances.join(", ")
+                ),
+            });
+        }
         let replace = self.roll(
             &mut st,
             &releases,

@@ -123,7 +123,8 @@ pub type Controls = BTreeMap<String, ServiceControl>;
 /// Points: `release-stored` (the API, after the commit, before the answer),
 /// `instance-dir-written` (the agent, before the shim starts), `instance-started` (after the
 /// workload runs, before the agent records it), `instance-stopped` (after the workload ended,
-/// before its directory and cgroup are removed).
+/// before its directory and cgroup are removed), `config-written` (a reload's new config
+/// files written, before the signal and before the instance's record names the release).
 pub fn crash_point(name: &str) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};

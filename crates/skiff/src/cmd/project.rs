@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use skiff_model::StackSpec;
 use skiff_spec::diag::SpecError;
 use skiff_spec::node::Limits;
 use skiff_spec::project::{LoadOptions, LoadedProject, load};
+use skiff_spec::runtime;
 
 use crate::fs_loader::FsLoader;
 use crate::output;
@@ -54,4 +56,17 @@ impl ProjectArgs {
             }
         }
     }
+}
+
+/// The runtime spec of a loaded project, its configs' files read from disk (at most
+/// `MAX_CONFIG_BYTES` + 1 bytes of one); on a config that cannot be had, prints why and
+/// returns the exit code.
+pub fn stack_spec(loaded: &LoadedProject) -> Result<StackSpec, ExitCode> {
+    let loader = FsLoader {
+        max_bytes: runtime::MAX_CONFIG_BYTES,
+    };
+    runtime::stack_spec(loaded, &loader).map_err(|SpecError { diagnostics }| {
+        output::print_diagnostics(&diagnostics, &[]);
+        ExitCode::FAILURE
+    })
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use skiff_client::blocking::Client;
 use skiff_client::{NewRelease, StackFilter};
-use skiff_spec::{render, runtime};
+use skiff_spec::render;
 
 use super::project::ProjectArgs;
 use super::stack_key;
@@ -30,7 +30,10 @@ pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
         Err(code) => return Ok(code),
     };
     crate::output::print_diagnostics(&[], &loaded.warnings);
-    let spec = runtime::stack_spec(&loaded.project);
+    let spec = match super::project::stack_spec(&loaded) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
     let source = render::to_yaml(&loaded.project)?;
     let started = Instant::now();
     let (release, created) =
