@@ -213,6 +213,15 @@ struct State {
     wake_at: Option<u64>,
 }
 
+/// A service's copies re-stamped in a pass for a reload (its agents rewrite the configs and
+/// signal them), for the event that says so.
+struct Reloading {
+    release: u64,
+    configs: Vec<String>,
+    signal: String,
+    instances: Vec<String>,
+}
+
 /// What a committed pass still has to do: events to record, rollbacks to start.
 #[derive(Default)]
 struct AfterPass {
@@ -1025,9 +1034,7 @@ impl Control {
             .collect();
         let mut next: BTreeMap<String, (Allocation, u64, bool)> = BTreeMap::new();
         let mut outdated_ids: HashSet<String> = HashSet::new();
-        // (stack, service) → (release, configs, signal, instances) re-stamped for a reload.
-        let mut reloads: BTreeMap<(StackKey, String), (u64, Vec<String>, String, Vec<String>)> =
-            BTreeMap::new();
+        let mut reloads: BTreeMap<(StackKey, String), Reloading> = BTreeMap::new();
         // Copies stopped in this pass because their replacements are ready: a rollout still
         // sees them once, to learn which replacement was theirs.
         let mut retired: Vec<Allocation> = Vec::new();
@@ -1095,8 +1102,13 @@ impl Control {
                 if let WorkloadChange::Reload { configs, signal } = change {
                     reloads
                         .entry((a.instance.stack.clone(), a.instance.service.clone()))
-                        .or_insert_with(|| (rel.number, configs, signal, Vec::new()))
-                        .3
+                        .or_insert_with(|| Reloading {
+                            release: rel.number,
+                            configs,
+                            signal,
+                            instances: Vec::new(),
+                        })
+                        .instances
                         .push(a.instance.short());
                 }
                 n.release = rel.number;
@@ -1110,18 +1122,20 @@ impl Control {
         }
         let now = now_ms();
         let mut after = AfterPass::default();
-        for ((stack, service), (release, configs, signal, mut instances)) in reloads {
-            instances.sort();
+        for ((stack, service), mut r) in reloads {
+            r.instances.sort();
             after.events.push(NewEvent {
                 time_ms: now,
                 stack,
                 instance: None,
                 kind: "reload".into(),
                 message: format!(
-                    "{service}: release {release} changes only configs {}; reloading {} \
-                     with {signal} instead of replacing them",
-                    configs.join(", "),
-                    instances.join(", ")
+                    "{service}: release {} changes only configs {}; reloading {} with {} \
+                     instead of replacing them",
+                    r.release,
+                    r.configs.join(", "),
+                    r.instances.join(", "),
+                    r.signal
                 ),
             });
         }

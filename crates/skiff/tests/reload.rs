@@ -185,27 +185,20 @@ fn a_configs_only_change_with_reload_rewrites_the_files_and_signals_the_same_pid
 #[test]
 fn a_config_change_without_reload_or_with_an_environment_change_replaces_the_instances() {
     let (dev, project, _data) = up_stack_with_config(&compose(false, "a"), "v1\n");
-    let first = web_pids(&dev);
-
-    // No x-skiff.reload: new processes with the new file.
-    let (ok, out) = up(&dev, project.path(), &compose(false, "a"), "v2\n", false);
-    assert!(ok, "{out}");
-    wait_for("v2 served", || all_serve(&dev, "v2\n"));
-    let second = web_pids(&dev);
-    assert!(
-        second.iter().all(|p| !first.contains(p)),
-        "replaced: {first:?} -> {second:?}"
-    );
-
-    // Reload declared, but the environment changes too: replaced as well.
-    let (ok, out) = up(&dev, project.path(), &compose(true, "b"), "v3\n", false);
-    assert!(ok, "{out}");
-    wait_for("v3 served", || all_serve(&dev, "v3\n"));
-    let third = web_pids(&dev);
-    assert!(
-        third.iter().all(|p| !second.contains(p)),
-        "replaced: {second:?} -> {third:?}"
-    );
+    let mut pids = web_pids(&dev);
+    // No x-skiff.reload: new processes with the new file. Reload declared, but the
+    // environment changes too: replaced as well.
+    for (file, config) in [(compose(false, "a"), "v2\n"), (compose(true, "b"), "v3\n")] {
+        let (ok, out) = up(&dev, project.path(), &file, config, false);
+        assert!(ok, "{out}");
+        wait_for("the new config served", || all_serve(&dev, config));
+        let now = web_pids(&dev);
+        assert!(
+            now.iter().all(|p| !pids.contains(p)),
+            "{config}: replaced: {pids:?} -> {now:?}"
+        );
+        pids = now;
+    }
     assert!(!events(&dev, project.path()).contains("reloaded: configs"));
 }
 
