@@ -404,11 +404,6 @@ impl ServiceSpec {
         }
     }
 
-    /// Whether instances started for `self` run as `new` wants without being touched.
-    pub fn same_workload(&self, new: &ServiceSpec) -> bool {
-        self.change_to(new) == WorkloadChange::Keep
-    }
-
     /// What the process driver runs: executable (else entrypoint) followed by the command.
     pub fn process_argv(&self) -> Vec<String> {
         let mut argv: Vec<String> = match (&self.executable, &self.entrypoint) {
@@ -803,7 +798,6 @@ mod tests {
         let mut new = old.clone();
         new.replicas = 5;
         assert_eq!(old.change_to(&new), WorkloadChange::Keep);
-        assert!(old.same_workload(&new));
         // Adding or dropping reload alone changes nothing that runs.
         new.reload = None;
         assert_eq!(old.change_to(&new), WorkloadChange::Keep);

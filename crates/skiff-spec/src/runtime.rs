@@ -715,10 +715,13 @@ mod tests {
         // Swarm's defaults, and a change of policy alone keeps the instances.
         let b = &s.services["b"];
         assert_eq!(b.update, skiff_model::UpdatePolicy::default());
-        assert!(a.same_workload(&skiff_model::ServiceSpec {
-            image: Some("a".into()),
-            ..b.clone()
-        }));
+        assert_eq!(
+            a.change_to(&skiff_model::ServiceSpec {
+                image: Some("a".into()),
+                ..b.clone()
+            }),
+            skiff_model::WorkloadChange::Keep
+        );
     }
 
     #[test]
