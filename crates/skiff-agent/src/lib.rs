@@ -289,6 +289,14 @@ impl Agent {
                 self.withdrawals.clone(),
             ))
         });
+        // An agent with a catalog of its own counts its proxies' requests itself.
+        let figures = self.cfg.catalog.is_none().then(|| {
+            tokio::spawn(server::figures(
+                self.cfg.server.clone(),
+                self.node_id.clone(),
+                self.catalog.clone(),
+            ))
+        });
         let stable =
             skiff_ingress::serve_stable_addresses(self.catalog.clone(), Duration::from_secs(2));
         loop {
@@ -312,6 +320,9 @@ impl Agent {
         stable.abort();
         if let Some(m) = &mirror {
             m.abort();
+        }
+        if let Some(f) = &figures {
+            f.abort();
         }
         heartbeat.abort();
         let _ = closing.send(true);

@@ -121,6 +121,33 @@ pub async fn heartbeat(client: Client, id: String, reg: NodeRegistration) {
     }
 }
 
+/// Sends what this node's proxies counted per service and release (its ingress's requests to
+/// a canary), every heartbeat while it changes: the server judges canaries by every ingress.
+pub async fn figures(client: Client, id: String, catalog: Arc<skiff_catalog::Catalog>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Vec::new();
+    loop {
+        tick.tick().await;
+        let now = catalog.all_figures();
+        if now == last {
+            continue;
+        }
+        let body: Vec<skiff_client::NodeFigures> = now
+            .iter()
+            .map(|(service, release, figures)| skiff_client::NodeFigures {
+                service: service.clone(),
+                release: *release,
+                figures: figures.clone(),
+            })
+            .collect();
+        match client.node_figures(&id, &body).await {
+            Ok(()) => last = now,
+            Err(e) => tracing::warn!("sending request figures: {e}"),
+        }
+    }
+}
+
 /// The allocations the server gave this node, by instance.
 pub type Desired = Arc<HashMap<InstanceId, Allocation>>;
 

@@ -27,6 +27,7 @@ use skiff_client::{
     ReleaseSummary, ScaleRequest, ServiceControlView, ServiceStatus, SignalRequest, StackFilter,
     StackView,
 };
+use skiff_control::Steer;
 use skiff_model::{
     Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, StackKey, StackSpec,
 };
@@ -247,6 +248,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/nodes/{id}/heartbeat",
             axum::routing::put(nodes::heartbeat),
         )
+        .route("/v1/nodes/{id}/figures", axum::routing::put(nodes::figures))
         .route("/v1/nodes/{id}/allocations", get(nodes::allocations))
         .route("/v1/nodes/{id}/report", post(nodes::report))
         .route("/v1/nodes/{id}/drain", post(nodes::drain_node))
@@ -503,31 +505,62 @@ async fn rollback(
     Ok((StatusCode::CREATED, Json(release)))
 }
 
-/// `pause` a running rollout or `resume` a paused one.
+/// `pause` a running rollout, `resume` a paused one, `promote` a canary's step (or switch a
+/// blue-green release) or `abort` a rollout (traffic back, new instances stopped, rolled back).
 async fn steer_rollout(
     State(s): State<ApiState>,
     ApiPath((env, stack, service, action)): ApiPath<(String, String, String, String)>,
 ) -> Result<Json<skiff_client::RolloutView>, ApiError> {
     let key = stack_key(&env, &stack)?;
-    let pause = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no action {other:?} (pause, resume)"),
-            ));
-        }
+    let Some(steer) = Steer::ALL.into_iter().find(|a| a.as_str() == action) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {action:?} (pause, resume, promote, abort)"),
+        ));
     };
-    let r = s.control.steer_rollout(&key, &service, pause).await?;
-    Ok(Json(rollout_view(service, r)))
+    let r = s.control.steer_rollout(&key, &service, steer).await?;
+    Ok(Json(rollout_view(&s, &key, service, r)))
 }
 
 fn rollout_view(
+    s: &ApiState,
+    key: &StackKey,
     service: String,
     r: skiff_scheduler::rollout::Rollout,
 ) -> skiff_client::RolloutView {
+    let strategy = s
+        .control
+        .release_spec(key, r.release)
+        .and_then(|spec| spec.services.get(&service).map(|svc| svc.release.clone()));
+    let traffic = r.traffic.as_ref().zip(strategy).map(|(t, policy)| {
+        let svc = skiff_catalog::ServiceKey::new(key, &service);
+        let figures = |release: u64| {
+            let f = s.control.release_figures(&svc, release);
+            skiff_client::ReleaseFigures {
+                release,
+                requests: f.requests,
+                errors: f.errors,
+                p99_ms: f.p99_ms(),
+            }
+        };
+        let blue_green = policy.strategy == skiff_model::ReleaseStrategy::BlueGreen;
+        let steps = if blue_green {
+            2
+        } else {
+            policy.steps.len() as u32
+                + u32::from(policy.steps.last().is_none_or(|l| l.weight < 100))
+        };
+        skiff_client::TrafficView {
+            strategy: if blue_green { "blue-green" } else { "canary" }.into(),
+            step: (t.step + 1).min(steps),
+            steps,
+            weight: t.weight,
+            verdict: t.verdict.clone(),
+            new: figures(r.release),
+            stable: figures(r.from.unwrap_or_default()),
+        }
+    });
     skiff_client::RolloutView {
         service,
         release: r.release,
@@ -541,6 +574,7 @@ fn rollout_view(
         in_flight: r.batch.len() as u32,
         watching: r.watching.len() as u32,
         started_ms: r.started_ms,
+        traffic,
     }
 }
 
@@ -554,7 +588,7 @@ async fn list_rollouts(
         s.control
             .rollouts(&key)
             .into_iter()
-            .map(|(service, r)| rollout_view(service, r))
+            .map(|(service, r)| rollout_view(&s, &key, service, r))
             .collect(),
     ))
 }

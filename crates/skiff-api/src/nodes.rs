@@ -83,6 +83,24 @@ pub(crate) async fn heartbeat(
     Ok(Json(s.control.heartbeat(&id)?))
 }
 
+/// What the node's proxies counted per service and release (for canary analysis).
+pub(crate) async fn figures(
+    State(s): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    Body(figures): Body<Vec<skiff_client::NodeFigures>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if figures.len() > 100_000 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("{} entries: at most 100000", figures.len()),
+        ));
+    }
+    let n = figures.len();
+    s.control.node_figures(&id, figures)?;
+    Ok(Json(serde_json::json!({ "accepted": n })))
+}
+
 pub(crate) async fn allocations(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<String>,

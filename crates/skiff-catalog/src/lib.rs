@@ -22,9 +22,9 @@
 //!   current snapshot stops listing it: a proxy rebuilding its table on a change notification
 //!   finds the counter of every endpoint it sees.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,25 @@ pub struct ServiceInfo {
     pub address: Option<IpAddr>,
     /// TCP port name → the port the stable address listens on (the declared target).
     pub targets: BTreeMap<String, u16>,
+    /// A canary or blue-green release in progress: how traffic divides between releases.
+    pub split: Option<Split>,
+    /// Ready instances whose allocation is gone: they get no new requests while their agent
+    /// withdraws, drains and stops them (the control plane knows first).
+    pub leaving: BTreeSet<u32>,
+}
+
+/// Traffic between two releases of a service: `weight` percent to the instances of the new
+/// release (`canary`, by index), the rest to the others. A set without a ready instance
+/// gets nothing, whatever its weight (its share goes to the other set).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The new release and its instances' indexes.
+    pub release: u64,
+    pub canary: BTreeSet<u32>,
+    /// The release the other instances run.
+    pub stable: u64,
+    /// Percent of requests to the new release, 0–100.
+    pub weight: u32,
 }
 
 impl ServiceInfo {
@@ -103,6 +122,10 @@ pub struct ServiceEntry {
     pub address: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<String, u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub leaving: BTreeSet<u32>,
     pub endpoints: BTreeMap<u32, Endpoint>,
     /// The catalog index of this entry's last change (for blocking queries on one service).
     pub modified: u64,
@@ -116,6 +139,58 @@ impl ServiceEntry {
         self.published = info.published;
         self.address = info.address;
         self.targets = info.targets;
+        self.split = info.split;
+        self.leaving = info.leaving;
+    }
+
+    /// What the release says, without the endpoints (for a mirror of this entry).
+    pub fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            ports: self.ports.clone(),
+            routes: self.routes.clone(),
+            published: self.published.clone(),
+            address: self.address,
+            targets: self.targets.clone(),
+            split: self.split.clone(),
+            leaving: self.leaving.clone(),
+        }
+    }
+
+    /// The endpoints that take new requests, each with its set's release and weight: all
+    /// but the leaving ones; under a [`Split`], the canary set at its weight and the others
+    /// at the rest. `(release, weight, endpoints)` per set; release 0 when there is no split.
+    pub fn pools(&self) -> Vec<(u64, u32, Vec<&Endpoint>)> {
+        let serving = self
+            .endpoints
+            .values()
+            .filter(|e| !self.leaving.contains(&e.index));
+        match &self.split {
+            None => vec![(0, 100, serving.collect())],
+            Some(split) => {
+                let (canary, stable): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                    serving.partition(|e| split.canary.contains(&e.index));
+                vec![
+                    (split.stable, 100 - split.weight.min(100), stable),
+                    (split.release, split.weight.min(100), canary),
+                ]
+            }
+        }
+    }
+
+    /// The endpoints a name resolves to: the serving ones of the sets with a weight (all
+    /// serving ones when no weighted set has any).
+    pub fn resolving(&self) -> Vec<&Endpoint> {
+        let pools = self.pools();
+        let weighted: Vec<&Endpoint> = pools
+            .iter()
+            .filter(|(_, w, _)| *w > 0)
+            .flat_map(|(_, _, eps)| eps.iter().copied())
+            .collect();
+        if weighted.is_empty() {
+            pools.into_iter().flat_map(|(_, _, eps)| eps).collect()
+        } else {
+            weighted
+        }
     }
 }
 
@@ -133,6 +208,7 @@ pub struct Catalog {
     current: Mutex<Arc<Snapshot>>,
     index: watch::Sender<u64>,
     traffic: Mutex<HashMap<(ServiceKey, u32), Arc<Traffic>>>,
+    stats: Mutex<HashMap<(ServiceKey, u64), Arc<ReleaseStats>>>,
 }
 
 /// Requests in flight to one ready instance, counted by every proxy that sends it traffic.
@@ -196,6 +272,7 @@ impl Default for Catalog {
             current: Mutex::new(Arc::new(Snapshot::default())),
             index: watch::Sender::new(0),
             traffic: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -381,6 +458,39 @@ impl Catalog {
         left
     }
 
+    /// The request counters of one release of a service, shared by every proxy of this
+    /// process (made on first use).
+    pub fn release_stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.entry((service.clone(), release)).or_default().clone()
+    }
+
+    /// What the proxies of this process counted for one release of a service so far.
+    pub fn figures(&self, service: &ServiceKey, release: u64) -> Figures {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats
+            .get(&(service.clone(), release))
+            .map(|s| s.read())
+            .unwrap_or_default()
+    }
+
+    /// Everything the proxies of this process counted, per service and release.
+    pub fn all_figures(&self) -> Vec<(ServiceKey, u64, Figures)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(ServiceKey, u64, Figures)> = stats
+            .iter()
+            .map(|((k, r), s)| (k.clone(), *r, s.read()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
+    /// Forgets the counters of releases of services that no split names any more.
+    pub fn forget_stats(&self, keep: impl Fn(&ServiceKey, u64) -> bool) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.retain(|(k, r), _| keep(k, *r));
+    }
+
     /// Waits until the index passes `after` (at most `wait`); returns the snapshot then.
     pub async fn wait_past(&self, after: u64, wait: Duration) -> Arc<Snapshot> {
         let mut rx = self.subscribe();
@@ -432,6 +542,116 @@ impl Snapshot {
             .map(|(_, e)| e.modified)
             .max()
             .unwrap_or(self.index)
+    }
+}
+
+// === request figures per release ===
+
+/// Upper bounds (milliseconds) of the latency buckets; the last bucket has none.
+pub const LATENCY_BOUNDS_MS: [u64; 23] = [
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 1_500, 2_000,
+    3_000, 5_000, 10_000,
+];
+
+/// Requests to one release of a service: counted by the proxies as responses start (or fail),
+/// read by the control plane to judge a canary. Lock-free; cumulative.
+#[derive(Debug, Default)]
+pub struct ReleaseStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+}
+
+impl ReleaseStats {
+    /// One request answered with `status` (a proxy's own 502/504 included) after `latency`
+    /// until the response head. A status of 500 or more is an error.
+    pub fn record(&self, status: u16, latency: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let ms = latency.as_millis() as u64;
+        let bucket = LATENCY_BOUNDS_MS.partition_point(|&b| b < ms);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> Figures {
+        Figures {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency: self
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// Request figures of a release: cumulative, or over a window (`since`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    pub requests: u64,
+    /// Responses of 500 or more.
+    pub errors: u64,
+    /// Counts per bucket of [`LATENCY_BOUNDS_MS`] (and one past the last bound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+}
+
+impl Figures {
+    /// Adds what another proxy counted.
+    pub fn add(&mut self, other: &Figures) {
+        // Saturating: figures sent by agents are not trusted to stay in range.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (i, n) in other.latency.iter().enumerate() {
+            self.latency[i] = self.latency[i].saturating_add(*n);
+        }
+    }
+
+    /// What happened after `earlier` was read.
+    pub fn since(&self, earlier: &Figures) -> Figures {
+        Figures {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self
+                .latency
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.latency.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// Errors per request, 0 when there were none.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// The 99th percentile latency in milliseconds, as the upper bound of its bucket
+    /// (`None` without requests; `u64::MAX` when it is past the last bound).
+    pub fn p99_ms(&self) -> Option<u64> {
+        let total = self.latency.iter().fold(0u64, |a, n| a.saturating_add(*n));
+        if total == 0 {
+            return None;
+        }
+        let rank = total - total / 100;
+        let mut seen = 0u64;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen = seen.saturating_add(*n);
+            if seen >= rank {
+                return Some(LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
     }
 }
 
@@ -490,6 +710,65 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn release_figures_count_errors_and_place_p99_in_its_latency_bucket() {
+        let s = ReleaseStats::default();
+        for _ in 0..98 {
+            s.record(200, Duration::from_millis(4));
+        }
+        s.record(503, Duration::from_millis(120));
+        s.record(500, Duration::from_secs(30));
+        let f = s.read();
+        assert_eq!((f.requests, f.errors), (100, 2));
+        assert_eq!(f.p99_ms(), Some(150), "99 of 100 are at or under 150 ms");
+        assert!((f.error_rate() - 0.02).abs() < 1e-9);
+        let base = f.clone();
+        s.record(200, Duration::from_millis(1));
+        let window = s.read().since(&base);
+        assert_eq!((window.requests, window.errors), (1, 0));
+        assert_eq!(window.p99_ms(), Some(1));
+        assert_eq!(Figures::default().p99_ms(), None);
+    }
+
+    #[test]
+    fn a_split_divides_the_serving_endpoints_and_leaving_ones_take_nothing() {
+        let ep = |i: u32| Endpoint {
+            index: i,
+            address: "127.0.0.1".parse().unwrap(),
+            ports: BTreeMap::new(),
+        };
+        let mut e = ServiceEntry {
+            endpoints: (1..=4).map(|i| (i, ep(i))).collect(),
+            leaving: BTreeSet::from([2]),
+            ..ServiceEntry::default()
+        };
+        let idx = |eps: &[&Endpoint]| eps.iter().map(|e| e.index).collect::<Vec<_>>();
+        let pools = e.pools();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(idx(&pools[0].2), [1, 3, 4]);
+        e.split = Some(Split {
+            release: 2,
+            canary: BTreeSet::from([4]),
+            stable: 1,
+            weight: 0,
+        });
+        let pools = e.pools();
+        assert_eq!(
+            (pools[0].0, pools[0].1, idx(&pools[0].2)),
+            (1, 100, vec![1, 3])
+        );
+        assert_eq!((pools[1].0, pools[1].1, idx(&pools[1].2)), (2, 0, vec![4]));
+        assert_eq!(idx(&e.resolving()), [1, 3], "weight 0: not resolved");
+        e.split.as_mut().unwrap().weight = 100;
+        assert_eq!(idx(&e.resolving()), [4], "switched");
+        e.leaving.insert(4);
+        assert_eq!(
+            idx(&e.resolving()),
+            [1, 3],
+            "nothing weighted left: the rest"
+        );
     }
 
     #[test]

@@ -263,6 +263,18 @@ impl Client {
             .await
     }
 
+    /// What this node's proxies counted per service and release (for canary analysis).
+    pub async fn node_figures(&self, node_id: &str, figures: &[NodeFigures]) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                Method::PUT,
+                &format!("/v1/nodes/{node_id}/figures"),
+                Self::json(&figures),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         self.call(Method::GET, "/v1/nodes", None).await
     }

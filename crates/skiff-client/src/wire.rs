@@ -5,12 +5,14 @@
 //! Query types serialize to query strings ([`serde_urlencoded`]); the server reads them with
 //! the same derive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-pub use skiff_catalog::{BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey};
+pub use skiff_catalog::{
+    BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey, Split,
+};
 use skiff_model::{
     Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, NodeResources, RouteSpec,
     ServiceSpec, StackSpec,
@@ -149,6 +151,12 @@ pub struct CatalogService {
     /// TCP port name → the port the stable address listens on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<String, u16>,
+    /// A canary or blue-green release in progress: how traffic divides between releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// Ready instances that take no new requests: their allocation is gone.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub leaving: BTreeSet<u32>,
     /// Instances ready for traffic now.
     pub endpoints: Vec<Endpoint>,
 }
@@ -163,6 +171,8 @@ impl CatalogService {
             published: e.published.clone(),
             address: e.address,
             targets: e.targets.clone(),
+            split: e.split.clone(),
+            leaving: e.leaving.clone(),
             endpoints: e.endpoints.values().cloned().collect(),
         }
     }
@@ -175,6 +185,8 @@ impl CatalogService {
             published: self.published,
             address: self.address,
             targets: self.targets,
+            split: self.split,
+            leaving: self.leaving,
         };
         let endpoints = self.endpoints.into_iter().map(|e| (e.index, e)).collect();
         (self.key, (info, endpoints))
@@ -368,6 +380,49 @@ pub struct RolloutView {
     pub in_flight: u32,
     pub watching: u32,
     pub started_ms: u64,
+    /// Canary and blue-green releases: steps, weight, and the ingress's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficView>,
+}
+
+/// What an agent's proxies counted for one release of a service (cumulative), sent with
+/// `PUT /v1/nodes/{id}/figures` so that a canary is judged by every ingress's requests.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFigures {
+    pub service: ServiceKey,
+    pub release: u64,
+    pub figures: skiff_catalog::Figures,
+}
+
+/// How a canary or blue-green release moves traffic, and what the ingress saw of it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TrafficView {
+    /// `canary` or `blue-green`.
+    pub strategy: String,
+    /// The step being taken (1-based) of `steps`; blue-green: 1 before the switch, 2 after.
+    pub step: u32,
+    pub steps: u32,
+    /// Percent of requests to the new release now.
+    pub weight: u32,
+    /// The last judgement of the analysis, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// What this server's ingress counted for the new release and for the one it replaces,
+    /// since the rollout started splitting traffic.
+    pub new: ReleaseFigures,
+    pub stable: ReleaseFigures,
+}
+
+/// Requests, errors (5xx) and p99 latency of one release through the ingress.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReleaseFigures {
+    pub release: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Upper bound of the 99th percentile's latency bucket, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<u64>,
 }
 
 /// `GET /v1/catalog`: which services, and whether to block (a blocking query).

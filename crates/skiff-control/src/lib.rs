@@ -32,7 +32,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use skiff_catalog::{Catalog, ServiceInfo, ServiceKey, Traffic};
+use skiff_catalog::{Catalog, Figures, ServiceInfo, ServiceKey, Split, Traffic};
 use skiff_client::{
     Allocations, Change, Drained, NodeRegistration, PlacementPreview, Report, ReportAnswer,
     ServicePlacement, UnplacedView,
@@ -42,6 +42,7 @@ use skiff_model::{
     ServiceSpec, StackKey, WaitFor, WorkloadChange,
 };
 use skiff_scheduler::rollout::{self, Rollout, RolloutState};
+use skiff_scheduler::traffic;
 use skiff_scheduler::{Group, Options, Snapshot, Unplaced};
 use skiff_store::{AnyKv, Expect, Kv, KvError, NewEvent, Observed, Store, TxnOp};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -211,6 +212,46 @@ struct State {
     rolling: HashSet<(StackKey, String)>,
     /// When a running rollout has something to do (a monitor window or a delay ends).
     wake_at: Option<u64>,
+    /// What each agent's proxies counted per service and release (cumulative, as last sent).
+    node_figures: HashMap<String, HashMap<(ServiceKey, u64), Figures>>,
+    /// Canary and blue-green: the ingress's figures of the new release when its current
+    /// step's weight applied, by service: (release, step start, figures then).
+    baselines: HashMap<(StackKey, String), (u64, u64, Figures)>,
+}
+
+/// What `skiff rollout pause|resume|promote|abort` asks of a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    Pause,
+    Resume,
+    /// Canary and blue-green: pass the current step (switch) now.
+    Promote,
+    /// Every request back to the release before, the new instances stopped, rolled back.
+    Abort,
+}
+
+impl Steer {
+    pub const ALL: [Steer; 4] = [Steer::Pause, Steer::Resume, Steer::Promote, Steer::Abort];
+
+    /// The action's path segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Steer::Pause => "pause",
+            Steer::Resume => "resume",
+            Steer::Promote => "promote",
+            Steer::Abort => "abort",
+        }
+    }
+}
+
+/// What a pass's rollout step asks of the rest of the pass, by service.
+struct Rolled {
+    /// Allocations to replace start-first now.
+    replace: HashMap<(StackKey, String), Vec<String>>,
+    /// Canary and blue-green: copies of the new release beside the replicas.
+    extra: HashMap<(StackKey, String), u32>,
+    /// Canary and blue-green: (new release, stable release, weight of the new one).
+    splits: HashMap<(StackKey, String), (u64, u64, u32)>,
 }
 
 /// A service's copies re-stamped in a pass for a reload (its agents rewrite the configs and
@@ -226,7 +267,8 @@ struct Reloading {
 #[derive(Default)]
 struct AfterPass {
     events: Vec<NewEvent>,
-    rollbacks: Vec<(StackKey, u64)>,
+    /// (stack, release to run again, why)
+    rollbacks: Vec<(StackKey, u64, String)>,
 }
 
 pub struct Control {
@@ -673,6 +715,7 @@ impl Control {
                 release: NEXT,
                 spec,
                 replace: &[],
+                extra: 0,
             })
             .collect();
         let plan = self.schedule(&nodes, &allocations, &groups);
@@ -760,6 +803,14 @@ impl Control {
         Ok(Some(r))
     }
 
+    /// The spec of a release the planner has read (a rollout's, say), without a store read.
+    pub fn release_spec(&self, stack: &StackKey, number: u64) -> Option<skiff_model::StackSpec> {
+        self.lock()
+            .releases
+            .get(&(stack.clone(), number))
+            .map(|r| r.spec.clone())
+    }
+
     /// One planner pass, committed by the applier; planned again when the commit finds the
     /// allocations changed under it.
     async fn plan_and_apply(&self) -> Result<()> {
@@ -791,8 +842,8 @@ impl Control {
         for e in after.events {
             self.store.append_event(e).await?;
         }
-        for (stack, to) in after.rollbacks {
-            if let Err(e) = self.rollback(&stack, Some(to)).await {
+        for (stack, to, why) in after.rollbacks {
+            if let Err(e) = self.rollback_because(&stack, Some(to), Some(why)).await {
                 tracing::warn!(%stack, "rollback to release {to}: {e}");
             }
         }
@@ -802,12 +853,25 @@ impl Control {
     /// Deploys release `to` of `stack` again as a new release (default: the one before the
     /// current), its changed services replaced by their `rollback_config`; returns it.
     pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
-        let current = self
+        self.rollback_because(stack, to, None).await
+    }
+
+    /// [`Control::rollback`], with why the control plane rolled back (kept as the rollback's
+    /// reason, so that `up` of the release rolled back can say it).
+    async fn rollback_because(
+        &self,
+        stack: &StackKey,
+        to: Option<u64>,
+        why: Option<String>,
+    ) -> Result<Release> {
+        let state = self
             .store
             .stacks()
             .await?
             .into_iter()
-            .find(|s| &s.stack == stack)
+            .find(|s| &s.stack == stack);
+        let current = state
+            .as_ref()
             .and_then(|s| s.current)
             .ok_or_else(|| ControlError::Invalid(format!("stack {stack} runs no release")))?;
         let to = match to {
@@ -837,6 +901,11 @@ impl Control {
         for svc in rel.spec.services.keys() {
             let mut r = Rollout::new(rel.number, Some(current), 0, now_ms());
             r.rollback = true;
+            r.generation = state
+                .as_ref()
+                .and_then(|s| s.controls.get(svc))
+                .map_or(0, |c| c.generation);
+            r.reason = why.clone();
             let key = (stack.clone(), svc.clone());
             let expect = self
                 .lock()
@@ -1000,7 +1069,6 @@ impl Control {
                 }
             }
         }
-        self.catalog.set_services(known);
 
         let mut st = self.lock();
         st.dependencies = releases
@@ -1058,9 +1126,11 @@ impl Control {
             if let Some(by) = &a.replaced_by {
                 match by_id.get(by.as_str()) {
                     // Moved off a node that was undrained since: it is one of the replicas
-                    // again (a replacement of the same release is a move; one of a newer
-                    // release is a rollout's).
-                    Some(r) if !draining && r.release == a.release => {
+                    // again (a replacement of the same release and generation is a move; one
+                    // of a newer release or generation is a rollout's).
+                    Some(r)
+                        if !draining && r.release == a.release && r.generation == a.generation =>
+                    {
                         n.replaced_by = None;
                         changed = true;
                     }
@@ -1082,12 +1152,14 @@ impl Control {
                     Some(_) => {}
                 }
             }
-            // A copy of an older release whose spec runs differently is replaced by the
-            // service's rollout; any other (a scale, a policy change, a restart) is re-stamped
-            // here: its agent keeps the instance, or replaces it for a restart.
-            // A copy whose change is a reload (configs only, `x-skiff.reload`) is re-stamped
-            // like a kept one: its agent rewrites the files and signals it.
-            let change = if a.release != rel.number && a.generation == *generation {
+            // A copy of an older release whose spec runs differently, or of an older
+            // generation (`skiff restart`), is replaced by the service's rollout; any other (a
+            // scale, a policy change) is re-stamped here: its agent keeps the instance. A copy
+            // whose change is a reload (configs only, `x-skiff.reload`) is re-stamped like a
+            // kept one: its agent rewrites the files and signals it.
+            let change = if a.generation != *generation {
+                WorkloadChange::Replace
+            } else if a.release != rel.number {
                 specs
                     .get(&(a.instance.stack.clone(), a.release))
                     .and_then(|old| old.spec.services.get(&a.instance.service))
@@ -1139,7 +1211,7 @@ impl Control {
                 ),
             });
         }
-        let replace = self.roll(
+        let rolled = self.roll(
             &mut st,
             &releases,
             &wanted,
@@ -1162,9 +1234,15 @@ impl Control {
                         service: svc,
                         release: rel.number,
                         spec,
-                        replace: replace
+                        replace: rolled
+                            .replace
                             .get(&(s.stack.clone(), svc.clone()))
                             .map_or(&[], Vec::as_slice),
+                        extra: rolled
+                            .extra
+                            .get(&(s.stack.clone(), svc.clone()))
+                            .copied()
+                            .unwrap_or(0),
                     });
                 }
             }
@@ -1212,6 +1290,52 @@ impl Control {
                 Expect::Absent,
             ));
         }
+        // What the catalog serves from now, before any agent learns of this pass: the
+        // instances of each service that keep an allocation (the others take no new
+        // requests), and how traffic splits between releases.
+        // Per service: the indexes that keep an allocation, and those of them that run the
+        // current release's spec.
+        let mut live: HashMap<ServiceKey, (HashSet<u32>, BTreeSet<u32>)> = HashMap::new();
+        for (a, _, _) in next.values() {
+            let e = live.entry(ServiceKey::of(&a.instance)).or_default();
+            e.0.insert(a.instance.index);
+            if !outdated_ids.contains(&a.id) {
+                e.1.insert(a.instance.index);
+            }
+        }
+        for p in &plan.place {
+            let e = live.entry(ServiceKey::of(&p.instance)).or_default();
+            e.0.insert(p.instance.index);
+            e.1.insert(p.instance.index);
+        }
+        let snap = self.catalog.snapshot();
+        let none = (HashSet::new(), BTreeSet::new());
+        for (key, info) in known.iter_mut() {
+            let (kept, current) = live.get(key).unwrap_or(&none);
+            if let Some(entry) = snap.services.get(key) {
+                info.leaving = entry
+                    .endpoints
+                    .keys()
+                    .filter(|i| !kept.contains(i))
+                    .copied()
+                    .collect();
+            }
+            let group = (
+                StackKey {
+                    env: key.env.clone(),
+                    stack: key.stack.clone(),
+                },
+                key.service.clone(),
+            );
+            if let Some(&(release, stable, weight)) = rolled.splits.get(&group) {
+                info.split = Some(Split {
+                    release,
+                    canary: current.clone(),
+                    stable,
+                    weight,
+                });
+            }
+        }
         for (key, (a, revision, changed)) in next {
             if changed {
                 ops.push(TxnOp::put(
@@ -1222,6 +1346,7 @@ impl Control {
             }
         }
         drop(st);
+        self.catalog.set_services(known);
         self.record_unplaced(plan.unplaced);
         Ok((ops, after))
     }
@@ -1242,8 +1367,10 @@ impl Control {
         ops: &mut Vec<TxnOp>,
         after: &mut AfterPass,
         now: u64,
-    ) -> HashMap<(StackKey, String), Vec<String>> {
+    ) -> Rolled {
         let mut replace: HashMap<(StackKey, String), Vec<String>> = HashMap::new();
+        let mut extra: HashMap<(StackKey, String), u32> = HashMap::new();
+        let mut splits: HashMap<(StackKey, String), (u64, u64, u32)> = HashMap::new();
         let mut by_group: HashMap<(&StackKey, &str), Vec<&Allocation>> = HashMap::new();
         for a in next.values().map(|(a, _, _)| a).chain(retired) {
             by_group
@@ -1261,7 +1388,19 @@ impl Control {
                 let Some((_, generation, false)) = wanted.get(&(&s.stack, svc.as_str())) else {
                     continue;
                 };
-                let copies: Vec<rollout::Copy<'_>> = by_group
+                let key = (s.stack.clone(), svc.clone());
+                let stored = st.rollouts.get(&key);
+                // A restart replaces instances of the current release: rolled, never weighed.
+                let restart = by_group
+                    .get(&(&s.stack, svc.as_str()))
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| outdated.contains(&a.id))
+                    .all(|a| a.release == rel.number);
+                let by_traffic = traffic::manages_traffic(&spec.release)
+                    && !restart
+                    && stored.is_none_or(|(r, _)| r.release != rel.number || !r.rollback);
+                let mut copies: Vec<rollout::Copy<'_>> = by_group
                     .get(&(&s.stack, svc.as_str()))
                     .map(|v| v.as_slice())
                     .unwrap_or_default()
@@ -1274,14 +1413,45 @@ impl Control {
                         health: health(&st.instances, a),
                     })
                     .collect();
+                if !by_traffic {
+                    // More copies than replicas (a rollback to a set that is still warm, a
+                    // scale-down): the surplus outdated ones are stopped by the scheduler,
+                    // not replaced.
+                    let live = copies.iter().filter(|c| c.replaced_by.is_none()).count();
+                    let mut surplus = live.saturating_sub(spec.replicas as usize);
+                    copies.sort_by_key(|c| std::cmp::Reverse(c.index));
+                    copies.retain(|c| {
+                        let drop = surplus > 0 && c.outdated && c.replaced_by.is_none();
+                        if drop {
+                            surplus -= 1;
+                        }
+                        !drop
+                    });
+                }
                 let stale = copies
                     .iter()
                     .filter(|c| c.outdated && c.replaced_by.is_none())
                     .count() as u32;
-                let key = (s.stack.clone(), svc.clone());
-                let stored = st.rollouts.get(&key);
                 let mut r = match stored {
-                    Some((r, _)) if r.release == rel.number => r.clone(),
+                    Some((r, _)) if r.release == rel.number && r.generation == *generation => {
+                        r.clone()
+                    }
+                    _ if stale > 0 && restart => {
+                        after.events.push(NewEvent {
+                            time_ms: now,
+                            stack: s.stack.clone(),
+                            instance: None,
+                            kind: "rollout".into(),
+                            message: format!(
+                                "{svc}: restarting {stale} instance(s) of release {}, {}",
+                                rel.number,
+                                describe(&spec.update)
+                            ),
+                        });
+                        let mut r = Rollout::new(rel.number, None, stale, now);
+                        r.generation = *generation;
+                        r
+                    }
                     _ if stale > 0 => {
                         let from = by_group
                             .get(&(&s.stack, svc.as_str()))
@@ -1298,10 +1468,16 @@ impl Control {
                             message: format!(
                                 "{svc}: rolling out release {} over {stale} instance(s), {}",
                                 rel.number,
-                                describe(&spec.update)
+                                if by_traffic {
+                                    describe_traffic(&spec.release)
+                                } else {
+                                    describe(&spec.update)
+                                }
                             ),
                         });
-                        Rollout::new(rel.number, from, stale, now)
+                        let mut r = Rollout::new(rel.number, from, stale, now);
+                        r.generation = *generation;
+                        r
                     }
                     _ => continue,
                 };
@@ -1313,7 +1489,40 @@ impl Control {
                 } else {
                     &spec.update
                 };
-                let actions = rollout::step(&mut r, &copies, policy, spec.replicas, now);
+                let actions = if by_traffic {
+                    let judged = self.judged(st, &key, &r);
+                    let step = traffic::step(
+                        &mut r,
+                        &copies,
+                        &spec.release,
+                        spec.update.failure_action,
+                        spec.replicas,
+                        judged,
+                        now,
+                    );
+                    if let Some(t) = &r.traffic {
+                        // The window of the next judgement starts when a step's weight applies.
+                        let base = st.baselines.get(&key);
+                        if base.is_none_or(|b| (b.0, b.1) != (r.release, t.since_ms)) {
+                            let figures =
+                                self.total_figures(st, &ServiceKey::new(&s.stack, svc), r.release);
+                            st.baselines
+                                .insert(key.clone(), (r.release, t.since_ms, figures));
+                        }
+                        if matches!(r.state, RolloutState::Running | RolloutState::Paused) {
+                            splits.insert(
+                                key.clone(),
+                                (r.release, r.from.unwrap_or_default(), t.weight),
+                            );
+                        }
+                    }
+                    if step.extra > 0 {
+                        extra.insert(key.clone(), step.extra);
+                    }
+                    step.actions
+                } else {
+                    rollout::step(&mut r, &copies, policy, spec.replicas, now)
+                };
                 drop(copies);
                 for action in actions {
                     match action {
@@ -1326,7 +1535,14 @@ impl Control {
                         rollout::Action::Abandon(id) => abandon.push(id),
                         rollout::Action::Rollback => {
                             if let Some(from) = r.from {
-                                after.rollbacks.push((s.stack.clone(), from));
+                                after.rollbacks.push((
+                                    s.stack.clone(),
+                                    from,
+                                    format!(
+                                        "{svc}: {}",
+                                        r.reason.as_deref().unwrap_or("the rollout failed")
+                                    ),
+                                ));
                             }
                         }
                         rollout::Action::Event(message) => after.events.push(NewEvent {
@@ -1340,7 +1556,12 @@ impl Control {
                 }
                 if r.state == RolloutState::Running {
                     rolling.insert(key.clone());
-                    if let Some(at) = r.wake_at(policy) {
+                    let at = if by_traffic {
+                        traffic::wake_at(&r, &spec.release)
+                    } else {
+                        r.wake_at(policy)
+                    };
+                    if let Some(at) = at {
                         wake = Some(wake.map_or(at, |w: u64| w.min(at)));
                     }
                 }
@@ -1378,7 +1599,28 @@ impl Control {
         }
         st.rolling = rolling;
         st.wake_at = wake;
-        replace
+        st.baselines.retain(|k, _| splits.contains_key(k));
+        Rolled {
+            replace,
+            extra,
+            splits,
+        }
+    }
+
+    /// The ingress's figures of rollout `r`'s release since its current step's weight applied.
+    fn judged(&self, st: &State, key: &(StackKey, String), r: &Rollout) -> Option<traffic::Judged> {
+        let t = r.traffic.as_ref()?;
+        let (release, since, base) = st.baselines.get(key)?;
+        if (*release, *since) != (r.release, t.since_ms) {
+            return None;
+        }
+        let now = self.total_figures(st, &ServiceKey::new(&key.0, &key.1), r.release);
+        let window = now.since(base);
+        Some(traffic::Judged {
+            requests: window.requests,
+            errors: window.errors,
+            p99_ms: window.p99_ms(),
+        })
     }
 
     /// Keeps the last pass's unplaced work, with an event when a group's reason changes.
@@ -1629,14 +1871,14 @@ impl Control {
         Some(client)
     }
 
-    /// Pauses a running rollout of `service`, or resumes a paused one (a resume forgives the
-    /// failures that paused it: they are in its events). Written with compare-and-swap
-    /// against the planner's own writes; the planner takes it up at once.
+    /// Steers one service's rollout (`skiff rollout pause|resume|promote|abort`), with
+    /// compare-and-swap against the planner's own writes; the planner takes it up at once.
+    /// Aborting a rolling update rolls the stack back to the release before.
     pub async fn steer_rollout(
         &self,
         stack: &StackKey,
         service: &str,
-        pause: bool,
+        steer: Steer,
     ) -> Result<Rollout> {
         let key = (stack.clone(), service.to_string());
         for _ in 0..5 {
@@ -1645,13 +1887,22 @@ impl Control {
                     "{service} of stack {stack} has not rolled out a change yet"
                 ))
             })?;
-            let what = match (pause, r.state) {
-                (true, RolloutState::Running) => {
+            let refuse = |r: &Rollout, why: &str| {
+                Err(ControlError::RolloutState(format!(
+                    "the rollout of release {} of {service} is {}: {why}",
+                    r.release,
+                    r.state.as_str(),
+                )))
+            };
+            let open = matches!(r.state, RolloutState::Running | RolloutState::Paused);
+            let mut then_rollback = None;
+            let what = match steer {
+                Steer::Pause if r.state == RolloutState::Running => {
                     r.state = RolloutState::Paused;
                     r.reason = Some("paused by `skiff rollout pause`".into());
                     "paused by `skiff rollout pause`".to_string()
                 }
-                (false, RolloutState::Paused) => {
+                Steer::Resume if r.state == RolloutState::Paused => {
                     let forgiven = std::mem::take(&mut r.failed);
                     r.state = RolloutState::Running;
                     r.reason = None;
@@ -1661,13 +1912,33 @@ impl Control {
                         "resumed".to_string()
                     }
                 }
-                (_, state) => {
-                    return Err(ControlError::RolloutState(format!(
-                        "the rollout of release {} of {service} is {}: nothing to {}",
-                        r.release,
-                        state.as_str(),
-                        if pause { "pause" } else { "resume" }
-                    )));
+                Steer::Promote if open => {
+                    let Some(t) = r.traffic.as_mut() else {
+                        return refuse(
+                            &r,
+                            "promote moves canary and blue-green releases; a rolling update goes on by itself",
+                        );
+                    };
+                    t.promote = true;
+                    r.state = RolloutState::Running;
+                    r.reason = None;
+                    "promoted by `skiff rollout promote`".to_string()
+                }
+                Steer::Abort if open => match r.traffic.as_mut() {
+                    Some(t) => {
+                        t.abort = true;
+                        r.state = RolloutState::Running;
+                        "aborted by `skiff rollout abort`".to_string()
+                    }
+                    None => {
+                        r.state = RolloutState::Failed;
+                        r.reason = Some("aborted by `skiff rollout abort`".into());
+                        then_rollback = r.from.filter(|_| !r.rollback);
+                        "aborted by `skiff rollout abort`".to_string()
+                    }
+                },
+                _ => {
+                    return refuse(&r, &format!("nothing to {}", steer.as_str()));
                 }
             };
             let op = TxnOp::put(
@@ -1687,6 +1958,14 @@ impl Control {
                             message: format!("{service}: release {} {what}", r.release),
                         })
                         .await?;
+                    if let Some(to) = then_rollback {
+                        self.rollback_because(
+                            stack,
+                            Some(to),
+                            Some(format!("{service}: aborted by `skiff rollout abort`")),
+                        )
+                        .await?;
+                    }
                     self.changed();
                     return Ok(r);
                 }
@@ -1698,6 +1977,39 @@ impl Control {
         Err(ControlError::Store(format!(
             "the rollout of {service} kept changing; try again"
         )))
+    }
+
+    /// What every ingress counted for one release of a service (while traffic was split
+    /// between releases): this server's and those agents sent.
+    pub fn release_figures(&self, service: &ServiceKey, release: u64) -> Figures {
+        let st = self.lock();
+        self.total_figures(&st, service, release)
+    }
+
+    fn total_figures(&self, st: &State, service: &ServiceKey, release: u64) -> Figures {
+        let mut f = self.catalog.figures(service, release);
+        let key = (service.clone(), release);
+        for per_node in st.node_figures.values() {
+            if let Some(n) = per_node.get(&key) {
+                f.add(n);
+            }
+        }
+        f
+    }
+
+    /// Takes what a node's proxies counted so far (each figure cumulative: the last one sent
+    /// replaces the one before).
+    pub fn node_figures(&self, id: &str, figures: Vec<skiff_client::NodeFigures>) -> Result<()> {
+        let mut st = self.lock();
+        if !st.nodes.contains_key(id) {
+            return Err(ControlError::UnknownNode(id.to_string()));
+        }
+        let per_node = figures
+            .into_iter()
+            .map(|f| ((f.service, f.release), f.figures))
+            .collect();
+        st.node_figures.insert(id.to_string(), per_node);
+        Ok(())
     }
 
     /// Each service's last rollout in `stack`, by service name.
@@ -1743,6 +2055,32 @@ fn health(instances: &HashMap<InstanceId, Instance>, a: &Allocation) -> rollout:
             _ => rollout::Health::Pending,
         },
         _ => rollout::Health::Pending,
+    }
+}
+
+/// A canary or blue-green policy in a few words, for events.
+fn describe_traffic(p: &skiff_model::ReleasePolicy) -> String {
+    match p.strategy {
+        skiff_model::ReleaseStrategy::BlueGreen => format!(
+            "blue-green, switch {}, previous set kept {}s",
+            match p.switch {
+                skiff_model::Switch::Auto => "when ready",
+                skiff_model::Switch::Manual => "on promote",
+            },
+            p.keep_previous.as_secs()
+        ),
+        _ => {
+            let steps: Vec<String> = p.steps.iter().map(|s| format!("{}%", s.weight)).collect();
+            format!(
+                "canary {}{}",
+                steps.join(" → "),
+                if p.analysis.is_some() {
+                    ", judged by the ingress's figures"
+                } else {
+                    ""
+                }
+            )
+        }
     }
 }
 
@@ -1871,6 +2209,8 @@ fn service_info(spec: &ServiceSpec) -> ServiceInfo {
             .filter(|p| !p.host_mode && p.protocol == "tcp")
             .filter_map(|p| Some((p.name.clone(), p.published?)))
             .collect(),
+        split: None,
+        leaving: Default::default(),
     }
 }
 

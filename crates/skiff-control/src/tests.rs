@@ -776,11 +776,11 @@ async fn a_paused_rollout_replaces_nothing_more_until_resumed() {
     r.pass().await;
     let paused = r
         .control
-        .steer_rollout(&stack(), "web", true)
+        .steer_rollout(&stack(), "web", Steer::Pause)
         .await
         .unwrap();
     assert_eq!(paused.state, RolloutState::Paused);
-    let again = r.control.steer_rollout(&stack(), "web", true).await;
+    let again = r.control.steer_rollout(&stack(), "web", Steer::Pause).await;
     assert!(
         matches!(again, Err(ControlError::RolloutState(_))),
         "{again:?}"
@@ -797,16 +797,285 @@ async fn a_paused_rollout_replaces_nothing_more_until_resumed() {
     };
     assert_eq!(new(&r), 1, "only the batch in flight when it paused");
     r.control
-        .steer_rollout(&stack(), "web", false)
+        .steer_rollout(&stack(), "web", Steer::Resume)
         .await
         .unwrap();
     for _ in 0..10 {
         healthy_pass(&r).await;
     }
     assert_eq!(new(&r), 3);
-    let missing = r.control.steer_rollout(&stack(), "db", false).await;
+    let missing = r.control.steer_rollout(&stack(), "db", Steer::Resume).await;
     assert!(
         matches!(missing, Err(ControlError::NoRollout(_))),
         "{missing:?}"
     );
+}
+
+fn traffic_spec(replicas: u32, version: &str, release: skiff_model::ReleasePolicy) -> ServiceSpec {
+    let mut s = service(replicas, &[]);
+    s.environment.insert("VERSION".into(), version.into());
+    s.release = release;
+    s
+}
+
+fn canary_policy(steps: &[u32]) -> skiff_model::ReleasePolicy {
+    skiff_model::ReleasePolicy {
+        strategy: skiff_model::ReleaseStrategy::Canary,
+        steps: steps
+            .iter()
+            .map(|w| skiff_model::CanaryStep {
+                weight: *w,
+                pause: None,
+            })
+            .collect(),
+        ..skiff_model::ReleasePolicy::default()
+    }
+}
+
+impl Rig {
+    fn entry(&self, service: &str) -> skiff_catalog::ServiceEntry {
+        self.catalog.snapshot().services[&ServiceKey::new(&stack(), service)].clone()
+    }
+
+    fn of_release(&self, release: u64) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .control
+            .all_allocations()
+            .iter()
+            .filter(|a| a.release == release)
+            .map(|a| a.instance.index)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[tokio::test]
+async fn a_canary_runs_beside_the_old_set_weighs_each_step_and_retires_the_old_set_at_full() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let policy = canary_policy(&[25]);
+    let one = r
+        .release(&[("web", traffic_spec(4, "1", policy.clone()))])
+        .await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    let two = r.release(&[("web", traffic_spec(4, "2", policy))]).await;
+    r.pass().await;
+    assert_eq!(r.of_release(one), [1, 2, 3, 4], "the old set stays whole");
+    assert_eq!(r.of_release(two), [5], "25% of 4: one canary beside it");
+    let split = r.entry("web").split.expect("a split while the canary runs");
+    assert_eq!((split.release, split.stable, split.weight), (two, one, 0));
+    healthy_pass(&r).await;
+    let split = r.entry("web").split.unwrap();
+    assert_eq!(split.weight, 25, "ready: the step's weight");
+    assert_eq!(split.canary, [5].into());
+    // No pause: it holds until promoted.
+    healthy_pass(&r).await;
+    assert_eq!(r.of_release(two), [5]);
+    r.control
+        .steer_rollout(&stack(), "web", Steer::Promote)
+        .await
+        .unwrap();
+    r.pass().await;
+    assert_eq!(
+        r.of_release(two),
+        [5, 6, 7, 8],
+        "the full release beside the old"
+    );
+    assert_eq!(
+        r.entry("web").split.unwrap().weight,
+        25,
+        "not before it is ready"
+    );
+    healthy_pass(&r).await;
+    assert_eq!(
+        r.of_release(one),
+        Vec::<u32>::new(),
+        "old set stopped at 100%"
+    );
+    let e = r.entry("web");
+    assert_eq!(e.split, None, "done: no split");
+    assert_eq!(
+        e.leaving,
+        [1, 2, 3, 4].into(),
+        "the old instances take no new request before their agent even knows"
+    );
+    let (rollout, _) = r.control.lock().rollouts[&(stack(), "web".to_string())].clone();
+    assert_eq!(rollout.state, RolloutState::Done);
+}
+
+#[tokio::test]
+async fn an_aborted_canary_gets_no_traffic_as_its_instances_stop_and_the_stack_rolls_back() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let policy = canary_policy(&[50]);
+    let one = r
+        .release(&[("web", traffic_spec(4, "1", policy.clone()))])
+        .await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    let two = r.release(&[("web", traffic_spec(4, "2", policy))]).await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    assert_eq!(r.of_release(two), [5, 6]);
+    assert_eq!(r.entry("web").split.unwrap().weight, 50);
+    r.control
+        .steer_rollout(&stack(), "web", Steer::Abort)
+        .await
+        .unwrap();
+    r.pass().await;
+    let e = r.entry("web");
+    assert!(
+        e.split.as_ref().is_none_or(|s| s.weight == 0)
+            && e.leaving.contains(&5)
+            && e.leaving.contains(&6),
+        "the canaries are out of traffic as they stop: {e:?}"
+    );
+    assert_eq!(r.of_release(two), Vec::<u32>::new());
+    // The abort recorded a rollback: release 3 runs release 1's spec, on the same instances.
+    r.pass().await;
+    let three = r.store.stacks().await.unwrap()[0].current.unwrap();
+    assert_eq!(three, two + 1);
+    assert_eq!(
+        r.of_release(three),
+        [1, 2, 3, 4],
+        "re-stamped, not replaced"
+    );
+    let _ = one;
+}
+
+#[tokio::test]
+async fn blue_green_switches_once_the_new_set_is_ready_and_a_rollback_while_warm_switches_back() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let policy = skiff_model::ReleasePolicy {
+        strategy: skiff_model::ReleaseStrategy::BlueGreen,
+        keep_previous: Duration::from_secs(600),
+        ..skiff_model::ReleasePolicy::default()
+    };
+    let one = r
+        .release(&[("web", traffic_spec(3, "1", policy.clone()))])
+        .await;
+    r.pass().await;
+    healthy_pass(&r).await;
+    let two = r.release(&[("web", traffic_spec(3, "2", policy))]).await;
+    r.pass().await;
+    assert_eq!(
+        r.of_release(two),
+        [4, 5, 6],
+        "the whole new set beside the old"
+    );
+    assert_eq!(r.entry("web").split.unwrap().weight, 0);
+    healthy_pass(&r).await;
+    let split = r.entry("web").split.unwrap();
+    assert_eq!(
+        (split.weight, split.canary),
+        (100, [4, 5, 6].into()),
+        "switched"
+    );
+    assert_eq!(r.of_release(one), [1, 2, 3], "kept warm");
+    healthy_pass(&r).await;
+    assert_eq!(
+        r.of_release(one),
+        [1, 2, 3],
+        "still warm within keep_previous"
+    );
+    // Back: the warm set is the release again at once; the new set leaves traffic as it stops.
+    let back = r.control.rollback(&stack(), None).await.unwrap();
+    r.pass().await;
+    assert_eq!(
+        r.of_release(back.number),
+        [1, 2, 3],
+        "the warm set, not new instances"
+    );
+    assert_eq!(r.of_release(two), Vec::<u32>::new());
+    let e = r.entry("web");
+    assert_eq!(e.split, None);
+    assert_eq!(e.leaving, [4, 5, 6].into());
+}
+
+#[tokio::test]
+async fn a_restart_rolls_by_update_config_instead_of_replacing_every_instance_at_once() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let mut spec = service(3, &[]);
+    spec.update = skiff_model::UpdatePolicy {
+        order: skiff_model::UpdateOrder::StartFirst,
+        monitor: Duration::ZERO,
+        ..skiff_model::UpdatePolicy::default()
+    };
+    // A canary policy too: a restart is rolled, never weighed.
+    spec.release = canary_policy(&[50]);
+    let one = r.release(&[("web", spec)]).await;
+    r.pass().await;
+    let before = healthy_pass(&r).await;
+    r.store
+        .update_controls(&stack(), |c| {
+            c.entry("web".into()).or_default().generation += 1
+        })
+        .await
+        .unwrap();
+    r.pass().await;
+    let allocs = r.control.all_allocations();
+    assert_eq!(allocs.len(), 4, "one replacement beside three: {allocs:?}");
+    assert!(r.entry("web").split.is_none());
+    for _ in 0..20 {
+        let allocs = healthy_pass(&r).await;
+        assert!(allocs.len() <= 4, "{allocs:?}");
+        if allocs.iter().all(|a| a.generation == 1) && allocs.len() == 3 {
+            break;
+        }
+    }
+    let after = healthy_pass(&r).await;
+    assert!(
+        after.iter().all(|a| a.generation == 1 && a.release == one),
+        "{after:#?} {:?}",
+        r.control.lock().rollouts
+    );
+    assert!(
+        after.iter().all(|a| before.iter().all(|b| b.id != a.id)),
+        "every instance replaced"
+    );
+    let (rollout, _) = r.control.lock().rollouts[&(stack(), "web".to_string())].clone();
+    assert_eq!(
+        (rollout.state, rollout.generation, rollout.from),
+        (RolloutState::Done, 1, None)
+    );
+}
+
+#[tokio::test]
+async fn a_canary_is_judged_by_what_every_node_s_ingress_counted() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    let key = ServiceKey::new(&stack(), "web");
+    let own = r.catalog.release_stats(&key, 2);
+    own.record(200, Duration::from_millis(3));
+    own.record(503, Duration::from_millis(3));
+    let mut sent = Figures::default();
+    for status in [200, 200, 500] {
+        let s = skiff_catalog::ReleaseStats::default();
+        s.record(status, Duration::from_millis(40));
+        sent.add(&s.read());
+    }
+    let from_node = |figures: Figures| {
+        vec![skiff_client::NodeFigures {
+            service: key.clone(),
+            release: 2,
+            figures,
+        }]
+    };
+    r.control
+        .node_figures("n1", from_node(sent.clone()))
+        .unwrap();
+    let total = r.control.release_figures(&key, 2);
+    assert_eq!((total.requests, total.errors), (5, 2));
+    assert_eq!(total.p99_ms(), Some(50), "the slow ones the node saw count");
+    // Cumulative: what a node sends next replaces what it sent before.
+    r.control.node_figures("n1", from_node(sent)).unwrap();
+    assert_eq!(r.control.release_figures(&key, 2).requests, 5);
+    assert!(matches!(
+        r.control.node_figures("nope", Vec::new()),
+        Err(ControlError::UnknownNode(_))
+    ));
 }

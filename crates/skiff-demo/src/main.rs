@@ -39,6 +39,9 @@ struct Cli {
     /// Added to every request on /, e.g. 20ms.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     latency: Duration,
+    /// Percent of requests on / answered 500 (a bad release, for canary analysis).
+    #[arg(long, env = "DEMO_ERROR_RATE", default_value_t = 0)]
+    error_rate: u64,
     /// Start with /health failing.
     #[arg(long)]
     fail_health: bool,
@@ -96,6 +99,8 @@ struct App {
     latency: Duration,
     healthy: AtomicBool,
     hog: std::sync::Mutex<Vec<Vec<u8>>>,
+    error_rate: u64,
+    served: std::sync::atomic::AtomicU64,
     /// The file served at /config and its content as last read (at start, on SIGHUP).
     config: Option<std::path::PathBuf>,
     config_text: std::sync::RwLock<String>,
@@ -141,6 +146,8 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         latency: cli.latency,
         healthy: AtomicBool::new(!cli.fail_health),
         hog: Default::default(),
+        error_rate: cli.error_rate.min(100),
+        served: Default::default(),
         config: match (&cli.config, &cli.config_from) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(var)) => match std::env::var_os(var) {
@@ -215,7 +222,7 @@ type Shared = State<Arc<App>>;
 async fn root(
     State(app): Shared,
     Query(q): Query<std::collections::HashMap<String, String>>,
-) -> String {
+) -> (axum::http::StatusCode, String) {
     let delay = q
         .get("latency")
         .and_then(|l| parse_duration(l).ok())
@@ -223,7 +230,16 @@ async fn root(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    format!("{} {} instance={}\n", app.name, app.version, app.instance)
+    let n = app.served.fetch_add(1, Ordering::Relaxed);
+    let status = if n % 100 < app.error_rate {
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        axum::http::StatusCode::OK
+    };
+    (
+        status,
+        format!("{} {} instance={}\n", app.name, app.version, app.instance),
+    )
 }
 
 async fn version(State(app): Shared) -> Json<serde_json::Value> {

@@ -218,7 +218,7 @@ pub fn lookup(snap: &Snapshot, zone: &Zone, name: &Name, qtype: RecordType) -> A
                 let first = entry.ports.first();
                 srv(zone, &name, key, entry, first.map(String::as_str), &mut out);
             }
-            _ => out.answers = addresses(&mut entry.endpoints.values()),
+            _ => out.answers = addresses(&mut entry.resolving().into_iter()),
         },
         Target::Port(key, entry, port) => {
             if qtype == RecordType::SRV {
@@ -242,7 +242,7 @@ fn srv(
     out: &mut Answer,
 ) {
     let Some(port) = port else { return };
-    for ep in entry.endpoints.values() {
+    for ep in entry.resolving() {
         let Some(p) = ep.ports.get(port) else {
             continue;
         };

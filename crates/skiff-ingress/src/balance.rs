@@ -63,7 +63,11 @@ pub fn pick(
     rng: &mut fastrand::Rng,
 ) -> Option<(usize, usize)> {
     let pools = &target.pools;
-    for allow_ejected in [false, true] {
+    // Weighted pools first; a pool of weight 0 (a release that gets no traffic yet or any
+    // more) only when no weighted one has a backend left, rather than failing the request.
+    for (allow_ejected, unweighted) in [(false, false), (false, true), (true, false), (true, true)]
+    {
+        let weight = |p: usize| if unweighted { 1 } else { pools[p].weight };
         let usable = |p: usize, i: usize, b: &Backend| {
             !tried.contains(&(p, i))
                 && !b.traffic.is_withdrawn()
@@ -83,15 +87,15 @@ pub fn pick(
         } else {
             let total: u64 = (0..pools.len())
                 .filter(|&p| count(p) > 0)
-                .map(|p| u64::from(pools[p].weight))
+                .map(|p| u64::from(weight(p)))
                 .sum();
             if total == 0 {
                 continue;
             }
             let mut ticket = rng.u64(..total);
             let mut chosen = None;
-            for (p, pool) in pools.iter().enumerate() {
-                let w = u64::from(pool.weight);
+            for p in 0..pools.len() {
+                let w = u64::from(weight(p));
                 if w == 0 {
                     continue;
                 }
@@ -173,6 +177,7 @@ mod tests {
                 .map(|(weight, ports)| Pool {
                     weight,
                     backends: ports.into_iter().map(backend).collect(),
+                    stats: None,
                 })
                 .collect(),
         }

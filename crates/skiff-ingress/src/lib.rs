@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use skiff_catalog::{Catalog, ServiceKey, Traffic};
+use skiff_catalog::{Catalog, ReleaseStats, ServiceKey, Traffic};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -270,6 +270,10 @@ impl Counters for Registry {
             .entry((service.clone(), index, port.to_string()))
             .or_default()
             .clone()
+    }
+
+    fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats> {
+        self.catalog.release_stats(service, release)
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -217,6 +217,19 @@ impl Proxy {
         // A request that may have reached the application can go again only when that is
         // harmless.
         let repeatable = replay.is_some() && (idempotent || bodiless);
+        // Requests are counted per release only while traffic is split between releases.
+        let started = route
+            .target
+            .pools
+            .iter()
+            .any(|p| p.stats.is_some())
+            .then(Instant::now);
+        let count = |pool: usize, status: StatusCode| {
+            if let (Some(t), Some(stats)) = (started, &route.target.pools[pool].stats) {
+                stats.record(status.as_u16(), t.elapsed());
+            }
+        };
+        let mut last_pool = None;
         let mut rng = fastrand::Rng::new();
         let mut tried = [(usize::MAX, usize::MAX); MAX_PICKS];
         let mut picks = 0;
@@ -231,6 +244,7 @@ impl Proxy {
             tried[picks] = at;
             picks += 1;
             let backend = &route.target.pools[at.0].backends[at.1];
+            last_pool = Some(at.0);
             if !backend.traffic.begin() {
                 continue; // withdrawn since the table was built: not an attempt
             }
@@ -273,6 +287,7 @@ impl Proxy {
             match sent.ok_or(()) {
                 Ok(Ok((p, body))) => {
                     backend.health.success();
+                    count(at.0, p.status);
                     return Ok((p, body, guard));
                 }
                 Ok(Err(SendError::NotSent(why, body))) => {
@@ -307,6 +322,9 @@ impl Proxy {
             }
         }
         let what = describe_target(route);
+        if let (Some(pool), Some((code, _))) = (last_pool, &last_error) {
+            count(pool, *code);
+        }
         Err(match last_error {
             Some((code, why)) => (code, format!("{what}: {why}")),
             None => (

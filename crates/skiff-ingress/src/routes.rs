@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use skiff_catalog::{BackendInfo, RouteInfo, ServiceEntry, ServiceKey, Snapshot, Traffic};
+use skiff_catalog::{
+    BackendInfo, ReleaseStats, RouteInfo, ServiceEntry, ServiceKey, Snapshot, Traffic,
+};
 
 use crate::balance::Health;
 
@@ -22,11 +24,14 @@ pub struct Backend {
     pub health: Arc<Health>,
 }
 
-/// Backends that share a weight (one set now; a canary's old and new releases later).
+/// Backends that share a weight: all of a service's, or under a canary or blue-green
+/// release one release's (with the counters its requests are judged by).
 #[derive(Clone, Debug)]
 pub struct Pool {
     pub weight: u32,
     pub backends: Vec<Backend>,
+    /// Counted only while traffic is split between releases.
+    pub stats: Option<Arc<ReleaseStats>>,
 }
 
 /// Where a route sends requests.
@@ -86,6 +91,8 @@ pub trait Counters {
     /// `None`: not ready any more (withdrawn between the snapshot and now).
     fn traffic(&self, service: &ServiceKey, index: u32) -> Option<Arc<Traffic>>;
     fn health(&self, service: &ServiceKey, index: u32, port: &str) -> Arc<Health>;
+    /// The request counters of one release of a service.
+    fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats>;
 }
 
 /// `<service>.<stack>.<env>.<domain>`, the default host of a service.
@@ -238,32 +245,36 @@ impl std::fmt::Display for HostPattern<'_> {
     }
 }
 
-/// The ready backends of one port of a service.
+/// The ready backends of one port of a service, in a pool per release when traffic is split.
 pub fn target(
     key: &ServiceKey,
     entry: &ServiceEntry,
     port: &str,
     counters: &impl Counters,
 ) -> Arc<Target> {
-    let backends = entry
-        .endpoints
-        .values()
-        .filter_map(|e| {
-            Some(Backend {
-                index: e.index,
-                addr: SocketAddr::new(e.address, *e.ports.get(port)?),
-                traffic: counters.traffic(key, e.index)?,
-                health: counters.health(key, e.index, port),
-            })
+    let pools = entry
+        .pools()
+        .into_iter()
+        .map(|(release, weight, endpoints)| Pool {
+            weight,
+            backends: endpoints
+                .into_iter()
+                .filter_map(|e| {
+                    Some(Backend {
+                        index: e.index,
+                        addr: SocketAddr::new(e.address, *e.ports.get(port)?),
+                        traffic: counters.traffic(key, e.index)?,
+                        health: counters.health(key, e.index, port),
+                    })
+                })
+                .collect(),
+            stats: entry.split.is_some().then(|| counters.stats(key, release)),
         })
         .collect();
     Arc::new(Target {
         service: key.clone(),
         port: port.to_string(),
-        pools: vec![Pool {
-            weight: 1,
-            backends,
-        }],
+        pools,
     })
 }
 
@@ -352,6 +363,9 @@ mod tests {
         }
         fn health(&self, _: &ServiceKey, _: u32, _: &str) -> Arc<Health> {
             Arc::default()
+        }
+        fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats> {
+            self.0.release_stats(service, release)
         }
     }
 

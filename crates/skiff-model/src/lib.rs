@@ -22,8 +22,8 @@ pub use node::{
 };
 mod release;
 pub use release::{
-    CanaryStep, FailureAction, Parallelism, ReleasePolicy, ReleaseStrategy, Switch, UpdateOrder,
-    UpdatePolicy,
+    Analysis, CanaryStep, FailureAction, NoTraffic, Parallelism, ReleasePolicy, ReleaseStrategy,
+    Switch, UpdateOrder, UpdatePolicy,
 };
 
 // === names ===

@@ -97,6 +97,51 @@ pub struct ReleasePolicy {
     /// Blue-green: how long the previous set stays up after the switch.
     #[serde(with = "duration_ms")]
     pub keep_previous: Duration,
+    /// Judge each step by the ingress's figures of the new release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// `x-skiff.release.analysis`: limits the new release's requests through the ingress must
+/// keep over each step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Analysis {
+    /// Errors (responses of 500 or more) per request, 0–1.
+    pub max_error_rate: Option<f64>,
+    #[serde(with = "opt_duration_ms")]
+    pub max_p99: Option<Duration>,
+    /// Fewer requests than this over a step judge nothing.
+    pub min_requests: u64,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    pub on_no_traffic: NoTraffic,
+    /// How long a step waits for `min_requests` before `on_no_traffic`.
+    #[serde(with = "duration_ms")]
+    pub max_wait: Duration,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            max_error_rate: None,
+            max_p99: None,
+            min_requests: 100,
+            interval: Duration::from_secs(10),
+            on_no_traffic: NoTraffic::Pause,
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a canary step that got too little traffic to judge does after `max_wait`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoTraffic {
+    #[default]
+    Pause,
+    Promote,
+    Abort,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,6 +52,7 @@ fn main() {
             release: 1,
             spec,
             replace: &[],
+            extra: 0,
         };
         let t = Instant::now();
         s.plan_group(&g, &mut p);

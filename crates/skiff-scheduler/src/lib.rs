@@ -26,6 +26,7 @@
 
 pub mod rollout;
 pub mod synthetic;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -55,6 +56,9 @@ pub struct Group<'a> {
     pub spec: &'a ServiceSpec,
     /// Allocations to replace start-first now (a rollout's batch), as if their nodes drained.
     pub replace: &'a [String],
+    /// Copies to run beside the replicas (a canary's or a blue-green release's new set,
+    /// while the old copies still count as the replicas).
+    pub extra: u32,
 }
 
 /// What the scheduler looks at.
@@ -287,7 +291,8 @@ impl<'a> Scheduler<'a> {
                 live.push((i, a));
             }
         }
-        if !global && live.len() > spec.replicas as usize {
+        let wanted = spec.replicas as usize + g.extra as usize;
+        if !global && live.len() > wanted {
             // Scaled down: keep copies on ready nodes, of the current release, with the
             // lowest indexes; stop the others.
             live.sort_by_key(|(i, a)| {
@@ -297,7 +302,7 @@ impl<'a> Scheduler<'a> {
                     a.instance.index,
                 )
             });
-            for (i, a) in live.split_off(spec.replicas as usize) {
+            for (i, a) in live.split_off(wanted) {
                 plan.stop
                     .push(stop(a, format!("scaled to {}", spec.replicas)));
                 kept.remove(&a.instance.index);
@@ -350,7 +355,7 @@ impl<'a> Scheduler<'a> {
         // replacement is ready, and two running copies never share a name).
         let mut free = (1u32..).filter(|index| !kept.contains_key(index));
         let mut missing: Vec<(u32, Option<&Allocation>)> = Vec::new();
-        for _ in live.len()..spec.replicas as usize {
+        for _ in live.len()..wanted {
             missing.push((free.next().expect("indexes are unbounded"), None));
         }
         to_replace.sort_by_key(|a| a.instance.index);

@@ -33,6 +33,9 @@ pub struct Rollout {
     /// Rolling back: `rollback_config` applies instead of `update_config`.
     #[serde(default)]
     pub rollback: bool,
+    /// The service's restart generation it replaces to (`skiff restart` rolls too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     pub state: RolloutState,
     /// Why it paused or failed, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +54,13 @@ pub struct Rollout {
     /// The next batch starts no earlier (the policy's `delay` after the last one).
     #[serde(default)]
     pub next_batch_ms: u64,
+    /// Canary and blue-green: steps, weight and judgements ([`crate::traffic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::traffic::Traffic>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +139,7 @@ impl Rollout {
             release,
             from,
             rollback: false,
+            generation: 0,
             state: RolloutState::Running,
             reason: None,
             started_ms: now_ms,
@@ -138,6 +149,7 @@ impl Rollout {
             batch: Vec::new(),
             watching: Vec::new(),
             next_batch_ms: 0,
+            traffic: None,
         }
     }
 

@@ -124,6 +124,7 @@ pub fn groups<'a>(
             release: 1,
             spec,
             replace: &[],
+            extra: 0,
         })
         .collect()
 }

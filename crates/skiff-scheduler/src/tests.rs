@@ -58,6 +58,7 @@ fn run(nodes: &[Node], allocs: &[Allocation], spec: &ServiceSpec) -> Plan {
         release: 2,
         spec,
         replace: &[],
+        extra: 0,
     }];
     plan(
         &Snapshot {

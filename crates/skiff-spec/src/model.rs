@@ -467,6 +467,13 @@ const ALL_FIELDS: &[&str] = &[
     "weight",
     "pause",
     "switch",
+    "keep_previous",
+    "analysis",
+    "max_error_rate",
+    "max_p99",
+    "min_requests",
+    "on_no_traffic",
+    "max_wait",
     "domain",
     "strip_prefix",
 ];
@@ -1693,8 +1700,88 @@ pub struct Release {
     /// Blue-green: how long the previous set stays up after the switch, for an instant way back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_previous: Option<Duration>,
+    /// Canary and blue-green: judge the new release by the ingress's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
     #[serde(flatten)]
     pub x: Extensions,
+}
+
+/// `x-skiff.release.analysis`: the new release passes a step when, over the step, it
+/// answered at least `min_requests` with no more than `max_error_rate` errors (5xx) and a
+/// p99 latency within `max_p99`; it fails the step as soon as a limit is passed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Analysis {
+    /// Percent of requests (`1%`, `0.5%`, or a number of percent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<Percent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// How often the figures are judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// What a step that saw fewer than `min_requests` for `max_wait` does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_no_traffic: Option<NoTraffic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<Duration>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoTraffic {
+    Pause,
+    Promote,
+    Abort,
+}
+
+/// A percentage: `1%`, `0.5%` or a bare number of percent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Percent(pub f64);
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}%", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percentage such as 1% or 0.5%")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
+                Ok(Percent(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                Ok(Percent(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                Ok(Percent(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                v.trim()
+                    .trim_end_matches('%')
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| p.is_finite())
+                    .map(Percent)
+                    .ok_or_else(|| {
+                        E::custom(format!("{v:?} is not a percentage such as 1% or 0.5%"))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

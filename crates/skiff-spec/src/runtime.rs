@@ -290,6 +290,21 @@ fn release_policy(r: Option<&model::Release>) -> skiff_model::ReleasePolicy {
             _ => skiff_model::Switch::Auto,
         },
         keep_previous: r.keep_previous.map_or(Duration::ZERO, |d| d.0),
+        analysis: r.analysis.as_ref().map(|a| {
+            let d = skiff_model::Analysis::default();
+            skiff_model::Analysis {
+                max_error_rate: a.max_error_rate.map(|p| p.0 / 100.0),
+                max_p99: a.max_p99.map(|d| d.0),
+                min_requests: a.min_requests.unwrap_or(d.min_requests),
+                interval: a.interval.map_or(d.interval, |i| i.0),
+                on_no_traffic: match a.on_no_traffic {
+                    Some(model::NoTraffic::Promote) => skiff_model::NoTraffic::Promote,
+                    Some(model::NoTraffic::Abort) => skiff_model::NoTraffic::Abort,
+                    Some(model::NoTraffic::Pause) | None => skiff_model::NoTraffic::Pause,
+                },
+                max_wait: a.max_wait.map_or(d.max_wait, |w| w.0),
+            }
+        }),
     }
 }
 

@@ -1035,6 +1035,30 @@ fn check_x_skiff(f: &mut Findings, name: &str, svc: &Service, x: &XSkiffService,
                 "steps apply to strategy: canary only".into(),
             );
         }
+        if let Some(a) = &rel.analysis {
+            if strategy == Strategy::Rolling {
+                err(
+                    path(&["release", "analysis"]),
+                    "applies to strategy: canary or blue-green only".into(),
+                );
+            }
+            if let Some(p) = a.max_error_rate
+                && !(0.0..=100.0).contains(&p.0)
+            {
+                err(
+                    path(&["release", "analysis", "max_error_rate"]),
+                    format!("must be within 0%-100%; got {}%", p.0),
+                );
+            }
+            for (field, d) in [("interval", a.interval), ("max_wait", a.max_wait)] {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    err(
+                        path(&["release", "analysis", field]),
+                        "must be longer than 0s".into(),
+                    );
+                }
+            }
+        }
         if strategy != Strategy::BlueGreen {
             for (field, set) in [
                 ("switch", rel.switch.is_some()),
@@ -1149,22 +1173,6 @@ fn warn_service(
             warnings.push(Diagnostic::at(
                 &entry.key_pos,
                 format!("services.{name}.{key}"),
-                "accepted but not acted on by skiff yet",
-            ));
-        }
-    }
-    // x-skiff.release is typed and checked, but releases do not act on it until the releases
-    // issue lands: every field of it is said to be accepted and not acted on.
-    let release = service_node
-        .get("x-skiff")
-        .and_then(Node::as_map)
-        .and_then(|x| x.get("release"))
-        .and_then(Node::as_map);
-    for (key, entry) in release.into_iter().flat_map(|r| r.iter()) {
-        if !key.starts_with("x-") {
-            warnings.push(Diagnostic::at(
-                &entry.key_pos,
-                format!("services.{name}.x-skiff.release.{key}"),
                 "accepted but not acted on by skiff yet",
             ));
         }

@@ -170,25 +170,40 @@ fn alias_cycle_names_the_key_holding_it() {
     rejects("alias-cycle");
 }
 
-// === what skiff accepts but does not act on yet ===
+// === x-skiff.release ===
 
 #[test]
-fn release_fields_warn_that_they_are_not_acted_on_yet() {
+fn release_fields_are_acted_on_without_warnings_and_analysis_mistakes_name_their_field() {
     let text = "services:\n  web:\n    image: nginx\n    x-skiff:\n      release:\n        \
-                strategy: canary\n        steps:\n          - {weight: 10, pause: 1m}\n  \
+                strategy: canary\n        steps:\n          - {weight: 10, pause: 1m}\n        \
+                analysis: {max_error_rate: 1%, max_p99: 300ms, min_requests: 200, interval: 10s}\n  \
                 db:\n    image: postgres\n    x-skiff:\n      release:\n        \
                 strategy: blue-green\n        switch: manual\n        keep_previous: 10m\n";
     let p = load_str(&[("compose.yaml", text)], &[]).unwrap();
-    let warnings: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        warnings,
-        [
-            "compose.yaml:13:9: services.db.x-skiff.release.strategy: accepted but not acted on by skiff yet",
-            "compose.yaml:14:9: services.db.x-skiff.release.switch: accepted but not acted on by skiff yet",
-            "compose.yaml:15:9: services.db.x-skiff.release.keep_previous: accepted but not acted on by skiff yet",
-            "compose.yaml:6:9: services.web.x-skiff.release.strategy: accepted but not acted on by skiff yet",
-            "compose.yaml:7:9: services.web.x-skiff.release.steps: accepted but not acted on by skiff yet",
-        ]
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let bad = text
+        .replace("max_error_rate: 1%", "max_error_rate: 150%")
+        .replace("interval: 10s", "interval: 0s");
+    let err = load_str(&[("compose.yaml", bad.as_str())], &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "services.web.x-skiff.release.analysis.max_error_rate: must be within 0%-100%; got 150%"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("services.web.x-skiff.release.analysis.interval: must be longer than 0s"),
+        "{text}"
+    );
+    let rolling = "services:\n  web:\n    image: nginx\n    x-skiff:\n      release:\n        \
+                   analysis: {min_requests: 5}\n";
+    let err = load_str(&[("compose.yaml", rolling)], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("compose.yaml:6:9: services.web.x-skiff.release.analysis: applies to strategy: canary or blue-green only"),
+        "{err}"
     );
 }
 

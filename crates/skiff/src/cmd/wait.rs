@@ -77,6 +77,7 @@ pub fn until_ready(
         .collect();
     let deadline = Instant::now() + w.timeout;
     let mut last_lines: BTreeMap<&String, String> = BTreeMap::new();
+    let mut last_gate: Option<String> = None;
     let filter = StackFilter {
         env: Some(w.env.to_string()),
         stack: Some(w.stack.to_string()),
@@ -90,7 +91,43 @@ pub fn until_ready(
             env: w.env.to_string(),
             stack: w.stack.to_string(),
         };
+        let mut gated: Vec<String> = Vec::new();
+        // Services whose new release has every request: old instances kept warm (blue-green's
+        // keep_previous) do not serve.
+        let mut switched: Vec<String> = Vec::new();
         for r in client.rollouts(&stack)? {
+            if r.release == w.release.number && r.traffic.as_ref().is_some_and(|t| t.weight == 100)
+            {
+                switched.push(r.service.clone());
+            }
+            // A canary step or a blue-green switch that waits for `promote` is where `up`
+            // hands over to the operator.
+            if let Some(t) = &r.traffic
+                && r.release == w.release.number
+                && r.state == "running"
+                && r.reason
+                    .as_deref()
+                    .is_some_and(|why| why.contains("promote"))
+            {
+                let line = format!(
+                    "{}: {} step {}/{}, {}% of requests to release {}; waiting for `skiff rollout promote {} {}`",
+                    r.service, t.strategy, t.step, t.steps, t.weight, r.release, w.stack, r.service
+                );
+                if w.progress && last_gate.as_ref() != Some(&line) {
+                    println!("  {line}");
+                    last_gate = Some(line);
+                }
+                gated.push(r.service.clone());
+            }
+            if r.rollback && r.from == Some(w.release.number) {
+                failed.push(format!(
+                    "release {} was rolled back by release {}: {}",
+                    w.release.number,
+                    r.release,
+                    r.reason.as_deref().unwrap_or("`skiff rollback`")
+                ));
+                break;
+            }
             if wanted.contains_key(&r.service)
                 && r.release == w.release.number
                 && (r.state == "paused" || r.state == "failed")
@@ -114,6 +151,9 @@ pub fn until_ready(
             ));
         }
         for (&svc, &n) in &wanted {
+            if gated.contains(svc) {
+                continue;
+            }
             let desired: Vec<&Instance> = instances
                 .iter()
                 .filter(|i| &i.id.service == svc && i.release == w.release.number)
@@ -141,11 +181,12 @@ pub fn until_ready(
             let ready = (ready as u32).min(n);
             // Done when the old ones no longer serve either (a rollout withdraws and drains
             // them once their replacements are ready).
-            let old_serving = instances.iter().any(|i| {
-                &i.id.service == svc
-                    && i.release != w.release.number
-                    && i.state == InstanceState::Healthy
-            });
+            let old_serving = !switched.contains(svc)
+                && instances.iter().any(|i| {
+                    &i.id.service == svc
+                        && i.release != w.release.number
+                        && i.state == InstanceState::Healthy
+                });
             all_ready &= ready == n && !old_serving;
             if w.progress {
                 let line = format!("{svc:<20} {ready}/{n} healthy");

@@ -283,6 +283,20 @@ impl HttpConn {
             self.reader.get_mut(),
             "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"
         )?;
+        self.response()
+    }
+
+    /// `POST path` with `Host: host` and `body`: the status and the body.
+    pub fn post(&mut self, host: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        write!(
+            self.reader.get_mut(),
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        self.response()
+    }
+
+    fn response(&mut self) -> std::io::Result<(u16, String)> {
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut status = String::new();
