@@ -69,16 +69,31 @@ fn json(dev: &Dev, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-#[test]
-fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
+/// `skiff dev` and a project of the demo image's build context with `compose` and `files`;
+/// `None` when `SKIFF_TEST_NO_DOCKER` skips the Docker tests.
+fn demo_project(
+    compose: &str,
+    files: &[(&str, &str)],
+) -> Option<(Dev, tempfile::TempDir, tempfile::TempDir)> {
     if std::env::var_os("SKIFF_TEST_NO_DOCKER").is_some() {
-        return;
+        return None;
     }
     let project = tempfile::tempdir().unwrap();
     demo_build_context(project.path());
-    std::fs::write(project.path().join("compose.yaml"), COMPOSE).unwrap();
+    std::fs::write(project.path().join("compose.yaml"), compose).unwrap();
+    for (name, text) in files {
+        std::fs::write(project.path().join(name), text).unwrap();
+    }
     let data = tempfile::tempdir().unwrap();
     let dev = start_dev(data.path());
+    Some((dev, project, data))
+}
+
+#[test]
+fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
+    let Some((dev, project, data)) = demo_project(COMPOSE, &[]) else {
+        return;
+    };
     let cluster = format!("io.skiff.cluster={}", dev.cluster);
 
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
@@ -307,15 +322,9 @@ configs:
 
 #[test]
 fn a_container_reads_its_config_at_the_target_and_a_reload_reaches_the_same_container() {
-    if std::env::var_os("SKIFF_TEST_NO_DOCKER").is_some() {
+    let Some((dev, project, _data)) = demo_project(RELOADING, &[("app.conf", "v1\n")]) else {
         return;
-    }
-    let project = tempfile::tempdir().unwrap();
-    demo_build_context(project.path());
-    std::fs::write(project.path().join("compose.yaml"), RELOADING).unwrap();
-    std::fs::write(project.path().join("app.conf"), "v1\n").unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    };
     let cluster = format!("io.skiff.cluster={}", dev.cluster);
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
     assert!(ok, "up failed: {out}\n{err}");
