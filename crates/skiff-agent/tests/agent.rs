@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use skiff_agent::{Agent, Config};
 use skiff_driver_process::ShimCommand;
 use skiff_model::{
-    HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec, StackKey, StackSpec,
-    WaitFor,
+    Author, Cause, HealthSpec, InstanceState, RestartCondition, RestartPolicy, ServiceSpec,
+    StackKey, StackSpec, WaitFor,
 };
 use skiff_store::{AnyKv, MemKv, Store};
 
@@ -121,7 +121,14 @@ fn stack() -> StackKey {
 async fn with_release(spec: StackSpec) -> Store {
     let store = Store::open(AnyKv::Mem(MemKv::new()), "t").await.unwrap();
     store
-        .create_release(&stack(), spec, String::new(), 0)
+        .create_release(
+            &stack(),
+            spec,
+            String::new(),
+            0,
+            Author::unknown(),
+            Cause::Up,
+        )
         .await
         .unwrap();
     store

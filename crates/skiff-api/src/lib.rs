@@ -28,10 +28,15 @@ use skiff_client::{
     StackView,
 };
 use skiff_control::Steer;
+use skiff_model::diff;
 use skiff_model::{
-    Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, StackKey, StackSpec,
+    Author, Cause, Event, Instance, InstanceId, InstanceStats, Release, ServiceControl, StackKey,
+    StackSpec,
 };
 use skiff_store::{StackState, Store};
+
+/// The longest change line a release summary carries.
+const CHANGE_CHARS: usize = 200;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -326,7 +331,8 @@ fn service_not_found(key: &StackKey, service: &str) -> ApiError {
     )
 }
 
-/// Records `spec` as the stack's new current release (durably) and wakes the reconciler,
+/// Records `spec` as the stack's new current release (durably), by `author` (`unknown` when
+/// the request named nobody) and made by `cause`, and wakes the reconciler,
 /// unless it equals the current release (spec and resolved source): then nothing is recorded
 /// and the current release comes back with `false`, as `docker compose up -d` and
 /// `nomad job run` treat an unchanged file.
@@ -335,13 +341,22 @@ async fn record_release(
     key: StackKey,
     spec: StackSpec,
     source: String,
+    author: Option<Author>,
+    cause: Cause,
 ) -> Result<(Release, bool), ApiError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let (release, created) = match current_of(&s.store, &key).await? {
         Some(cur) if cur.spec == spec && cur.source == source => (cur, false),
-        _ => (s.store.create_release(&key, spec, source, now).await?, true),
+        _ => {
+            let author = author.unwrap_or_default();
+            let r = s
+                .store
+                .create_release(&key, spec, source, now, author, cause)
+                .await?;
+            (r, true)
+        }
     };
     if created {
         skiff_store::crash_point("release-stored");
@@ -366,7 +381,8 @@ async fn create_release(
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
     check_spec(&s, &req.spec)?;
-    let (release, created) = record_release(&s, key.clone(), req.spec, req.source).await?;
+    let (release, created) =
+        record_release(&s, key.clone(), req.spec, req.source, req.author, Cause::Up).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
     s.store
         .update_controls(&key, |c| c.values_mut().for_each(|c| c.stopped = false))
@@ -490,7 +506,11 @@ async fn scale_service(
         .get_mut(&req.service)
         .ok_or_else(|| service_not_found(&key, &req.service))?;
     svc.replicas = req.replicas;
-    let (new, created) = record_release(&s, key, spec, release.source).await?;
+    let cause = Cause::Scale {
+        service: req.service,
+        replicas: req.replicas,
+    };
+    let (new, created) = record_release(&s, key, spec, release.source, req.author, cause).await?;
     Ok((release_status(created), Json(new)))
 }
 
@@ -501,7 +521,8 @@ async fn rollback(
     Body(req): Body<skiff_client::RollbackRequest>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
-    let release = s.control.rollback(&key, req.to).await?;
+    let author = req.author.unwrap_or_default();
+    let release = s.control.rollback(&key, req.to, Some(author)).await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -593,6 +614,8 @@ async fn list_rollouts(
     ))
 }
 
+/// Every release of the stack, oldest first, each with its author and its change from the
+/// release before in one line.
 async fn list_releases(
     State(s): State<ApiState>,
     ApiPath((env, stack)): ApiPath<(String, String)>,
@@ -612,16 +635,23 @@ async fn list_releases(
             )
         })?
         .current;
+    let releases = s.store.releases(&key).await?;
     Ok(Json(
-        s.store
-            .releases(&key)
-            .await?
-            .into_iter()
-            .map(|r| ReleaseSummary {
+        releases
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ReleaseSummary {
                 number: r.number,
                 created_ms: r.created_ms,
                 services: r.spec.services.keys().cloned().collect(),
                 current: current == Some(r.number),
+                author: r.author.clone(),
+                cause: r.cause.clone(),
+                change: diff::summary(
+                    i.checked_sub(1).map(|p| &releases[p].spec),
+                    &r.spec,
+                    CHANGE_CHARS,
+                ),
             })
             .collect(),
     ))

@@ -156,8 +156,8 @@ impl Client {
         self.run(self.inner.release(stack, number))
     }
 
-    pub fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
-        self.run(self.inner.rollback(stack, to))
+    pub fn rollback(&self, stack: &StackKey, req: &RollbackRequest) -> Result<Release> {
+        self.run(self.inner.rollback(stack, req))
     }
 
     pub fn steer_rollout(
@@ -182,8 +182,8 @@ impl Client {
     }
 
     /// The release, and whether it is new.
-    pub fn scale(&self, stack: &StackKey, service: &str, replicas: u32) -> Result<(Release, bool)> {
-        self.run(self.inner.scale(stack, service, replicas))
+    pub fn scale(&self, stack: &StackKey, req: &ScaleRequest) -> Result<(Release, bool)> {
+        self.run(self.inner.scale(stack, req))
     }
 
     pub fn control_service(

@@ -17,6 +17,7 @@
 //! Errors are typed ([`ClientError`]): the server's `{code, message}` bodies come back as
 //! [`ClientError::Api`], so a caller can tell "unknown node" from "server unreachable".
 
+pub mod author;
 pub mod blocking;
 pub mod wire;
 pub use wire::*;
@@ -309,12 +310,12 @@ impl Client {
         .await
     }
 
-    /// Deploys release `to` again (default: the one before the current) as a new release.
-    pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
+    /// Deploys release `req.to` again (default: the one before the current) as a new release.
+    pub async fn rollback(&self, stack: &StackKey, req: &RollbackRequest) -> Result<Release> {
         self.call(
             Method::POST,
             &format!("/v1/envs/{}/stacks/{}/rollback", stack.env, stack.stack),
-            Self::json(&RollbackRequest { to }),
+            Self::json(req),
         )
         .await
     }
@@ -467,22 +468,14 @@ impl Client {
             .await
     }
 
-    /// Records a release with `service` at `replicas`: the release, and whether it is new.
-    pub async fn scale(
-        &self,
-        stack: &StackKey,
-        service: &str,
-        replicas: u32,
-    ) -> Result<(Release, bool)> {
-        let req = ScaleRequest {
-            service: service.to_string(),
-            replicas,
-        };
+    /// Records a release with `req.service` at `req.replicas`: the release, and whether it is
+    /// new.
+    pub async fn scale(&self, stack: &StackKey, req: &ScaleRequest) -> Result<(Release, bool)> {
         let (status, r) = self
             .call_status(
                 Method::POST,
                 &Self::stack_path(stack, "/scale"),
-                Self::json(&req),
+                Self::json(req),
             )
             .await?;
         Ok((r, status == StatusCode::CREATED))
@@ -882,6 +875,7 @@ mod tests {
             let new = NewRelease {
                 spec: Default::default(),
                 source: String::new(),
+                author: None,
             };
             match client.create_release(&stack(), &new).await {
                 Ok((r, c)) => assert_eq!((r.number, c), (3, created)),

@@ -14,8 +14,8 @@ pub use skiff_catalog::{
     BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey, Split,
 };
 use skiff_model::{
-    Allocation, Driver, Instance, InstanceId, InstanceStats, NewEvent, NodeResources, RouteSpec,
-    ServiceSpec, StackSpec,
+    Allocation, Author, Cause, Driver, Instance, InstanceId, InstanceStats, NewEvent,
+    NodeResources, RouteSpec, ServiceSpec, StackSpec,
 };
 
 // === agents ↔ server ===
@@ -218,6 +218,9 @@ pub struct NewRelease {
     /// The resolved compose file the release was made from.
     #[serde(default)]
     pub source: String,
+    /// Who asks (recorded with the release; `unknown` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
 }
 
 /// A service's new replica count (`POST …/scale`).
@@ -225,6 +228,9 @@ pub struct NewRelease {
 pub struct ScaleRequest {
     pub service: String,
     pub replicas: u32,
+    /// Who asks (recorded with the release; `unknown` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
 }
 
 /// A release without its spec, for history listings.
@@ -234,6 +240,15 @@ pub struct ReleaseSummary {
     pub created_ms: u64,
     pub services: Vec<String>,
     pub current: bool,
+    #[serde(default)]
+    pub author: Author,
+    #[serde(default)]
+    pub cause: Cause,
+    /// The change from the release before, in one line of at most 200 characters
+    /// ([`skiff_model::diff::summary`]): `web: image demo:1→demo:2; +worker`, `no change`,
+    /// `initial`.
+    #[serde(default)]
+    pub change: String,
 }
 
 // === services and instances ===
@@ -354,6 +369,9 @@ pub struct LabelChange {
 pub struct RollbackRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<u64>,
+    /// Who asks (recorded with the release; `unknown` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
 }
 
 /// A service's last rollout (`GET /v1/envs/{env}/stacks/{stack}/rollouts`).

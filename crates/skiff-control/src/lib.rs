@@ -38,8 +38,8 @@ use skiff_client::{
     ServicePlacement, UnplacedView,
 };
 use skiff_model::{
-    Allocation, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus, Release,
-    ServiceSpec, StackKey, WaitFor, WorkloadChange,
+    Allocation, Author, Cause, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus,
+    Release, ServiceSpec, StackKey, WaitFor, WorkloadChange,
 };
 use skiff_scheduler::rollout::{self, Rollout, RolloutState};
 use skiff_scheduler::traffic;
@@ -843,7 +843,10 @@ impl Control {
             self.store.append_event(e).await?;
         }
         for (stack, to, why) in after.rollbacks {
-            if let Err(e) = self.rollback_because(&stack, Some(to), Some(why)).await {
+            if let Err(e) = self
+                .rollback_because(&stack, Some(to), Some(why), None)
+                .await
+            {
                 tracing::warn!(%stack, "rollback to release {to}: {e}");
             }
         }
@@ -852,8 +855,15 @@ impl Control {
 
     /// Deploys release `to` of `stack` again as a new release (default: the one before the
     /// current), its changed services replaced by their `rollback_config`; returns it.
-    pub async fn rollback(&self, stack: &StackKey, to: Option<u64>) -> Result<Release> {
-        self.rollback_because(stack, to, None).await
+    /// `author`: who asked; `None` when the control plane rolls back on its own, recorded as
+    /// `skiff@<this host>` with [`Cause::AutomaticRollback`].
+    pub async fn rollback(
+        &self,
+        stack: &StackKey,
+        to: Option<u64>,
+        author: Option<Author>,
+    ) -> Result<Release> {
+        self.rollback_because(stack, to, None, author).await
     }
 
     /// [`Control::rollback`], with why the control plane rolled back (kept as the rollback's
@@ -863,6 +873,7 @@ impl Control {
         stack: &StackKey,
         to: Option<u64>,
         why: Option<String>,
+        author: Option<Author>,
     ) -> Result<Release> {
         let state = self
             .store
@@ -894,7 +905,20 @@ impl Control {
             .ok_or_else(|| ControlError::Invalid(format!("stack {stack} has no release {to}")))?;
         let rel = self
             .store
-            .create_release(stack, old.spec.clone(), old.source.clone(), now_ms())
+            .create_release(
+                stack,
+                old.spec.clone(),
+                old.source.clone(),
+                now_ms(),
+                author.clone().unwrap_or_else(|| Author {
+                    user: "skiff".into(),
+                    host: skiff_client::author::host_name(),
+                }),
+                match author {
+                    Some(_) => Cause::Rollback { to, from: current },
+                    None => Cause::AutomaticRollback { to, from: current },
+                },
+            )
             .await?;
         // Its rollouts replace by rollback_config.
         let mut ops = Vec::new();
@@ -1963,6 +1987,8 @@ impl Control {
                             stack,
                             Some(to),
                             Some(format!("{service}: aborted by `skiff rollout abort`")),
+                            // Asked for by a person (the abort request names nobody).
+                            Some(Author::unknown()),
                         )
                         .await?;
                     }

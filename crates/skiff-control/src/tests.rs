@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use skiff_model::{Driver, NodeResources, PortSpec, StackSpec};
+use skiff_model::{Author, Cause, Driver, NodeResources, PortSpec, StackSpec};
 use skiff_store::MemKv;
 
 use super::*;
@@ -96,7 +96,14 @@ impl Rig {
             batches: Vec::new(),
         };
         self.store
-            .create_release(&stack(), spec, String::new(), 1)
+            .create_release(
+                &stack(),
+                spec,
+                String::new(),
+                1,
+                Author::unknown(),
+                Cause::Up,
+            )
             .await
             .unwrap()
             .number
@@ -982,7 +989,11 @@ async fn blue_green_switches_once_the_new_set_is_ready_and_a_rollback_while_warm
         "still warm within keep_previous"
     );
     // Back: the warm set is the release again at once; the new set leaves traffic as it stops.
-    let back = r.control.rollback(&stack(), None).await.unwrap();
+    let back = r
+        .control
+        .rollback(&stack(), None, Some(Author::unknown()))
+        .await
+        .unwrap();
     r.pass().await;
     assert_eq!(
         r.of_release(back.number),

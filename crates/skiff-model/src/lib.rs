@@ -20,6 +20,7 @@ pub use node::{
     Allocation, Constraint, ConstraintError, ConstraintField, DeployMode, Desired, Node,
     NodeResources, NodeStatus, PlacementSpec, Reservations, Strategy,
 };
+pub mod diff;
 mod release;
 pub use release::{
     Analysis, CanaryStep, FailureAction, NoTraffic, Parallelism, ReleasePolicy, ReleaseStrategy,
@@ -163,6 +164,73 @@ pub struct Release {
     pub spec: StackSpec,
     /// The resolved compose file (`skiff config` output) this release was made from.
     pub source: String,
+    /// Who made it (`unknown` in records older than authors).
+    #[serde(default)]
+    pub author: Author,
+    /// How it was made (`unknown` in records older than causes).
+    #[serde(default)]
+    pub cause: Cause,
+}
+
+/// Who made a release: the user and host a client said it runs as, or the server itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Author {
+    pub user: String,
+    pub host: String,
+}
+
+impl Author {
+    /// What a release records when its request named nobody.
+    pub fn unknown() -> Author {
+        Author {
+            user: "unknown".into(),
+            host: "unknown".into(),
+        }
+    }
+}
+
+impl Default for Author {
+    fn default() -> Self {
+        Author::unknown()
+    }
+}
+
+impl fmt::Display for Author {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.user, self.host)
+    }
+}
+
+/// How a release came to be.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// `skiff up`: a compose file.
+    Up,
+    /// `skiff scale`: the current release with one service's replica count changed.
+    Scale { service: String, replicas: u32 },
+    /// `skiff rollback`: release `to`'s spec again, replacing release `from`.
+    Rollback { to: u64, from: u64 },
+    /// The rollout of release `from` failed and its `failure_action` rolled back to `to`.
+    AutomaticRollback { to: u64, from: u64 },
+    /// Not recorded (an older release, or a kind this version does not know).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Unknown => f.write_str("unknown"),
+            Cause::Up => f.write_str("up"),
+            Cause::Scale { service, replicas } => write!(f, "scale {service}={replicas}"),
+            Cause::Rollback { to, .. } => write!(f, "rollback to {to}"),
+            Cause::AutomaticRollback { to, from } => {
+                write!(f, "automatic rollback to {to} (rollout of {from} failed)")
+            }
+        }
+    }
 }
 
 /// What an operator asked of one service, apart from its release: `skiff stop`/`start` and
@@ -814,6 +882,22 @@ mod tests {
         assert_eq!(c.relative_target(), None);
         c.target = "/".into();
         assert_eq!(c.relative_target(), None);
+    }
+
+    #[test]
+    fn releases_without_author_or_cause_load_as_unknown() {
+        let old = r#"{"stack":{"env":"default","stack":"shop"},"number":1,"created_ms":5,
+            "spec":{"services":{},"batches":[]},"source":""}"#;
+        let r: Release = serde_json::from_str(old).unwrap();
+        assert_eq!(r.author.to_string(), "unknown@unknown");
+        assert_eq!(r.cause, Cause::Unknown);
+        let later: Cause = serde_json::from_str(r#"{"kind":"canary_promotion"}"#).unwrap();
+        assert_eq!(later, Cause::Unknown, "a kind from a newer version loads");
+        let c = Cause::Rollback { to: 2, from: 4 };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"kind":"rollback","to":2,"from":4}"#);
+        assert_eq!(serde_json::from_str::<Cause>(&json).unwrap(), c);
+        assert_eq!(c.to_string(), "rollback to 2");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use skiff_model::{Event, Instance, InstanceId, NewEvent, Release, StackKey, StackSpec};
+use skiff_model::{
+    Author, Cause, Event, Instance, InstanceId, NewEvent, Release, StackKey, StackSpec,
+};
 
 use crate::kv::{AnyKv, Expect, Kv, KvEntry, KvError, TxnOp};
 use crate::{Controls, FORMAT_VERSION, Result, StackState, StoreError};
@@ -259,14 +261,17 @@ impl<K: Kv> Store<K> {
         &self.cluster_id
     }
 
-    /// Records a new release with the stack's next number and makes it the current one, in
-    /// one durable transaction conditional on the stack record it read.
+    /// Records a new release (by `author`, made by `cause`) with the stack's next number and
+    /// makes it the current one, in one durable transaction conditional on the stack record it
+    /// read.
     pub async fn create_release(
         &self,
         stack: &StackKey,
         spec: StackSpec,
         source: String,
         now_ms: u64,
+        author: Author,
+        cause: Cause,
     ) -> Result<Release> {
         let key = stack_key(stack);
         let mut release = Release {
@@ -275,6 +280,8 @@ impl<K: Kv> Store<K> {
             created_ms: now_ms,
             spec,
             source,
+            author,
+            cause,
         };
         for _ in 0..TRIES {
             let entry = self.kv.get(&key).await?;

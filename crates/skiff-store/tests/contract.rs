@@ -1,8 +1,24 @@
 //! One contract, two kvs: every test runs the domain layer ([`Store`]) over `MemKv` and
 //! `RedbKv`.
 
-use skiff_model::{Instance, InstanceId, InstanceState, StackKey, StackSpec};
+use skiff_model::{Author, Cause, Instance, InstanceId, InstanceState, StackKey, StackSpec};
 use skiff_store::{Expect, Kv, MemKv, NewEvent, Observed, RedbKv, Store, StoreError};
+
+/// Records an empty release of `key` with `source` at `now` (by `up`, author unknown): its
+/// number.
+async fn release<K: Kv>(s: &Store<K>, key: &StackKey, source: &str, now: u64) -> u64 {
+    s.create_release(
+        key,
+        StackSpec::default(),
+        source.into(),
+        now,
+        Author::unknown(),
+        Cause::Up,
+    )
+    .await
+    .unwrap()
+    .number
+}
 
 fn stack(name: &str) -> StackKey {
     StackKey::new("default", name).unwrap()
@@ -78,31 +94,9 @@ macro_rules! store_battery {
                 let (s, _d) = store().await;
                 let a = stack("a");
                 let b = stack("b");
-                let number = |r: skiff_model::Release| r.number;
-                assert_eq!(
-                    number(
-                        s.create_release(&a, StackSpec::default(), "x".into(), 1)
-                            .await
-                            .unwrap()
-                    ),
-                    1
-                );
-                assert_eq!(
-                    number(
-                        s.create_release(&a, StackSpec::default(), "y".into(), 2)
-                            .await
-                            .unwrap()
-                    ),
-                    2
-                );
-                assert_eq!(
-                    number(
-                        s.create_release(&b, StackSpec::default(), "z".into(), 3)
-                            .await
-                            .unwrap()
-                    ),
-                    1
-                );
+                assert_eq!(release(&s, &a, "x", 1).await, 1);
+                assert_eq!(release(&s, &a, "y", 2).await, 2);
+                assert_eq!(release(&s, &b, "z", 3).await, 1);
                 let history: Vec<u64> = s
                     .releases(&a)
                     .await
@@ -115,6 +109,30 @@ macro_rules! store_battery {
                 assert!(s.release(&a, 3).await.unwrap().is_none());
             }
 
+            #[tokio::test]
+            async fn a_release_keeps_its_author_and_cause() {
+                let (s, _d) = store().await;
+                let a = stack("a");
+                let by = Author {
+                    user: "alice".into(),
+                    host: "box".into(),
+                };
+                let cause = Cause::Rollback { to: 1, from: 2 };
+                let r = s
+                    .create_release(
+                        &a,
+                        StackSpec::default(),
+                        String::new(),
+                        5,
+                        by.clone(),
+                        cause.clone(),
+                    )
+                    .await
+                    .unwrap();
+                let back = s.release(&a, r.number).await.unwrap().unwrap();
+                assert_eq!((back.author, back.cause), (by, cause));
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_releases_get_distinct_numbers_without_gaps() {
                 let (s, _d) = store().await;
@@ -125,17 +143,7 @@ macro_rules! store_battery {
                         tokio::spawn(async move {
                             let mut got = Vec::new();
                             for j in 0..5 {
-                                got.push(
-                                    s.create_release(
-                                        &a,
-                                        StackSpec::default(),
-                                        format!("{i}.{j}"),
-                                        0,
-                                    )
-                                    .await
-                                    .unwrap()
-                                    .number,
-                                );
+                                got.push(release(&s, &a, &format!("{i}.{j}"), 0).await);
                             }
                             got
                         })
@@ -155,12 +163,8 @@ macro_rules! store_battery {
                 let (s, _d) = store().await;
                 let a = stack("a");
                 let b = stack("b");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
-                s.create_release(&b, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
+                release(&s, &a, "", 1).await;
+                release(&s, &b, "", 1).await;
                 let after = s
                     .update_controls(&a, |c| {
                         c.entry("web".into()).or_default().stopped = true;
@@ -197,9 +201,7 @@ macro_rules! store_battery {
             async fn concurrent_control_updates_are_all_kept() {
                 let (s, _d) = store().await;
                 let a = stack("a");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
+                release(&s, &a, "", 1).await;
                 let writers: Vec<_> = (0..8)
                     .map(|_| {
                         let (s, a) = (s.clone(), a.clone());
@@ -225,12 +227,8 @@ macro_rules! store_battery {
             async fn a_new_release_becomes_current_and_down_keeps_history() {
                 let (s, _d) = store().await;
                 let a = stack("a");
-                s.create_release(&a, StackSpec::default(), String::new(), 1)
-                    .await
-                    .unwrap();
-                s.create_release(&a, StackSpec::default(), String::new(), 2)
-                    .await
-                    .unwrap();
+                release(&s, &a, "", 1).await;
+                release(&s, &a, "", 2).await;
                 assert_eq!(s.stacks().await.unwrap()[0].current, Some(2));
                 s.set_current(&a, Some(1)).await.unwrap();
                 assert_eq!(s.stacks().await.unwrap()[0].current, Some(1));
@@ -238,13 +236,7 @@ macro_rules! store_battery {
                 assert_eq!(s.stacks().await.unwrap()[0].current, None);
                 assert_eq!(s.releases(&a).await.unwrap().len(), 2);
                 // Numbers are never reused, even after a rollback and down.
-                assert_eq!(
-                    s.create_release(&a, StackSpec::default(), String::new(), 3)
-                        .await
-                        .unwrap()
-                        .number,
-                    3
-                );
+                assert_eq!(release(&s, &a, "", 3).await, 3);
             }
 
             #[tokio::test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_model::{Instance, InstanceId, InstanceState, StackKey, StackSpec};
+use skiff_model::{Author, Cause, Instance, InstanceId, InstanceState, StackKey, StackSpec};
 use skiff_store::{RedbKv, Store};
 
 const CHILD: &str = "SKIFF_STORE_CRASH_CHILD";
@@ -36,9 +36,16 @@ async fn reopening_keeps_releases_and_the_cluster_id() {
     let path = d.path().join("control.redb");
     {
         let s = open(&path, "first-id").await;
-        s.create_release(&stack(), StackSpec::default(), "v1".into(), 1)
-            .await
-            .unwrap();
+        s.create_release(
+            &stack(),
+            StackSpec::default(),
+            "v1".into(),
+            1,
+            Author::unknown(),
+            Cause::Up,
+        )
+        .await
+        .unwrap();
     }
     let s = open(&path, "ignored-on-reopen").await;
     assert_eq!(s.cluster_id(), "first-id");
@@ -54,7 +61,14 @@ fn crash_child_writer() {
         let s = open(Path::new(&path), "crash").await;
         loop {
             let r = s
-                .create_release(&stack(), StackSpec::default(), "x".repeat(512), 0)
+                .create_release(
+                    &stack(),
+                    StackSpec::default(),
+                    "x".repeat(512),
+                    0,
+                    Author::unknown(),
+                    Cause::Up,
+                )
                 .await
                 .unwrap();
             println!("ack {}", r.number);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use skiff_model::{InstanceState, StackKey, StackSpec};
+use skiff_model::{Author, Cause, InstanceState, StackKey, StackSpec};
 use skiff_store::{Expect, Kv, MemKv, RedbKv, Store, StoreError};
 
 const FIXTURE: &str = concat!(
@@ -98,7 +98,14 @@ async fn everything_in_state_redb_is_imported_once_and_the_file_set_aside() {
 
     // Numbering goes on where the old file left it.
     let next = s
-        .create_release(&shop(), StackSpec::default(), String::new(), 0)
+        .create_release(
+            &shop(),
+            StackSpec::default(),
+            String::new(),
+            0,
+            Author::unknown(),
+            Cause::Up,
+        )
         .await
         .unwrap();
     assert_eq!(next.number, 4);

@@ -71,8 +71,11 @@ enum Command {
     Kill(cmd::service::KillArgs),
     /// List instances and their state.
     Ps(cmd::ps::PsArgs),
-    /// List a stack's releases.
-    History(cmd::ps::HistoryArgs),
+    /// A stack's releases: who made each, how, what changed; `skiff history STACK N` shows
+    /// release N's diff to the release before.
+    History(cmd::history::HistoryArgs),
+    /// What `up` would change, per service, before it does (exit 0: nothing, 2: changes).
+    Diff(cmd::diff::Args),
     /// Rollouts of changed services: `skiff rollout status|pause|resume STACK [SERVICE]`.
     Rollout(cmd::rollout::Args),
     /// Deploy an earlier release again (default: the one before the current) and wait.
@@ -128,7 +131,8 @@ fn main() -> ExitCode {
         Command::Status(args) => connect().and_then(|c| cmd::service::status(args, &c, env)),
         Command::Exec(args) => connect().and_then(|c| cmd::service::exec(args, &c, env)),
         Command::Kill(args) => connect().and_then(|c| cmd::service::kill(args, &c, env)),
-        Command::History(args) => connect().and_then(|c| cmd::ps::history(args, &c, env)),
+        Command::History(args) => connect().and_then(|c| cmd::history::history(args, &c, env)),
+        Command::Diff(args) => connect().and_then(|c| cmd::diff::run(args, &c, env)),
         Command::Rollout(args) => connect().and_then(|c| cmd::rollout::run(args, &c, env)),
         Command::Rollback(args) => connect().and_then(|c| cmd::rollout::rollback(args, &c, env)),
         Command::Events(args) => connect().and_then(|c| cmd::ps::events(args, &c)),

@@ -29,6 +29,11 @@ fn color(stream_is_tty: bool) -> bool {
     stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Whether what goes to stdout may be coloured: it is a terminal and `NO_COLOR` is unset.
+pub fn stdout_color() -> bool {
+    color(std::io::stdout().is_terminal())
+}
+
 fn label(text: &str, ansi: &str) -> String {
     if color(std::io::stderr().is_terminal()) {
         format!("\x1b[{ansi}m{text}\x1b[0m")

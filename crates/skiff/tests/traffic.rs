@@ -371,3 +371,25 @@ fn a_canary_resumes_its_step_and_weight_after_a_kill_9_of_the_server() {
     );
     assert_eq!(pids(&dev).len(), 4);
 }
+
+#[test]
+fn scaling_down_after_a_start_first_rollout_waits_by_count_not_by_index() {
+    let stack = |version: &str| {
+        file(version, "{strategy: rolling}", 0).replace(
+            "      replicas: 4\n",
+            "      replicas: 4\n      update_config: {order: start-first, parallelism: 2, monitor: 0s}\n",
+        )
+    };
+    let (dev, project, _data) = up_stack(&stack("v1"));
+    let p = project.path();
+    up(&dev, p, &stack("v2"));
+    let started = Instant::now();
+    let out = skiff_ok(&dev, p, &["scale", "web=2", "--timeout", "20"]);
+    assert!(out.contains("scaled to 2"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(healthy_pids(&dev, p).len(), 2);
+}

@@ -3,7 +3,9 @@
 pub mod agent;
 pub mod config;
 pub mod dev;
+pub mod diff;
 pub mod dns;
+pub mod history;
 pub mod logs;
 pub mod node;
 pub mod plan;

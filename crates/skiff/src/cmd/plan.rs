@@ -76,6 +76,7 @@ pub fn run(args: Args, addr: &str, env: &str) -> anyhow::Result<ExitCode> {
             let request = NewRelease {
                 spec,
                 source: String::new(),
+                author: None,
             };
             let preview = super::connect(addr).and_then(|client| {
                 let key = super::stack_key(env, &loaded.name)?;

@@ -7,7 +7,7 @@ use skiff_model::StackSpec;
 use skiff_spec::diag::SpecError;
 use skiff_spec::node::Limits;
 use skiff_spec::project::{LoadOptions, LoadedProject, load};
-use skiff_spec::runtime;
+use skiff_spec::{render, runtime};
 
 use crate::fs_loader::FsLoader;
 use crate::output;
@@ -56,6 +56,35 @@ impl ProjectArgs {
             }
         }
     }
+
+    /// What `up` submits for the project: loaded and validated (warnings printed), its
+    /// runtime spec and resolved text; on invalid input the diagnostics are printed and the
+    /// exit code returned. `skiff diff` compares exactly this with the current release.
+    pub fn release(&self) -> anyhow::Result<Result<Prepared, ExitCode>> {
+        let loaded = match self.load()? {
+            Ok(p) => p,
+            Err(code) => return Ok(Err(code)),
+        };
+        output::print_diagnostics(&[], &loaded.warnings);
+        let spec = match stack_spec(&loaded) {
+            Ok(s) => s,
+            Err(code) => return Ok(Err(code)),
+        };
+        Ok(Ok(Prepared {
+            spec,
+            source: render::to_yaml(&loaded.project)?,
+            name: loaded.name,
+        }))
+    }
+}
+
+/// A project as `up` submits it.
+pub struct Prepared {
+    /// The stack's name.
+    pub name: String,
+    pub spec: StackSpec,
+    /// The resolved compose text (`skiff config`).
+    pub source: String,
 }
 
 /// The runtime spec of a loaded project, its configs' files read from disk (at most

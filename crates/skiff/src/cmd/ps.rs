@@ -1,11 +1,10 @@
-//! Read commands: `skiff ps`, `skiff history`, `skiff events`.
+//! Read commands: `skiff ps`, `skiff events`.
 
 use std::process::ExitCode;
 
 use skiff_client::blocking::Client;
 use skiff_client::{EventQuery, StackFilter};
 
-use super::stack_key;
 use crate::output::{self, Format, OutputArg};
 
 #[derive(clap::Args)]
@@ -44,36 +43,6 @@ pub fn ps(args: PsArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> 
             ],
             rows,
         );
-    })?;
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(clap::Args)]
-pub struct HistoryArgs {
-    stack: String,
-    #[command(flatten)]
-    output: OutputArg,
-}
-
-pub fn history(args: HistoryArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let releases = client.releases(&stack_key(env, &args.stack)?)?;
-    output::print(args.output.format, &releases, || {
-        let rows = releases
-            .iter()
-            .map(|r| {
-                vec![
-                    r.number.to_string(),
-                    format_time(r.created_ms),
-                    r.services.join(","),
-                    if r.current {
-                        "current".into()
-                    } else {
-                        String::new()
-                    },
-                ]
-            })
-            .collect();
-        output::print_table(&["RELEASE", "CREATED (UTC)", "SERVICES", ""], rows);
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +90,7 @@ pub fn format_time_ms(ms: u64) -> String {
 }
 
 /// `2026-11-25 03:04:05` from Unix milliseconds (UTC), without a date crate.
-fn format_time(ms: u64) -> String {
+pub fn format_time(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use skiff_client::RollbackRequest;
 use skiff_client::blocking::Client;
 
 use super::stack_key;
@@ -233,7 +234,11 @@ pub struct RollbackArgs {
 /// replaced by their `rollback_config`; waits like `up`.
 pub fn rollback(args: RollbackArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let release = client.rollback(&stack_key(env, &args.stack)?, args.to)?;
+    let request = RollbackRequest {
+        to: args.to,
+        author: Some(skiff_client::author::local()),
+    };
+    let release = client.rollback(&stack_key(env, &args.stack)?, &request)?;
     println!(
         "stack {} (env {env}): release {} recorded (rolling back)",
         args.stack, release.number

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use skiff_client::blocking::Client;
-use skiff_client::{ServiceAction, ServiceStatus, StackFilter};
+use skiff_client::{ScaleRequest, ServiceAction, ServiceStatus, StackFilter};
 use skiff_model::{Instance, InstanceId, InstanceState, Release};
 
 use super::stack_key;
@@ -347,7 +347,12 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         .and_then(|(s, n)| Some((s.to_string(), n.parse::<u32>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("expected SERVICE=N (e.g. web=5), got {:?}", args.target))?;
     let stack = stack_of_service(client, env, &service, args.stack.as_deref())?;
-    let (release, created) = client.scale(&stack_key(env, &stack)?, &service, n)?;
+    let request = ScaleRequest {
+        service: service.clone(),
+        replicas: n,
+        author: Some(skiff_client::author::local()),
+    };
+    let (release, created) = client.scale(&stack_key(env, &stack)?, &request)?;
     let timeout = Duration::from_secs(args.timeout);
     let wait = Wait {
         env,
@@ -358,8 +363,13 @@ pub fn scale(args: ScaleArgs, client: &Client, env: &str) -> anyhow::Result<Exit
         progress: false,
     };
     wait::until_ready(client, &wait, |_| true)?;
+    // Scaled down: until the surplus stopped. Counted, not by index: start-first rollouts
+    // leave replicas under indexes above the count.
     wait_for(client, env, &stack, &service, timeout, "scaled", |m| {
-        m.iter().all(|i| i.id.index <= n)
+        m.iter()
+            .filter(|i| i.state != InstanceState::Stopped)
+            .count()
+            <= n as usize
     })?;
     if created {
         println!(

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use skiff_client::blocking::Client;
 use skiff_client::{NewRelease, StackFilter};
-use skiff_spec::render;
 
 use super::project::ProjectArgs;
 use super::stack_key;
@@ -25,19 +24,17 @@ pub struct UpArgs {
 }
 
 pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let loaded = match args.project.load()? {
+    let loaded = match args.project.release()? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    crate::output::print_diagnostics(&[], &loaded.warnings);
-    let spec = match super::project::stack_spec(&loaded) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let source = render::to_yaml(&loaded.project)?;
     let started = Instant::now();
-    let (release, created) =
-        client.create_release(&stack_key(env, &loaded.name)?, &NewRelease { spec, source })?;
+    let request = NewRelease {
+        spec: loaded.spec,
+        source: loaded.source,
+        author: Some(skiff_client::author::local()),
+    };
+    let (release, created) = client.create_release(&stack_key(env, &loaded.name)?, &request)?;
     if created {
         println!(
             "stack {} (env {env}): release {} recorded",
