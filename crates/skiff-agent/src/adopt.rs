@@ -89,7 +89,7 @@ impl Agent {
     }
 }
 
-fn read_meta(dir: &Path) -> Option<Meta> {
+pub(crate) fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()
 }
 

@@ -3,6 +3,9 @@
 //! `skiff_driver::Driver::start`. The instance is recorded in its directory right before the
 //! workload starts (the driver's `before_start` hook), so a crash from then on leaves a record.
 
+use skiff_driver::ConfigPlace;
+use skiff_model::ConfigFile;
+
 use super::*;
 
 impl Agent {
@@ -26,14 +29,22 @@ impl Agent {
         // state machine (1,000 starts in flight hold 1,000 of them).
         Box::pin(self.learn_addresses(&id.stack, spec)).await;
         let listen = driver.listen_ports(spec).map_err(|e| e.to_string())?;
-        let env = match self.instance_env(id, rel, spec, &listen, driver.own_network()) {
-            Ok(e) => e,
+        let dir = self.instance_dir(id);
+        // Each config's path reaches the workload as SKIFF_CONFIG_<NAME>.
+        let prepared = config_places(driver.as_ref(), &dir, spec).and_then(|configs| {
+            let mut env = self.instance_env(id, rel, spec, &listen, driver.own_network())?;
+            for (c, place) in &configs {
+                env.insert(c.env_var(), place.seen.clone());
+            }
+            Ok((env, configs))
+        });
+        let (env, config_files) = match prepared {
+            Ok(p) => p,
             Err(e) => {
                 driver.return_ports(&listen);
                 return Err(e);
             }
         };
-        let dir = self.instance_dir(id);
         let mut meta = Meta {
             id: id.to_string(),
             release: rel.number,
@@ -46,8 +57,15 @@ impl Agent {
         };
         let json = serde_json::to_vec(&meta).expect("meta serializes");
         let record_dir = dir.clone();
+        // The config files are in place before the workload starts, and before the record
+        // that adoption trusts to say which release's files they are.
         let before_start: skiff_driver::BeforeStart = Box::new(move || {
             std::fs::create_dir_all(&record_dir)?;
+            // A crashed earlier copy's files go: only this release's configs are there.
+            let _ = std::fs::remove_dir_all(record_dir.join(skiff_driver::configs::CONFIG_DIR));
+            for (c, place) in &config_files {
+                skiff_driver::configs::write(place, c)?;
+            }
             driver::write_atomic(&record_dir.join(META), &json).map_err(std::io::Error::other)?;
             skiff_store::crash_point("instance-dir-written");
             Ok(())
@@ -87,4 +105,21 @@ impl Agent {
         );
         Ok(workload)
     }
+}
+
+/// Each config of `spec` with where `driver` puts it for the instance in `dir`.
+pub(crate) fn config_places(
+    driver: &dyn Driver,
+    dir: &Path,
+    spec: &ServiceSpec,
+) -> Result<Vec<(ConfigFile, ConfigPlace)>, String> {
+    spec.configs
+        .iter()
+        .map(|c| {
+            driver
+                .config_place(dir, c)
+                .map(|p| (c.clone(), p))
+                .ok_or_else(|| format!("config {}: target {:?} names no file", c.name, c.target))
+        })
+        .collect()
 }

@@ -56,6 +56,7 @@ use skiff_driver_process::{self as driver, ShimCommand};
 use skiff_model::NewEvent;
 use skiff_model::{
     Instance, InstanceId, InstanceState, Release, RestartCondition, ServiceSpec, StackKey,
+    WorkloadChange,
 };
 use tokio::sync::Notify;
 
@@ -101,6 +102,19 @@ struct Live {
     observed: Arc<Mutex<Observed>>,
     busy: bool,
     monitor: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    /// Whether its workload runs now (starting, healthy or not).
+    fn running(&self) -> bool {
+        matches!(
+            self.observed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .state,
+            InstanceState::Starting | InstanceState::Healthy | InstanceState::Unhealthy
+        )
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -21,6 +21,7 @@ impl Agent {
 
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();
+        let mut to_reload = Vec::new();
         let mut restamped = Vec::new();
         {
             let mut live = self.live();
@@ -29,12 +30,29 @@ impl Agent {
                     continue;
                 }
                 // A new release that only changes the replica count or how releases roll
-                // out keeps the instances that stay; any other change, or a restart,
-                // replaces them.
-                let keep = desired.get(id).is_some_and(|(rel, svc, generation)| {
-                    *generation == l.generation && rel.spec.services[svc].same_workload(&l.spec)
-                });
-                if !keep {
+                // out keeps the instances that stay; one that changes only config files of a
+                // service with `x-skiff.reload` reloads the running ones; any other change,
+                // or a restart, replaces them.
+                let change = match desired.get(id) {
+                    Some((rel, svc, generation)) if *generation == l.generation => {
+                        l.spec.change_to(&rel.spec.services[svc])
+                    }
+                    _ => WorkloadChange::Replace,
+                };
+                if let WorkloadChange::Reload { configs, signal } = change {
+                    l.busy = true;
+                    if let Some((rel, svc, _)) = desired.get(id)
+                        && l.handle.is_some()
+                        && l.running()
+                    {
+                        to_reload.push((id.clone(), rel.clone(), svc.clone(), configs, signal));
+                    } else {
+                        // Not running: its next start takes the new files anyway.
+                        to_stop.push(id.clone());
+                    }
+                    continue;
+                }
+                if change == WorkloadChange::Replace {
                     l.busy = true;
                     to_stop.push(id.clone());
                     continue;
@@ -74,6 +92,10 @@ impl Agent {
         for (id, rel, svc, generation) in to_start {
             let agent = self.clone();
             tasks.spawn(async move { agent.start_instance(id, rel, svc, generation).await });
+        }
+        for (id, rel, svc, configs, signal) in to_reload {
+            let agent = self.clone();
+            tasks.spawn(async move { agent.reload_instance(id, rel, svc, configs, signal).await });
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -136,6 +158,87 @@ impl Agent {
                 }
             }
         }
+        self.write_observed(&id);
+    }
+
+    /// Applies a release that changes only config files of a reloading service to a running
+    /// instance: rewrites the changed files (as its driver says: atomically, or in place),
+    /// sends the reload signal, then re-stamps it with the release and records that in its
+    /// directory. It stays in the catalog throughout. A file that cannot be written or a
+    /// signal that cannot be sent replaces the instance instead.
+    pub(crate) async fn reload_instance(
+        self: Arc<Self>,
+        id: InstanceId,
+        rel: Arc<Release>,
+        svc: String,
+        configs: Vec<String>,
+        signal: String,
+    ) {
+        let spec = rel.spec.services[&svc].clone();
+        let handle = self.live().get(&id).and_then(|l| l.handle.clone());
+        let dir = self.instance_dir(&id);
+        let done = async {
+            let handle = handle.ok_or_else(|| "it is not running".to_string())?;
+            let sig = Signal::from_str(&normalize_signal(&signal))
+                .map_err(|_| format!("unknown signal {signal:?}"))?;
+            let driver = self.driver(spec.driver).map_err(str::to_string)?;
+            let changed: Vec<_> = launch::config_places(driver.as_ref(), &dir, &spec)?
+                .into_iter()
+                .filter(|(c, _)| configs.contains(&c.name))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                for (c, place) in &changed {
+                    skiff_driver::configs::write(place, c)
+                        .map_err(|e| format!("config {}: {e}", c.name))?;
+                }
+                Ok::<_, String>(())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            skiff_store::crash_point("config-written");
+            handle
+                .signal(sig)
+                .await
+                .map_err(|e| format!("sending {}: {e}", sig.as_str()))?;
+            Ok::<_, String>(sig)
+        }
+        .await;
+        let sig = match done {
+            Ok(sig) => sig,
+            Err(why) => {
+                self.event(
+                    &id.stack,
+                    Some(&id),
+                    "reload_failed",
+                    format!(
+                        "reloading configs {} failed ({why}); replacing the instance",
+                        configs.join(", ")
+                    ),
+                );
+                self.stop_instance(id).await;
+                return;
+            }
+        };
+        // From here on the instance is of the new release, also for the next agent that
+        // adopts it: its record names the release whose files it has.
+        if let Some(mut meta) = adopt::read_meta(&dir) {
+            meta.release = rel.number;
+            meta.spec = spec.clone();
+            if let Err(e) = write_meta(&dir, &meta).await {
+                tracing::warn!(instance = %id, "recording the reload: {e}");
+            }
+        }
+        if let Some(l) = self.live().get_mut(&id) {
+            l.release = rel.number;
+            l.spec = spec;
+            l.busy = false;
+        }
+        self.event(
+            &id.stack,
+            Some(&id),
+            "reloaded",
+            format!("reloaded: configs {}; {}", configs.join(", "), sig.as_str()),
+        );
         self.write_observed(&id);
     }
 

@@ -39,7 +39,7 @@ use skiff_client::{
 };
 use skiff_model::{
     Allocation, Author, Cause, Desired, Instance, InstanceId, InstanceState, Node, NodeStatus,
-    Release, ServiceSpec, StackKey, WaitFor,
+    Release, ServiceSpec, StackKey, WaitFor, WorkloadChange,
 };
 use skiff_scheduler::rollout::{self, Rollout, RolloutState};
 use skiff_scheduler::traffic;
@@ -252,6 +252,15 @@ struct Rolled {
     extra: HashMap<(StackKey, String), u32>,
     /// Canary and blue-green: (new release, stable release, weight of the new one).
     splits: HashMap<(StackKey, String), (u64, u64, u32)>,
+}
+
+/// A service's copies re-stamped in a pass for a reload (its agents rewrite the configs and
+/// signal them), for the event that says so.
+struct Reloading {
+    release: u64,
+    configs: Vec<String>,
+    signal: String,
+    instances: Vec<String>,
 }
 
 /// What a pass tells and still has to do: its events (committed with it), rollbacks to start
@@ -938,17 +947,20 @@ impl Control {
         let (rel, revision) = self
             .store
             .create_release_with(
-                stack,
-                old.spec.clone(),
-                old.source.clone(),
-                now,
-                author.clone().unwrap_or_else(|| Author {
-                    user: "skiff".into(),
-                    host: skiff_client::author::host_name(),
-                }),
-                match author {
-                    Some(_) => Cause::Rollback { to, from: current },
-                    None => Cause::AutomaticRollback { to, from: current },
+                Release {
+                    stack: stack.clone(),
+                    number: 0,
+                    created_ms: now,
+                    spec: old.spec.clone(),
+                    source: old.source.clone(),
+                    author: author.clone().unwrap_or_else(|| Author {
+                        user: "skiff".into(),
+                        host: skiff_client::author::host_name(),
+                    }),
+                    cause: match author {
+                        Some(_) => Cause::Rollback { to, from: current },
+                        None => Cause::AutomaticRollback { to, from: current },
+                    },
                 },
                 |rel| {
                     let event = NewEvent {
@@ -1135,6 +1147,7 @@ impl Control {
             .collect();
         let mut next: BTreeMap<String, (Allocation, u64, bool)> = BTreeMap::new();
         let mut outdated_ids: HashSet<String> = HashSet::new();
+        let mut reloads: BTreeMap<(StackKey, String), Reloading> = BTreeMap::new();
         // Copies stopped in this pass because their replacements are ready: a rollout still
         // sees them once, to learn which replacement was theirs.
         let mut retired: Vec<Allocation> = Vec::new();
@@ -1190,18 +1203,35 @@ impl Control {
             }
             // A copy of an older release whose spec runs differently, or of an older
             // generation (`skiff restart`), is replaced by the service's rollout; any other (a
-            // scale, a policy change) is re-stamped here: its agent keeps the instance.
-            // A restart (a newer generation) replaces every copy by the same rollout.
-            let outdated = a.generation != *generation
-                || a.release != rel.number
-                    && specs
-                        .get(&(a.instance.stack.clone(), a.release))
-                        .and_then(|old| old.spec.services.get(&a.instance.service))
-                        .zip(rel.spec.services.get(&a.instance.service))
-                        .is_some_and(|(old, new)| !old.same_workload(new));
-            if outdated {
+            // scale, a policy change) is re-stamped here: its agent keeps the instance. A copy
+            // whose change is a reload (configs only, `x-skiff.reload`) is re-stamped like a
+            // kept one: its agent rewrites the files and signals it.
+            let change = if a.generation != *generation {
+                WorkloadChange::Replace
+            } else if a.release != rel.number {
+                specs
+                    .get(&(a.instance.stack.clone(), a.release))
+                    .and_then(|old| old.spec.services.get(&a.instance.service))
+                    .zip(rel.spec.services.get(&a.instance.service))
+                    .map_or(WorkloadChange::Keep, |(old, new)| old.change_to(new))
+            } else {
+                WorkloadChange::Keep
+            };
+            if change == WorkloadChange::Replace {
                 outdated_ids.insert(a.id.clone());
             } else if a.release != rel.number || a.generation != *generation {
+                if let WorkloadChange::Reload { configs, signal } = change {
+                    reloads
+                        .entry((a.instance.stack.clone(), a.instance.service.clone()))
+                        .or_insert_with(|| Reloading {
+                            release: rel.number,
+                            configs,
+                            signal,
+                            instances: Vec::new(),
+                        })
+                        .instances
+                        .push(a.instance.short());
+                }
                 n.release = rel.number;
                 n.generation = *generation;
                 if let Some(spec) = rel.spec.services.get(&a.instance.service) {
@@ -1215,6 +1245,23 @@ impl Control {
         let mut after = AfterPass::default();
         if rollout_retired {
             after.points.push("rollout-retire");
+        }
+        for ((stack, service), mut r) in reloads {
+            r.instances.sort();
+            after.events.push(NewEvent {
+                time_ms: now,
+                stack,
+                instance: None,
+                kind: "reload".into(),
+                message: format!(
+                    "{service}: release {} changes only configs {}; reloading {} with {} \
+                     instead of replacing them",
+                    r.release,
+                    r.configs.join(", "),
+                    r.instances.join(", "),
+                    r.signal
+                ),
+            });
         }
         let rolled = self.roll(
             &mut st,

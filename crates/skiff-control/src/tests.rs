@@ -707,6 +707,68 @@ async fn a_change_of_replicas_or_policy_alone_is_no_rollout() {
 }
 
 #[tokio::test]
+async fn a_configs_only_change_of_a_reloading_service_is_re_stamped_with_an_event_not_rolled() {
+    let with_config = |content: &str, reload: bool| {
+        let mut s = service(2, &[]);
+        s.configs = vec![skiff_model::ConfigFile {
+            name: "app".into(),
+            target: "/app".into(),
+            content: content.into(),
+            mode: None,
+        }];
+        s.reload = reload.then(|| skiff_model::ReloadSpec {
+            signal: "SIGHUP".into(),
+        });
+        s
+    };
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", with_config("a", true))]).await;
+    r.pass().await;
+    let first = healthy_pass(&r).await;
+    let two = r.release(&[("web", with_config("b", true))]).await;
+    r.pass().await;
+    let allocs = r.control.all_allocations();
+    assert_eq!(allocs.len(), 2);
+    assert!(
+        allocs.iter().all(|a| a.release == two
+            && a.replaced_by.is_none()
+            && first.iter().any(|f| f.id == a.id)),
+        "the same allocations, re-stamped: {allocs:?}"
+    );
+    assert!(r.control.lock().rollouts.is_empty(), "no rollout");
+    let events = r.store.events_after(0, 100).await.unwrap();
+    let reload: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "reload")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "web: release 2 changes only configs app; reloading web-1, web-2 with SIGHUP \
+             instead of replacing them"
+        ]
+    );
+    // Without reload the same kind of change rolls out: one instance at a time (stop-first,
+    // parallelism 1), the other still of release 2.
+    let three = r.release(&[("web", with_config("c", false))]).await;
+    r.pass().await;
+    let releases: Vec<u64> = r
+        .control
+        .all_allocations()
+        .iter()
+        .map(|a| a.release)
+        .collect();
+    assert_eq!(
+        releases.iter().filter(|n| **n == three).count(),
+        1,
+        "{releases:?}"
+    );
+    assert!(!r.control.lock().rollouts.is_empty());
+}
+
+#[tokio::test]
 async fn a_paused_rollout_replaces_nothing_more_until_resumed() {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;

@@ -48,6 +48,13 @@ struct Cli {
     /// Keep running on SIGTERM (to exercise SIGKILL after the grace period).
     #[arg(long)]
     ignore_sigterm: bool,
+    /// A file served at GET /config, read again on SIGHUP.
+    #[arg(long, env = "DEMO_CONFIG", conflicts_with = "config_from")]
+    config: Option<std::path::PathBuf>,
+    /// The environment variable holding the path of the file served at GET /config (e.g.
+    /// SKIFF_CONFIG_APP, which skiff sets for a compose config named app).
+    #[arg(long, value_name = "VAR")]
+    config_from: Option<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -94,6 +101,23 @@ struct App {
     hog: std::sync::Mutex<Vec<Vec<u8>>>,
     error_rate: u64,
     served: std::sync::atomic::AtomicU64,
+    /// The file served at /config and its content as last read (at start, on SIGHUP).
+    config: Option<std::path::PathBuf>,
+    config_text: std::sync::RwLock<String>,
+}
+
+impl App {
+    /// Reads the config file again; a file that cannot be read keeps the last content.
+    fn read_config(&self) {
+        let Some(path) = &self.config else { return };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                *self.config_text.write().unwrap_or_else(|p| p.into_inner()) = text;
+                println!("config {} read", path.display());
+            }
+            Err(e) => eprintln!("skiff-demo: reading {}: {e}", path.display()),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,7 +148,20 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         hog: Default::default(),
         error_rate: cli.error_rate.min(100),
         served: Default::default(),
+        config: match (&cli.config, &cli.config_from) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(var)) => match std::env::var_os(var) {
+                Some(p) => Some(p.into()),
+                None => {
+                    eprintln!("skiff-demo: --config-from {var}: the variable is not set");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            (None, None) => None,
+        },
+        config_text: Default::default(),
     });
+    app.read_config();
     let router = Router::new()
         .route("/", get(root))
         .route("/version", get(version))
@@ -136,7 +173,8 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
         .route("/upgrade", get(upgrade))
         .route("/crash", get(crash))
         .route("/alloc", get(alloc))
-        .with_state(app);
+        .route("/config", get(config))
+        .with_state(app.clone());
     let host = listen_host(cli.host.as_deref());
     let listener = match tokio::net::TcpListener::bind((host.as_str(), cli.port)).await {
         Ok(l) => l,
@@ -159,7 +197,10 @@ async fn serve(cli: Cli) -> std::process::ExitCode {
             tokio::select! {
                 _ = term.recv() => if ignore_term { println!("ignoring SIGTERM") } else { break },
                 _ = int.recv() => break,
-                _ = hup.recv() => println!("reloaded"),
+                _ = hup.recv() => {
+                    app.read_config();
+                    println!("reloaded");
+                }
             }
         }
         println!("shutting down");
@@ -260,6 +301,19 @@ async fn upgrade(mut req: axum::extract::Request) -> axum::response::Response {
         .header(axum::http::header::CONNECTION, "upgrade")
         .body(axum::body::Body::empty())
         .expect("a valid response")
+}
+
+/// The config file's content as last read (404 without `--config`).
+async fn config(State(app): Shared) -> impl IntoResponse {
+    if app.config.is_none() {
+        return (StatusCode::NOT_FOUND, "no --config given\n".to_string());
+    }
+    let text = app
+        .config_text
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    (StatusCode::OK, text)
 }
 
 async fn crash() -> &'static str {

@@ -16,10 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use skiff_driver::log::{self, LogWriter};
 use skiff_driver::{
-    AdoptRequest, BoxFuture, Driver, Ended, Error, Events, ExecOutput, ExitStatus, Kind, Listed,
-    Result, Signal, StartRequest, State as WorkloadState, Stats, Workload,
+    AdoptRequest, BoxFuture, ConfigPlace, Driver, Ended, Error, Events, ExecOutput, ExitStatus,
+    Kind, Listed, Result, Signal, StartRequest, State as WorkloadState, Stats, Workload, configs,
 };
-use skiff_model::{InstanceId, ServiceSpec};
+use skiff_model::{ConfigFile, InstanceId, ServiceSpec};
 use tokio::time::Instant;
 
 use crate::{ContainerSpec, Engine, MountSpec, State, labels};
@@ -163,6 +163,17 @@ impl Driver for DockerDriver {
     /// Container ports are the container's; the engine picks and frees the host ports.
     fn return_ports(&self, _ports: &[(String, u16)]) {}
 
+    /// A container reads a config at its target, a read-only bind mount of the file the
+    /// agent writes under the instance directory. A single-file mount pins the inode (a
+    /// rename on the host stays invisible inside), so a change is rewritten in place.
+    fn config_place(&self, dir: &Path, c: &ConfigFile) -> Option<ConfigPlace> {
+        Some(ConfigPlace {
+            host: configs::host_path(dir, c)?,
+            seen: c.target.clone(),
+            in_place: true,
+        })
+    }
+
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Workload>>> {
         Box::pin(async move {
             let inner = &self.inner;
@@ -229,6 +240,13 @@ impl Driver for DockerDriver {
                     .mounts
                     .iter()
                     .map(|m| docker_mount(m, &id.stack.env))
+                    .chain(spec.configs.iter().filter_map(|c| {
+                        Some(MountSpec::Bind {
+                            source: configs::host_path(&dir, c)?.display().to_string(),
+                            target: c.target.clone(),
+                            read_only: true,
+                        })
+                    }))
                     .collect(),
                 memory_bytes: spec.limits.memory_bytes,
                 cpus: spec.limits.cpus,

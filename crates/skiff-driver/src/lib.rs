@@ -25,6 +25,7 @@
 //!   [`log`], so logs are read the same whatever ran the workload.
 //! - This crate depends on skiff-model and nothing of the agent or any driver.
 
+pub mod configs;
 pub mod log;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -37,7 +38,9 @@ use std::time::Duration;
 
 pub use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use skiff_model::{InstanceId, ServiceSpec};
+use skiff_model::{ConfigFile, InstanceId, ServiceSpec};
+
+pub use configs::ConfigPlace;
 
 /// Which driver: the same enum a service's spec names (`x-skiff.driver`).
 pub use skiff_model::Driver as Kind;
@@ -236,6 +239,13 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// Gives back ports of [`Driver::listen_ports`] that no started workload holds.
     fn return_ports(&self, ports: &[(String, u16)]);
+
+    /// Where config `c` of the instance whose directory is `dir` is written, where the
+    /// workload reads it and how a change reaches it (`None`: a target that names no file).
+    /// By default under `<dir>/configs/`, read there, replaced atomically.
+    fn config_place(&self, dir: &Path, c: &ConfigFile) -> Option<ConfigPlace> {
+        configs::in_instance_dir(dir, c)
+    }
 
     /// Starts a workload; on failure, whatever it took (ports, cgroup) is given back.
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Workload>>>;

@@ -31,8 +31,8 @@ pub enum Change {
     Added,
     Removed,
     /// Changed fields, in the order of [`ServiceSpec`]'s fields. `replaces`: running
-    /// instances are replaced (the workload differs, [`ServiceSpec::same_workload`]); else
-    /// they are kept (replicas or release policies only).
+    /// instances are replaced ([`ServiceSpec::change_to`] says `Replace`); else they are
+    /// kept (replicas or release policies only) or reloaded (config contents, `reload`).
     Changed {
         fields: Vec<FieldChange>,
         replaces: bool,
@@ -94,7 +94,7 @@ pub fn compare(old: &StackSpec, new: &StackSpec) -> Vec<ServiceDiff> {
                     } else {
                         Change::Changed {
                             fields,
-                            replaces: !a.same_workload(b),
+                            replaces: a.change_to(b) == crate::WorkloadChange::Replace,
                         }
                     }
                 }
@@ -289,6 +289,22 @@ fn service_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<FieldChange> {
     f.by("release", &a.release, &b.release, |r| {
         strategy(r.strategy).into()
     });
+    // By name only: a config's content may be a secret.
+    let configs = |s: &ServiceSpec| -> BTreeMap<String, (String, String, Option<u32>)> {
+        s.configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    (c.target.clone(), c.content.clone(), c.mode),
+                )
+            })
+            .collect()
+    };
+    f.keyed("configs", &configs(a), &configs(b));
+    f.by("reload", &a.reload, &b.reload, |r| {
+        r.as_ref().map_or("none".into(), |r| r.signal.clone())
+    });
     f.0
 }
 
@@ -471,6 +487,39 @@ mod tests {
 
     fn lines(old: &StackSpec, new: &StackSpec) -> Vec<String> {
         compare(old, new).iter().map(ServiceDiff::line).collect()
+    }
+
+    #[test]
+    fn a_config_change_names_the_config_never_its_content_and_a_reload_keeps_instances() {
+        let with = |content: &str, reload: bool| {
+            let mut s = svc("demo:1", 2);
+            s.configs = vec![crate::ConfigFile {
+                name: "app".into(),
+                target: "/app".into(),
+                content: content.into(),
+                mode: None,
+            }];
+            s.reload = reload.then(|| crate::ReloadSpec {
+                signal: "SIGHUP".into(),
+            });
+            s
+        };
+        let old = stack(&[("web", with("secret=1", true))]);
+        let new = stack(&[("web", with("secret=2", true))]);
+        let diffs = compare(&old, &new);
+        assert_eq!(diffs[0].line(), "~ web: configs ~app");
+        assert!(matches!(
+            diffs[0].change,
+            Change::Changed {
+                replaces: false,
+                ..
+            }
+        ));
+        let plain = stack(&[("web", with("secret=2", false))]);
+        assert!(matches!(
+            compare(&stack(&[("web", with("secret=1", false))]), &plain)[0].change,
+            Change::Changed { replaces: true, .. }
+        ));
     }
 
     #[test]

@@ -322,6 +322,97 @@ pub struct ServiceSpec {
     /// How traffic moves to a new release (`x-skiff.release`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub release: ReleasePolicy,
+    /// Compose `configs` granted to the service, with their contents (resolved where `skiff
+    /// up` runs: releases carry them to every node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigFile>,
+    /// `x-skiff.reload`: a change of `configs` alone is applied to running instances by
+    /// rewriting the files and sending this signal, instead of replacing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadSpec>,
+}
+
+/// A config file an instance gets: compose's `configs` grant with its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// The config's key under the top-level `configs` (names `SKIFF_CONFIG_<NAME>`).
+    pub name: String,
+    /// Absolute path inside a container (compose's default `/<name>`); for a process, the
+    /// place under the instance directory's `configs/`.
+    pub target: String,
+    /// The file's content (UTF-8 text).
+    pub content: String,
+    /// Permission bits (compose's default 0444).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+impl ConfigFile {
+    /// `SKIFF_CONFIG_<NAME>`: the name upper-cased, anything but ASCII letters and digits
+    /// as `_`.
+    pub fn env_var(&self) -> String {
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("SKIFF_CONFIG_{name}")
+    }
+
+    /// The target as a path relative to a root: without its leading `/`, `.` segments
+    /// dropped. `None` for a target that would leave the root (`..`) or names no file.
+    pub fn relative_target(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for seg in self.target.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => return None,
+                s => parts.push(s),
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("/"))
+    }
+}
+
+/// `x-skiff.reload`: how a running instance takes new config files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadSpec {
+    /// A signal name as `skiff kill` takes it (`SIGHUP`, `HUP`, `USR1`…).
+    pub signal: String,
+}
+
+/// What a new release's spec means for an instance running an older one
+/// ([`ServiceSpec::change_to`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkloadChange {
+    /// Nothing the instance runs with differs (replicas, release policies): re-stamp it.
+    Keep,
+    /// Only config files differ and the new spec reloads: rewrite `configs` (names, sorted)
+    /// and send `signal`; the instance stays.
+    Reload {
+        configs: Vec<String>,
+        signal: String,
+    },
+    /// Anything else: a new instance replaces it.
+    Replace,
+}
+
+/// Names of the configs of `new` that differ from `old`'s of that name, sorted.
+fn changed_configs(old: &[ConfigFile], new: &[ConfigFile]) -> Vec<String> {
+    let mut names: Vec<String> = new
+        .iter()
+        .filter(|c| !old.contains(c))
+        .map(|c| c.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -338,18 +429,47 @@ impl fmt::Display for Driver {
 }
 
 impl ServiceSpec {
-    /// Whether instances started for `other` run as this spec wants: everything but the
-    /// replica count and the release policies (how a change rolls out) is the same. A new
-    /// release that differs in nothing else keeps its instances.
-    pub fn same_workload(&self, other: &ServiceSpec) -> bool {
+    /// What becomes of an instance started for `self` when `new` is wanted: kept when
+    /// everything but the replica count and the release policies (how a change rolls out) is
+    /// the same; reloaded when, besides those, only the contents or modes of `configs` differ
+    /// and `new` declares `reload`; replaced otherwise (also when a config is added, removed
+    /// or moved).
+    pub fn change_to(&self, new: &ServiceSpec) -> WorkloadChange {
         let strip = |s: &ServiceSpec| ServiceSpec {
             replicas: 0,
             update: UpdatePolicy::default(),
             rollback: UpdatePolicy::default(),
             release: ReleasePolicy::default(),
+            configs: Vec::new(),
+            reload: None,
             ..s.clone()
         };
-        strip(self) == strip(other)
+        // Which files exist and where is part of how an instance runs (a process learns
+        // each path from its environment): only contents and modes can change in place.
+        let places = |s: &ServiceSpec| -> Vec<(String, String)> {
+            let mut v: Vec<_> = s
+                .configs
+                .iter()
+                .map(|c| (c.name.clone(), c.target.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        if strip(self) != strip(new) || places(self) != places(new) {
+            return WorkloadChange::Replace;
+        }
+        let changed = changed_configs(&self.configs, &new.configs);
+        if changed.is_empty() {
+            // The reload setting itself only matters to the next config change.
+            return WorkloadChange::Keep;
+        }
+        match &new.reload {
+            Some(r) => WorkloadChange::Reload {
+                configs: changed,
+                signal: r.signal.clone(),
+            },
+            None => WorkloadChange::Replace,
+        }
     }
 
     /// What the process driver runs: executable (else entrypoint) followed by the command.
@@ -669,6 +789,99 @@ mod tests {
         assert_eq!(s.process_argv(), vec!["demo", "--name", "web"]);
         s.executable = Some("./bin/demo".into());
         assert_eq!(s.process_argv(), vec!["./bin/demo", "--name", "web"]);
+    }
+
+    fn config(name: &str, content: &str) -> ConfigFile {
+        ConfigFile {
+            name: name.into(),
+            target: format!("/{name}"),
+            content: content.into(),
+            mode: None,
+        }
+    }
+
+    fn reloading(configs: Vec<ConfigFile>) -> ServiceSpec {
+        ServiceSpec {
+            image: Some("app:1".into()),
+            replicas: 2,
+            configs,
+            reload: Some(ReloadSpec {
+                signal: "SIGHUP".into(),
+            }),
+            ..ServiceSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_config_change_with_reload_is_a_reload_of_the_changed_configs() {
+        let old = reloading(vec![config("app", "a=1"), config("log", "x")]);
+        let new = reloading(vec![config("app", "a=2"), config("log", "x")]);
+        assert_eq!(
+            old.change_to(&new),
+            WorkloadChange::Reload {
+                configs: vec!["app".into()],
+                signal: "SIGHUP".into()
+            }
+        );
+        // An added or moved config replaces: its path reaches a process in its environment.
+        let added = reloading(vec![
+            config("app", "a=1"),
+            config("log", "x"),
+            config("new", "n"),
+        ]);
+        assert_eq!(old.change_to(&added), WorkloadChange::Replace);
+        let mut moved = old.clone();
+        moved.configs[0].target = "/etc/app".into();
+        assert_eq!(old.change_to(&moved), WorkloadChange::Replace);
+    }
+
+    #[test]
+    fn a_config_change_without_reload_replaces() {
+        let mut old = reloading(vec![config("app", "a=1")]);
+        let mut new = reloading(vec![config("app", "a=2")]);
+        old.reload = None;
+        new.reload = None;
+        assert_eq!(old.change_to(&new), WorkloadChange::Replace);
+        // What counts is the new spec's reload.
+        old.reload = Some(ReloadSpec {
+            signal: "SIGHUP".into(),
+        });
+        assert_eq!(old.change_to(&new), WorkloadChange::Replace);
+    }
+
+    #[test]
+    fn a_config_change_together_with_the_image_replaces() {
+        let old = reloading(vec![config("app", "a=1")]);
+        let mut new = reloading(vec![config("app", "a=2")]);
+        new.image = Some("app:2".into());
+        assert_eq!(old.change_to(&new), WorkloadChange::Replace);
+        let mut env = reloading(vec![config("app", "a=2")]);
+        env.environment.insert("X".into(), "1".into());
+        assert_eq!(old.change_to(&env), WorkloadChange::Replace);
+    }
+
+    #[test]
+    fn a_replicas_only_change_keeps() {
+        let old = reloading(vec![config("app", "a=1")]);
+        let mut new = old.clone();
+        new.replicas = 5;
+        assert_eq!(old.change_to(&new), WorkloadChange::Keep);
+        // Adding or dropping reload alone changes nothing that runs.
+        new.reload = None;
+        assert_eq!(old.change_to(&new), WorkloadChange::Keep);
+    }
+
+    #[test]
+    fn config_env_vars_and_targets_are_derived_safely() {
+        let mut c = config("app.conf-v2", "");
+        assert_eq!(c.env_var(), "SKIFF_CONFIG_APP_CONF_V2");
+        assert_eq!(c.relative_target().as_deref(), Some("app.conf-v2"));
+        c.target = "/etc/./nginx//nginx.conf".into();
+        assert_eq!(c.relative_target().as_deref(), Some("etc/nginx/nginx.conf"));
+        c.target = "/etc/../../passwd".into();
+        assert_eq!(c.relative_target(), None);
+        c.target = "/".into();
+        assert_eq!(c.relative_target(), None);
     }
 
     #[test]

@@ -344,6 +344,8 @@ pub const NOT_ACTED_ON: &[&str] = &[
 
 /// Every field name of the compose-spec and of `x-skiff`, for "did you mean" hints.
 const ALL_FIELDS: &[&str] = &[
+    "reload",
+    "signal",
     "readiness",
     "liveness",
     "keep_failed",
@@ -1535,7 +1537,20 @@ pub struct XSkiffService {
     /// where it may).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<XPlacement>,
+    /// A change of only the service's `configs` rewrites the files of running instances and
+    /// sends them this signal instead of replacing them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<Reload>,
     #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// `x-skiff.reload`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    /// A signal name, as `skiff kill` takes it: `SIGHUP`, `HUP`, `USR1`…
+    pub signal: String,
+    #[serde(flatten, default)]
     pub x: Extensions,
 }
 

@@ -5,7 +5,8 @@
 //! follows `docker stack deploy` (restart on any exit), because skiff supervises services;
 //! `restart: "no"` or `deploy.restart_policy.condition: none` turns it off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use skiff_model::{
@@ -13,15 +14,26 @@ use skiff_model::{
     StackSpec, WaitFor,
 };
 
+use crate::diag::{Diagnostic, SpecError};
+use crate::loader::Loader;
 use crate::model::{self, Condition, DeployMode, Project, Restart, Service};
 use crate::order;
+use crate::project::LoadedProject;
+use crate::validate::key_pos;
 
-/// Converts a loaded, validated project.
-pub fn stack_spec(project: &Project) -> StackSpec {
+/// The largest config file a release carries (releases travel whole to every node).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Converts a loaded, validated project; the contents of the `configs` its services use are
+/// read through `loader` (`file:`), taken inline (`content:`) or from the project's
+/// environment (`environment:`).
+pub fn stack_spec(loaded: &LoadedProject, loader: &dyn Loader) -> Result<StackSpec, SpecError> {
+    let contents = config_contents(loaded, loader)?;
+    let project = &loaded.project;
     let services: BTreeMap<String, ServiceSpec> = project
         .services
         .iter()
-        .map(|(name, svc)| (name.clone(), service_spec(project, svc)))
+        .map(|(name, svc)| (name.clone(), service_spec(project, svc, &contents)))
         .collect();
     let deps = project
         .services
@@ -31,10 +43,110 @@ pub fn stack_spec(project: &Project) -> StackSpec {
     // Validation rejected cycles; an empty order here would only hide a bug, so keep
     // whatever ordering is possible.
     let batches = order::batches(&deps).unwrap_or_default();
-    StackSpec { services, batches }
+    Ok(StackSpec { services, batches })
 }
 
-fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
+/// The content of every top-level config a service grants, by name; every config that
+/// cannot be had is reported, each at its place.
+fn config_contents(
+    loaded: &LoadedProject,
+    loader: &dyn Loader,
+) -> Result<BTreeMap<String, String>, SpecError> {
+    let used: BTreeSet<&str> = loaded
+        .project
+        .services
+        .values()
+        .flat_map(|s| s.configs.iter().map(|c| c.source.as_str()))
+        .collect();
+    let mut contents = BTreeMap::new();
+    let mut errors = Vec::new();
+    for name in used {
+        let Some(obj) = loaded.project.configs.get(name) else {
+            continue; // validation reported the undefined reference
+        };
+        let at = |field: &str, message: String| {
+            let path: Vec<&str> = ["configs", name, field]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect();
+            Diagnostic::new(key_pos(&loaded.tree, &path), path.join("."), message)
+        };
+        let content = if obj.external.is_some() {
+            Err(at(
+                "external",
+                "external configs are not supported: skiff has no config store; give the \
+                 content with file, content or environment"
+                    .into(),
+            ))
+        } else if let Some(path) = &obj.file {
+            loader
+                .read(Path::new(path))
+                .map_err(|e| at("file", format!("cannot read {path}: {e}")))
+                .map(|text| (text, "file"))
+        } else if let Some(text) = &obj.content {
+            Ok((text.clone(), "content"))
+        } else if let Some(var) = &obj.environment {
+            loaded
+                .environment
+                .get(var)
+                .cloned()
+                .ok_or_else(|| at("environment", format!("variable {var} is not set")))
+                .map(|text| (text, "environment"))
+        } else {
+            Err(at(
+                "",
+                format!("config {name:?} has no source: set file, content or environment"),
+            ))
+        };
+        match content {
+            Ok((text, field)) if text.len() > MAX_CONFIG_BYTES => errors.push(at(
+                field,
+                format!(
+                    "is {} bytes or more; a config may hold at most {MAX_CONFIG_BYTES} bytes \
+                     (1 MiB)",
+                    text.len()
+                ),
+            )),
+            Ok((text, _)) => {
+                contents.insert(name.to_string(), text);
+            }
+            Err(d) => errors.push(d),
+        }
+    }
+    if errors.is_empty() {
+        Ok(contents)
+    } else {
+        Err(SpecError {
+            diagnostics: errors,
+        })
+    }
+}
+
+/// A service's `configs` grants with their contents: target as compose defaults it
+/// (`/<name>`), mode as given.
+fn configs(svc: &Service, contents: &BTreeMap<String, String>) -> Vec<skiff_model::ConfigFile> {
+    svc.configs
+        .iter()
+        .filter_map(|r| {
+            Some(skiff_model::ConfigFile {
+                name: r.source.clone(),
+                target: match &r.target {
+                    Some(t) if t.starts_with('/') => t.clone(),
+                    Some(t) => format!("/{t}"),
+                    None => format!("/{}", r.source),
+                },
+                content: contents.get(&r.source)?.clone(),
+                mode: r.mode,
+            })
+        })
+        .collect()
+}
+
+fn service_spec(
+    project: &Project,
+    svc: &Service,
+    contents: &BTreeMap<String, String>,
+) -> ServiceSpec {
     let x = svc.x_skiff.as_deref();
     let deploy = svc.deploy.as_deref();
     let global = matches!(
@@ -122,6 +234,12 @@ fn service_spec(project: &Project, svc: &Service) -> ServiceSpec {
         update: update_policy(deploy.and_then(|d| d.update_config.as_ref())),
         rollback: update_policy(deploy.and_then(|d| d.rollback_config.as_ref())),
         release: release_policy(x.and_then(|x| x.release.as_ref())),
+        configs: configs(svc, contents),
+        reload: x
+            .and_then(|x| x.reload.as_ref())
+            .map(|r| skiff_model::ReloadSpec {
+                signal: r.signal.clone(),
+            }),
     }
 }
 
@@ -430,7 +548,122 @@ mod tests {
     use crate::project::load_str;
 
     fn spec(text: &str) -> StackSpec {
-        stack_spec(&load_str(&[("c.yaml", text)], &[]).unwrap().project)
+        let loaded = load_str(&[("c.yaml", text)], &[]).unwrap();
+        stack_spec(&loaded, &crate::loader::MemLoader::new()).unwrap()
+    }
+
+    /// The stack spec of `text` (at `/project/c.yaml`) with `files` readable, or the
+    /// diagnostics as `file:line:col: path: message` lines.
+    fn spec_with(
+        text: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Result<StackSpec, Vec<String>> {
+        let loaded = load_str(&[("c.yaml", text)], env).unwrap();
+        let mut loader = crate::loader::MemLoader::new();
+        for (p, t) in files {
+            loader.insert(*p, *t);
+        }
+        stack_spec(&loaded, &loader)
+            .map_err(|e| e.diagnostics.iter().map(|d| d.to_string()).collect())
+    }
+
+    const CONFIGS: &str = "services:\n  web:\n    image: web\n    configs:\n      - app\n      - source: inline\n        target: /etc/web/inline.conf\n        mode: 0440\n      - {source: fromenv, target: env.conf}\nconfigs:\n  app:\n    file: ./app.conf\n  inline:\n    content: \"port=${PORT:-80}\"\n  fromenv:\n    environment: WEB_CONF\n";
+
+    #[test]
+    fn configs_from_file_content_and_environment_reach_the_service_with_their_targets() {
+        let s = spec_with(
+            CONFIGS,
+            &[("/project/app.conf", "from the file\n")],
+            &[("WEB_CONF", "from the environment")],
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, &str, Option<u32>)> = s.services["web"]
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.target.as_str(),
+                    c.content.as_str(),
+                    c.mode,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("app", "/app", "from the file\n", None),
+                ("inline", "/etc/web/inline.conf", "port=80", Some(0o440)),
+                ("fromenv", "/env.conf", "from the environment", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_or_variable_is_an_error_at_its_place() {
+        let errors = spec_with(CONFIGS, &[], &[]).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "c.yaml:12:5: configs.app.file: cannot read /project/app.conf: no such file",
+                "c.yaml:16:5: configs.fromenv.environment: variable WEB_CONF is not set",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_over_one_mebibyte_is_refused() {
+        let big = "x".repeat(MAX_CONFIG_BYTES + 1);
+        let errors = spec_with(
+            CONFIGS,
+            &[("/project/app.conf", big.as_str())],
+            &[("WEB_CONF", "ok")],
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("c.yaml:12:5: configs.app.file: is 1048577 bytes"),
+            "{errors:?}"
+        );
+        // Exactly 1 MiB is fine.
+        let max = "x".repeat(MAX_CONFIG_BYTES);
+        let s = spec_with(
+            CONFIGS,
+            &[("/project/app.conf", max.as_str())],
+            &[("WEB_CONF", "ok")],
+        )
+        .unwrap();
+        assert_eq!(s.services["web"].configs[0].content.len(), MAX_CONFIG_BYTES);
+    }
+
+    #[test]
+    fn an_external_config_is_refused_with_a_reason() {
+        let errors = spec_with(
+            "services:\n  web:\n    image: web\n    configs: [ext]\nconfigs:\n  ext:\n    external: true\n",
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "c.yaml:7:5: configs.ext.external: external configs are not supported: \
+                 skiff has no config store; give the content with file, content or environment"
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_reaches_the_service_spec() {
+        let s =
+            spec("services:\n  web:\n    image: web\n    x-skiff: {reload: {signal: SIGHUP}}\n");
+        assert_eq!(
+            s.services["web"].reload,
+            Some(skiff_model::ReloadSpec {
+                signal: "SIGHUP".into()
+            })
+        );
     }
 
     #[test]
@@ -511,10 +744,13 @@ mod tests {
         // Swarm's defaults, and a change of policy alone keeps the instances.
         let b = &s.services["b"];
         assert_eq!(b.update, skiff_model::UpdatePolicy::default());
-        assert!(a.same_workload(&skiff_model::ServiceSpec {
-            image: Some("a".into()),
-            ..b.clone()
-        }));
+        assert_eq!(
+            a.change_to(&skiff_model::ServiceSpec {
+                image: Some("a".into()),
+                ..b.clone()
+            }),
+            skiff_model::WorkloadChange::Keep
+        );
     }
 
     #[test]

@@ -218,6 +218,21 @@ fn check_service(
         ("secrets", &svc.secrets, &project.secrets),
     ] {
         for r in refs {
+            if let Some(t) = &r.target
+                && field == "configs"
+                && (t.split('/').any(|seg| seg == "..")
+                    || t.split('/').all(|seg| seg.is_empty() || seg == "."))
+            {
+                let mut p = at(&[]);
+                p.push(field.to_string());
+                p.push(r.source.clone());
+                p.push("target".into());
+                err(
+                    f,
+                    p,
+                    format!("target {t:?} must name a file and may not contain '..'"),
+                );
+            }
             if !defined.contains_key(&r.source) {
                 let mut p = at(&[]);
                 p.push(field.to_string());
@@ -898,6 +913,17 @@ fn check_x_skiff(f: &mut Findings, name: &str, svc: &Service, x: &XSkiffService,
             );
         }
     }
+    if let Some(r) = &x.reload
+        && !valid_signal_name(&r.signal)
+    {
+        err(
+            path(&["reload", "signal"]),
+            format!(
+                "unknown signal {:?} (use a name such as SIGHUP or USR1, as skiff kill takes it)",
+                r.signal
+            ),
+        );
+    }
     for (i, r) in x.routes.iter().enumerate() {
         let idx = i.to_string();
         if let Some(p) = &r.path
@@ -1063,14 +1089,19 @@ fn valid_host(h: &str) -> bool {
 }
 
 fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    valid_signal_name(s)
+}
+
+/// A signal name, with or without `SIG`, in any case: what `skiff kill` takes.
+fn valid_signal_name(s: &str) -> bool {
     const NAMES: &[&str] = &[
         "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
         "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
         "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
-    if let Ok(n) = s.parse::<u32>() {
-        return (1..=64).contains(&n);
-    }
     let upper = s.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     NAMES.contains(&bare)

@@ -222,7 +222,8 @@ fn placement_reservations_and_mode_reach_the_runtime_spec() {
     use skiff_model::{Constraint, DeployMode, Strategy};
     let text = std::fs::read_to_string(dir("valid").join("placement.yaml")).unwrap();
     let project = load_str(&[("compose.yaml", &text)], &[]).unwrap();
-    let stack = skiff_spec::runtime::stack_spec(&project.project);
+    let stack =
+        skiff_spec::runtime::stack_spec(&project, &skiff_spec::loader::MemLoader::new()).unwrap();
     let web = &stack.services["web"];
     assert_eq!(web.reservations.cpu_millis, 250);
     assert_eq!(web.reservations.memory_bytes, 256 << 20);
@@ -244,4 +245,9 @@ fn placement_reservations_and_mode_reach_the_runtime_spec() {
         64 << 20,
         "the limit when nothing is reserved"
     );
+}
+
+#[test]
+fn reload_signals_are_names_skiff_kill_takes_and_config_targets_stay_inside() {
+    rejects("reload-and-config-targets");
 }

@@ -123,7 +123,8 @@ pub type Controls = BTreeMap<String, ServiceControl>;
 /// Points: `release-stored` (the API, after the commit, before the answer),
 /// `instance-dir-written` (the agent, before the shim starts), `instance-started` (after the
 /// workload runs, before the agent records it), `instance-stopped` (after the workload ended,
-/// before its directory and cgroup are removed). Rollouts (the control plane, each right after
+/// before its directory and cgroup are removed), `config-written` (a reload's new config
+/// files written, before the signal and before the instance's record names the release). Rollouts (the control plane, each right after
 /// the commit that makes the step durable, with the step's events): `rollout-started` (the
 /// pass that created a service's rollout), `rollout-batch` (a batch's re-stamps or
 /// replacements, before the new instances are ready), `rollout-retire` (a replaced copy's

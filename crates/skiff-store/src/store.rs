@@ -273,28 +273,7 @@ impl<K: Kv> Store<K> {
         author: Author,
         cause: Cause,
     ) -> Result<Release> {
-        self.create_release_with(stack, spec, source, now_ms, author, cause, |_| {
-            (Vec::new(), Vec::new())
-        })
-        .await
-        .map(|(release, _)| release)
-    }
-
-    /// [`Store::create_release`], with the caller's writes and events that depend on the
-    /// release (its number) in the same transaction: all of it happened, or none of it.
-    /// Returns the release and the revision of the last of the caller's writes.
-    pub async fn create_release_with(
-        &self,
-        stack: &StackKey,
-        spec: StackSpec,
-        source: String,
-        now_ms: u64,
-        author: Author,
-        cause: Cause,
-        with: impl Fn(&Release) -> (Vec<TxnOp>, Vec<NewEvent>),
-    ) -> Result<(Release, u64)> {
-        let key = stack_key(stack);
-        let mut release = Release {
+        let draft = Release {
             stack: stack.clone(),
             number: 0,
             created_ms: now_ms,
@@ -303,6 +282,22 @@ impl<K: Kv> Store<K> {
             author,
             cause,
         };
+        self.create_release_with(draft, |_| (Vec::new(), Vec::new()))
+            .await
+            .map(|(release, _)| release)
+    }
+
+    /// [`Store::create_release`] of `draft` (its number is assigned), with the caller's writes
+    /// and events that depend on the release (its number) in the same transaction: all of it
+    /// happened, or none of it. Returns the release and the revision of the last of the
+    /// caller's writes.
+    pub async fn create_release_with(
+        &self,
+        draft: Release,
+        with: impl Fn(&Release) -> (Vec<TxnOp>, Vec<NewEvent>),
+    ) -> Result<(Release, u64)> {
+        let key = stack_key(&draft.stack);
+        let mut release = draft;
         for _ in 0..TRIES {
             let entry = self.kv.get(&key).await?;
             let mut record: StackRecord = match &entry {
@@ -312,7 +307,7 @@ impl<K: Kv> Store<K> {
             release.number = record.next.max(1);
             record.current = Some(release.number);
             record.next = release.number + 1;
-            let release_key = release_key(stack, release.number);
+            let release_key = release_key(&release.stack, release.number);
             // The record first: a writer that raced this one conflicts on it. The release's
             // own key conflicts only when the record lies about the numbers taken.
             let mut ops = vec![

@@ -319,15 +319,18 @@ macro_rules! store_battery {
                 let (s, _d) = store().await;
                 let (rel, _) = s
                     .create_release_with(
-                        &stack("a"),
-                        StackSpec::default(),
-                        "x".into(),
-                        1,
-                        Author {
-                            user: "alice".into(),
-                            host: "box".into(),
+                        skiff_model::Release {
+                            stack: stack("a"),
+                            number: 0,
+                            created_ms: 1,
+                            spec: StackSpec::default(),
+                            source: "x".into(),
+                            author: Author {
+                                user: "alice".into(),
+                                host: "box".into(),
+                            },
+                            cause: Cause::Up,
                         },
-                        Cause::Up,
                         |r| {
                             let key = format!("rollouts/default/a/web/{}", r.number);
                             let op = skiff_store::TxnOp::put(key, b"r".to_vec(), Expect::Absent);

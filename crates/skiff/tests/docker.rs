@@ -69,16 +69,31 @@ fn json(dev: &Dev, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-#[test]
-fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
+/// `skiff dev` and a project of the demo image's build context with `compose` and `files`;
+/// `None` when `SKIFF_TEST_NO_DOCKER` skips the Docker tests.
+fn demo_project(
+    compose: &str,
+    files: &[(&str, &str)],
+) -> Option<(Dev, tempfile::TempDir, tempfile::TempDir)> {
     if std::env::var_os("SKIFF_TEST_NO_DOCKER").is_some() {
-        return;
+        return None;
     }
     let project = tempfile::tempdir().unwrap();
     demo_build_context(project.path());
-    std::fs::write(project.path().join("compose.yaml"), COMPOSE).unwrap();
+    std::fs::write(project.path().join("compose.yaml"), compose).unwrap();
+    for (name, text) in files {
+        std::fs::write(project.path().join(name), text).unwrap();
+    }
     let data = tempfile::tempdir().unwrap();
     let dev = start_dev(data.path());
+    Some((dev, project, data))
+}
+
+#[test]
+fn a_built_stack_runs_as_containers_survives_kill_9_and_down_leaves_nothing() {
+    let Some((dev, project, data)) = demo_project(COMPOSE, &[]) else {
+        return;
+    };
     let cluster = format!("io.skiff.cluster={}", dev.cluster);
 
     let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
@@ -286,4 +301,68 @@ fn without_an_engine_up_of_a_docker_service_fails_at_once_naming_it() {
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+const RELOADING: &str = r#"
+name: dockercfg
+services:
+  web:
+    build: .
+    command: [--name, web, --config-from, SKIFF_CONFIG_APP]
+    expose: ["8080"]
+    configs:
+      - source: app
+        target: /etc/web/app.conf
+    x-skiff:
+      reload: {signal: SIGHUP}
+configs:
+  app:
+    file: ./app.conf
+"#;
+
+#[test]
+fn a_container_reads_its_config_at_the_target_and_a_reload_reaches_the_same_container() {
+    let Some((dev, project, _data)) = demo_project(RELOADING, &[("app.conf", "v1\n")]) else {
+        return;
+    };
+    let cluster = format!("io.skiff.cluster={}", dev.cluster);
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(ok, "up failed: {out}\n{err}");
+    let web = container_of(&cluster, "web");
+    let ps = json(&dev, project.path(), &["ps", "-o", "json"]);
+    let port = ps[0]["ports"]
+        .as_object()
+        .and_then(|p| p.values().next()?.as_u64())
+        .unwrap() as u16;
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(http(&addr, "GET", "/config", ""), (200, "v1\n".to_string()));
+    assert_eq!(docker_exec(&web, "cat /etc/web/app.conf"), "v1");
+    assert_eq!(
+        docker_exec(&web, "echo $SKIFF_CONFIG_APP"),
+        "/etc/web/app.conf"
+    );
+
+    // The file changes inside the same container (the single-file bind mount keeps its
+    // inode: the agent rewrites it in place), and SIGHUP makes the demo read it again.
+    std::fs::write(project.path().join("app.conf"), "v2, longer\n").unwrap();
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up"]);
+    assert!(ok, "up failed: {out}\n{err}");
+    assert_eq!(container_of(&cluster, "web"), web, "the same container");
+    assert_eq!(docker_exec(&web, "cat /etc/web/app.conf"), "v2, longer");
+    let returned = Instant::now();
+    while http(&addr, "GET", "/config", "") != (200, "v2, longer\n".to_string()) {
+        assert!(
+            returned.elapsed() < Duration::from_secs(1),
+            "reloaded within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, events, _) = skiff_in(&dev, project.path(), &[], &["events"]);
+    assert!(
+        events.contains("web-1") && events.contains("reloaded: configs app; SIGHUP"),
+        "{events}"
+    );
+    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["down", "dockercfg"]);
+    assert!(ok, "{out}{err}");
+    assert!(containers_labelled(&cluster).is_empty());
 }

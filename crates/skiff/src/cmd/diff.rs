@@ -146,6 +146,17 @@ fn lines(diffs: &[ServiceDiff], new: &StackSpec, verbose: bool) -> Vec<String> {
                 Change::Changed {
                     replaces: false,
                     fields,
+                } if fields.iter().any(|f| f.field == "configs") => {
+                    let signal = new
+                        .services
+                        .get(&d.service)
+                        .and_then(|s| s.reload.as_ref())
+                        .map_or("its signal", |r| r.signal.as_str());
+                    format!(" (reloaded with {signal}, instances kept)")
+                }
+                Change::Changed {
+                    replaces: false,
+                    fields,
                 } if fields.iter().any(|f| f.field == "replicas") => {
                     " (scaled, instances kept)".to_string()
                 }

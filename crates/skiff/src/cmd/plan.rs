@@ -8,7 +8,6 @@ use skiff_spec::model::Condition;
 use skiff_spec::order;
 
 use skiff_client::{NewRelease, PlacementPreview};
-use skiff_spec::runtime;
 
 use super::project::ProjectArgs;
 use crate::output::{self, Format, OutputArg};
@@ -70,8 +69,12 @@ pub fn run(args: Args, addr: &str, env: &str) -> anyhow::Result<ExitCode> {
                 &["BATCH", "SERVICE", "DRIVER", "REPLICAS", "WAITS FOR"],
                 rows,
             );
+            let spec = match super::project::stack_spec(&loaded) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
             let request = NewRelease {
-                spec: runtime::stack_spec(&loaded.project),
+                spec,
                 source: String::new(),
                 author: None,
             };

@@ -66,8 +66,12 @@ impl ProjectArgs {
             Err(code) => return Ok(Err(code)),
         };
         output::print_diagnostics(&[], &loaded.warnings);
+        let spec = match stack_spec(&loaded) {
+            Ok(s) => s,
+            Err(code) => return Ok(Err(code)),
+        };
         Ok(Ok(Prepared {
-            spec: runtime::stack_spec(&loaded.project),
+            spec,
             source: render::to_yaml(&loaded.project)?,
             name: loaded.name,
         }))
@@ -81,4 +85,17 @@ pub struct Prepared {
     pub spec: StackSpec,
     /// The resolved compose text (`skiff config`).
     pub source: String,
+}
+
+/// The runtime spec of a loaded project, its configs' files read from disk (at most
+/// `MAX_CONFIG_BYTES` + 1 bytes of one); on a config that cannot be had, prints why and
+/// returns the exit code.
+pub fn stack_spec(loaded: &LoadedProject) -> Result<StackSpec, ExitCode> {
+    let loader = FsLoader {
+        max_bytes: runtime::MAX_CONFIG_BYTES,
+    };
+    runtime::stack_spec(loaded, &loader).map_err(|SpecError { diagnostics }| {
+        output::print_diagnostics(&diagnostics, &[]);
+        ExitCode::FAILURE
+    })
 }
