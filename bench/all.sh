@@ -87,6 +87,10 @@ if want releases; then
   info "  p99 during the rolling update" "$(pick releases 's/^releases: rolling update.*p99 \([0-9.]*\) ms.*/\1/p')" ms
   row "releases: failed requests, skiff rollback of 10 under the same load" "$(pick releases 's/^releases: rollback:.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
   info "  reference: nginx -s reload every 1 s under the same load, failed" "$(pick releases 's/^releases: nginx.*failed \([0-9]*\),.*/\1/p')" ""
+  row "releases: failed requests, canary 10% -> 50% -> 100% under the same load" "$(pick releases 's/^releases: canary 10.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
+  row "releases: failed requests, canary at 20% aborted under the same load" "$(pick releases 's/^releases: canary at 20.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
+  row "releases: failed requests, blue-green switch under the same load" "$(pick releases 's/^releases: blue-green switch:.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
+  row "releases: failed requests, blue-green switch back (rollback) under the same load" "$(pick releases 's/^releases: blue-green switch back.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
 fi
 
 echo

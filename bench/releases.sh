@@ -11,16 +11,20 @@
 #               10 instances, its upstream switched between two halves with `nginx -s reload`
 #               every second (the baselines' R1);
 #    rolling    v1 -> v2, start-first, parallelism 20% (2 at a time), `skiff up`;
-#    rollback   `skiff rollback` to v1's spec (rollback_config: start-first, 20%).
-#  More (canary to 100 %, canary aborted, blue-green switch and back): add scenario_NAME and
-#  list it in SCENARIOS; the stack is on v2 after `rolling`, on v1 after `rollback`.
+#    rollback   `skiff rollback` to v1's spec (rollback_config: start-first, 20%);
+#    canary     v3 as a canary, 10 % then 50 % (2 s each), then 100 %: `skiff up` to the end;
+#    canary_abort  v4 as a canary held at 20 % (`up` returns at the promote gate), then
+#               `skiff rollout abort`: every request back to v3, its instances stop, rollback;
+#    bluegreen  v5 as a blue-green release: a whole new set, switched when ready (`skiff up`);
+#    bluegreen_back  `skiff rollback` while the previous set is warm: switched straight back.
+#  Each scenario is one function; add scenario_NAME and list it in SCENARIOS.
 # Prints a table and, per scenario, "releases: NAME: requests N, failed F, p99 P ms, change C s"
 # (bench/all.sh reads those).
 # Usage: bench/releases.sh [REQUESTS=100000]   (SCENARIOS="reference rolling rollback")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${1:-100000}
-SCENARIOS=${SCENARIOS:-reference rolling rollback}
+SCENARIOS=${SCENARIOS:-reference rolling rollback canary canary_abort bluegreen bluegreen_back}
 . bench/lib.sh
 install_missing wrk:wrk nginx:nginx curl:curl
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
@@ -41,8 +45,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# compose VERSION: the stack, 10 replicas of skiff-demo answering with VERSION.
+# compose VERSION [RELEASE]: the stack, 10 replicas of skiff-demo answering with VERSION,
+# released by x-skiff.release RELEASE (default rolling).
 compose() {
+  local release=${2:-'{strategy: rolling}'}
   cat > "$work/compose.yaml" <<EOF
 name: bench
 x-skiff: {driver: process}
@@ -58,6 +64,7 @@ services:
     stop_grace_period: 10s
     x-skiff:
       readiness: {http: {path: /health}, interval: 500ms, retries: 3}
+      release: $release
 EOF
 }
 
@@ -144,6 +151,39 @@ scenario_rolling() {
 
 scenario_rollback() {
   under_load "rollback" "http://$ingress/" "$skiff" rollback bench --timeout 300
+}
+
+scenario_canary() {
+  compose v3 '{strategy: canary, steps: [{weight: 10, pause: 2s}, {weight: 50, pause: 2s}]}'
+  under_load "canary 10% -> 50% -> 100%" "http://$ingress/" \
+    "$skiff" up -f "$work/compose.yaml" --timeout 300
+}
+
+# up returns at the promote gate (20 % on v4); abort sends it all back and rolls back.
+canary_then_abort() {
+  "$skiff" up -f "$work/compose.yaml" --timeout 300
+  "$skiff" rollout abort bench web
+  for _ in $(seq 600); do
+    "$skiff" rollout status bench web | grep -q 'rollback' && break
+    sleep 0.1
+  done
+  "$skiff" rollout status bench web
+}
+
+scenario_canary_abort() {
+  compose v4 '{strategy: canary, steps: [{weight: 20}]}'
+  under_load "canary at 20%, aborted" "http://$ingress/" canary_then_abort
+}
+
+scenario_bluegreen() {
+  compose v5 '{strategy: blue-green, keep_previous: 10m}'
+  under_load "blue-green switch" "http://$ingress/" \
+    "$skiff" up -f "$work/compose.yaml" --timeout 300
+}
+
+scenario_bluegreen_back() {
+  under_load "blue-green switch back (rollback)" "http://$ingress/" \
+    "$skiff" rollback bench --timeout 300
 }
 
 # ---- the run ----
