@@ -857,18 +857,26 @@ impl Rig {
     }
 }
 
-#[tokio::test]
-async fn a_canary_runs_beside_the_old_set_weighs_each_step_and_retires_the_old_set_at_full() {
+/// A node running release 1 of `web` (`replicas`, ready), then release 2 changed under
+/// `policy`, planned once: (the rig, release 1, release 2).
+async fn changed_under(policy: skiff_model::ReleasePolicy, replicas: u32) -> (Rig, u64, u64) {
     let r = rig(Duration::from_secs(5)).await;
     r.node("n1", "one", "10.231.0.1").await;
-    let policy = canary_policy(&[25]);
     let one = r
-        .release(&[("web", traffic_spec(4, "1", policy.clone()))])
+        .release(&[("web", traffic_spec(replicas, "1", policy.clone()))])
         .await;
     r.pass().await;
     healthy_pass(&r).await;
-    let two = r.release(&[("web", traffic_spec(4, "2", policy))]).await;
+    let two = r
+        .release(&[("web", traffic_spec(replicas, "2", policy))])
+        .await;
     r.pass().await;
+    (r, one, two)
+}
+
+#[tokio::test]
+async fn a_canary_runs_beside_the_old_set_weighs_each_step_and_retires_the_old_set_at_full() {
+    let (r, one, two) = changed_under(canary_policy(&[25]), 4).await;
     assert_eq!(r.of_release(one), [1, 2, 3, 4], "the old set stays whole");
     assert_eq!(r.of_release(two), [5], "25% of 4: one canary beside it");
     let split = r.entry("web").split.expect("a split while the canary runs");
@@ -914,16 +922,7 @@ async fn a_canary_runs_beside_the_old_set_weighs_each_step_and_retires_the_old_s
 
 #[tokio::test]
 async fn an_aborted_canary_gets_no_traffic_as_its_instances_stop_and_the_stack_rolls_back() {
-    let r = rig(Duration::from_secs(5)).await;
-    r.node("n1", "one", "10.231.0.1").await;
-    let policy = canary_policy(&[50]);
-    let one = r
-        .release(&[("web", traffic_spec(4, "1", policy.clone()))])
-        .await;
-    r.pass().await;
-    healthy_pass(&r).await;
-    let two = r.release(&[("web", traffic_spec(4, "2", policy))]).await;
-    r.pass().await;
+    let (r, one, two) = changed_under(canary_policy(&[50]), 4).await;
     healthy_pass(&r).await;
     assert_eq!(r.of_release(two), [5, 6]);
     assert_eq!(r.entry("web").split.unwrap().weight, 50);
@@ -954,20 +953,12 @@ async fn an_aborted_canary_gets_no_traffic_as_its_instances_stop_and_the_stack_r
 
 #[tokio::test]
 async fn blue_green_switches_once_the_new_set_is_ready_and_a_rollback_while_warm_switches_back() {
-    let r = rig(Duration::from_secs(5)).await;
-    r.node("n1", "one", "10.231.0.1").await;
     let policy = skiff_model::ReleasePolicy {
         strategy: skiff_model::ReleaseStrategy::BlueGreen,
         keep_previous: Duration::from_secs(600),
         ..skiff_model::ReleasePolicy::default()
     };
-    let one = r
-        .release(&[("web", traffic_spec(3, "1", policy.clone()))])
-        .await;
-    r.pass().await;
-    healthy_pass(&r).await;
-    let two = r.release(&[("web", traffic_spec(3, "2", policy))]).await;
-    r.pass().await;
+    let (r, one, two) = changed_under(policy, 3).await;
     assert_eq!(
         r.of_release(two),
         [4, 5, 6],
