@@ -343,6 +343,13 @@ fn a_canary_resumes_its_step_and_weight_after_a_kill_9_of_the_server() {
     drop(dev);
     let dev = start_dev(data.path());
     wait_for("re-adoption", || pids(&dev) == before);
+    // Re-adopted instances are probed again before they take traffic.
+    wait_for("the adopted instances ready again", || {
+        healthy_pids(&dev, p).len() == 5
+            && HttpConn::connect(&dev.ingress)
+                .and_then(|mut c| c.get(WEB, "/"))
+                .is_ok_and(|(code, _)| code == 200)
+    });
     let status = skiff_ok(&dev, p, &["rollout", "status", "shop", "web"]);
     assert!(
         status.contains("running") && status.contains("25%") && status.contains("1/2"),
