@@ -181,12 +181,13 @@ pub fn until_ready(
             let ready = (ready as u32).min(n);
             // Done when the old ones no longer serve either (a rollout withdraws and drains
             // them once their replacements are ready).
-            // (A restart's old instances are of the same release: not `fresh`.)
+            // ...and are stopped: not serving, nor draining (a restart's old instances are of
+            // the same release: not `fresh`).
             let old_serving = !switched.contains(svc)
                 && instances.iter().any(|i| {
                     &i.id.service == svc
                         && (i.release != w.release.number || !fresh(i))
-                        && i.state == InstanceState::Healthy
+                        && matches!(i.state, InstanceState::Healthy | InstanceState::Stopping)
                 });
             all_ready &= ready == n && !old_serving;
             if w.progress {
