@@ -28,7 +28,7 @@ services:
       replicas: 4
     stop_grace_period: 5s
     x-skiff:
-      readiness: {http: {path: /health}, interval: 200ms, retries: 1}
+      readiness: {http: {path: /health}, interval: 500ms, retries: 3}
       release: @RELEASE@
 ";
 
