@@ -550,11 +550,8 @@ fn rollout_view(
     service: String,
     r: skiff_scheduler::rollout::Rollout,
 ) -> skiff_client::RolloutView {
-    let strategy = s
-        .control
-        .release_spec(key, r.release)
-        .and_then(|spec| spec.services.get(&service).map(|svc| svc.release.clone()));
-    let traffic = r.traffic.as_ref().zip(strategy).map(|(t, policy)| {
+    let policy = s.control.release_policy(key, r.release, &service);
+    let traffic = r.traffic.as_ref().zip(policy).map(|(t, policy)| {
         let svc = skiff_catalog::ServiceKey::new(key, &service);
         let figures = |release: u64| {
             let f = s.control.release_figures(&svc, release);
@@ -566,12 +563,7 @@ fn rollout_view(
             }
         };
         let blue_green = policy.strategy == skiff_model::ReleaseStrategy::BlueGreen;
-        let steps = if blue_green {
-            2
-        } else {
-            policy.steps.len() as u32
-                + u32::from(policy.steps.last().is_none_or(|l| l.weight < 100))
-        };
+        let steps = skiff_scheduler::traffic::step_count(&policy);
         skiff_client::TrafficView {
             strategy: if blue_green { "blue-green" } else { "canary" }.into(),
             step: (t.step + 1).min(steps),

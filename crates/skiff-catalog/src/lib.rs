@@ -143,19 +143,6 @@ impl ServiceEntry {
         self.leaving = info.leaving;
     }
 
-    /// What the release says, without the endpoints (for a mirror of this entry).
-    pub fn info(&self) -> ServiceInfo {
-        ServiceInfo {
-            ports: self.ports.clone(),
-            routes: self.routes.clone(),
-            published: self.published.clone(),
-            address: self.address,
-            targets: self.targets.clone(),
-            split: self.split.clone(),
-            leaving: self.leaving.clone(),
-        }
-    }
-
     /// The endpoints that take new requests, each with its set's release and weight: all
     /// but the leaving ones; under a [`Split`], the canary set at its weight and the others
     /// at the rest. `(release, weight, endpoints)` per set; release 0 when there is no split.
@@ -485,7 +472,7 @@ impl Catalog {
         out
     }
 
-    /// Forgets the counters of releases of services that no split names any more.
+    /// Forgets the counters of the releases `keep` says no.
     pub fn forget_stats(&self, keep: impl Fn(&ServiceKey, u64) -> bool) {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.retain(|(k, r), _| keep(k, *r));

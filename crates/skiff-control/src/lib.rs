@@ -807,12 +807,19 @@ impl Control {
         Ok(Some(r))
     }
 
-    /// The spec of a release the planner has read (a rollout's, say), without a store read.
-    pub fn release_spec(&self, stack: &StackKey, number: u64) -> Option<skiff_model::StackSpec> {
+    /// How a service of a release the planner has read moves traffic (a rollout's, say),
+    /// without a store read.
+    pub fn release_policy(
+        &self,
+        stack: &StackKey,
+        number: u64,
+        service: &str,
+    ) -> Option<skiff_model::ReleasePolicy> {
         self.lock()
             .releases
             .get(&(stack.clone(), number))
-            .map(|r| r.spec.clone())
+            .and_then(|r| r.spec.services.get(service))
+            .map(|svc| svc.release.clone())
     }
 
     /// One planner pass, committed by the applier; planned again when the commit finds the
@@ -1691,6 +1698,18 @@ impl Control {
         st.rolling = rolling;
         st.wake_at = wake;
         st.baselines.retain(|k, _| splits.contains_key(k));
+        // Request figures are kept for the releases services' last rollouts name.
+        self.catalog.forget_stats(|k, release| {
+            st.rollouts
+                .get(&(
+                    StackKey {
+                        env: k.env.clone(),
+                        stack: k.stack.clone(),
+                    },
+                    k.service.clone(),
+                ))
+                .is_some_and(|(r, _)| r.release == release || r.from == Some(release))
+        });
         Rolled {
             replace,
             extra,

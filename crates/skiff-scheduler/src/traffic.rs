@@ -91,6 +91,15 @@ fn steps(policy: &ReleasePolicy) -> Vec<(u32, Option<u64>)> {
     s
 }
 
+/// How many steps a release under `policy` takes, as `rollout status` counts them: a
+/// canary's steps and its full release; blue-green's switch and its warm period.
+pub fn step_count(policy: &ReleasePolicy) -> u32 {
+    match policy.strategy {
+        ReleaseStrategy::BlueGreen => 2,
+        _ => steps(policy).len() as u32,
+    }
+}
+
 /// New instances a canary step at `weight` runs: its share of the replicas, at least one.
 fn canary_size(weight: u32, replicas: u32) -> u32 {
     (replicas * weight).div_ceil(100).clamp(1, replicas.max(1))
