@@ -1,6 +1,8 @@
 //! An instance's environment: `PORT`, `SKIFF_*`, `<SVC>_SERVICE_HOST/PORT`, and the
 //! service's own `environment` with `{{ service("x") }}` rendered.
 
+use skiff_model::ConfigFile;
+
 use super::*;
 
 /// How a service of another node is reached: its stable address, its first ready instance.
@@ -158,6 +160,65 @@ impl Agent {
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        self.add_service_function(&mut env, stack, rel, container);
+        env.render_str(value, ()).map_err(|e| e.to_string())
+    }
+
+    /// Renders a config template (`x-skiff: {template: true}`) for one instance: its
+    /// `values`, `service("x")`, `instance` (index, name, service, stack, env, release, host,
+    /// port, ports) and `env` (the instance's environment, `PORT` and `SKIFF_*` included).
+    /// Strict (an undefined name is an error) and bounded by
+    /// [`skiff_spec::template::FUEL`].
+    pub(crate) fn render_config(
+        &self,
+        id: &InstanceId,
+        rel: &Release,
+        config: &ConfigFile,
+        instance_env: &BTreeMap<String, String>,
+        ports: &[(String, u16)],
+        container: bool,
+    ) -> Result<String, String> {
+        let mut env = skiff_spec::template::environment();
+        self.add_service_function(&mut env, &id.stack, rel, container);
+        let host = if container {
+            "0.0.0.0".to_string()
+        } else {
+            self.cfg.node_addr.to_string()
+        };
+        let ports_by_name: BTreeMap<&str, u16> =
+            ports.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        let ctx = minijinja::context! {
+            values => &config.values,
+            env => instance_env,
+            instance => minijinja::context! {
+                index => id.index,
+                name => id.short(),
+                service => &id.service,
+                stack => &id.stack.stack,
+                env => &id.stack.env,
+                release => rel.number,
+                host => host,
+                port => ports.first().map(|(_, p)| *p),
+                ports => ports_by_name,
+            },
+        };
+        env.render_str(&config.content, ctx).map_err(|e| {
+            format!(
+                "config {}: template: {}",
+                config.name,
+                skiff_spec::template::describe(&e)
+            )
+        })
+    }
+
+    /// `service("x")` in a template: how this instance reaches service `x`.
+    fn add_service_function(
+        &self,
+        env: &mut minijinja::Environment<'_>,
+        stack: &StackKey,
+        rel: &Release,
+        container: bool,
+    ) {
         let addresses: BTreeMap<String, (String, u16)> = rel
             .spec
             .services
@@ -183,6 +244,5 @@ impl Agent {
                 Ok(minijinja::context! { host => host, port => port, address => address })
             },
         );
-        env.render_str(value, ()).map_err(|e| e.to_string())
     }
 }

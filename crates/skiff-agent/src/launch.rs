@@ -31,10 +31,15 @@ impl Agent {
         let listen = driver.listen_ports(spec).map_err(|e| e.to_string())?;
         let dir = self.instance_dir(id);
         // Each config's path reaches the workload as SKIFF_CONFIG_<NAME>.
-        let prepared = config_places(driver.as_ref(), &dir, spec).and_then(|configs| {
-            let mut env = self.instance_env(id, rel, spec, &listen, driver.own_network())?;
+        let prepared = config_places(driver.as_ref(), &dir, spec).and_then(|mut configs| {
+            let container = driver.own_network();
+            let mut env = self.instance_env(id, rel, spec, &listen, container)?;
             for (c, place) in &configs {
                 env.insert(c.env_var(), place.seen.clone());
+            }
+            // Templates are rendered here, per instance, and written with the other files.
+            for (c, _) in configs.iter_mut().filter(|(c, _)| c.template) {
+                c.content = self.render_config(id, rel, c, &env, &listen, container)?;
             }
             Ok((env, configs))
         });

@@ -182,10 +182,26 @@ impl Agent {
             let sig = Signal::from_str(&normalize_signal(&signal))
                 .map_err(|_| format!("unknown signal {signal:?}"))?;
             let driver = self.driver(spec.driver).map_err(str::to_string)?;
-            let changed: Vec<_> = launch::config_places(driver.as_ref(), &dir, &spec)?
+            let mut changed: Vec<_> = launch::config_places(driver.as_ref(), &dir, &spec)?
                 .into_iter()
                 .filter(|(c, _)| configs.contains(&c.name))
                 .collect();
+            if changed.iter().any(|(c, _)| c.template) {
+                // Rendered with what the instance was started with: its ports and environment.
+                let meta = adopt::read_meta(&dir)
+                    .ok_or_else(|| "its record cannot be read".to_string())?;
+                let container = driver.own_network();
+                // A container listens on its container ports (the record has the host ports
+                // the engine picked), as when it started.
+                let ports = if container {
+                    driver.listen_ports(&spec).map_err(|e| e.to_string())?
+                } else {
+                    meta.ports.clone()
+                };
+                for (c, _) in changed.iter_mut().filter(|(c, _)| c.template) {
+                    c.content = self.render_config(&id, &rel, c, &meta.env, &ports, container)?;
+                }
+            }
             tokio::task::spawn_blocking(move || {
                 for (c, place) in &changed {
                     skiff_driver::configs::write(place, c)

@@ -94,6 +94,7 @@ impl Rig {
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect(),
             batches: Vec::new(),
+            values: Default::default(),
         };
         self.store
             .create_release(
@@ -715,6 +716,7 @@ async fn a_configs_only_change_of_a_reloading_service_is_re_stamped_with_an_even
             target: "/app".into(),
             content: content.into(),
             mode: None,
+            ..Default::default()
         }];
         s.reload = reload.then(|| skiff_model::ReloadSpec {
             signal: "SIGHUP".into(),

@@ -108,6 +108,7 @@ mod tests {
             target: target.into(),
             content: content.into(),
             mode: None,
+            ..Default::default()
         }
     }
 

@@ -290,17 +290,9 @@ fn service_fields(a: &ServiceSpec, b: &ServiceSpec) -> Vec<FieldChange> {
         strategy(r.strategy).into()
     });
     // By name only: a config's content may be a secret.
-    let configs = |s: &ServiceSpec| -> BTreeMap<String, (String, String, Option<u32>)> {
-        s.configs
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    (c.target.clone(), c.content.clone(), c.mode),
-                )
-            })
-            .collect()
-    };
+    fn configs(s: &ServiceSpec) -> BTreeMap<String, &crate::ConfigFile> {
+        s.configs.iter().map(|c| (c.name.clone(), c)).collect()
+    }
     f.keyed("configs", &configs(a), &configs(b));
     f.by("reload", &a.reload, &b.reload, |r| {
         r.as_ref().map_or("none".into(), |r| r.signal.clone())
@@ -482,6 +474,7 @@ mod tests {
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect(),
             batches: Vec::new(),
+            values: Default::default(),
         }
     }
 
@@ -498,6 +491,7 @@ mod tests {
                 target: "/app".into(),
                 content: content.into(),
                 mode: None,
+                ..Default::default()
             }];
             s.reload = reload.then(|| crate::ReloadSpec {
                 signal: "SIGHUP".into(),
@@ -683,6 +677,7 @@ mod tests {
         let new = StackSpec {
             services: names.iter().map(|n| (n.clone(), svc("x", 1))).collect(),
             batches: Vec::new(),
+            values: Default::default(),
         };
         let line = summary(Some(&old), &new, 200);
         assert_eq!(line.chars().count(), 200);

@@ -253,6 +253,9 @@ pub struct StackSpec {
     pub services: BTreeMap<String, ServiceSpec>,
     /// Deploy order: batches of service names that may start in parallel.
     pub batches: Vec<Vec<String>>,
+    /// The environment's values at release time (config templates read them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,7 +336,7 @@ pub struct ServiceSpec {
 }
 
 /// A config file an instance gets: compose's `configs` grant with its content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigFile {
     /// The config's key under the top-level `configs` (names `SKIFF_CONFIG_<NAME>`).
     pub name: String,
@@ -345,6 +348,14 @@ pub struct ConfigFile {
     /// Permission bits (compose's default 0444).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// `x-skiff: {template: true}`: `content` is a minijinja template rendered per instance
+    /// (strict) with `values`, `service("x")`, `instance` and `env`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
+    /// The environment's values this template reads (only those: a change of another value
+    /// leaves the file, and so the instance, as it is).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
 }
 
 impl ConfigFile {
@@ -797,6 +808,7 @@ mod tests {
             target: format!("/{name}"),
             content: content.into(),
             mode: None,
+            ..Default::default()
         }
     }
 

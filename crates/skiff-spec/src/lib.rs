@@ -21,5 +21,6 @@ pub mod project;
 pub mod render;
 pub mod runtime;
 pub mod schema;
+pub mod template;
 pub mod units;
 pub mod validate;

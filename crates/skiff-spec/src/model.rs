@@ -1488,6 +1488,8 @@ pub struct FileObject {
     pub driver_opts: Option<Box<Json>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_driver: Option<String>,
+    #[serde(rename = "x-skiff", skip_serializing_if = "Option::is_none")]
+    pub x_skiff: Option<XSkiffConfig>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -1541,6 +1543,18 @@ pub struct XSkiffService {
     /// sends them this signal instead of replacing them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload: Option<Reload>,
+    #[serde(flatten)]
+    pub x: Extensions,
+}
+
+/// `x-skiff` of a top-level config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct XSkiffConfig {
+    /// The content is a minijinja template, rendered per instance (strict): the
+    /// environment's `values`, `service("x")`, `instance` and the instance's `env`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
     #[serde(flatten)]
     pub x: Extensions,
 }

@@ -43,7 +43,11 @@ pub fn stack_spec(loaded: &LoadedProject, loader: &dyn Loader) -> Result<StackSp
     // Validation rejected cycles; an empty order here would only hide a bug, so keep
     // whatever ordering is possible.
     let batches = order::batches(&deps).unwrap_or_default();
-    Ok(StackSpec { services, batches })
+    Ok(StackSpec {
+        services,
+        batches,
+        values: BTreeMap::new(),
+    })
 }
 
 /// The content of every top-level config a service grants, by name; every config that
@@ -107,8 +111,17 @@ fn config_contents(
                     text.len()
                 ),
             )),
-            Ok((text, _)) => {
-                contents.insert(name.to_string(), text);
+            Ok((text, field)) => {
+                let template = obj.x_skiff.as_ref().is_some_and(|x| x.template);
+                match template
+                    .then(|| crate::template::check(&text, &loaded.project.services))
+                    .transpose()
+                {
+                    Ok(_) => {
+                        contents.insert(name.to_string(), text);
+                    }
+                    Err(why) => errors.push(at(field, format!("template: {why}"))),
+                }
             }
             Err(d) => errors.push(d),
         }
@@ -124,7 +137,11 @@ fn config_contents(
 
 /// A service's `configs` grants with their contents: target as compose defaults it
 /// (`/<name>`), mode as given.
-fn configs(svc: &Service, contents: &BTreeMap<String, String>) -> Vec<skiff_model::ConfigFile> {
+fn configs(
+    project: &Project,
+    svc: &Service,
+    contents: &BTreeMap<String, String>,
+) -> Vec<skiff_model::ConfigFile> {
     svc.configs
         .iter()
         .filter_map(|r| {
@@ -137,6 +154,12 @@ fn configs(svc: &Service, contents: &BTreeMap<String, String>) -> Vec<skiff_mode
                 },
                 content: contents.get(&r.source)?.clone(),
                 mode: r.mode,
+                template: project
+                    .configs
+                    .get(&r.source)
+                    .and_then(|c| c.x_skiff.as_ref())
+                    .is_some_and(|x| x.template),
+                values: BTreeMap::new(),
             })
         })
         .collect()
@@ -234,7 +257,7 @@ fn service_spec(
         update: update_policy(deploy.and_then(|d| d.update_config.as_ref())),
         rollback: update_policy(deploy.and_then(|d| d.rollback_config.as_ref())),
         release: release_policy(x.and_then(|x| x.release.as_ref())),
-        configs: configs(svc, contents),
+        configs: configs(project, svc, contents),
         reload: x
             .and_then(|x| x.reload.as_ref())
             .map(|r| skiff_model::ReloadSpec {

@@ -191,6 +191,7 @@ mod tests {
                 })
                 .collect(),
             batches: Vec::new(),
+            values: Default::default(),
         }
     }
 

@@ -66,10 +66,19 @@ impl ProjectArgs {
             Err(code) => return Ok(Err(code)),
         };
         output::print_diagnostics(&[], &loaded.warnings);
-        let spec = match stack_spec(&loaded) {
+        let mut spec = match stack_spec(&loaded) {
             Ok(s) => s,
             Err(code) => return Ok(Err(code)),
         };
+        // Config templates get the environment's values they read; one they read and the
+        // environment lacks stops the release here, not an instance's start.
+        let values = std::collections::BTreeMap::new();
+        if let Err(why) = skiff_spec::template::apply_values(&mut spec, &values) {
+            for line in why.lines() {
+                eprintln!("error: {line}");
+            }
+            return Ok(Err(ExitCode::FAILURE));
+        }
         Ok(Ok(Prepared {
             spec,
             source: render::to_yaml(&loaded.project)?,
