@@ -139,6 +139,7 @@ async fn one_service(name: &str, spec: ServiceSpec) -> Store {
     with_release(StackSpec {
         services: BTreeMap::from([(name.to_string(), spec)]),
         batches: vec![vec![name.to_string()]],
+        values: Default::default(),
     })
     .await
 }
@@ -213,6 +214,7 @@ async fn dependents_start_only_after_their_dependency_is_healthy() {
     let spec = StackSpec {
         services: BTreeMap::from([("db".into(), db), ("api".into(), api)]),
         batches: vec![vec!["db".into()], vec!["api".into()]],
+        values: Default::default(),
     };
     let store = with_release(spec).await;
     let server = serve(&store).await;
@@ -448,6 +450,7 @@ async fn limits_apply_to_the_workload_and_an_oom_kill_is_an_event_with_the_reaso
     let spec = StackSpec {
         services: BTreeMap::from([("capped".into(), capped), ("hog".into(), hog)]),
         batches: vec![vec!["capped".into(), "hog".into()]],
+        values: Default::default(),
     };
     let store = with_release(spec).await;
     let server = serve(&store).await;

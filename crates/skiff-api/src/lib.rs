@@ -10,6 +10,7 @@
 
 mod agents;
 mod catalog;
+mod envs;
 mod nodes;
 pub use agents::ViaAgents;
 
@@ -34,6 +35,9 @@ use skiff_model::{
     StackSpec,
 };
 use skiff_store::{StackState, Store};
+
+/// The largest body that may carry an environment's override files (16 of 1 MiB, as JSON).
+const OVERRIDES_BODY: usize = 40 << 20;
 
 /// The longest change line a release summary carries.
 const CHANGE_CHARS: usize = 200;
@@ -212,6 +216,22 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
         .route("/v1/stacks", get(list_stacks))
+        .route("/v1/envs", get(envs::list))
+        .route(
+            "/v1/envs/{env}",
+            get(envs::get)
+                .put(envs::create)
+                .delete(envs::remove)
+                .layer(axum::extract::DefaultBodyLimit::max(OVERRIDES_BODY)),
+        )
+        .route("/v1/envs/{env}/values", post(envs::values))
+        .route(
+            "/v1/envs/{env}/overrides",
+            axum::routing::put(envs::overrides)
+                .layer(axum::extract::DefaultBodyLimit::max(OVERRIDES_BODY)),
+        )
+        .route("/v1/envs/{env}/down", post(envs::down))
+        .route("/v1/envs/{env}/clone", post(envs::clone))
         .route(
             "/v1/envs/{env}/stacks/{stack}",
             axum::routing::delete(down_stack),
@@ -381,6 +401,7 @@ async fn create_release(
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
     check_spec(&s, &req.spec)?;
+    envs::ensure_active(&s, &env, req.author.as_ref()).await?;
     let (release, created) =
         record_release(&s, key.clone(), req.spec, req.source, req.author, Cause::Up).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.

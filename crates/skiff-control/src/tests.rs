@@ -94,6 +94,7 @@ impl Rig {
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect(),
             batches: Vec::new(),
+            values: Default::default(),
         };
         self.store
             .create_release(

@@ -482,6 +482,7 @@ mod tests {
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect(),
             batches: Vec::new(),
+            values: Default::default(),
         }
     }
 
@@ -683,6 +684,7 @@ mod tests {
         let new = StackSpec {
             services: names.iter().map(|n| (n.clone(), svc("x", 1))).collect(),
             batches: Vec::new(),
+            values: Default::default(),
         };
         let line = summary(Some(&old), &new, 200);
         assert_eq!(line.chars().count(), 200);

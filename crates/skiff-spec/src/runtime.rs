@@ -43,7 +43,11 @@ pub fn stack_spec(loaded: &LoadedProject, loader: &dyn Loader) -> Result<StackSp
     // Validation rejected cycles; an empty order here would only hide a bug, so keep
     // whatever ordering is possible.
     let batches = order::batches(&deps).unwrap_or_default();
-    Ok(StackSpec { services, batches })
+    Ok(StackSpec {
+        services,
+        batches,
+        values: BTreeMap::new(),
+    })
 }
 
 /// The content of every top-level config a service grants, by name; every config that
