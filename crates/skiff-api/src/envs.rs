@@ -59,16 +59,16 @@ async fn record(s: &ApiState, env: &str) -> Result<(Environment, bool), ApiError
 }
 
 /// Views of `envs` with what runs in them, from one read of stacks and instances.
-async fn views(
-    s: &ApiState,
-    envs: Vec<(Environment, bool)>,
-) -> Result<Vec<EnvView>, ApiError> {
+async fn views(s: &ApiState, envs: Vec<(Environment, bool)>) -> Result<Vec<EnvView>, ApiError> {
     let stacks = s.store.stacks().await?;
     let instances = s.store.instances(None).await?;
     let last = s.control.last_requests();
     let mut out = Vec::with_capacity(envs.len());
     for (env, implicit) in envs {
-        let mine: Vec<&StackState> = stacks.iter().filter(|st| st.stack.env == env.name).collect();
+        let mine: Vec<&StackState> = stacks
+            .iter()
+            .filter(|st| st.stack.env == env.name)
+            .collect();
         let mut desired = 0;
         for st in &mine {
             if let Some(n) = st.current

@@ -877,3 +877,42 @@ async fn signal_instance(
         .map(|()| StatusCode::NO_CONTENT)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "signal_failed", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The paths `router` declares (`.route("…"` literals in this file), but `/openapi.json`.
+    fn router_paths() -> BTreeSet<String> {
+        include_str!("lib.rs")
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| {
+                let lit = rest.trim_start().strip_prefix('"')?;
+                let path = &lit[..lit.find('"')?];
+                path.starts_with("/v1/").then(|| path.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_of_the_router_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let documented: BTreeSet<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|p| p.starts_with("/v1/"))
+            .cloned()
+            .collect();
+        let served = router_paths();
+        assert!(served.contains("/v1/envs/{env}/clone"), "{served:?}");
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not in docs/openapi.json: {undocumented:?}; documented but not \
+             served: {unserved:?}"
+        );
+    }
+}

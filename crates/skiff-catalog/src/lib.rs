@@ -304,10 +304,7 @@ impl Catalog {
     /// flags set since the last call count as requests at `now_ms`.
     pub fn last_requests(&self, now_ms: u64) -> BTreeMap<String, u64> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = self
-            .last_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_requests.lock().unwrap_or_else(|p| p.into_inner());
         for (env, flag) in seen.iter() {
             if flag.0.swap(false, Ordering::Relaxed) {
                 last.insert(env.clone(), now_ms);

@@ -20,9 +20,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use skiff_model::{
-    Allocation, Event, Instance, InstanceId, Node, OverrideFile, Release, StackKey,
-};
+use skiff_model::{Allocation, Event, Instance, InstanceId, Node, OverrideFile, Release, StackKey};
 use tokio::runtime::Runtime;
 
 use crate::ClientError;

@@ -33,8 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_model::{
-    Allocation, Event, Instance, InstanceId, InstanceStats, Node, OverrideFile, Release,
-    StackKey,
+    Allocation, Event, Instance, InstanceId, InstanceStats, Node, OverrideFile, Release, StackKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -491,8 +490,12 @@ impl Client {
     /// Creates `req.to` with `env`'s values and override files and deploys every stack
     /// current in `env` into it.
     pub async fn clone_env(&self, env: &str, req: &CloneEnv) -> Result<CloneResult> {
-        self.call(Method::POST, &Self::env_path(env, "/clone"), Self::json(req))
-            .await
+        self.call(
+            Method::POST,
+            &Self::env_path(env, "/clone"),
+            Self::json(req),
+        )
+        .await
     }
 
     /// Every stack with its current release.

@@ -14,8 +14,8 @@ pub use skiff_catalog::{
     BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey, Split,
 };
 use skiff_model::{
-    Allocation, Author, Cause, Driver, Environment, OverrideFile, Instance, InstanceId, InstanceStats, NewEvent,
-    NodeResources, RouteSpec, ServiceSpec, StackSpec,
+    Allocation, Author, Cause, Driver, Environment, Instance, InstanceId, InstanceStats, NewEvent,
+    NodeResources, OverrideFile, RouteSpec, ServiceSpec, StackSpec,
 };
 
 // === agents ↔ server ===

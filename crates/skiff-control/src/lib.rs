@@ -449,7 +449,10 @@ impl Control {
     /// ([`Environment::reap`](skiff_model::Environment::reap) decides).
     async fn reap(&self) -> Result<()> {
         let envs = self.store.envs().await?;
-        if envs.iter().all(|e| e.ttl_ms.is_none() && e.idle_ms.is_none()) {
+        if envs
+            .iter()
+            .all(|e| e.ttl_ms.is_none() && e.idle_ms.is_none())
+        {
             return Ok(());
         }
         let last = self.last_requests();
@@ -516,7 +519,10 @@ impl Control {
                 stack: stack.clone(),
                 instance: None,
                 kind: "env_down".into(),
-                message: format!("environment {env} down ({why}): stack {} stops", stack.stack),
+                message: format!(
+                    "environment {env} down ({why}): stack {} stops",
+                    stack.stack
+                ),
             }));
         }
         if events.is_empty() {

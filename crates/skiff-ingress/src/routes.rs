@@ -492,6 +492,29 @@ mod tests {
         assert_eq!(admin, vec![5001, 5002]);
     }
 
+    #[test]
+    fn route_hosts_outside_the_default_env_are_served_under_its_zone() {
+        assert_eq!(env_host("Shop.com", "default", "localhost"), "shop.com");
+        assert_eq!(
+            env_host("shop.com", "alice", "localhost"),
+            "shop.com.alice.localhost"
+        );
+        assert_eq!(
+            env_host("*.shop.com", "alice", "localhost"),
+            "*.shop.com.alice.localhost"
+        );
+        // Already in the zone: as written.
+        assert_eq!(
+            env_host("api.alice.localhost", "alice", "localhost"),
+            "api.alice.localhost"
+        );
+        // Another env's zone is not this one's.
+        assert_eq!(
+            env_host("api.bob.localhost", "alice", "localhost"),
+            "api.bob.localhost.alice.localhost"
+        );
+    }
+
     fn ports(r: &Route) -> Vec<u16> {
         r.target.pools[0]
             .backends

@@ -184,7 +184,9 @@ pub fn check_env_name(name: &str) -> Result<(), NameError> {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
-        return Err(err("use lowercase letters, digits and '-' only (a DNS label)"));
+        return Err(err(
+            "use lowercase letters, digits and '-' only (a DNS label)",
+        ));
     }
     if name.starts_with('-') || name.ends_with('-') {
         return Err(err("must not start or end with '-'"));
@@ -316,10 +318,7 @@ mod tests {
     fn the_earlier_deadline_wins() {
         let e = env(Some(10_000), Some(2_000));
         assert_eq!(e.expiry(None), Some(Expiry::Idle { at_ms: 3_000 }));
-        assert_eq!(
-            e.expiry(Some(9_500)),
-            Some(Expiry::Ttl { at_ms: 11_000 })
-        );
+        assert_eq!(e.expiry(Some(9_500)), Some(Expiry::Ttl { at_ms: 11_000 }));
     }
 
     #[test]

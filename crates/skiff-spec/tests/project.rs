@@ -306,8 +306,14 @@ fn environment_values_interpolate_under_dotenv_and_the_shell_and_over_defaults()
     assert_eq!(web.image.as_deref(), Some("web:7"));
     let env = format!("{:?}", web.environment);
     assert!(env.contains("\"env\""), "env value before a default: {env}");
-    assert!(env.contains("from-dotenv"), ".env wins over env values: {env}");
-    assert!(env.contains("from-shell"), "the shell wins over env values: {env}");
+    assert!(
+        env.contains("from-dotenv"),
+        ".env wins over env values: {env}"
+    );
+    assert!(
+        env.contains("from-shell"),
+        "the shell wins over env values: {env}"
+    );
     assert!(env.contains("dflt"), "defaults when nothing sets it: {env}");
 }
 
@@ -315,8 +321,14 @@ fn environment_values_interpolate_under_dotenv_and_the_shell_and_over_defaults()
 fn extra_files_merge_after_the_users_and_errors_name_them() {
     let l = files(&[
         ("compose.yaml", "services:\n  web: {image: \"web:1\"}\n"),
-        ("env:alice/override-1.yaml", "services:\n  web: {image: \"web:2\"}\n"),
-        ("env:alice/override-2.yaml", "services:\n  web:\n    replicas: lots\n"),
+        (
+            "env:alice/override-1.yaml",
+            "services:\n  web: {image: \"web:2\"}\n",
+        ),
+        (
+            "env:alice/override-2.yaml",
+            "services:\n  web:\n    replicas: lots\n",
+        ),
     ]);
     let mut o = opts(&[]);
     o.files = vec![PathBuf::from("compose.yaml")];
@@ -324,7 +336,8 @@ fn extra_files_merge_after_the_users_and_errors_name_them() {
     let p = ok(&l, &o);
     assert_eq!(p.project.services["web"].image.as_deref(), Some("web:2"));
     assert_eq!(p.project_dir, PathBuf::from("/p"));
-    o.extra_files.push(PathBuf::from("env:alice/override-2.yaml"));
+    o.extra_files
+        .push(PathBuf::from("env:alice/override-2.yaml"));
     let err = load(&l, &o).unwrap_err().to_string();
     assert!(err.contains("env:alice/override-2.yaml:3:"), "{err}");
 }

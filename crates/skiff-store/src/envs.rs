@@ -106,9 +106,105 @@ impl<K: Kv> Store<K> {
         ];
         for prefix in ["releases/", "instances/"] {
             let (entries, _) = self.kv().list(&format!("{prefix}{path}")).await?;
-            ops.extend(entries.into_iter().map(|e| TxnOp::delete(e.key, Expect::Any)));
+            ops.extend(
+                entries
+                    .into_iter()
+                    .map(|e| TxnOp::delete(e.key, Expect::Any)),
+            );
         }
         self.kv().txn(ops).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_model::{Author, Cause, EnvState, Environment, StackKey, StackSpec};
+
+    use crate::{MemKv, Store};
+
+    #[tokio::test]
+    async fn an_environment_is_created_once_changed_by_cas_and_deleted() {
+        let store = Store::open(MemKv::new(), "t").await.unwrap();
+        let alice = Environment::new("alice", Author::unknown(), 5);
+        assert!(store.create_env(&alice).await.unwrap());
+        assert!(!store.create_env(&alice).await.unwrap(), "exists already");
+        let changed = store
+            .update_env("alice", |e| {
+                e.values.insert("A".into(), "1".into());
+                Ok::<(), String>(())
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed.values["A"], "1");
+        // A refusal writes nothing.
+        let refused = store
+            .update_env("alice", |e| {
+                e.state = EnvState::Down;
+                Err("no".to_string())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refused, Err("no".to_string()));
+        let kept = store.env("alice").await.unwrap().unwrap();
+        assert_eq!((kept.state, kept.values.len()), (EnvState::Active, 1));
+        assert!(
+            store
+                .update_env("bob", |_| Ok::<(), ()>(()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.envs().await.unwrap().len(), 1);
+        assert!(store.delete_env("alice").await.unwrap());
+        assert!(!store.delete_env("alice").await.unwrap());
+        assert!(store.env("alice").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn removing_a_stack_removes_its_records_and_no_other_stacks() {
+        let store = Store::open(MemKv::new(), "t").await.unwrap();
+        let a = StackKey::new("alice", "shop").unwrap();
+        let b = StackKey::new("bob", "shop").unwrap();
+        for k in [&a, &b] {
+            store
+                .create_release(
+                    k,
+                    StackSpec::default(),
+                    String::new(),
+                    1,
+                    Author::unknown(),
+                    Cause::Up,
+                )
+                .await
+                .unwrap();
+            store
+                .update_controls(k, |c| c.entry("web".into()).or_default().stopped = true)
+                .await
+                .unwrap();
+        }
+        store.remove_stack(&a).await.unwrap();
+        let stacks = store.stacks().await.unwrap();
+        assert_eq!(stacks.len(), 1);
+        assert_eq!(stacks[0].stack, b);
+        assert!(stacks[0].controls["web"].stopped);
+        assert!(store.releases(&a).await.unwrap().is_empty());
+        assert_eq!(store.releases(&b).await.unwrap().len(), 1);
+        // Numbers start again for a stack made anew.
+        let r = store
+            .create_release(
+                &a,
+                StackSpec::default(),
+                String::new(),
+                2,
+                Author::unknown(),
+                Cause::Up,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.number, 1);
     }
 }

@@ -203,7 +203,8 @@ fn set(client: &Client, name: &str, pairs: &[String]) -> anyhow::Result<ExitCode
 /// `in 2h`, `3m ago`, `now`.
 fn relative(at_ms: u64, now_ms: u64) -> String {
     if at_ms > now_ms {
-        format!("in {}", short(at_ms - now_ms))
+        // Rounded up: a deadline 24 h away read a moment later is still "in 24h".
+        format!("in {}", short(at_ms - now_ms + 999))
     } else if now_ms - at_ms < 1000 {
         "now".into()
     } else {
@@ -211,13 +212,13 @@ fn relative(at_ms: u64, now_ms: u64) -> String {
     }
 }
 
-/// The largest unit only, as kubectl's AGE: `5d`, `3h`, `12m`, `40s`.
+/// One unit, as kubectl's AGE: `90s`, `12m`, `36h`, `5d` (a unit from twice its size).
 fn short(ms: u64) -> String {
     let s = ms / 1000;
     match s {
-        0..60 => format!("{s}s"),
-        60..3_600 => format!("{}m", s / 60),
-        3_600..86_400 => format!("{}h", s / 3_600),
+        0..120 => format!("{s}s"),
+        120..7_200 => format!("{}m", s / 60),
+        7_200..172_800 => format!("{}h", s / 3_600),
         _ => format!("{}d", s / 86_400),
     }
 }
@@ -317,8 +318,10 @@ fn show(client: &Client, name: &str, out: OutputArg) -> anyhow::Result<ExitCode>
         println!("expires:  {}", expires(&v, now));
         println!(
             "requests: {}",
-            v.last_request_ms
-                .map_or_else(|| "none yet".into(), |at| format!("last {}", relative(at, now)))
+            v.last_request_ms.map_or_else(
+                || "none yet".into(),
+                |at| format!("last {}", relative(at, now))
+            )
         );
         println!("ready:    {}/{}", v.ready, v.desired);
         println!("values:");
@@ -435,6 +438,7 @@ mod tests {
     #[test]
     fn relative_times_read_like_kubectl() {
         assert_eq!(relative(10_000 + 7_200_000, 10_000), "in 2h");
+        assert_eq!(relative(10_000 + 86_400_000, 10_005), "in 24h");
         assert_eq!(relative(10_000, 10_000 + 180_000), "3m ago");
         assert_eq!(relative(10_000, 10_500), "now");
         assert_eq!(short(3 * 86_400_000), "3d");

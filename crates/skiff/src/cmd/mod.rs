@@ -36,8 +36,5 @@ pub fn stack_key(env: &str, stack: &str) -> anyhow::Result<StackKey> {
 /// The record of the environment a stack is deployed into (its values and override files);
 /// `None` when it has none yet (`default`'s is implicit and empty).
 pub fn env_record(client: &Client, env: &str) -> anyhow::Result<Option<skiff_model::Environment>> {
-    Ok(client
-        .env(env)?
-        .filter(|v| !v.implicit)
-        .map(|v| v.env))
+    Ok(client.env(env)?.filter(|v| !v.implicit).map(|v| v.env))
 }
