@@ -122,18 +122,23 @@ pub async fn heartbeat(client: Client, id: String, reg: NodeRegistration) {
 }
 
 /// Sends what this node's proxies counted per service and release (its ingress's requests to
-/// a canary), every heartbeat while it changes: the server judges canaries by every ingress.
+/// a canary) and when they last passed a request to each environment (the idle reaper's
+/// clock), every heartbeat while it changes: the server judges canaries by every ingress.
 pub async fn figures(client: Client, id: String, catalog: Arc<skiff_catalog::Catalog>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = Vec::new();
+    let mut last = (Vec::new(), std::collections::BTreeMap::new());
     loop {
         tick.tick().await;
-        let now = catalog.all_figures();
+        let now = (
+            catalog.all_figures(),
+            catalog.last_requests(crate::now_ms()),
+        );
         if now == last {
             continue;
         }
         let body: Vec<skiff_client::NodeFigures> = now
+            .0
             .iter()
             .map(|(service, release, figures)| skiff_client::NodeFigures {
                 service: service.clone(),
@@ -141,7 +146,7 @@ pub async fn figures(client: Client, id: String, catalog: Arc<skiff_catalog::Cat
                 figures: figures.clone(),
             })
             .collect();
-        match client.node_figures(&id, &body).await {
+        match client.node_figures(&id, &body, &now.1).await {
             Ok(()) => last = now,
             Err(e) => tracing::warn!("sending request figures: {e}"),
         }

@@ -10,6 +10,7 @@
 
 mod agents;
 mod catalog;
+mod envs;
 mod nodes;
 pub use agents::ViaAgents;
 
@@ -34,6 +35,9 @@ use skiff_model::{
     StackSpec,
 };
 use skiff_store::{StackState, Store};
+
+/// The largest body that may carry an environment's override files (16 of 1 MiB, as JSON).
+const OVERRIDES_BODY: usize = 40 << 20;
 
 /// The longest change line a release summary carries.
 const CHANGE_CHARS: usize = 200;
@@ -212,6 +216,22 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
         .route("/v1/stacks", get(list_stacks))
+        .route("/v1/envs", get(envs::list))
+        .route(
+            "/v1/envs/{env}",
+            get(envs::get)
+                .put(envs::create)
+                .delete(envs::remove)
+                .layer(axum::extract::DefaultBodyLimit::max(OVERRIDES_BODY)),
+        )
+        .route("/v1/envs/{env}/values", post(envs::values))
+        .route(
+            "/v1/envs/{env}/overrides",
+            axum::routing::put(envs::overrides)
+                .layer(axum::extract::DefaultBodyLimit::max(OVERRIDES_BODY)),
+        )
+        .route("/v1/envs/{env}/down", post(envs::down))
+        .route("/v1/envs/{env}/clone", post(envs::clone))
         .route(
             "/v1/envs/{env}/stacks/{stack}",
             axum::routing::delete(down_stack),
@@ -381,6 +401,7 @@ async fn create_release(
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     let key = stack_key(&env, &stack)?;
     check_spec(&s, &req.spec)?;
+    envs::ensure_active(&s, &env, req.author.as_ref()).await?;
     let (release, created) =
         record_release(&s, key.clone(), req.spec, req.source, req.author, Cause::Up).await?;
     // Like `docker compose up`: a deploy runs every service, also ones stopped by hand.
@@ -855,4 +876,43 @@ async fn signal_instance(
         .await
         .map(|()| StatusCode::NO_CONTENT)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "signal_failed", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The paths `router` declares (`.route("…"` literals in this file), but `/openapi.json`.
+    fn router_paths() -> BTreeSet<String> {
+        include_str!("lib.rs")
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| {
+                let lit = rest.trim_start().strip_prefix('"')?;
+                let path = &lit[..lit.find('"')?];
+                path.starts_with("/v1/").then(|| path.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_of_the_router_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let documented: BTreeSet<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|p| p.starts_with("/v1/"))
+            .cloned()
+            .collect();
+        let served = router_paths();
+        assert!(served.contains("/v1/envs/{env}/clone"), "{served:?}");
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not in docs/openapi.json: {undocumented:?}; documented but not \
+             served: {unserved:?}"
+        );
+    }
 }

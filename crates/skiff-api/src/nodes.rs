@@ -87,8 +87,16 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn figures(
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<String>,
-    Body(figures): Body<Vec<skiff_client::NodeFigures>>,
+    Body(body): Body<skiff_client::NodeFiguresBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let (figures, last_requests) = body.into_parts();
+    if last_requests.len() > 100_000 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("{} last requests: at most 100000", last_requests.len()),
+        ));
+    }
     if figures.len() > 100_000 {
         return Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -98,6 +106,7 @@ pub(crate) async fn figures(
     }
     let n = figures.len();
     s.control.node_figures(&id, figures)?;
+    s.control.node_last_requests(&id, last_requests)?;
     Ok(Json(serde_json::json!({ "accepted": n })))
 }
 

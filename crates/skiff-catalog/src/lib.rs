@@ -196,6 +196,26 @@ pub struct Catalog {
     index: watch::Sender<u64>,
     traffic: Mutex<HashMap<(ServiceKey, u32), Arc<Traffic>>>,
     stats: Mutex<HashMap<(ServiceKey, u64), Arc<ReleaseStats>>>,
+    /// Per environment: whether a proxy passed a request to it since the last sample.
+    seen: Mutex<HashMap<String, Arc<Seen>>>,
+    /// Per environment: the sample time that last found a request (ms since the epoch).
+    last_requests: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Whether a request went to an environment since the last sample: set by the proxies on
+/// every request (one relaxed load, and a relaxed store when it was clear), taken by
+/// [`Catalog::last_requests`] about once a second. That sample's time is the request's
+/// time: the resolution is the sampling interval, which is plenty for an idle timeout.
+#[derive(Debug, Default)]
+pub struct Seen(AtomicBool);
+
+impl Seen {
+    #[inline]
+    pub fn touch(&self) {
+        if !self.0.load(Ordering::Relaxed) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Requests in flight to one ready instance, counted by every proxy that sends it traffic.
@@ -260,6 +280,8 @@ impl Default for Catalog {
             index: watch::Sender::new(0),
             traffic: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            last_requests: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -267,6 +289,28 @@ impl Default for Catalog {
 impl Catalog {
     pub fn new() -> Arc<Catalog> {
         Arc::new(Catalog::default())
+    }
+
+    /// The flag proxies set for every request to a service of `env`.
+    pub fn seen(&self, env: &str) -> Arc<Seen> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(env) {
+            Some(s) => s.clone(),
+            None => seen.entry(env.to_string()).or_default().clone(),
+        }
+    }
+
+    /// When a request last went to each environment through this catalog's proxies: the
+    /// flags set since the last call count as requests at `now_ms`.
+    pub fn last_requests(&self, now_ms: u64) -> BTreeMap<String, u64> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_requests.lock().unwrap_or_else(|p| p.into_inner());
+        for (env, flag) in seen.iter() {
+            if flag.0.swap(false, Ordering::Relaxed) {
+                last.insert(env.clone(), now_ms);
+            }
+        }
+        last.clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

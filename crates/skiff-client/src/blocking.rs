@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use skiff_model::{Allocation, Event, Instance, InstanceId, Node, Release, StackKey};
+use skiff_model::{Allocation, Event, Instance, InstanceId, Node, OverrideFile, Release, StackKey};
 use tokio::runtime::Runtime;
 
 use crate::ClientError;
@@ -129,6 +129,38 @@ impl Client {
 
     fn run<T>(&self, call: impl Future<Output = crate::Result<T>>) -> Result<T> {
         self.runtime()?.block_on(call).map_err(|e| self.error(e))
+    }
+
+    pub fn envs(&self) -> Result<Vec<EnvView>> {
+        self.run(self.inner.envs())
+    }
+
+    pub fn env(&self, env: &str) -> Result<Option<EnvView>> {
+        self.run(self.inner.env(env))
+    }
+
+    pub fn create_env(&self, env: &str, new: &NewEnv) -> Result<EnvView> {
+        self.run(self.inner.create_env(env, new))
+    }
+
+    pub fn change_values(&self, env: &str, change: &ValuesChange) -> Result<EnvView> {
+        self.run(self.inner.change_values(env, change))
+    }
+
+    pub fn put_overrides(&self, env: &str, files: &[OverrideFile]) -> Result<EnvView> {
+        self.run(self.inner.put_overrides(env, files))
+    }
+
+    pub fn down_env(&self, env: &str) -> Result<EnvView> {
+        self.run(self.inner.down_env(env))
+    }
+
+    pub fn remove_env(&self, env: &str) -> Result<()> {
+        self.run(self.inner.remove_env(env))
+    }
+
+    pub fn clone_env(&self, env: &str, req: &CloneEnv) -> Result<CloneResult> {
+        self.run(self.inner.clone_env(env, req))
     }
 
     pub fn stacks(&self) -> Result<Vec<StackView>> {

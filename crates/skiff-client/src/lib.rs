@@ -33,7 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_model::{
-    Allocation, Event, Instance, InstanceId, InstanceStats, Node, Release, StackKey,
+    Allocation, Event, Instance, InstanceId, InstanceStats, Node, OverrideFile, Release, StackKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -264,13 +264,23 @@ impl Client {
             .await
     }
 
-    /// What this node's proxies counted per service and release (for canary analysis).
-    pub async fn node_figures(&self, node_id: &str, figures: &[NodeFigures]) -> Result<()> {
+    /// What this node's proxies counted per service and release (for canary analysis), and
+    /// when a request last went through them per environment (for the idle reaper).
+    pub async fn node_figures(
+        &self,
+        node_id: &str,
+        figures: &[NodeFigures],
+        last_requests: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let body = NodeFiguresBody::Full {
+            figures: figures.to_vec(),
+            last_requests: last_requests.clone(),
+        };
         let _: serde_json::Value = self
             .call(
                 Method::PUT,
                 &format!("/v1/nodes/{node_id}/figures"),
-                Self::json(&figures),
+                Self::json(&body),
             )
             .await?;
         Ok(())
@@ -418,6 +428,74 @@ impl Client {
             &id.stack,
             &format!("/instances/{}/{what}", segment(&id.short())),
         )
+    }
+
+    fn env_path(env: &str, rest: &str) -> String {
+        format!("/v1/envs/{}{rest}", segment(env))
+    }
+
+    /// Every environment (`default` too), by name.
+    pub async fn envs(&self) -> Result<Vec<EnvView>> {
+        self.call(Method::GET, "/v1/envs", None).await
+    }
+
+    /// One environment; `None` when it does not exist.
+    pub async fn env(&self, env: &str) -> Result<Option<EnvView>> {
+        match self.call(Method::GET, &Self::env_path(env, ""), None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.code() == Some("env_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an environment (an error with code `env_exists` when it exists).
+    pub async fn create_env(&self, env: &str, new: &NewEnv) -> Result<EnvView> {
+        self.call(Method::PUT, &Self::env_path(env, ""), Self::json(new))
+            .await
+    }
+
+    /// Sets and removes values.
+    pub async fn change_values(&self, env: &str, change: &ValuesChange) -> Result<EnvView> {
+        self.call(
+            Method::POST,
+            &Self::env_path(env, "/values"),
+            Self::json(change),
+        )
+        .await
+    }
+
+    /// Replaces the environment's override files.
+    pub async fn put_overrides(&self, env: &str, files: &[OverrideFile]) -> Result<EnvView> {
+        self.call(
+            Method::PUT,
+            &Self::env_path(env, "/overrides"),
+            Self::json(&files),
+        )
+        .await
+    }
+
+    /// Takes every stack of the environment down (history and data kept).
+    pub async fn down_env(&self, env: &str) -> Result<EnvView> {
+        self.call(Method::POST, &Self::env_path(env, "/down"), None)
+            .await
+    }
+
+    /// Removes the environment: its stacks' releases, controls and instance records, and
+    /// its record.
+    pub async fn remove_env(&self, env: &str) -> Result<()> {
+        self.call_empty(Method::DELETE, &Self::env_path(env, ""), None)
+            .await
+    }
+
+    /// Creates `req.to` with `env`'s values and override files and deploys every stack
+    /// current in `env` into it.
+    pub async fn clone_env(&self, env: &str, req: &CloneEnv) -> Result<CloneResult> {
+        self.call(
+            Method::POST,
+            &Self::env_path(env, "/clone"),
+            Self::json(req),
+        )
+        .await
     }
 
     /// Every stack with its current release.

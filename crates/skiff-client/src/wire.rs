@@ -14,8 +14,8 @@ pub use skiff_catalog::{
     BackendInfo, Endpoint, RouteInfo, ServiceEntry, ServiceInfo, ServiceKey, Split,
 };
 use skiff_model::{
-    Allocation, Author, Cause, Driver, Instance, InstanceId, InstanceStats, NewEvent,
-    NodeResources, RouteSpec, ServiceSpec, StackSpec,
+    Allocation, Author, Cause, Driver, Environment, Instance, InstanceId, InstanceStats, NewEvent,
+    NodeResources, OverrideFile, RouteSpec, ServiceSpec, StackSpec,
 };
 
 // === agents ↔ server ===
@@ -403,6 +403,33 @@ pub struct RolloutView {
     pub traffic: Option<TrafficView>,
 }
 
+/// What an agent sends with `PUT /v1/nodes/{id}/figures`: its proxies' figures and, per
+/// environment, when a request last went through them (an older agent sends the list alone).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum NodeFiguresBody {
+    Full {
+        figures: Vec<NodeFigures>,
+        /// Milliseconds since the Unix epoch of the last request per environment.
+        #[serde(default)]
+        last_requests: BTreeMap<String, u64>,
+    },
+    List(Vec<NodeFigures>),
+}
+
+impl NodeFiguresBody {
+    /// The figures and the last requests (none from an older agent).
+    pub fn into_parts(self) -> (Vec<NodeFigures>, BTreeMap<String, u64>) {
+        match self {
+            NodeFiguresBody::Full {
+                figures,
+                last_requests,
+            } => (figures, last_requests),
+            NodeFiguresBody::List(figures) => (figures, BTreeMap::new()),
+        }
+    }
+}
+
 /// What an agent's proxies counted for one release of a service (cumulative), sent with
 /// `PUT /v1/nodes/{id}/figures` so that a canary is judged by every ingress's requests.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -528,4 +555,78 @@ pub struct RoutesQuery {
     /// With `host`: the request path (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+// === environments ===
+
+/// An environment as `GET /v1/envs[/{env}]` shows it: its record and what runs in it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EnvView {
+    #[serde(flatten)]
+    pub env: Environment,
+    /// `default` has no record: owner `unknown`, created 0, never expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
+    /// Its stacks (deployed at least once, running or down), by name.
+    pub stacks: Vec<StackView>,
+    /// Instances passing readiness, of the replicas its current releases want.
+    pub ready: u32,
+    pub desired: u32,
+    /// The last request through an ingress or service port to one of its services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request_ms: Option<u64>,
+    /// When the reaper downs it (while active), and why (`ttl` or `idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_by: Option<String>,
+}
+
+/// A new environment (`PUT /v1/envs/{env}`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnv {
+    /// Copy this environment's values and override files first (`--from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Values over those copied `from`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+    /// Override files after those copied `from`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideFile>,
+    /// Who asks: the owner (`unknown` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
+}
+
+/// Values to set and to remove (`POST /v1/envs/{env}/values`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ValuesChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// A copy of an environment (`POST /v1/envs/{env}/clone`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CloneEnv {
+    /// The new environment's name.
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
+}
+
+/// What a clone did: the new environment and the releases it deployed into it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CloneResult {
+    pub env: EnvView,
+    pub releases: Vec<skiff_model::Release>,
 }

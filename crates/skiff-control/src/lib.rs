@@ -51,6 +51,9 @@ const NODES: &str = "nodes/";
 /// How often silent nodes are looked for: a node is out of DNS at most this long after its
 /// down timeout.
 const LIVENESS_TICK: Duration = Duration::from_millis(25);
+
+/// How often the reaper looks for environments past their ttl or idle time.
+const REAP_TICK: Duration = Duration::from_millis(500);
 const ALLOCS: &str = "allocs/";
 /// Services' stable addresses: `addresses/<env>/<stack>/<service>` → `"127.77.x.y"`. Kept
 /// for good, so a service that goes and comes back gets its address again.
@@ -214,6 +217,8 @@ struct State {
     wake_at: Option<u64>,
     /// What each agent's proxies counted per service and release (cumulative, as last sent).
     node_figures: HashMap<String, HashMap<(ServiceKey, u64), Figures>>,
+    /// Per node, when its proxies last passed a request to each environment.
+    node_last_requests: HashMap<String, BTreeMap<String, u64>>,
     /// Canary and blue-green: the ingress's figures of the new release when its current
     /// step's weight applied, by service: (release, step start, figures then).
     baselines: HashMap<(StackKey, String), (u64, u64, Figures)>,
@@ -400,6 +405,19 @@ impl Control {
                 }
             })
         };
+        let reaper = {
+            let control = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(REAP_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = control.reap().await {
+                        tracing::warn!("environment reaper: {e}");
+                    }
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             if let Err(e) = self.plan_and_apply().await {
@@ -422,6 +440,106 @@ impl Control {
             }
         }
         liveness.abort();
+        reaper.abort();
+    }
+
+    // === environments ===
+
+    /// Downs every active environment past its ttl or idle time
+    /// ([`Environment::reap`](skiff_model::Environment::reap) decides).
+    async fn reap(&self) -> Result<()> {
+        let envs = self.store.envs().await?;
+        if envs
+            .iter()
+            .all(|e| e.ttl_ms.is_none() && e.idle_ms.is_none())
+        {
+            return Ok(());
+        }
+        let last = self.last_requests();
+        let now = now_ms();
+        for env in envs {
+            if let Some(reason) = env.reap(now, last.get(&env.name).copied()) {
+                tracing::info!("environment {} downed: {reason}", env.name);
+                self.down_env(&env.name, Some(reason)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When a request last went to each environment, through this server's proxies or any
+    /// node's.
+    pub fn last_requests(&self) -> BTreeMap<String, u64> {
+        let mut last = self.catalog.last_requests(now_ms());
+        let st = self.lock();
+        for per_node in st.node_last_requests.values() {
+            for (env, at) in per_node {
+                let e = last.entry(env.clone()).or_default();
+                *e = (*e).max(*at);
+            }
+        }
+        last
+    }
+
+    /// Takes when a node's proxies last passed a request to each environment.
+    pub fn node_last_requests(&self, id: &str, last: BTreeMap<String, u64>) -> Result<()> {
+        let mut st = self.lock();
+        if !st.nodes.contains_key(id) {
+            return Err(ControlError::UnknownNode(id.to_string()));
+        }
+        st.node_last_requests.insert(id.to_string(), last);
+        Ok(())
+    }
+
+    /// Takes every stack of `env` down (instances stop; releases, history and data stay)
+    /// and marks its record down, with the reaper's `reason` if it is the reaper's doing;
+    /// an event per stack names the environment and why. Returns the stacks taken down.
+    pub async fn down_env(&self, env: &str, reason: Option<String>) -> Result<Vec<StackKey>> {
+        self.store
+            .update_env(env, |e| {
+                e.state = skiff_model::EnvState::Down;
+                e.down_reason = reason.clone();
+                Ok::<(), ()>(())
+            })
+            .await?;
+        let stacks: Vec<StackKey> = self
+            .store
+            .stacks()
+            .await?
+            .into_iter()
+            .filter(|s| s.stack.env == env && s.current.is_some())
+            .map(|s| s.stack)
+            .collect();
+        let why = reason.as_deref().unwrap_or("by request");
+        let now = now_ms();
+        let mut events = Vec::new();
+        for stack in &stacks {
+            self.store.set_current(stack, None).await?;
+            events.push(Observed::Event(NewEvent {
+                time_ms: now,
+                stack: stack.clone(),
+                instance: None,
+                kind: "env_down".into(),
+                message: format!(
+                    "environment {env} down ({why}): stack {} stops",
+                    stack.stack
+                ),
+            }));
+        }
+        if events.is_empty() {
+            events.push(Observed::Event(NewEvent {
+                time_ms: now,
+                stack: StackKey {
+                    env: env.to_string(),
+                    stack: "-".into(),
+                },
+                instance: None,
+                kind: "env_down".into(),
+                message: format!("environment {env} down ({why}): no stack ran"),
+            }));
+        }
+        self.store.observe(events).await?;
+        self.changed();
+        Ok(stacks)
     }
 
     // === nodes ===

@@ -180,6 +180,7 @@ mod tests {
                     stats: None,
                 })
                 .collect(),
+            seen: Arc::default(),
         }
     }
 

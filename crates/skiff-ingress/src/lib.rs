@@ -275,6 +275,10 @@ impl Counters for Registry {
     fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats> {
         self.catalog.release_stats(service, release)
     }
+
+    fn seen(&self, env: &str) -> Arc<skiff_catalog::Seen> {
+        self.catalog.seen(env)
+    }
 }
 
 impl Registry {

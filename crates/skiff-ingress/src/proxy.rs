@@ -214,6 +214,7 @@ impl Proxy {
         idempotent: bool,
         bodiless: bool,
     ) -> Result<(response::Parts, UpBody, Guard), (StatusCode, String)> {
+        route.target.seen.touch();
         // A request that may have reached the application can go again only when that is
         // harmless.
         let repeatable = replay.is_some() && (idempotent || bodiless);

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use skiff_catalog::{
-    BackendInfo, ReleaseStats, RouteInfo, ServiceEntry, ServiceKey, Snapshot, Traffic,
+    BackendInfo, ReleaseStats, RouteInfo, Seen, ServiceEntry, ServiceKey, Snapshot, Traffic,
 };
 
 use crate::balance::Health;
@@ -40,6 +40,8 @@ pub struct Target {
     pub service: ServiceKey,
     pub port: String,
     pub pools: Vec<Pool>,
+    /// Touched by every request or connection: the environment is not idle.
+    pub seen: Arc<Seen>,
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +95,8 @@ pub trait Counters {
     fn health(&self, service: &ServiceKey, index: u32, port: &str) -> Arc<Health>;
     /// The request counters of one release of a service.
     fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats>;
+    /// The flag requests to `env` set (the idle reaper's last request).
+    fn seen(&self, env: &str) -> Arc<Seen>;
 }
 
 /// `<service>.<stack>.<env>.<domain>`, the default host of a service.
@@ -102,6 +106,23 @@ pub fn default_host(service: &ServiceKey, domain: &str) -> String {
         service.service, service.stack, service.env, domain
     )
     .to_ascii_lowercase()
+}
+
+/// Where an `x-skiff.routes` host is served in `env`: as written in the default environment,
+/// else under the environment's zone (`shop.com` → `shop.com.<env>.<domain>`, `*.shop.com`
+/// → `*.shop.com.<env>.<domain>`) unless it is in that zone already, so that the same stack
+/// in two environments never claims one host twice.
+pub fn env_host(host: &str, env: &str, domain: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if env == skiff_model::DEFAULT_ENV {
+        return host;
+    }
+    let zone = format!(".{env}.{domain}").to_ascii_lowercase();
+    if host.ends_with(&zone) {
+        host
+    } else {
+        format!("{host}{zone}")
+    }
 }
 
 impl RouteTable {
@@ -133,7 +154,10 @@ impl RouteTable {
                 },
             );
             for r in &entry.routes {
-                let host = r.host.clone().unwrap_or_else(|| own_host.clone());
+                let host = r
+                    .host
+                    .as_deref()
+                    .map_or_else(|| own_host.clone(), |h| env_host(h, &key.env, domain));
                 table.add(
                     &host,
                     Route {
@@ -275,6 +299,7 @@ pub fn target(
         service: key.clone(),
         port: port.to_string(),
         pools,
+        seen: counters.seen(&key.env),
     })
 }
 
@@ -366,6 +391,9 @@ mod tests {
         }
         fn stats(&self, service: &ServiceKey, release: u64) -> Arc<ReleaseStats> {
             self.0.release_stats(service, release)
+        }
+        fn seen(&self, env: &str) -> Arc<Seen> {
+            self.0.seen(env)
         }
     }
 
@@ -462,6 +490,29 @@ mod tests {
             .map(|b| b.addr.port())
             .collect();
         assert_eq!(admin, vec![5001, 5002]);
+    }
+
+    #[test]
+    fn route_hosts_outside_the_default_env_are_served_under_its_zone() {
+        assert_eq!(env_host("Shop.com", "default", "localhost"), "shop.com");
+        assert_eq!(
+            env_host("shop.com", "alice", "localhost"),
+            "shop.com.alice.localhost"
+        );
+        assert_eq!(
+            env_host("*.shop.com", "alice", "localhost"),
+            "*.shop.com.alice.localhost"
+        );
+        // Already in the zone: as written.
+        assert_eq!(
+            env_host("api.alice.localhost", "alice", "localhost"),
+            "api.alice.localhost"
+        );
+        // Another env's zone is not this one's.
+        assert_eq!(
+            env_host("api.bob.localhost", "alice", "localhost"),
+            "api.bob.localhost.alice.localhost"
+        );
     }
 
     fn ports(r: &Route) -> Vec<u16> {

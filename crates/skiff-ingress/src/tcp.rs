@@ -129,6 +129,7 @@ async fn serve(l: TcpListener, addr: SocketAddr, ports: watch::Receiver<Ports>, 
 /// Connects to a backend (another one when the connect fails) and copies both ways.
 async fn forward(mut client: TcpStream, target: Arc<Target>, timeout: Duration) {
     let _ = client.set_nodelay(true);
+    target.seen.touch();
     let mut rng = fastrand::Rng::new();
     let mut tried = Vec::new();
     while tried.len() < 8 {

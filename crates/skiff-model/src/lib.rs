@@ -21,6 +21,11 @@ pub use node::{
     NodeResources, NodeStatus, PlacementSpec, Reservations, Strategy,
 };
 pub mod diff;
+mod env;
+pub use env::{
+    DEFAULT_ENV, EnvState, Environment, Expiry, MAX_OVERRIDE_BYTES, MAX_OVERRIDES, MAX_VALUE_BYTES,
+    MAX_VALUES, OverrideFile, check_env_name, check_value, human_duration,
+};
 mod release;
 pub use release::{
     Analysis, CanaryStep, FailureAction, NoTraffic, Parallelism, ReleasePolicy, ReleaseStrategy,
@@ -79,7 +84,7 @@ pub struct StackKey {
 
 impl StackKey {
     pub fn new(env: &str, stack: &str) -> Result<Self, NameError> {
-        check_label("environment", env)?;
+        check_env_name(env)?;
         check_label("stack", stack)?;
         Ok(StackKey {
             env: env.to_string(),

@@ -48,6 +48,12 @@ pub struct LoadOptions {
     /// `--profile`; empty means `COMPOSE_PROFILES`.
     pub profiles: Vec<String>,
     pub limits: Limits,
+    /// The environment's values: variables under `.env`'s and the process's (those win),
+    /// over `${VAR:-default}` defaults.
+    pub values: BTreeMap<String, String>,
+    /// Files merged after the `-f` (or discovered) ones, in order: the environment's
+    /// override files, read through the loader like any other.
+    pub extra_files: Vec<PathBuf>,
 }
 
 /// A loaded, normalized and validated project.
@@ -290,6 +296,8 @@ fn discover(loader: &dyn Loader, opts: &LoadOptions) -> Result<Discovered, SpecE
         Some(d) => resolve(wd, &display(d)),
         None => dir_of(&files[0]),
     };
+    let mut files = files;
+    files.extend(opts.extra_files.iter().map(|f| resolve(wd, &display(f))));
     if project_dir != first_dir {
         env = environment(loader, opts, &project_dir)?;
     }
@@ -345,7 +353,8 @@ fn environment(
             }
         }
     }
-    let mut env = from_files;
+    let mut env = opts.values.clone();
+    env.extend(from_files);
     env.extend(opts.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(env)
 }

@@ -286,3 +286,58 @@ fn an_empty_file_is_rejected_but_an_empty_override_is_not() {
             .contains("the top level must be a mapping")
     );
 }
+
+#[test]
+fn environment_values_interpolate_under_dotenv_and_the_shell_and_over_defaults() {
+    let l = files(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: \"web:${TAG}\"\n    environment:\n      A: \"${A:-dflt}\"\n      B: \"${B}\"\n      C: \"${C:-dflt}\"\n      D: \"${D:-dflt}\"\n",
+        ),
+        (".env", "B=from-dotenv\n"),
+    ]);
+    let mut o = opts(&[("C", "from-shell")]);
+    o.values = [("TAG", "7"), ("A", "env"), ("B", "env"), ("C", "env")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let p = ok(&l, &o);
+    let web = &p.project.services["web"];
+    assert_eq!(web.image.as_deref(), Some("web:7"));
+    let env = format!("{:?}", web.environment);
+    assert!(env.contains("\"env\""), "env value before a default: {env}");
+    assert!(
+        env.contains("from-dotenv"),
+        ".env wins over env values: {env}"
+    );
+    assert!(
+        env.contains("from-shell"),
+        "the shell wins over env values: {env}"
+    );
+    assert!(env.contains("dflt"), "defaults when nothing sets it: {env}");
+}
+
+#[test]
+fn extra_files_merge_after_the_users_and_errors_name_them() {
+    let l = files(&[
+        ("compose.yaml", "services:\n  web: {image: \"web:1\"}\n"),
+        (
+            "env:alice/override-1.yaml",
+            "services:\n  web: {image: \"web:2\"}\n",
+        ),
+        (
+            "env:alice/override-2.yaml",
+            "services:\n  web:\n    replicas: lots\n",
+        ),
+    ]);
+    let mut o = opts(&[]);
+    o.files = vec![PathBuf::from("compose.yaml")];
+    o.extra_files = vec![PathBuf::from("env:alice/override-1.yaml")];
+    let p = ok(&l, &o);
+    assert_eq!(p.project.services["web"].image.as_deref(), Some("web:2"));
+    assert_eq!(p.project_dir, PathBuf::from("/p"));
+    o.extra_files
+        .push(PathBuf::from("env:alice/override-2.yaml"));
+    let err = load(&l, &o).unwrap_err().to_string();
+    assert!(err.contains("env:alice/override-2.yaml:3:"), "{err}");
+}

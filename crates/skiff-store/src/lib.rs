@@ -24,6 +24,7 @@
 //! | `controls/<env>/<stack>` | `{service: ServiceControl}`, absent when all default | durable, CAS |
 //! | `instances/<env>/<stack>/<service>/<index:010>` | [`Instance`](skiff_model::Instance) | soft |
 //! | `events/<seq:020>` | [`Event`](skiff_model::Event), the last [`EVENTS_KEPT`] | soft |
+//! | `envs/<name>` | [`Environment`](skiff_model::Environment) (`default` needs none) | durable, CAS |
 //!
 //! skiff-control uses `nodes/`, `allocs/` and `addresses/` ([`KEY_PREFIXES`] are this crate's).
 //! Numbers are zero-padded so that key order is numeric order (`web-2` before `web-10`).
@@ -56,6 +57,7 @@
 //! instances, events with their numbers, the cluster id) in the transaction that initialises
 //! the layout, then renames it to `state.redb.imported`.
 
+mod envs;
 pub mod kv;
 mod legacy;
 mod store;
@@ -74,8 +76,9 @@ use skiff_model::{ServiceControl, StackKey};
 pub const FORMAT_VERSION: u64 = 2;
 
 /// The key prefixes this crate writes; everything else in the kv belongs to its callers.
-pub const KEY_PREFIXES: [&str; 6] = [
+pub const KEY_PREFIXES: [&str; 7] = [
     "meta/",
+    "envs/",
     "stacks/",
     "releases/",
     "controls/",

@@ -36,3 +36,26 @@ impl Loader for FsLoader {
         path.exists()
     }
 }
+
+/// Files kept by the control plane (an environment's override files) under names of their
+/// own, `env:<env>/<name>` relative to the working directory, so that errors in them name
+/// them; every other path is read from disk.
+pub struct WithStored {
+    pub stored: std::collections::BTreeMap<std::path::PathBuf, String>,
+    pub disk: FsLoader,
+}
+
+impl Loader for WithStored {
+    fn read(&self, path: &Path) -> Result<String, ReadError> {
+        match self.stored.get(&skiff_spec::loader::normalize(path)) {
+            Some(text) => Ok(text.clone()),
+            None => self.disk.read(path),
+        }
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.stored
+            .contains_key(&skiff_spec::loader::normalize(path))
+            || self.disk.exists(path)
+    }
+}

@@ -51,7 +51,10 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Nodes: `skiff node ls | status NODE | drain NODE | undrain NODE | label NODE k=v`.
     Node(cmd::node::Args),
-    /// Deploy a stack from compose files and wait until it is healthy.
+    /// Environments: `skiff env create|ls|set|unset|show|down|rm|clone|up`.
+    Env(cmd::envs::Args),
+    /// Deploy a stack from compose files and wait until it is healthy (`-n NAME` into an
+    /// environment that does not exist creates it).
     Up(cmd::up::UpArgs),
     /// Stop every instance of a stack (its release history is kept).
     Down(cmd::up::DownArgs),
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd::server::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Node(args) => connect().and_then(|c| cmd::node::run(args, &c)),
+        Command::Env(args) => connect().and_then(|c| cmd::envs::run(args, &c)),
         Command::Up(args) => connect().and_then(|c| cmd::up::up(args, &c, env)),
         Command::Down(args) => connect().and_then(|c| cmd::up::down(args, &c, env)),
         Command::Ps(args) => connect().and_then(|c| cmd::ps::ps(args, &c, env)),

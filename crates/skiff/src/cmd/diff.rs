@@ -52,7 +52,8 @@ struct Plan {
 }
 
 pub fn run(args: Args, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let project = match args.project.release()? {
+    let record = super::env_record(client, env)?;
+    let project = match args.project.release(record.as_ref())? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dev;
 pub mod diff;
 pub mod dns;
+pub mod envs;
 pub mod history;
 pub mod logs;
 pub mod node;
@@ -30,4 +31,10 @@ pub fn connect(addr: &str) -> anyhow::Result<Client> {
 /// `env` and `stack` as a key; a name the server would refuse is refused here.
 pub fn stack_key(env: &str, stack: &str) -> anyhow::Result<StackKey> {
     Ok(StackKey::new(env, stack)?)
+}
+
+/// The record of the environment a stack is deployed into (its values and override files);
+/// `None` when it has none yet (`default`'s is implicit and empty).
+pub fn env_record(client: &Client, env: &str) -> anyhow::Result<Option<skiff_model::Environment>> {
+    Ok(client.env(env)?.filter(|v| !v.implicit).map(|v| v.env))
 }

@@ -1,15 +1,16 @@
 //! Flags that select a compose project, as `docker compose` names them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use skiff_model::StackSpec;
+use skiff_model::{Environment, StackSpec};
 use skiff_spec::diag::SpecError;
 use skiff_spec::node::Limits;
 use skiff_spec::project::{LoadOptions, LoadedProject, load};
 use skiff_spec::{render, runtime};
 
-use crate::fs_loader::FsLoader;
+use crate::fs_loader::{FsLoader, WithStored};
 use crate::output;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -34,13 +35,39 @@ pub struct ProjectArgs {
 impl ProjectArgs {
     /// Loads the project; on invalid input prints every diagnostic and returns the exit code.
     pub fn load(&self) -> anyhow::Result<Result<LoadedProject, ExitCode>> {
+        self.load_in(None)
+    }
+
+    /// [`ProjectArgs::load`] for deploying into `env`: its values interpolate under the
+    /// shell's and `.env`'s, its override files (shown as `env:<env>/<name>`) merge after the
+    /// user's files.
+    pub fn load_in(
+        &self,
+        env: Option<&Environment>,
+    ) -> anyhow::Result<Result<LoadedProject, ExitCode>> {
         let limits = Limits::default();
-        let loader = FsLoader {
-            max_bytes: limits.max_bytes,
+        let working_dir = std::env::current_dir()?;
+        let mut stored = BTreeMap::new();
+        let mut extra_files = Vec::new();
+        for f in env.map(|e| e.overrides.as_slice()).unwrap_or_default() {
+            let name = PathBuf::from(format!("env:{}/{}", env.map_or("", |e| &e.name), f.name));
+            stored.insert(
+                skiff_spec::loader::normalize(&working_dir.join(&name)),
+                f.content.clone(),
+            );
+            extra_files.push(name);
+        }
+        let loader = WithStored {
+            stored,
+            disk: FsLoader {
+                max_bytes: limits.max_bytes,
+            },
         };
         let opts = LoadOptions {
+            values: env.map(|e| e.values.clone()).unwrap_or_default(),
+            extra_files,
             files: self.files.clone(),
-            working_dir: std::env::current_dir()?,
+            working_dir,
             project_dir: self.project_directory.clone(),
             project_name: self.project_name.clone(),
             env: std::env::vars().collect(),
@@ -60,8 +87,10 @@ impl ProjectArgs {
     /// What `up` submits for the project: loaded and validated (warnings printed), its
     /// runtime spec and resolved text; on invalid input the diagnostics are printed and the
     /// exit code returned. `skiff diff` compares exactly this with the current release.
-    pub fn release(&self) -> anyhow::Result<Result<Prepared, ExitCode>> {
-        let loaded = match self.load()? {
+    /// In `env` (its record, if it has one) its values and override files take part, and the
+    /// spec carries its values.
+    pub fn release(&self, env: Option<&Environment>) -> anyhow::Result<Result<Prepared, ExitCode>> {
+        let loaded = match self.load_in(env)? {
             Ok(p) => p,
             Err(code) => return Ok(Err(code)),
         };
@@ -72,7 +101,7 @@ impl ProjectArgs {
         };
         // Config templates get the environment's values they read; one they read and the
         // environment lacks stops the release here, not an instance's start.
-        let values = std::collections::BTreeMap::new();
+        let values = env.map(|e| e.values.clone()).unwrap_or_default();
         if let Err(why) = skiff_spec::template::apply_values(&mut spec, &values) {
             for line in why.lines() {
                 eprintln!("error: {line}");

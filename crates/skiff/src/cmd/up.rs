@@ -24,7 +24,15 @@ pub struct UpArgs {
 }
 
 pub fn up(args: UpArgs, client: &Client, env: &str) -> anyhow::Result<ExitCode> {
-    let loaded = match args.project.release()? {
+    let record = super::env_record(client, env)?;
+    if record.is_none() && env != skiff_model::DEFAULT_ENV {
+        super::stack_key(env, "x")?;
+        println!(
+            "environment {env} does not exist: up creates it, owned by {}",
+            skiff_client::author::local().user
+        );
+    }
+    let loaded = match args.project.release(record.as_ref())? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
