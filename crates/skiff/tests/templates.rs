@@ -144,3 +144,55 @@ fn a_template_mistake_is_refused_at_up_with_its_place_and_nothing_is_released() 
     assert!(ok, "{err}");
     assert!(!out.contains("web-1"), "nothing started: {out}");
 }
+
+#[test]
+fn a_template_reads_the_environments_values_and_only_a_change_of_one_it_reads_touches_instances() {
+    ensure_demo_built();
+    let compose = STACK
+        .replace("upper={{ instance.service | upper }}", "greeting={{ values.GREETING }}")
+        .replace("deploy: {replicas: 2}", "deploy: {replicas: 1}");
+    let project = project(&compose);
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    let run = |args: &[&str]| {
+        let (ok, out, err) = skiff_in(&dev, project.path(), &[], args);
+        assert!(ok, "skiff {args:?}: {out}{err}");
+        out
+    };
+    run(&["env", "create", "alice"]);
+    run(&["env", "set", "alice", "GREETING=hello", "OTHER=1"]);
+    run(&["up", "-n", "alice"]);
+    let host = "web.tpl.alice.localhost";
+    let config = || {
+        HttpConn::connect(&dev.ingress)
+            .and_then(|mut c| c.get(host, "/config"))
+            .unwrap()
+    };
+    let (code, body) = config();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(line(&body, "greeting"), "hello");
+    assert_eq!(line(&body, "where"), "tpl.alice");
+    let pid = |dev: &Dev| {
+        let (ok, out, err) = skiff_in(dev, project.path(), &[], &["ps", "-n", "alice", "-o", "json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"]["service"] == "web" && i["state"] == "healthy")
+            .and_then(|i| i["pid"].as_u64())
+            .unwrap_or_else(|| panic!("web's pid in {out}"))
+    };
+    let before = pid(&dev);
+
+    // A value the template does not read: nothing of web changes.
+    run(&["env", "set", "alice", "OTHER=2"]);
+    run(&["up", "-n", "alice"]);
+    assert_eq!(pid(&dev), before, "a value web's template does not read keeps it");
+
+    // The one it reads: a new instance with the new file.
+    run(&["env", "set", "alice", "GREETING=hej"]);
+    run(&["up", "-n", "alice"]);
+    assert_eq!(line(&config().1, "greeting"), "hej");
+    assert_ne!(pid(&dev), before, "web was replaced for its new file");
+}
