@@ -111,20 +111,6 @@ pub fn until_ready_following(
     };
     loop {
         let instances = client.instances(&filter)?;
-        if let Some(ev) = events.as_deref_mut() {
-            ev.poll(client)?;
-            let wanted_service = |s: &str| wanted.contains_key(&s.to_string());
-            if let Some(e) =
-                bringup::first_failure(&ev.seen, &instances, w.release.number, &wanted_service)
-            {
-                let stack = skiff_model::StackKey {
-                    env: w.env.to_string(),
-                    stack: w.stack.to_string(),
-                };
-                let report = bringup::failure(client, &stack, &w.release.spec, e, &instances);
-                return Err(BringupFailed(Box::new(report)).into());
-            }
-        }
         let mut all_ready = true;
         let mut failed = Vec::new();
         // A rollout of this release that paused or failed will not finish by waiting.
@@ -136,7 +122,13 @@ pub fn until_ready_following(
         // Services whose new release has every request: old instances kept warm (blue-green's
         // keep_previous) do not serve.
         let mut switched: Vec<String> = Vec::new();
+        // Services that roll out this release: their failures are the rollout's to judge
+        // (pause, roll back or carry on by its policy), reported below.
+        let mut rolling: Vec<String> = Vec::new();
         for r in client.rollouts(&stack)? {
+            if r.release == w.release.number {
+                rolling.push(r.service.clone());
+            }
             if r.release == w.release.number && r.traffic.as_ref().is_some_and(|t| t.weight == 100)
             {
                 switched.push(r.service.clone());
@@ -181,6 +173,19 @@ pub fn until_ready_following(
                     r.reason.as_deref().unwrap_or("no reason recorded"),
                     w.stack
                 ));
+            }
+        }
+        if let Some(ev) = events.as_deref_mut() {
+            ev.poll(client)?;
+            let brought_up = |s: &str| {
+                let s = s.to_string();
+                wanted.contains_key(&s) && !rolling.contains(&s)
+            };
+            if let Some(e) =
+                bringup::first_failure(&ev.seen, &instances, w.release.number, &brought_up)
+            {
+                let report = bringup::failure(client, &stack, &w.release.spec, e, &instances);
+                return Err(BringupFailed(Box::new(report)).into());
             }
         }
         // Work no node can take fails the wait at once, with the scheduler's reason.
