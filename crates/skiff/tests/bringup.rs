@@ -66,6 +66,19 @@ fn instances(dev: &Dev, stack: &str) -> BTreeMap<String, (String, u64)> {
         .collect()
 }
 
+/// `skiff up --timeout 90` in `dir`, which must fail well before its timeout; its stderr.
+fn up_failing_fast(dev: &Dev, dir: &std::path::Path) -> String {
+    let started = Instant::now();
+    let (ok, out, err) = skiff_in(dev, dir, &[], &["up", "--timeout", "90"]);
+    assert!(!ok, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    err
+}
+
 const HEALTH: &str = "healthcheck: {test: [CMD, skiff-demo, probe, /health], interval: 1s, \
                       timeout: 1s, retries: 3, start_period: 10s}";
 
@@ -186,14 +199,7 @@ fn a_one_shot_that_exits_0_gates_its_dependent_and_one_that_exits_1_fails_the_up
     assert!(ok, "{err}");
 
     let bad = project(&stack(1));
-    let started = Instant::now();
-    let (ok, out, err) = skiff_in(&dev, bad.path(), &[], &["up", "--timeout", "60"]);
-    assert!(!ok, "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
+    let err = up_failing_fast(&dev, bad.path());
     assert!(
         err.contains("service migrate failed the bring-up: migrate-1 ended: exited with code 1"),
         "{err}"
@@ -241,15 +247,8 @@ fn a_check_that_never_passes_fails_the_up_fast_keeps_the_instance_and_a_fixed_up
     let data = tempfile::tempdir().unwrap();
     let dev = start_dev(data.path());
 
-    let started = Instant::now();
-    let (ok, out, err) = skiff_in(&dev, project.path(), &[], &["up", "--timeout", "90"]);
-    assert!(!ok, "{out}");
     // start_period 500 ms + 2 retries x 300 ms, not the 90 s timeout.
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
+    let err = up_failing_fast(&dev, project.path());
     assert!(
         err.contains("service cache failed the bring-up: cache-1 never became ready"),
         "{err}"
