@@ -3,11 +3,11 @@
 # Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
 # run; ratios, since the machine is noisy). Every closing note carries this table.
 # Usage: bench/all.sh            (about 8 minutes on 2 cores)
-#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up dns gone ingress docker scheduler cluster releases)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up env dns gone ingress docker scheduler cluster releases)
 # The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-up dns gone ingress docker scheduler cluster releases}
+only=${BENCH_ONLY:-up env dns gone ingress docker scheduler cluster releases}
 logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
 mkdir -p "$logs"
 cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
@@ -21,6 +21,7 @@ run() { # name command...
 want() { [[ " $only " == *" $1 "* ]]; }
 
 want up && run up bench/up100.sh 100 3
+want env && run env bench/env.sh 3
 want dns && run dns bench/dns.sh 3 5
 want gone && run gone bench/dns_gone.sh 20 4
 want ingress && run ingress bench/ingress.sh 3 5
@@ -53,6 +54,12 @@ if want up; then
   row "skiff up -> 1,000 sleep instances healthy" "$(pick up 's/^1000 sleep instances: .*healthy in \([0-9.]*\)s/\1/p')" s 4 5 le
   info "  the same on the root fs (ext4 without a journal; after the rounds)" "$(pick up 's/^1000 sleep instances on the root fs: .*healthy in \([0-9.]*\)s/\1/p')" s
   row "skiff dev RSS with 1,000 instances" "$(pick up 's/^skiff dev RSS with 1000 instances: \([0-9]*\) kB/\1/p' | awk '{ if ($1 == "-") print "-"; else printf "%.1f", $1/1024 }')" MB 44 100 le
+fi
+if want env; then
+  row "skiff up -n env1 -> 40 services (depth 5, health checks) healthy (median of 3)" "$(pick env 's/^median: skiff up -n env1 -> 40 healthy \([0-9]*\) ms.*/\1/p' | awk '{ if ($1 == "-") print "-"; else printf "%.2f", $1/1000 }')" s 10 20 le
+  info "  floor: the longest chain of start delays in that graph" "$(pick env 's/^floor: longest chain of start delays \([0-9]*\) ms.*/\1/p')" ms
+  row "  five environments at once: the slowest, in times one alone" "$(pick env 's/^five at once: slowest [0-9]* ms, \([0-9.]*\)x alone$/\1/p')" x 2 2 le
+  info "  five environments at once: the slowest" "$(pick env 's/^five at once: slowest \([0-9]*\) ms.*/\1/p')" ms
 fi
 if want dns; then
   row "DNS qps skiff/NSD (median of round ratios)" "$(pick dns 's/.*median of round ratios \([0-9.]*\) .*/\1/p')" x 1.0 0.9 ge
@@ -98,6 +105,6 @@ echo "| figure | value | target | must | pass |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh, bench/releases.sh 30000)"
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/env.sh 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh, bench/releases.sh 30000)"
 printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
 exit 0

@@ -213,7 +213,7 @@ t0=$(now_ms)
 out=$(timeout 120 "$skiff" up --timeout 100 -f "$sleepers" 2>&1) \
   || die "skiff up of $N sleepers failed: $(echo "$out" | tail -n 5)"
 t1=$(now_ms)
-echo "skiff up: $(echo "$out" | tail -n 1)"
+echo "skiff up: $(echo "$out" | grep "instances healthy in")"
 echo "$N instances over $AGENTS agents: up -> healthy in $(secs $((t1 - t0))) s"
 c=$(counts sleepers) || die "reading the allocations failed"
 read -r lo hi nodes _ <<< "$c"
@@ -232,7 +232,7 @@ start_cluster b "$DOWN"
 loss=$(stack loss "$LOSS" sleep 100000)
 out=$(timeout 120 "$skiff" up --timeout 100 -f "$loss" 2>&1) \
   || die "skiff up of $LOSS sleepers failed: $(echo "$out" | tail -n 5)"
-echo "skiff up: $(echo "$out" | tail -n 1)"
+echo "skiff up: $(echo "$out" | grep "instances healthy in")"
 c=$(counts loss) || die "reading the allocations failed"
 read -r lo hi nodes victim_id victim_name victim_count <<< "$c"
 echo "loss stack spread: min $lo / max $hi instances per node ($nodes nodes)"

@@ -82,7 +82,7 @@ echo "skiff dev RSS: idle $(median "${rss_idle[@]}") kB, with $N instances $(med
 sleepers=$(stack sleepers 1000 sleep 3600)
 start_dev "$data/data-big"
 out=$("$skiff" up --timeout 300 -f "$sleepers")
-echo "1000 sleep instances: $(echo "$out" | tail -1)"
+echo "1000 sleep instances: $(echo "$out" | grep "instances healthy in")"
 sleep 2
 echo "skiff dev RSS with 1000 instances: $(rss_kb "$dev_pid") kB"
 "$skiff" down sleepers >/dev/null
@@ -90,7 +90,7 @@ stop_dev
 if [ "$data" != "$work" ]; then
   start_dev "$work/data-root"
   out=$("$skiff" up --timeout 300 -f "$sleepers")
-  echo "1000 sleep instances on the root fs: $(echo "$out" | tail -1)"
+  echo "1000 sleep instances on the root fs: $(echo "$out" | grep "instances healthy in")"
   "$skiff" down sleepers >/dev/null
   stop_dev
 fi

@@ -113,10 +113,17 @@ impl Probe {
     }
 
     /// Runs the probe once: `Ok(())` when ready, else why not.
+    #[cfg(test)]
     pub async fn check(&self) -> Result<(), String> {
+        self.check_with_output().await.map_err(|f| f.why)
+    }
+
+    /// Runs the probe once: `Ok(())` when ready, else why not and what the check said (a
+    /// command's output tail, an HTTP status).
+    pub async fn check_with_output(&self) -> Result<(), Failure> {
         match self {
             Probe::Running => Ok(()),
-            Probe::Broken(why) => Err(why.clone()),
+            Probe::Broken(why) => Err(Failure::said(why.clone())),
             Probe::Http {
                 addr,
                 path,
@@ -131,11 +138,15 @@ impl Probe {
                     if pass {
                         Ok(())
                     } else {
-                        Err(format!("GET {path} on {addr}: status {code}"))
+                        Err(Failure::said(format!(
+                            "GET {path} on {addr}: status {code}"
+                        )))
                     }
                 }
-                Ok(Err(e)) => Err(format!("GET {path} on {addr}: {e}")),
-                Err(_) => Err(format!("GET {path} on {addr}: timed out after {timeout:?}")),
+                Ok(Err(e)) => Err(Failure::said(format!("GET {path} on {addr}: {e}"))),
+                Err(_) => Err(Failure::said(format!(
+                    "GET {path} on {addr}: timed out after {timeout:?}"
+                ))),
             },
             Probe::Tcp(addr) => {
                 match tokio::time::timeout(
@@ -145,8 +156,8 @@ impl Probe {
                 .await
                 {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                    Err(_) => Err(format!("connect {addr}: timed out")),
+                    Ok(Err(e)) => Err(Failure::said(format!("connect {addr}: {e}"))),
+                    Err(_) => Err(Failure::said(format!("connect {addr}: timed out"))),
                 }
             }
             Probe::Exec {
@@ -155,49 +166,101 @@ impl Probe {
                 timeout,
             } => {
                 if argv.is_empty() {
-                    return Err("empty health check command".into());
+                    return Err(Failure::said("empty health check command".into()));
                 }
                 match tokio::time::timeout(*timeout, workload.exec(argv)).await {
                     Ok(Ok(out)) if out.exit_code == 0 => Ok(()),
-                    Ok(Ok(out)) => Err(format!(
-                        "health check exited {}: {}",
-                        out.exit_code,
-                        out.output.lines().last().unwrap_or("").trim()
-                    )),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("health check timed out after {timeout:?}")),
+                    Ok(Ok(out)) => Err(Failure {
+                        why: format!(
+                            "health check exited {}: {}",
+                            out.exit_code,
+                            out.output.lines().last().unwrap_or("").trim()
+                        ),
+                        output: tail(&out.output),
+                    }),
+                    Ok(Err(e)) => Err(Failure::said(e.to_string())),
+                    Err(_) => Err(Failure::said(format!(
+                        "health check timed out after {timeout:?}"
+                    ))),
                 }
             }
             Probe::Command { argv, env, timeout } => {
                 let Some((program, args)) = argv.split_first() else {
-                    return Err("empty health check command".into());
+                    return Err(Failure::said("empty health check command".into()));
                 };
                 let mut cmd = Command::new(program);
                 cmd.args(args)
                     .envs(env)
                     .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .kill_on_drop(true);
                 let run = async {
-                    let out = cmd.output().await.map_err(|e| format!("{program}: {e}"))?;
+                    let out = cmd
+                        .output()
+                        .await
+                        .map_err(|e| Failure::said(format!("{program}: {e}")))?;
                     if out.status.success() {
                         Ok(())
                     } else {
                         let err = String::from_utf8_lossy(&out.stderr);
-                        Err(format!(
-                            "health check {}: {}",
-                            out.status,
-                            err.lines().last().unwrap_or("").trim()
-                        ))
+                        let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+                        Err(Failure {
+                            why: format!(
+                                "health check {}: {}",
+                                out.status,
+                                err.lines().last().unwrap_or("").trim()
+                            ),
+                            output: tail(&all),
+                        })
                     }
                 };
                 tokio::time::timeout(*timeout, run)
                     .await
-                    .unwrap_or_else(|_| Err(format!("health check timed out after {timeout:?}")))
+                    .unwrap_or_else(|_| {
+                        Err(Failure::said(format!(
+                            "health check timed out after {timeout:?}"
+                        )))
+                    })
             }
         }
     }
+}
+
+/// A probe that did not pass: why (one line), and what the check itself said — the tail of
+/// a command's output, else the same line (an HTTP status, a refused connection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub why: String,
+    pub output: String,
+}
+
+impl Failure {
+    fn said(why: String) -> Failure {
+        Failure {
+            output: why.clone(),
+            why,
+        }
+    }
+}
+
+/// Lines of a check's output kept for the report of a failed bring-up.
+pub const OUTPUT_LINES: usize = 10;
+/// Bytes of a check's output kept (the last ones).
+const OUTPUT_BYTES: usize = 2048;
+
+/// The last [`OUTPUT_LINES`] lines of `output`, at most [`OUTPUT_BYTES`] bytes.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.trim_end().lines().collect();
+    let mut out = lines[lines.len().saturating_sub(OUTPUT_LINES)..].join("\n");
+    if out.len() > OUTPUT_BYTES {
+        let mut cut = out.len() - OUTPUT_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out.drain(..cut);
+    }
+    out
 }
 
 /// The status code of `GET path` on `addr` (HTTP/1.1, one connection per probe).
@@ -231,6 +294,9 @@ pub enum Verdict {
     Failing(String),
     /// Failed `retries` times in a row after having passed.
     Failed(String),
+    /// Readiness never passed within `start_period` + `retries` × `interval` of the start
+    /// (said once; the probes go on at the interval and a later pass still counts).
+    NeverReady(Failure),
 }
 
 /// Runs a probe on its schedule: right after start, then fast (10 ms, doubling up to the
@@ -247,6 +313,12 @@ pub struct Checker {
     failures: u32,
     /// Liveness: probes at the interval from the start, and fails without having passed.
     liveness: bool,
+    /// Readiness of an explicit check: how long it may take to pass for the first time.
+    ready_within: Option<Duration>,
+    /// `NeverReady` was said.
+    gave_up: bool,
+    /// The last failed probe's output.
+    last: Option<Failure>,
 }
 
 impl Checker {
@@ -276,6 +348,9 @@ impl Checker {
             passed_once: false,
             failures: 0,
             liveness: false,
+            ready_within: spec.map(|_| start_period + interval * retries),
+            gave_up: false,
+            last: None,
         }
     }
 
@@ -284,6 +359,7 @@ impl Checker {
     pub fn liveness(probe: Probe, spec: &HealthSpec) -> Checker {
         Checker {
             liveness: true,
+            ready_within: None,
             ..Checker::new(probe, Some(spec))
         }
     }
@@ -293,15 +369,25 @@ impl Checker {
         self.next
     }
 
+    /// Whether a probe ever passed.
+    pub fn passed_once(&self) -> bool {
+        self.passed_once
+    }
+
+    /// The last failed probe (why, and what the check said); `None` after a pass.
+    pub fn last_failure(&self) -> Option<&Failure> {
+        self.last.as_ref()
+    }
+
     /// Probes when one is due; `None` when none is.
     pub async fn due(&mut self, started: std::time::Instant) -> Option<Verdict> {
         let now = tokio::time::Instant::now();
         if self.next.is_some_and(|t| now < t) {
             return None;
         }
-        let result = self.probe.check().await;
+        let result = self.probe.check_with_output().await;
         self.next = Some(
-            now + if self.passed_once || result.is_ok() || self.liveness {
+            now + if self.passed_once || result.is_ok() || self.liveness || self.gave_up {
                 self.interval
             } else {
                 self.fast.next().unwrap_or(self.interval)
@@ -311,24 +397,31 @@ impl Checker {
             Ok(()) => {
                 self.passed_once = true;
                 self.failures = 0;
+                self.last = None;
                 Verdict::Pass
             }
-            Err(why) if !self.passed_once => {
+            Err(fail) if !self.passed_once => {
+                self.last = Some(fail.clone());
                 if started.elapsed() >= self.start_period {
                     self.failures = self.failures.saturating_add(1);
                 }
                 if self.liveness && self.failures >= self.retries {
-                    Verdict::Failed(why)
+                    Verdict::Failed(fail.why)
+                } else if !self.gave_up && self.ready_within.is_some_and(|d| started.elapsed() >= d)
+                {
+                    self.gave_up = true;
+                    Verdict::NeverReady(fail)
                 } else {
-                    Verdict::Failing(why)
+                    Verdict::Failing(fail.why)
                 }
             }
-            Err(why) => {
+            Err(fail) => {
+                self.last = Some(fail.clone());
                 self.failures += 1;
                 if self.failures >= self.retries {
-                    Verdict::Failed(why)
+                    Verdict::Failed(fail.why)
                 } else {
-                    Verdict::Failing(why)
+                    Verdict::Failing(fail.why)
                 }
             }
         })
@@ -497,6 +590,65 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(matches!(c.due(started).await, Some(Verdict::Failed(_))));
+    }
+
+    #[tokio::test]
+    async fn readiness_that_never_passes_is_given_up_once_after_start_period_and_retries() {
+        let h = HealthSpec {
+            retries: 2,
+            interval: Duration::from_millis(100),
+            start_period: Duration::from_millis(100),
+            ..spec(&[
+                "CMD-SHELL",
+                "echo starting up; echo 'no database' >&2; exit 3",
+            ])
+        };
+        let env = BTreeMap::new();
+        let mut c = Checker::new(Probe::for_instance(Some(&h), LO, &[], &env, None), Some(&h));
+        let started = std::time::Instant::now();
+        let mut verdicts = Vec::new();
+        while started.elapsed() < Duration::from_millis(600) {
+            if let Some(v) = c.due(started).await {
+                verdicts.push((started.elapsed(), v));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let given_up: Vec<_> = verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::NeverReady(_)))
+            .collect();
+        assert_eq!(given_up.len(), 1, "said once: {verdicts:?}");
+        let (at, Verdict::NeverReady(fail)) = given_up[0] else {
+            unreachable!()
+        };
+        // start_period 100 ms + 2 retries x 100 ms.
+        assert!(*at >= Duration::from_millis(300), "given up at {at:?}");
+        assert!(fail.why.contains("exit status: 3"), "{fail:?}");
+        assert_eq!(fail.output, "starting up\nno database");
+        assert_eq!(c.last_failure(), Some(fail));
+        assert!(!c.passed_once());
+    }
+
+    #[tokio::test]
+    async fn the_readiness_default_never_gives_up() {
+        let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut c = Checker::new(Probe::Tcp(closed), None);
+        let started = std::time::Instant::now() - Duration::from_secs(3600);
+        for _ in 0..3 {
+            let v = c.due(started).await;
+            assert!(matches!(v, Some(Verdict::Failing(_))), "{v:?}");
+            c.next = None;
+        }
+    }
+
+    #[test]
+    fn output_tails_keep_the_last_lines_and_bytes() {
+        let many: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(tail(&many).lines().count(), OUTPUT_LINES);
+        assert!(tail(&many).ends_with("line 30"));
+        let long = "é".repeat(3000);
+        let t = tail(&long);
+        assert!(t.len() <= OUTPUT_BYTES && t.chars().all(|c| c == 'é'));
     }
 
     #[test]

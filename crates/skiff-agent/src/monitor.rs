@@ -40,6 +40,7 @@ impl Agent {
             });
             let mut probes = Probes {
                 started: Instant::now(),
+                ready_once: false,
                 readiness,
                 liveness,
                 held: false,
@@ -70,10 +71,20 @@ impl Agent {
             // Out of traffic before anything else happens: the server withdraws it on this
             // report (the details of the exit follow).
             agent.observed_now(&id, &observed, InstanceState::Exited, None);
+            // An instance that never became ready: what its readiness check said last goes
+            // with its exit (a bring-up that fails on it reports both).
+            let last_check = (!probes.readiness.passed_once())
+                .then(|| probes.readiness.last_failure().map(|f| f.output.clone()))
+                .flatten();
             // Wake the reconciler when the back-off ends, not at the next resync.
-            if let Some(delay) =
-                agent.on_exit(&id, &spec, &observed, status, probes.killed_for.take())
-            {
+            if let Some(delay) = agent.on_exit(
+                &id,
+                &spec,
+                &observed,
+                status,
+                probes.killed_for.take(),
+                last_check,
+            ) {
                 tokio::time::sleep(delay).await;
                 agent.wake();
             }
@@ -93,10 +104,23 @@ impl Agent {
         if let Some(verdict) = p.readiness.due(p.started).await {
             let mut o = observed.lock().unwrap_or_else(|p| p.into_inner());
             let before = o.state;
+            let mut event = None;
             match verdict {
                 Verdict::Pass if !p.held => {
                     o.state = InstanceState::Healthy;
                     o.reason = None;
+                    // The first pass is when it became ready: the server keeps the time (a
+                    // bring-up's critical path is made of these and the starts).
+                    if !p.ready_once {
+                        p.ready_once = true;
+                        event = Some((
+                            "ready",
+                            format!(
+                                "ready {} ms after its start",
+                                p.started.elapsed().as_millis()
+                            ),
+                        ));
+                    }
                 }
                 Verdict::Pass => {}
                 Verdict::Failing(why) => o.reason = Some(why),
@@ -104,9 +128,32 @@ impl Agent {
                     o.state = InstanceState::Unhealthy;
                     o.reason = Some(why);
                 }
+                Verdict::NeverReady(fail) => {
+                    // Kept running out of traffic for `skiff exec` and `skiff logs`
+                    // (`keep_failed`); a later pass still makes it ready.
+                    o.state = InstanceState::Unhealthy;
+                    o.reason = Some(format!(
+                        "readiness never passed: {}; kept running out of traffic (keep_failed)",
+                        fail.why
+                    ));
+                    event = Some((
+                        "readiness_failed",
+                        format!(
+                            "readiness never passed in {} ms (start_period + retries x \
+                             interval): {}; kept running out of traffic for `skiff exec` and \
+                             `skiff logs`\nlast health check output:\n{}",
+                            p.started.elapsed().as_millis(),
+                            fail.why,
+                            fail.output
+                        ),
+                    ));
+                }
             }
             let now = o.state;
             drop(o);
+            if let Some((kind, message)) = event {
+                self.event(&id.stack, Some(id), kind, message);
+            }
             if now != before {
                 // Into or out of traffic: the server routes to it exactly while it is healthy.
                 self.write_observed(id);
@@ -172,6 +219,8 @@ impl Probes {
 /// An instance's probes and what they decided so far.
 struct Probes {
     started: Instant,
+    /// Readiness passed once (its `ready` event was sent).
+    ready_once: bool,
     readiness: Checker,
     liveness: Option<Checker>,
     /// Failed liveness under `keep_failed`: out of traffic for good.

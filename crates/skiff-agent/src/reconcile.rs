@@ -266,6 +266,7 @@ impl Agent {
         observed: &Mutex<Observed>,
         ended: Ended,
         cause: Option<String>,
+        last_check: Option<String>,
     ) -> Option<Duration> {
         let exit = ended.exit;
         let oom = ended.oom_killed.then(|| match spec.limits.memory_bytes {
@@ -300,13 +301,19 @@ impl Agent {
         o.restart_at = restart.then(|| Instant::now() + delay);
         o.exit = Some(exit.clone());
         drop(o);
-        let what = if restart {
+        let mut what = if restart {
             format!("{describe}; restarting in {delay:?}")
         } else {
             format!("{describe}; not restarting (policy)")
         };
+        if let Some(check) = last_check {
+            what = format!("{what}\nlast health check output:\n{check}");
+        }
+        // A one-shot that ended well (a migration) completed; anything else exited.
         let kind = if oom.is_some() {
             "oom_killed"
+        } else if exit.success() && !restart {
+            "completed"
         } else {
             "exited"
         };
@@ -374,7 +381,16 @@ impl Agent {
             }
         }
         let dir = self.instance_dir(&id);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if restarting {
+                // A restart keeps what the instance wrote (as `docker logs` does): a crash
+                // loop's last lines stay readable through `skiff logs` and `up`'s report.
+                remove_all_but_logs(&dir)
+            } else {
+                std::fs::remove_dir_all(dir)
+            }
+        })
+        .await;
         self.live().remove(&id);
         self.reporter.send(Change::Removed(id.clone()));
         if restarting {
@@ -431,4 +447,20 @@ impl Agent {
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Empties an instance directory but for its logs.
+fn remove_all_but_logs(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == driver::files::LOG_DIR {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }

@@ -708,11 +708,29 @@ async fn list_events(
     State(s): State<ApiState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
-    Ok(Json(
-        s.store
-            .events_after(q.after, q.limit.unwrap_or(1000).min(10_000))
-            .await?,
-    ))
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let selected = |e: &Event| {
+        q.env.as_ref().is_none_or(|env| &e.stack.env == env)
+            && q.stack.as_ref().is_none_or(|stack| &e.stack.stack == stack)
+    };
+    if q.env.is_none() && q.stack.is_none() {
+        return Ok(Json(s.store.events_after(q.after, limit).await?));
+    }
+    // Filtered: page through the kept events (at most `EVENTS_KEPT`) until `limit` match.
+    let mut out = Vec::new();
+    let mut after = q.after;
+    while out.len() < limit {
+        let page = s.store.events_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let full = page.len() == 1000;
+        out.extend(page.into_iter().filter(|e| selected(e)));
+        if !full {
+            break;
+        }
+    }
+    out.truncate(limit);
+    Ok(Json(out))
 }
 
 /// `stop` keeps the service's instances stopped until `start` (or the next deploy);

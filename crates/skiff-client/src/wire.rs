@@ -321,13 +321,18 @@ pub struct StackFilter {
     pub stack: Option<String>,
 }
 
-/// `GET /v1/events`: events after a sequence number, at most `limit` (default 1000).
+/// `GET /v1/events`: events after a sequence number, at most `limit` (default 1000); only
+/// those of `env` and `stack` when given.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventQuery {
     #[serde(default)]
     pub after: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
 }
 
 /// A command to run in an instance (`POST …/instances/{instance}/exec`).

@@ -1,6 +1,7 @@
 //! One module per subcommand; `project` holds the flags every compose-reading command shares.
 
 pub mod agent;
+pub mod bringup;
 pub mod config;
 pub mod dev;
 pub mod diff;

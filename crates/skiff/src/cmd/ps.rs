@@ -62,7 +62,10 @@ pub struct EventsArgs {
 pub fn events(args: EventsArgs, client: &Client) -> anyhow::Result<ExitCode> {
     let mut after = args.after;
     loop {
-        let batch = client.events(&EventQuery { after, limit: None })?;
+        let batch = client.events(&EventQuery {
+            after,
+            ..EventQuery::default()
+        })?;
         for e in &batch {
             after = e.seq;
             match args.output.format {

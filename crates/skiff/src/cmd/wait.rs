@@ -14,6 +14,8 @@ use skiff_client::StackFilter;
 use skiff_client::blocking::Client;
 use skiff_model::{Instance, InstanceState, Release};
 
+use super::bringup;
+
 /// Restarts after which an instance that never became healthy fails the wait (a crash loop,
 /// or a start that cannot succeed: a missing image, a bad command).
 const CRASH_LOOP: u32 = 3;
@@ -67,6 +69,31 @@ pub fn until_ready(
     w: &Wait<'_>,
     fresh: impl Fn(&Instance) -> bool,
 ) -> anyhow::Result<()> {
+    until_ready_following(client, w, fresh, None)
+}
+
+/// A bring-up that failed (already reported to the user, as text or as `-o json`).
+#[derive(Debug)]
+pub struct BringupFailed(pub Box<bringup::Failure>);
+
+impl std::fmt::Display for BringupFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "service {} failed the bring-up", self.0.service)
+    }
+}
+
+impl std::error::Error for BringupFailed {}
+
+/// [`until_ready`], also following the stack's `events` from where they were marked: an
+/// instance of the release that ends before it was ever ready, or whose readiness check is
+/// given up on, fails the wait at once with a [`BringupFailed`] (its report is not printed
+/// here).
+pub fn until_ready_following(
+    client: &Client,
+    w: &Wait<'_>,
+    fresh: impl Fn(&Instance) -> bool,
+    mut events: Option<&mut bringup::Events>,
+) -> anyhow::Result<()> {
     let wanted: BTreeMap<&String, u32> = w
         .release
         .spec
@@ -95,7 +122,13 @@ pub fn until_ready(
         // Services whose new release has every request: old instances kept warm (blue-green's
         // keep_previous) do not serve.
         let mut switched: Vec<String> = Vec::new();
+        // Services that roll out this release: their failures are the rollout's to judge
+        // (pause, roll back or carry on by its policy), reported below.
+        let mut rolling: Vec<String> = Vec::new();
         for r in client.rollouts(&stack)? {
+            if r.release == w.release.number {
+                rolling.push(r.service.clone());
+            }
             if r.release == w.release.number && r.traffic.as_ref().is_some_and(|t| t.weight == 100)
             {
                 switched.push(r.service.clone());
@@ -142,6 +175,19 @@ pub fn until_ready(
                 ));
             }
         }
+        if let Some(ev) = events.as_deref_mut() {
+            ev.poll(client)?;
+            let brought_up = |s: &str| {
+                let s = s.to_string();
+                wanted.contains_key(&s) && !rolling.contains(&s)
+            };
+            if let Some(e) =
+                bringup::first_failure(&ev.seen, &instances, w.release.number, &brought_up)
+            {
+                let report = bringup::failure(client, &stack, &w.release.spec, e, &instances);
+                return Err(BringupFailed(Box::new(report)).into());
+            }
+        }
         // Work no node can take fails the wait at once, with the scheduler's reason.
         let unplaced = client.unplaced(&filter)?;
         for u in unplaced.iter().filter(|u| wanted.contains_key(&u.service)) {
@@ -158,15 +204,16 @@ pub fn until_ready(
                 .iter()
                 .filter(|i| &i.id.service == svc && i.release == w.release.number)
                 .collect();
+            // A one-shot (a migration) that exited 0 is done: its policy does not restart it.
+            let completed =
+                |i: &Instance| i.state == InstanceState::Failed && i.exit_code == Some(0);
             let ready = desired
                 .iter()
-                .filter(|i| {
-                    i.state == InstanceState::Healthy && i.release == w.release.number && fresh(i)
-                })
+                .filter(|i| (i.state == InstanceState::Healthy && fresh(i)) || completed(i))
                 .count();
             for i in &desired {
                 let reason = i.reason.clone().unwrap_or_default();
-                if i.state == InstanceState::Failed {
+                if i.state == InstanceState::Failed && !completed(i) {
                     failed.push(format!("{}: {reason}", i.id.short()));
                 } else if i.state != InstanceState::Healthy && i.restarts >= CRASH_LOOP {
                     // Waiting out the timeout would only hide the cause.
