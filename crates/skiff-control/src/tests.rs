@@ -1118,3 +1118,61 @@ async fn a_failed_start_first_replacement_is_abandoned_and_not_placed_again() {
     let (rollout, _) = r.control.lock().rollouts[&(stack(), "web".to_string())].clone();
     assert_eq!(rollout.state, RolloutState::Paused);
 }
+
+#[tokio::test]
+async fn the_last_request_of_an_env_is_the_latest_any_proxy_saw() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    assert!(r.control.last_requests().is_empty());
+    // This server's proxies: a touched flag counts at the next sample.
+    r.catalog.seen("alice").touch();
+    let own = r.control.last_requests()["alice"];
+    assert!(own > 0);
+    // A node's ingress saw a later one for alice, and one for bob.
+    let later = own + 60_000;
+    r.control
+        .node_last_requests(
+            "n1",
+            [("alice".to_string(), later), ("bob".to_string(), 5)].into(),
+        )
+        .unwrap();
+    let last = r.control.last_requests();
+    assert_eq!((last["alice"], last["bob"]), (later, 5));
+    assert!(matches!(
+        r.control.node_last_requests("nope", Default::default()),
+        Err(ControlError::UnknownNode(_))
+    ));
+}
+
+#[tokio::test]
+async fn downing_an_env_takes_its_stacks_down_marks_it_and_tells_why() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(1, &[]))]).await;
+    let env = stack().env;
+    let mut record = skiff_model::Environment::new(&env, skiff_model::Author::unknown(), 1);
+    record.ttl_ms = Some(1);
+    r.store.create_env(&record).await.unwrap();
+    // The reaper's decision for it: past its ttl.
+    let why = record.reap(10, None).unwrap();
+    let downed = r.control.down_env(&env, Some(why.clone())).await.unwrap();
+    assert_eq!(downed, vec![stack()]);
+    let state = r.store.stacks().await.unwrap();
+    assert_eq!(
+        state[0].current, None,
+        "the stack is down, its history kept"
+    );
+    assert_eq!(r.store.releases(&stack()).await.unwrap().len(), 1);
+    let e = r.store.env(&env).await.unwrap().unwrap();
+    assert_eq!(e.state, skiff_model::EnvState::Down);
+    assert_eq!(e.down_reason.as_deref(), Some(why.as_str()));
+    let events = r.store.events_after(0, 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.kind == "env_down" && ev.message.contains(&why)),
+        "{events:?}"
+    );
+    // Down already: the reaper leaves it be.
+    assert_eq!(e.reap(u64::MAX, None), None);
+}

@@ -169,18 +169,19 @@ mod tests {
         let store = Store::open(MemKv::new(), "t").await.unwrap();
         let a = StackKey::new("alice", "shop").unwrap();
         let b = StackKey::new("bob", "shop").unwrap();
+        let release = |k: StackKey| {
+            let store = store.clone();
+            async move {
+                let spec = StackSpec::default();
+                let by = Author::unknown();
+                store
+                    .create_release(&k, spec, String::new(), 1, by, Cause::Up)
+                    .await
+                    .unwrap()
+            }
+        };
         for k in [&a, &b] {
-            store
-                .create_release(
-                    k,
-                    StackSpec::default(),
-                    String::new(),
-                    1,
-                    Author::unknown(),
-                    Cause::Up,
-                )
-                .await
-                .unwrap();
+            release(k.clone()).await;
             store
                 .update_controls(k, |c| c.entry("web".into()).or_default().stopped = true)
                 .await
@@ -194,17 +195,6 @@ mod tests {
         assert!(store.releases(&a).await.unwrap().is_empty());
         assert_eq!(store.releases(&b).await.unwrap().len(), 1);
         // Numbers start again for a stack made anew.
-        let r = store
-            .create_release(
-                &a,
-                StackSpec::default(),
-                String::new(),
-                2,
-                Author::unknown(),
-                Cause::Up,
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.number, 1);
+        assert_eq!(release(a).await.number, 1);
     }
 }

@@ -136,17 +136,10 @@ fn env_commands_keep_records_refuse_bad_input_and_survive_kill_9() {
     // The list: default (implicit) and both, with owner, age and expiry.
     let ls = run(&dev, d, &[], &["env", "ls"]);
     let header = ls.lines().next().unwrap();
-    for col in [
-        "NAME",
-        "STACKS",
-        "READY",
-        "OWNER",
-        "AGE",
-        "LAST REQUEST",
-        "EXPIRES",
-    ] {
-        assert!(header.contains(col), "{ls}");
-    }
+    assert!(
+        header.starts_with("NAME   ") && header.ends_with("LAST REQUEST  EXPIRES"),
+        "{ls}"
+    );
     let alice = ls.lines().find(|l| l.starts_with("alice ")).unwrap();
     assert!(
         alice.contains("0/0") && alice.contains("in 24h (idle)"),
