@@ -286,6 +286,7 @@ pub(crate) async fn remove(
     for stack in &stacks {
         s.store.remove_stack(stack).await?;
     }
+    s.control.forget_env(&env).await?;
     s.store.delete_env(&env).await?;
     s.control.changed();
     Ok(StatusCode::NO_CONTENT)

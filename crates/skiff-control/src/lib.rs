@@ -493,6 +493,29 @@ impl Control {
     /// Takes every stack of `env` down (instances stop; releases, history and data stay)
     /// and marks its record down, with the reaper's `reason` if it is the reaper's doing;
     /// an event per stack names the environment and why. Returns the stacks taken down.
+    /// Forgets what the planner kept of `env`'s removed stacks (`skiff env rm`): their stable
+    /// addresses go back to the range and their rollout records go, so environments made and
+    /// removed day after day do not use the address range up.
+    pub async fn forget_env(&self, env: &str) -> Result<()> {
+        let mut ops = Vec::new();
+        for prefix in [ADDRESSES, ROLLOUTS] {
+            let (entries, _) = self.kv.list(&format!("{prefix}{env}/")).await?;
+            ops.extend(
+                entries
+                    .into_iter()
+                    .map(|e| TxnOp::delete(e.key, Expect::Any)),
+            );
+        }
+        if !ops.is_empty() {
+            self.kv.txn(ops).await?;
+        }
+        let mut st = self.lock();
+        st.addresses.retain(|k, _| k.env != env);
+        st.rollouts.retain(|(stack, _), _| stack.env != env);
+        st.rolling.retain(|(stack, _)| stack.env != env);
+        Ok(())
+    }
+
     pub async fn down_env(&self, env: &str, reason: Option<String>) -> Result<Vec<StackKey>> {
         self.store
             .update_env(env, |e| {

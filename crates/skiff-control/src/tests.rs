@@ -1176,3 +1176,19 @@ async fn downing_an_env_takes_its_stacks_down_marks_it_and_tells_why() {
     // Down already: the reaper leaves it be.
     assert_eq!(e.reap(u64::MAX, None), None);
 }
+
+#[tokio::test]
+async fn forgetting_a_removed_env_gives_its_stable_addresses_back() {
+    let r = rig(Duration::from_secs(5)).await;
+    r.node("n1", "one", "10.231.0.1").await;
+    r.release(&[("web", service(1, &[]))]).await;
+    r.pass().await;
+    let env = stack().env;
+    let prefix = format!("addresses/{env}/");
+    let kept = r.store.kv().list(&prefix).await.unwrap().0;
+    assert_eq!(kept.len(), 1, "web got its address");
+    r.control.down_env(&env, None).await.unwrap();
+    r.store.remove_stack(&stack()).await.unwrap();
+    r.control.forget_env(&env).await.unwrap();
+    assert!(r.store.kv().list(&prefix).await.unwrap().0.is_empty());
+}

@@ -149,7 +149,10 @@ fn a_template_mistake_is_refused_at_up_with_its_place_and_nothing_is_released() 
 fn a_template_reads_the_environments_values_and_only_a_change_of_one_it_reads_touches_instances() {
     ensure_demo_built();
     let compose = STACK
-        .replace("upper={{ instance.service | upper }}", "greeting={{ values.GREETING }}")
+        .replace(
+            "upper={{ instance.service | upper }}",
+            "greeting={{ values.GREETING }}",
+        )
         .replace("deploy: {replicas: 2}", "deploy: {replicas: 1}");
     let project = project(&compose);
     let data = tempfile::tempdir().unwrap();
@@ -173,7 +176,12 @@ fn a_template_reads_the_environments_values_and_only_a_change_of_one_it_reads_to
     assert_eq!(line(&body, "greeting"), "hello");
     assert_eq!(line(&body, "where"), "tpl.alice");
     let pid = |dev: &Dev| {
-        let (ok, out, err) = skiff_in(dev, project.path(), &[], &["ps", "-n", "alice", "-o", "json"]);
+        let (ok, out, err) = skiff_in(
+            dev,
+            project.path(),
+            &[],
+            &["ps", "-n", "alice", "-o", "json"],
+        );
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v.as_array()
@@ -188,7 +196,11 @@ fn a_template_reads_the_environments_values_and_only_a_change_of_one_it_reads_to
     // A value the template does not read: nothing of web changes.
     run(&["env", "set", "alice", "OTHER=2"]);
     run(&["up", "-n", "alice"]);
-    assert_eq!(pid(&dev), before, "a value web's template does not read keeps it");
+    assert_eq!(
+        pid(&dev),
+        before,
+        "a value web's template does not read keeps it"
+    );
 
     // The one it reads: a new instance with the new file.
     run(&["env", "set", "alice", "GREETING=hej"]);
