@@ -229,21 +229,31 @@ pub fn first_start(events: &[Event]) -> Option<u64> {
 
 /// Prints the critical path for people.
 pub fn print_critical_path(cp: &CriticalPath) {
+    if cp.batches.iter().all(|b| b.held_by.is_none()) {
+        return; // nothing started: every service kept running
+    }
+    let count = |n: usize| {
+        if n == 1 {
+            "1 service".to_string()
+        } else {
+            format!("{n} services")
+        }
+    };
     println!("critical path (times the server recorded):");
     for b in &cp.batches {
         match &b.held_by {
             Some(h) => println!(
-                "  batch {} ({} services): {:.2}s, held longest by {} (ready {:.2}s after its start)",
+                "  batch {} ({}): {:.2}s, held longest by {} (ready {:.2}s after its start)",
                 b.batch,
-                b.services.len(),
+                count(b.services.len()),
                 b.ms as f64 / 1000.0,
                 h.service,
                 h.ready_ms.saturating_sub(h.started_ms) as f64 / 1000.0
             ),
             None => println!(
-                "  batch {} ({} services): kept running, nothing started",
+                "  batch {} ({}): kept running, nothing started",
                 b.batch,
-                b.services.len()
+                count(b.services.len())
             ),
         }
         if b.held_by.is_some() && !b.kept.is_empty() {
