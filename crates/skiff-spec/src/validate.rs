@@ -356,7 +356,7 @@ fn check_seed(
         f.error(
             &p,
             format!(
-                "{:?} is not a named volume the service mounts ({has}); mount it, e.g.                  volumes: [{}:/data]",
+                "{:?} is not a named volume the service mounts ({has}); mount it, e.g. volumes: [{}:/data]",
                 seed.into, seed.into
             ),
         );

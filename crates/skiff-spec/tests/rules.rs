@@ -255,6 +255,7 @@ fn reload_signals_are_names_skiff_kill_takes_and_config_targets_stay_inside() {
 #[test]
 fn seeds_fill_a_mounted_owned_volume_from_a_path_or_an_http_url() {
     rejects("seed");
+    rejects("seed-consistency");
 }
 
 #[test]
@@ -267,11 +268,11 @@ fn a_missing_seed_file_and_mounts_a_process_cannot_use_are_warnings() {
     assert_eq!(
         warnings,
         vec![
-            "compose.yaml:10:13: services.db.x-skiff.seed.from: /project/snap.tar.zst does not \
+            "compose.yaml:10:14: services.db.x-skiff.seed.from: /project/snap.tar.zst does not \
              exist on this host (an error at up)",
             "compose.yaml:6:9: services.db.volumes.1: bind mounts are not acted on by the process \
              driver (a process sees the host's paths as they are)",
-            "compose.yaml:6:9: services.db.volumes.1: bind source /project/conf does not exist on \
+            "compose.yaml:4:5: services.db.volumes: bind source /project/conf does not exist on \
              this host (an error at up)",
             "compose.yaml:7:9: services.db.volumes.2: anonymous volumes are not acted on by the \
              process driver",
