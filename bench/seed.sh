@@ -45,14 +45,19 @@ wait_sql() {
   return 1
 }
 
+# fresh_server NAME: a new data dir $work/NAME, its server on $work/NAME.sock (fresh_pid).
+fresh_server() {
+  mariadb-install-db --no-defaults --datadir="$work/$1" --auth-root-authentication-method=normal \
+    --skip-test-db $user --innodb-log-file-size=64M >/dev/null
+  # shellcheck disable=SC2086
+  mariadbd $flags --datadir="$work/$1" --socket="$work/$1.sock" --port=0 --skip-networking \
+    2>"$work/$1.err" &
+  fresh_pid=$!
+  wait_sql "$work/$1.sock"
+}
+
 echo "== making the data: $ROWS rows, a snapshot and a dump"
-mariadb-install-db --no-defaults --datadir="$work/src" --auth-root-authentication-method=normal \
-  --skip-test-db $user --innodb-log-file-size=64M >/dev/null
-# shellcheck disable=SC2086
-mariadbd $flags --datadir="$work/src" --socket="$work/src.sock" --port=0 --skip-networking \
-  2>"$work/src.err" &
-fresh_pid=$!
-wait_sql "$work/src.sock"
+fresh_server src
 mariadb --no-defaults -uroot -S "$work/src.sock" -e "
   create database shop;
   create table shop.items (id int primary key, name varchar(40), price decimal(10,2),
@@ -109,13 +114,7 @@ echo "seeded: $n rows ready in $seeded_ms ms"
 
 echo "== fresh: install-db, mariadbd, import the dump, count(*)"
 t0=$(ms)
-mariadb-install-db --no-defaults --datadir="$work/fresh" --auth-root-authentication-method=normal \
-  --skip-test-db $user --innodb-log-file-size=64M >/dev/null
-# shellcheck disable=SC2086
-mariadbd $flags --datadir="$work/fresh" --socket="$work/fresh.sock" --port=0 --skip-networking \
-  2>"$work/fresh.err" &
-fresh_pid=$!
-wait_sql "$work/fresh.sock"
+fresh_server fresh
 mariadb --no-defaults -uroot -S "$work/fresh.sock" < "$work/dump.sql"
 n=$(mariadb --no-defaults -uroot -S "$work/fresh.sock" -N -e 'select count(*) from shop.items')
 fresh_ms=$(( $(ms) - t0 ))

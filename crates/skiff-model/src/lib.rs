@@ -355,18 +355,7 @@ impl ConfigFile {
     /// `SKIFF_CONFIG_<NAME>`: the name upper-cased, anything but ASCII letters and digits
     /// as `_`.
     pub fn env_var(&self) -> String {
-        let name: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("SKIFF_CONFIG_{name}")
+        format!("SKIFF_CONFIG_{}", env_name_part(&self.name))
     }
 
     /// The target as a path relative to a root: without its leading `/`, `.` segments
@@ -420,8 +409,13 @@ impl fmt::Display for Consistency {
 /// `SKIFF_VOLUME_<NAME>` for the volume keyed `key`: upper-cased, anything but ASCII letters
 /// and digits as `_`.
 pub fn volume_env_var(key: &str) -> String {
-    let name: String = key
-        .chars()
+    format!("SKIFF_VOLUME_{}", env_name_part(key))
+}
+
+/// A name as part of an environment variable's: upper-cased, anything but ASCII letters and
+/// digits as `_`.
+fn env_name_part(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_uppercase()
@@ -429,8 +423,7 @@ pub fn volume_env_var(key: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("SKIFF_VOLUME_{name}")
+        .collect()
 }
 
 /// `x-skiff.reload`: how a running instance takes new config files.

@@ -224,6 +224,24 @@ fn seeded_project(db_consistency: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Both snapshots beside the stack, and a `skiff dev` on a data dir of its own; `None` (a
+/// skip) without the database programs.
+fn seeded_dev() -> Option<(tempfile::TempDir, tempfile::TempDir, Dev)> {
+    if !have(&[
+        "mariadbd",
+        "mariadb-install-db",
+        "redis-server",
+        "zstd",
+        "tar",
+    ]) {
+        return None;
+    }
+    let project = seeded_project("");
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path());
+    Some((project, data, dev))
+}
+
 /// The host port `name` of `service`'s instance 1 in `env`.
 fn port(dev: &Dev, env: &str, service: &str, name: &str) -> u16 {
     let (ok, out, err) = skiff(dev, &["ps", "-n", env, "-o", "json"]);
@@ -316,18 +334,9 @@ fn copy_data(dev: &Dev, from: &str, to: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn mariadb_and_redis_start_filled_from_their_snapshots_and_are_seeded_once() {
-    if !have(&[
-        "mariadbd",
-        "mariadb-install-db",
-        "redis-server",
-        "zstd",
-        "tar",
-    ]) {
+    let Some((project, data, dev)) = seeded_dev() else {
         return;
-    }
-    let project = seeded_project("");
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    };
     up(&dev, project.path(), "default");
 
     let db = port(&dev, "default", "db", "sql");
@@ -398,18 +407,9 @@ volumes:
 
 #[test]
 fn copy_data_carries_env_a_into_b_freezing_the_db_and_restarting_the_stopped_cache() {
-    if !have(&[
-        "mariadbd",
-        "mariadb-install-db",
-        "redis-server",
-        "zstd",
-        "tar",
-    ]) {
+    let Some((project, _data, dev)) = seeded_dev() else {
         return;
-    }
-    let project = seeded_project("");
-    let data = tempfile::tempdir().unwrap();
-    let dev = start_dev(data.path());
+    };
     up(&dev, project.path(), "alpha");
     let db_a = port(&dev, "alpha", "db", "sql");
     let cache_a = port(&dev, "alpha", "cache", "redis");
