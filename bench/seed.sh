@@ -59,7 +59,7 @@ fresh_server() {
 echo "== making the data: $ROWS rows, a snapshot and a dump"
 fresh_server src
 mariadb --no-defaults -uroot -S "$work/src.sock" -e "
-  create database shop;
+  create database shop; use shop;
   create table shop.items (id int primary key, name varchar(40), price decimal(10,2),
                            note varchar(100));
   insert into shop.items select seq, concat('item-', seq), seq % 1000 + 0.99,
