@@ -3,11 +3,11 @@
 # Each figure comes from a side-by-side script in bench/ (skiff and its baseline in the same
 # run; ratios, since the machine is noisy). Every closing note carries this table.
 # Usage: bench/all.sh            (about 8 minutes on 2 cores)
-#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up env dns gone ingress docker scheduler cluster releases)
+#        BENCH_ONLY="up dns" bench/all.sh   (a subset: up env dns gone ingress docker scheduler cluster releases seed)
 # The full logs are kept in $BENCH_LOGS (default: a temp dir, printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-up env dns gone ingress docker scheduler cluster releases}
+only=${BENCH_ONLY:-up env dns gone ingress docker scheduler cluster releases seed}
 logs=${BENCH_LOGS:-$(mktemp -d /tmp/skiff-bench.XXXXXX)}
 mkdir -p "$logs"
 cargo build -q --release -p skiff -p skiff-demo --examples || exit 1
@@ -29,6 +29,7 @@ want docker && run docker bench/docker100.sh 50 2
 want scheduler && run scheduler bench/scheduler.sh
 want cluster && run cluster bench/cluster.sh
 want releases && run releases bench/releases.sh 30000
+want seed && run seed bench/seed.sh 200000
 
 # pick LOG SED-EXPRESSION: the first match in the log, or "-".
 pick() { local v; v=$(sed -n "$2" "$logs/$1.log" 2>/dev/null | head -n 1); echo "${v:--}"; }
@@ -99,12 +100,21 @@ if want releases; then
   row "releases: failed requests, blue-green switch under the same load" "$(pick releases 's/^releases: blue-green switch:.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
   row "releases: failed requests, blue-green switch back (rollback) under the same load" "$(pick releases 's/^releases: blue-green switch back.*failed \([0-9]*\),.*/\1/p')" "" 0 0 le
 fi
+if want seed; then
+  row "MariaDB ready from a seed snapshot vs a fresh server importing a mysqldump (short mode: 200,000 rows; bench/seed.sh: 1,000,000)" "$(pick seed 's/^seed: .*ratio \([0-9.]*\)$/\1/p')" x 10 10 ge
+  info "  ready from the seed" "$(pick seed 's/^seed: .*seeded ready \([0-9]*\) ms.*/\1/p')" ms
+  info "  fresh server + dump import" "$(pick seed 's/^seed: .*dump import \([0-9]*\) ms.*/\1/p')" ms
+  info "  env clone --with-data of it (copy-data, frozen): time, ext4 plain copy" "$(pick seed 's/^copy (ext4): .*ms \([0-9]*\)$/\1/p')" ms
+  info "  bytes written by that copy" "$(pick seed 's/^copy (ext4): .*written \([0-9]*\),.*/\1/p')" B
+  info "  the same copy on XFS with reflinks: time" "$(pick seed 's/^copy (xfs): .*ms \([0-9]*\)$/\1/p')" ms
+  info "  bytes written by the reflink copy" "$(pick seed 's/^copy (xfs): .*written \([0-9]*\),.*/\1/p')" B
+fi
 
 echo
 echo "| figure | value | target | must | pass |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/env.sh 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh, bench/releases.sh 30000)"
+echo "logs: $logs  (commands: bench/up100.sh 100 3, bench/env.sh 3, bench/dns.sh 3 5, bench/dns_gone.sh 20 4, bench/ingress.sh 3 5, bench/docker100.sh 50 2, bench/scheduler.sh, bench/cluster.sh, bench/releases.sh 30000, bench/seed.sh 200000)"
 printf '%s\n' "${rows[@]}" | grep -q '| FAIL |' && exit 1
 exit 0

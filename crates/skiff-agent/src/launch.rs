@@ -28,6 +28,13 @@ impl Agent {
         // Boxed: rare, and a large future (an HTTP call) would otherwise sit in every start's
         // state machine (1,000 starts in flight hold 1,000 of them).
         Box::pin(self.learn_addresses(&id.stack, spec)).await;
+        // Named volumes as directories on this node (seeded before the first start), before
+        // ports are taken: a failed seed holds nothing.
+        let volumes = if driver.host_volumes() {
+            self.prepare_volumes(id, spec).await?
+        } else {
+            Vec::new()
+        };
         let listen = driver.listen_ports(spec).map_err(|e| e.to_string())?;
         let dir = self.instance_dir(id);
         // Each config's path reaches the workload as SKIFF_CONFIG_<NAME>.
@@ -37,6 +44,7 @@ impl Agent {
             for (c, place) in &configs {
                 env.insert(c.env_var(), place.seen.clone());
             }
+            env.extend(volumes);
             // Templates are rendered here, per instance, and written with the other files.
             for (c, _) in configs.iter_mut().filter(|(c, _)| c.template) {
                 c.content = self.render_config(id, rel, c, &env, &listen, container)?;

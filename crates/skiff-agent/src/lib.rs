@@ -18,7 +18,8 @@
 //! reporter), `reconcile` (passes, starts, stops, restarts), `launch` (a start through the
 //! service's driver), `env` (an instance's environment and dependency addresses),
 //! `monitor` (exit and probes per instance), `health` (the probes), `adopt` (re-attaching
-//! after a restart), `listener` (logs, exec, signals, stats).
+//! after a restart), `listener` (logs, exec, signals, stats, data copies), `volumes` (named
+//! volumes of process instances: directories, seeds, consistent copies).
 //!
 //! Workloads are run by drivers behind `skiff_driver::Driver` (host processes, Docker
 //! containers), looked up by the service's `driver`; the agent holds each running instance as
@@ -40,6 +41,7 @@ mod mirror;
 mod monitor;
 mod reconcile;
 pub mod server;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -152,6 +154,11 @@ pub struct Agent {
     live: Mutex<HashMap<InstanceId, Live>>,
     releases: Mutex<HashMap<(StackKey, u64), Arc<Release>>>,
     wake: Notify,
+    /// Instances stopped for a data copy (`consistency: stop`): not started again until the
+    /// copy let them go.
+    held: Mutex<std::collections::HashSet<InstanceId>>,
+    /// One volume seeds at a time (replicas starting together share their volume).
+    seeding: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -183,6 +190,8 @@ impl Agent {
             live: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            held: Mutex::default(),
+            seeding: tokio::sync::Mutex::new(()),
         }))
     }
 

@@ -7,6 +7,7 @@
 //!   GET  /v1/agent/instances/{env}/{stack}/{instance}/stats
 //!   POST /v1/agent/instances/{env}/{stack}/{instance}/exec    {"cmd": [...]}
 //!   POST /v1/agent/instances/{env}/{stack}/{instance}/signal  {"signal": "HUP"}
+//!   POST /v1/agent/envs/{env}/copy-data                       {"to": "B"}
 //! ```
 //!
 //! Logs are the instance's records (`<unix-ms> <o|e> <text>` lines), oldest first. Without
@@ -87,6 +88,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/agent/instances/{env}/{stack}/{instance}/drain",
             post(drain),
         )
+        .route("/v1/agent/envs/{env}/copy-data", post(copy_data))
         .with_state(agent)
 }
 
@@ -96,6 +98,18 @@ fn instance_id(env: &str, stack: &str, instance: &str) -> Result<InstanceId, Age
         .map_err(|e: skiff_model::NameError| {
             AgentError(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
         })
+}
+
+/// This node's volumes of `env` copied into environment `to` (`skiff env clone --with-data`).
+async fn copy_data(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(env): UrlPath<String>,
+    Json(req): Json<skiff_client::CopyDataRequest>,
+) -> Result<Json<skiff_client::CopiedData>, AgentError> {
+    match agent.copy_env_data(&env, &req.to).await {
+        Ok(volumes) => Ok(Json(skiff_client::CopiedData { volumes })),
+        Err(e) => Err(AgentError(StatusCode::CONFLICT, "copy_failed", e)),
+    }
 }
 
 async fn stats(

@@ -74,8 +74,9 @@ impl Agent {
                     to_stop.push(id.clone());
                 }
             }
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             for (id, (rel, svc, generation)) in &desired {
-                if !live.contains_key(id) {
+                if !live.contains_key(id) && !held.contains(id) {
                     to_start.push((id.clone(), rel.clone(), svc.clone(), *generation));
                 }
             }

@@ -14,7 +14,9 @@ use skiff_model::{InstanceId, InstanceStats};
 
 use skiff_client::Exec;
 
-use crate::{ApiError, ApiPath, ApiQuery, ApiState, BoxFuture, InstanceError, Instances};
+use crate::{
+    ApiError, ApiPath, ApiQuery, ApiState, Body as JsonBody, BoxFuture, InstanceError, Instances,
+};
 
 /// [`Instances`] through the agents' listeners.
 pub struct ViaAgents {
@@ -99,4 +101,57 @@ pub async fn instance_logs(
             e.to_string(),
         )),
     }
+}
+
+/// `POST /v1/envs/{env}/copy-data {"to": "B"}`: every node holding volumes of `env` copies
+/// them into `B`'s directories, holding the instances that use them still (frozen or stopped,
+/// per service) for the copy. Nodes are asked one after another; the first that fails ends
+/// the request with its reason (the copies already made stay).
+pub async fn copy_env_data(
+    State(s): State<ApiState>,
+    ApiPath(env): ApiPath<String>,
+    JsonBody(req): JsonBody<skiff_client::CopyDataRequest>,
+) -> Result<axum::Json<skiff_client::CopiedData>, ApiError> {
+    // Environment names follow the stack key's rules.
+    crate::stack_key(&env, "copy")?;
+    crate::stack_key(&req.to, "copy")?;
+    if env == req.to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("cannot copy environment {env:?} onto itself"),
+        ));
+    }
+    let mut nodes: Vec<_> = s
+        .control
+        .nodes()
+        .into_iter()
+        .filter(|n| n.status != skiff_model::NodeStatus::Down && n.agent_port != 0)
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut volumes = Vec::new();
+    for node in nodes {
+        let agent = Client::of_agent(&node).map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", e.to_string())
+        })?;
+        match agent.agent_copy_env_data(&env, &req.to).await {
+            Ok(copied) => volumes.extend(copied.volumes),
+            Err(ClientError::Api { message, .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "copy_failed",
+                    format!("node {}: {message}", node.name),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_unreachable",
+                    format!("node {}: {e}", node.name),
+                ));
+            }
+        }
+    }
+    volumes.sort_by(|a, b| (&a.stack, &a.volume, &a.node).cmp(&(&b.stack, &b.volume, &b.node)));
+    Ok(axum::Json(skiff_client::CopiedData { volumes }))
 }

@@ -297,6 +297,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/envs/{env}/stacks/{stack}/instances/{instance}/logs",
             get(agents::instance_logs),
         )
+        .route("/v1/envs/{env}/copy-data", post(agents::copy_env_data))
         .route("/v1/events", get(list_events))
         .route("/v1/catalog", get(catalog::list))
         .route("/v1/dns", get(catalog::dns))

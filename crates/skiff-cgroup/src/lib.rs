@@ -88,15 +88,18 @@ pub enum Controller {
     Pids,
     /// v1 only, for usage figures (often co-mounted with `cpu`); v2's `cpu` has them.
     CpuAcct,
+    /// v1 only, to hold a group still (`freezer.state`); v2 has `cgroup.freeze` in every group.
+    Freezer,
     Unified,
 }
 
 impl Controller {
-    const V1: [Controller; 4] = [
+    const V1: [Controller; 5] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Pids,
         Controller::CpuAcct,
+        Controller::Freezer,
     ];
 
     fn v1_name(self) -> &'static str {
@@ -105,6 +108,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::Pids => "pids",
             Controller::CpuAcct => "cpuacct",
+            Controller::Freezer => "freezer",
             Controller::Unified => "",
         }
     }
@@ -464,6 +468,85 @@ impl Group {
         }
     }
 
+    /// Freezes every process of the group (v1 `freezer.state` = `FROZEN`, v2 `cgroup.freeze`
+    /// = 1) and waits until the kernel says it is frozen (at most `timeout`; on a timeout the
+    /// group is thawed again). Frozen processes keep their pids and memory but run no
+    /// instruction, so files they write are still while they are.
+    pub fn freeze(&self, timeout: Duration) -> Result<()> {
+        let (file, value, done) = self.freezer(true)?;
+        write_file(&file, value)?;
+        if let Err(e) = self.wait_freezer(&done, timeout) {
+            let _ = self.thaw(timeout);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Lets a frozen group run again (a group that is not frozen stays as it is).
+    pub fn thaw(&self, timeout: Duration) -> Result<()> {
+        let (file, value, done) = self.freezer(false)?;
+        write_file(&file, value)?;
+        self.wait_freezer(&done, timeout)
+    }
+
+    /// Is the group frozen now?
+    pub fn frozen(&self) -> Result<bool> {
+        let (_, _, done) = self.freezer(true)?;
+        Ok(fs::read_to_string(&done.0)
+            .map_err(io("reading", &done.0))?
+            .lines()
+            .any(|l| l.trim() == done.1))
+    }
+
+    /// The file to write, the value, and the file and line that say it took effect.
+    #[allow(clippy::type_complexity)]
+    fn freezer(&self, freeze: bool) -> Result<(PathBuf, &'static str, (PathBuf, &'static str))> {
+        match self.version {
+            Version::V1 => {
+                let dir = self.dir(Controller::Freezer).ok_or_else(|| {
+                    Error::Unavailable("the freezer controller is not mounted (cgroup v1)".into())
+                })?;
+                let state = dir.join("freezer.state");
+                let value = if freeze { "FROZEN" } else { "THAWED" };
+                Ok((state.clone(), value, (state, value)))
+            }
+            Version::V2 => {
+                let dir = self.dir(Controller::Unified).ok_or_else(|| {
+                    Error::Unavailable("the group has no cgroup2 directory".into())
+                })?;
+                let (value, done) = if freeze {
+                    ("1", "frozen 1")
+                } else {
+                    ("0", "frozen 0")
+                };
+                Ok((
+                    dir.join("cgroup.freeze"),
+                    value,
+                    (dir.join("cgroup.events"), done),
+                ))
+            }
+        }
+    }
+
+    fn wait_freezer(&self, done: &(PathBuf, &'static str), timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read_to_string(&done.0).map_err(io("reading", &done.0))?;
+            if text.lines().any(|l| l.trim() == done.1) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Limit(format!(
+                    "{} did not say {:?} within {timeout:?} (it says {:?})",
+                    done.0.display(),
+                    done.1,
+                    text.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// SIGKILLs every process in the group until it is empty (at most `timeout`).
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -542,7 +625,7 @@ fn apply_v1(c: Controller, dir: &Path, limits: &Limits) -> Result<()> {
                 write_file(&dir.join("pids.max"), &n.to_string())?;
             }
         }
-        Controller::CpuAcct | Controller::Unified => {}
+        Controller::CpuAcct | Controller::Freezer | Controller::Unified => {}
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use skiff_cgroup::{Cgroups, Error, Limits, Version};
 
@@ -286,4 +287,86 @@ fn groups_created_while_a_sibling_is_removed_never_lose_their_parent() {
     for w in workers {
         w.join().unwrap();
     }
+}
+
+/// The hybrid layout with the v1 freezer mounted too (as on this machine).
+const FREEZER_MOUNTINFO: &str = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+35 30 0:31 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+37 30 0:33 / /sys/fs/cgroup/freezer rw,nosuid - cgroup cgroup rw,freezer
+";
+
+#[test]
+fn v1_freeze_and_thaw_write_freezer_state_and_the_workload_joins_the_freezer() {
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(FREEZER_MOUNTINFO, "0::/\n", root.path(), "skiff").unwrap();
+    let freezer = root
+        .path()
+        .join("sys/fs/cgroup/freezer/skiff/dev/shop/db-1");
+    populate(
+        &freezer,
+        &[("cgroup.procs", ""), ("freezer.state", "THAWED\n")],
+    );
+    let group = cg.create("dev/shop/db-1", &Limits::default()).unwrap();
+    assert!(group.procs_files().contains(&freezer.join("cgroup.procs")));
+    assert!(!group.frozen().unwrap());
+    group.freeze(Duration::from_secs(1)).unwrap();
+    assert_eq!(read(&freezer.join("freezer.state")), "FROZEN");
+    assert!(group.frozen().unwrap());
+    group.thaw(Duration::from_secs(1)).unwrap();
+    assert_eq!(read(&freezer.join("freezer.state")), "THAWED");
+    assert!(!group.frozen().unwrap());
+}
+
+#[test]
+fn v1_without_a_freezer_mount_says_so_instead_of_freezing_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cg = Cgroups::from_system(HYBRID_MOUNTINFO, HYBRID_SELF, root.path(), "skiff").unwrap();
+    let group = cg.open("dev/shop/db-1").unwrap();
+    let err = group.freeze(Duration::from_millis(50)).unwrap_err();
+    assert!(err.to_string().contains("freezer"), "{err}");
+}
+
+#[test]
+fn v2_freeze_waits_for_the_kernel_to_report_frozen_and_thaws_on_a_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let mount = root.path().join("sys/fs/cgroup");
+    populate(&mount, &[("cgroup.controllers", "memory pids")]);
+    let leaf = mount.join("system.slice/skiff.service/skiff/dev/shop/db-1");
+    populate(
+        &leaf,
+        &[
+            ("cgroup.procs", ""),
+            ("cgroup.freeze", "0\n"),
+            ("cgroup.events", "populated 1\nfrozen 0\n"),
+        ],
+    );
+    let cg = Cgroups::from_system(V2_MOUNTINFO, V2_SELF, root.path(), "skiff").unwrap();
+    let group = cg.open("dev/shop/db-1").unwrap();
+
+    // Nothing answers for the kernel: the freeze times out and leaves the group thawed.
+    let err = group.freeze(Duration::from_millis(30)).unwrap_err();
+    assert!(err.to_string().contains("frozen 1"), "{err}");
+    assert_eq!(read(&leaf.join("cgroup.freeze")), "0");
+
+    // A thread plays the kernel: cgroup.events follows cgroup.freeze after a moment.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kernel = {
+        let (leaf, stop) = (leaf.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let want = fs::read_to_string(leaf.join("cgroup.freeze")).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                let events = format!("populated 1\nfrozen {}\n", want.trim());
+                fs::write(leaf.join("cgroup.events"), events).unwrap();
+            }
+        })
+    };
+    group.freeze(Duration::from_secs(2)).unwrap();
+    assert_eq!(read(&leaf.join("cgroup.freeze")), "1");
+    assert!(group.frozen().unwrap());
+    group.thaw(Duration::from_secs(2)).unwrap();
+    assert!(!group.frozen().unwrap());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    kernel.join().unwrap();
 }

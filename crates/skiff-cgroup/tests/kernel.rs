@@ -163,3 +163,44 @@ fn cpu_ticks(pid: u32) -> u64 {
     // Fields 14 and 15 of stat; `after` starts at field 3.
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+#[test]
+fn a_frozen_group_keeps_its_processes_but_runs_none_until_thawed() {
+    let Some(cg) = cgroups() else { return };
+    let group = cg.create(&name("freeze"), &Limits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("n");
+    let mut child = spawn_in(
+        &group,
+        &format!(
+            "i=0; while true; do i=$((i+1)); echo $i > '{}'; sleep 0.005; done",
+            counter.display()
+        ),
+    );
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read().trim().parse::<u64>().unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "the loop never counted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    group.freeze(Duration::from_secs(5)).unwrap();
+    assert!(group.frozen().unwrap());
+    let pids = group.pids();
+    assert!(!pids.is_empty());
+    let at_freeze = read();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(read(), at_freeze, "a frozen group went on writing");
+    assert_eq!(group.pids(), pids, "freezing changed the group's processes");
+    group.thaw(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read() == at_freeze {
+        assert!(
+            Instant::now() < deadline,
+            "a thawed group did not run again"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    group.remove().unwrap();
+}

@@ -608,6 +608,27 @@ impl Client {
         .await
     }
 
+    /// Copies environment `from`'s volumes into environment `to`, each held still as its
+    /// service's `x-skiff.seed.consistency` says (`POST /v1/envs/{from}/copy-data`).
+    pub async fn copy_env_data(&self, from: &str, to: &str) -> Result<CopiedData> {
+        self.call(
+            Method::POST,
+            &format!("/v1/envs/{from}/copy-data"),
+            Self::json(&CopyDataRequest { to: to.to_string() }),
+        )
+        .await
+    }
+
+    /// The same, of one node's volumes, asked of its agent's listener.
+    pub async fn agent_copy_env_data(&self, from: &str, to: &str) -> Result<CopiedData> {
+        self.call(
+            Method::POST,
+            &format!("/v1/agent/envs/{from}/copy-data"),
+            Self::json(&CopyDataRequest { to: to.to_string() }),
+        )
+        .await
+    }
+
     /// Sends a signal (`SIGHUP`, `HUP`…) to an instance's workload.
     pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<()> {
         self.call_empty(

@@ -348,6 +348,56 @@ pub struct Exec {
     pub output: String,
 }
 
+/// `POST /v1/envs/{env}/copy-data`: copy the environment's volumes into environment `to`
+/// (what `skiff env clone A B --with-data` calls).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CopyDataRequest {
+    pub to: String,
+}
+
+/// How a volume was copied.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// Every file shares its extents with the source (FICLONE): nothing was written.
+    Reflink,
+    /// Byte for byte (the file system has no reflinks).
+    #[default]
+    Copy,
+}
+
+impl std::fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Copy => "copy",
+        })
+    }
+}
+
+/// One volume copied into the other environment.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VolumeCopy {
+    pub stack: String,
+    /// The volume's key under the top-level `volumes`.
+    pub volume: String,
+    /// The node (id) that holds both copies.
+    pub node: String,
+    /// Bytes of file data in the volume.
+    pub bytes: u64,
+    /// Bytes actually written (0 when every file was a reflink).
+    pub written: u64,
+    pub method: CopyMethod,
+    /// From holding the instances still to letting them go.
+    pub ms: u64,
+}
+
+/// The answer of `copy-data`: every volume copied, on every node.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopiedData {
+    pub volumes: Vec<VolumeCopy>,
+}
+
 /// A signal to send to an instance's workload (`POST …/instances/{instance}/signal`).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct SignalRequest {

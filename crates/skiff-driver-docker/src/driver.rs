@@ -344,6 +344,7 @@ fn docker_mount(m: &skiff_model::MountSpec, env: &str) -> MountSpec {
             external,
             target,
             read_only,
+            ..
         } => MountSpec::Volume {
             name: if name.is_empty() || *external || env == "default" {
                 name.clone()

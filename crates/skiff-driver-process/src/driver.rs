@@ -160,6 +160,10 @@ impl Driver for ProcessDriver {
         false
     }
 
+    fn host_volumes(&self) -> bool {
+        true
+    }
+
     fn listen_ports(&self, spec: &ServiceSpec) -> Result<Vec<(String, u16)>> {
         let mut ports = Vec::with_capacity(spec.ports.len());
         for p in &spec.ports {
@@ -492,6 +496,37 @@ impl Workload for ProcessWorkload {
             }),
         };
         Box::pin(std::future::ready(read))
+    }
+
+    /// The cgroup freezer (v1 `freezer.state`, v2 `cgroup.freeze`), waiting until the kernel
+    /// says it took effect.
+    fn freeze(&self, frozen: bool) -> BoxFuture<'_, Result<()>> {
+        let driver = self.shared.driver.clone();
+        let group = self.shared.group.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let cg = driver
+                    .cfg
+                    .cgroups
+                    .as_ref()
+                    .map_err(|_| Error::Unsupported {
+                        what: "freezing without cgroups",
+                    })?;
+                let g = cg
+                    .open(&group)
+                    .map_err(|e| Error::runtime("opening the cgroup", e))?;
+                let timeout = Duration::from_secs(10);
+                if frozen {
+                    g.freeze(timeout)
+                        .map_err(|e| Error::runtime("freezing the cgroup", e))
+                } else {
+                    g.thaw(timeout)
+                        .map_err(|e| Error::runtime("thawing the cgroup", e))
+                }
+            })
+            .await
+            .map_err(|e| Error::runtime("freezing the cgroup", e))?
+        })
     }
 
     /// Removes the cgroup (whatever escaped the process group, a daemon that called setsid,

@@ -247,6 +247,13 @@ pub trait Driver: Send + Sync + fmt::Debug {
         configs::in_instance_dir(dir, c)
     }
 
+    /// Whether named volumes of its workloads are directories the agent keeps on the node
+    /// (`<data dir>/volumes/<env>/<stack>/<volume>`, handed over as `SKIFF_VOLUME_<NAME>`);
+    /// otherwise the driver mounts them itself (the Docker engine's named volumes).
+    fn host_volumes(&self) -> bool {
+        false
+    }
+
     /// Starts a workload; on failure, whatever it took (ports, cgroup) is given back.
     fn start(&self, req: StartRequest) -> BoxFuture<'_, Result<Arc<dyn Workload>>>;
 
@@ -301,6 +308,15 @@ pub trait Workload: Send + Sync + fmt::Debug {
 
     /// One reading of its usage counters.
     fn stats(&self) -> BoxFuture<'_, Result<Stats>>;
+
+    /// Holds it still (`true`: it keeps its pid and memory but runs no instruction, so the
+    /// files it writes are still) or lets it run again (`false`). Unsupported by default.
+    fn freeze(&self, frozen: bool) -> BoxFuture<'_, Result<()>> {
+        let _ = frozen;
+        Box::pin(std::future::ready(Err(Error::Unsupported {
+            what: "freezing",
+        })))
+    }
 
     /// Once it is stopped: gives back what it held on the node (cgroup, host ports, a
     /// network no longer used).

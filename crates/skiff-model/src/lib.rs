@@ -338,6 +338,10 @@ pub struct ServiceSpec {
     /// rewriting the files and sending this signal, instead of replacing them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadSpec>,
+    /// `x-skiff.seed`: a data-directory snapshot unpacked into one of the service's named
+    /// volumes before the first start that finds it unseeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedSpec>,
 }
 
 /// A config file an instance gets: compose's `configs` grant with its content.
@@ -367,18 +371,7 @@ impl ConfigFile {
     /// `SKIFF_CONFIG_<NAME>`: the name upper-cased, anything but ASCII letters and digits
     /// as `_`.
     pub fn env_var(&self) -> String {
-        let name: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("SKIFF_CONFIG_{name}")
+        format!("SKIFF_CONFIG_{}", env_name_part(&self.name))
     }
 
     /// The target as a path relative to a root: without its leading `/`, `.` segments
@@ -394,6 +387,59 @@ impl ConfigFile {
         }
         (!parts.is_empty()).then(|| parts.join("/"))
     }
+}
+
+/// `x-skiff.seed`: where a volume's first contents come from, and how its data is held still
+/// while an environment's volumes are copied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedSpec {
+    /// An absolute path on the node, or an `http://` URL: a tar archive, optionally
+    /// zstd-compressed.
+    pub from: String,
+    /// The key of the named volume it fills (one the service mounts).
+    pub into: String,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// How the instances using a volume are held still while it is copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Frozen through the cgroup freezer for the copy, thawed after: same processes.
+    #[default]
+    Freeze,
+    /// Stopped (deregistered, drained, signalled) for the copy, started again after.
+    Stop,
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Consistency::Freeze => "freeze",
+            Consistency::Stop => "stop",
+        })
+    }
+}
+
+/// `SKIFF_VOLUME_<NAME>` for the volume keyed `key`: upper-cased, anything but ASCII letters
+/// and digits as `_`.
+pub fn volume_env_var(key: &str) -> String {
+    format!("SKIFF_VOLUME_{}", env_name_part(key))
+}
+
+/// A name as part of an environment variable's: upper-cased, anything but ASCII letters and
+/// digits as `_`.
+fn env_name_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `x-skiff.reload`: how a running instance takes new config files.
@@ -458,6 +504,8 @@ impl ServiceSpec {
             release: ReleasePolicy::default(),
             configs: Vec::new(),
             reload: None,
+            // A seed only matters before a volume's first start.
+            seed: None,
             ..s.clone()
         };
         // Which files exist and where is part of how an instance runs (a process learns
@@ -517,6 +565,10 @@ pub enum MountSpec {
     /// environment.
     Volume {
         name: String,
+        /// The volume's key under the top-level `volumes` (the process driver's directory
+        /// and `SKIFF_VOLUME_<KEY>`); empty for an anonymous volume.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        key: String,
         #[serde(default)]
         external: bool,
         target: String,

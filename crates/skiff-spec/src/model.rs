@@ -1543,6 +1543,10 @@ pub struct XSkiffService {
     /// sends them this signal instead of replacing them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload: Option<Reload>,
+    /// A data-directory snapshot unpacked into one of the service's named volumes before its
+    /// first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<Seed>,
     #[serde(flatten)]
     pub x: Extensions,
 }
@@ -1557,6 +1561,38 @@ pub struct XSkiffConfig {
     pub template: bool,
     #[serde(flatten)]
     pub x: Extensions,
+}
+
+/// `x-skiff.seed`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seed {
+    /// A tar archive (optionally zstd-compressed): a path, relative to the project directory
+    /// (absolute after loading), or an `http://` URL.
+    pub from: String,
+    /// The named volume (a key of the top-level `volumes`) it fills; the service must mount it.
+    pub into: String,
+    /// How the volume is held still while an environment's data is copied (default freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    #[serde(flatten, default)]
+    pub x: Extensions,
+}
+
+/// `x-skiff.seed.consistency`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// The cgroup freezer holds the instances still for the copy.
+    Freeze,
+    /// The instances are stopped for the copy and started again after.
+    Stop,
+}
+
+impl Seed {
+    /// Is `from` a URL (`scheme://…`) rather than a path?
+    pub fn is_url(&self) -> bool {
+        self.from.contains("://")
+    }
 }
 
 /// `x-skiff.reload`.

@@ -553,6 +553,12 @@ fn normalize_project(
         {
             *p = abs(p);
         }
+        if let Some(seed) = &mut x.seed
+            && !seed.is_url()
+            && !seed.from.is_empty()
+        {
+            seed.from = abs(&seed.from);
+        }
     }
     if uses_default_network && !project.networks.contains_key("default") {
         project

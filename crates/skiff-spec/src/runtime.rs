@@ -263,6 +263,16 @@ fn service_spec(
             .map(|r| skiff_model::ReloadSpec {
                 signal: r.signal.clone(),
             }),
+        seed: x
+            .and_then(|x| x.seed.as_ref())
+            .map(|s| skiff_model::SeedSpec {
+                from: s.from.clone(),
+                into: s.into.clone(),
+                consistency: match s.consistency {
+                    Some(model::Consistency::Stop) => skiff_model::Consistency::Stop,
+                    _ => skiff_model::Consistency::Freeze,
+                },
+            }),
     }
 }
 
@@ -419,6 +429,7 @@ fn mounts(project: &Project, svc: &Service) -> Vec<skiff_model::MountSpec> {
                 };
                 Some(MountSpec::Volume {
                     name,
+                    key: v.source.clone().unwrap_or_default(),
                     external,
                     target: v.target.clone(),
                     read_only: v.read_only,
@@ -675,6 +686,24 @@ mod tests {
                  skiff has no config store; give the content with file, content or environment"
             ]
         );
+    }
+
+    #[test]
+    fn a_seed_and_its_volume_key_reach_the_service_spec() {
+        let s = spec(
+            "name: shop\nservices:\n  db:\n    command: [db]\n    volumes: [data:/var/lib/db]\n    \
+             x-skiff: {driver: process, seed: {from: snap.tar.zst, into: data, consistency: stop}}\n\
+             volumes:\n  data: {}\n",
+        );
+        let db = &s.services["db"];
+        let seed = db.seed.as_ref().unwrap();
+        assert!(seed.from.ends_with("/snap.tar.zst") && seed.from.starts_with('/'));
+        assert_eq!(seed.into, "data");
+        assert_eq!(seed.consistency, skiff_model::Consistency::Stop);
+        assert!(matches!(
+            &db.mounts[..],
+            [skiff_model::MountSpec::Volume { name, key, .. }] if name == "shop_data" && key == "data"
+        ));
     }
 
     #[test]

@@ -318,7 +318,83 @@ fn check_service(
         }
     }
     check_x_skiff(f, name, svc, &x, driver);
+    if let Some(seed) = &x.seed {
+        check_seed(f, project, name, svc, seed);
+    }
     check_compose_rules(f, project, name, svc);
+}
+
+/// `x-skiff.seed`: `into` names a named, non-external volume the service mounts; `from` is a
+/// path or an `http://` URL (a missing file is a warning here, an error at `up`).
+fn check_seed(
+    f: &mut Findings,
+    project: &Project,
+    name: &str,
+    svc: &Service,
+    seed: &crate::model::Seed,
+) {
+    let at = |field: &str| -> Vec<String> {
+        ["services", name, "x-skiff", "seed", field]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mounted: Vec<&str> = svc
+        .volumes
+        .iter()
+        .filter(|v| v.kind == VolumeKind::Volume)
+        .filter_map(|v| v.source.as_deref())
+        .collect();
+    if !mounted.contains(&seed.into.as_str()) {
+        let p = at("into");
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        let has = if mounted.is_empty() {
+            "it mounts none".to_string()
+        } else {
+            format!("it mounts {}", mounted.join(", "))
+        };
+        f.error(
+            &p,
+            format!(
+                "{:?} is not a named volume the service mounts ({has}); mount it, e.g. volumes: [{}:/data]",
+                seed.into, seed.into
+            ),
+        );
+    } else if project
+        .volumes
+        .get(&seed.into)
+        .is_some_and(|v| v.external.is_some())
+    {
+        let p = at("into");
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        f.error(
+            &p,
+            format!(
+                "volume {:?} is external: skiff does not own it, so it does not seed it",
+                seed.into
+            ),
+        );
+    }
+    let from = seed.from.as_str();
+    let problem = if from.is_empty() {
+        Some("must name a snapshot: a path or an http:// URL".to_string())
+    } else if from.starts_with("https://") {
+        Some(format!(
+            "{from:?}: https is not supported (skiff has no TLS client yet); use an http:// URL \
+             or a path"
+        ))
+    } else if seed.is_url() && !from.starts_with("http://") {
+        Some(format!(
+            "{from:?}: only http:// URLs and paths are supported"
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = problem {
+        let p = at("from");
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        f.error(&p, message);
+    }
 }
 
 // === compose-go's rules after the schema (loader/validate.go, validation/, transform/) ===
@@ -1177,7 +1253,51 @@ fn warn_service(
             ));
         }
     }
-    for v in &svc.volumes {
+    let x = svc.x_skiff.as_deref();
+    let process = x.and_then(|x| x.driver) == Some(Driver::Process);
+    if let Some(seed) = x.and_then(|x| x.seed.as_ref()) {
+        let pos = key_pos(tree, &["services", name, "x-skiff", "seed", "from"]);
+        let path = format!("services.{name}.x-skiff.seed.from");
+        if !process {
+            warnings.push(Diagnostic::new(
+                pos.clone(),
+                path.clone(),
+                "not acted on by the Docker driver yet: only process-driver volumes are seeded"
+                    .to_string(),
+            ));
+        }
+        if !seed.is_url() && !seed.from.is_empty() && !loader.exists(Path::new(&seed.from)) {
+            warnings.push(Diagnostic::new(
+                pos,
+                path,
+                format!("{} does not exist on this host (an error at up)", seed.from),
+            ));
+        }
+    }
+    for (i, v) in svc.volumes.iter().enumerate() {
+        if process {
+            // A process sees the host's file system: only named volumes mean something to it
+            // (a directory per environment, its path in SKIFF_VOLUME_<NAME>).
+            let why = match v.kind {
+                VolumeKind::Volume if v.source.is_none() => {
+                    Some("anonymous volumes are not acted on by the process driver")
+                }
+                VolumeKind::Volume => None,
+                VolumeKind::Bind => Some(
+                    "bind mounts are not acted on by the process driver (a process sees the \
+                     host's paths as they are)",
+                ),
+                _ => Some("not acted on by the process driver"),
+            };
+            if let Some(why) = why {
+                let idx = i.to_string();
+                warnings.push(Diagnostic::new(
+                    key_pos(tree, &["services", name, "volumes", &idx]),
+                    format!("services.{name}.volumes.{i}"),
+                    why.to_string(),
+                ));
+            }
+        }
         if v.kind == VolumeKind::Bind
             && let Some(src) = &v.source
             && !loader.exists(Path::new(src))

@@ -251,3 +251,31 @@ fn placement_reservations_and_mode_reach_the_runtime_spec() {
 fn reload_signals_are_names_skiff_kill_takes_and_config_targets_stay_inside() {
     rejects("reload-and-config-targets");
 }
+
+#[test]
+fn seeds_fill_a_mounted_owned_volume_from_a_path_or_an_http_url() {
+    rejects("seed");
+    rejects("seed-consistency");
+}
+
+#[test]
+fn a_missing_seed_file_and_mounts_a_process_cannot_use_are_warnings() {
+    let text = "services:\n  db:\n    command: [db]\n    volumes:\n      - data:/var/lib/db\n      \
+                - ./conf:/etc/db\n      - /scratch\n    x-skiff:\n      driver: process\n      \
+                seed: {from: snap.tar.zst, into: data}\nvolumes:\n  data: {}\n";
+    let p = load_str(&[("compose.yaml", text)], &[]).unwrap();
+    let warnings: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "compose.yaml:10:14: services.db.x-skiff.seed.from: /project/snap.tar.zst does not \
+             exist on this host (an error at up)",
+            "compose.yaml:6:9: services.db.volumes.1: bind mounts are not acted on by the process \
+             driver (a process sees the host's paths as they are)",
+            "compose.yaml:4:5: services.db.volumes: bind source /project/conf does not exist on \
+             this host (an error at up)",
+            "compose.yaml:7:9: services.db.volumes.2: anonymous volumes are not acted on by the \
+             process driver",
+        ]
+    );
+}
