@@ -8,6 +8,7 @@
 //!   POST /v1/agent/instances/{env}/{stack}/{instance}/exec    {"cmd": [...]}
 //!   POST /v1/agent/instances/{env}/{stack}/{instance}/signal  {"signal": "HUP"}
 //!   POST /v1/agent/envs/{env}/copy-data                       {"to": "B"}
+//!   DELETE /v1/agent/envs/{env}/volumes
 //! ```
 //!
 //! Logs are the instance's records (`<unix-ms> <o|e> <text>` lines), oldest first. Without
@@ -24,7 +25,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use skiff_driver_process::{files, parse_log_line};
@@ -89,6 +90,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             post(drain),
         )
         .route("/v1/agent/envs/{env}/copy-data", post(copy_data))
+        .route("/v1/agent/envs/{env}/volumes", delete(remove_data))
         .with_state(agent)
 }
 
@@ -109,6 +111,17 @@ async fn copy_data(
     match agent.copy_env_data(&env, &req.to).await {
         Ok(volumes) => Ok(Json(skiff_client::CopiedData { volumes })),
         Err(e) => Err(AgentError(StatusCode::CONFLICT, "copy_failed", e)),
+    }
+}
+
+/// This node's volumes of `env` removed (`skiff env rm`).
+async fn remove_data(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(env): UrlPath<String>,
+) -> Result<StatusCode, AgentError> {
+    match agent.remove_env_data(&env).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(AgentError(StatusCode::CONFLICT, "remove_failed", e)),
     }
 }
 

@@ -241,6 +241,39 @@ impl Agent {
     }
 
     /// `(stack, volume)` of every volume directory of `env` on this node.
+    /// Removes this node's volumes of environment `env` (`skiff env rm`): their data is gone
+    /// for good. Waits (up to a minute) for the instances of `env` that are still stopping
+    /// here; refused if one still runs then.
+    pub(crate) async fn remove_env_data(&self, env: &str) -> Result<(), String> {
+        check_env(env)?;
+        let running = || -> Vec<String> {
+            self.live()
+                .keys()
+                .filter(|id| id.stack.env == env)
+                .map(|id| id.short())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !running().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let running = running();
+        if !running.is_empty() {
+            return Err(format!(
+                "instances of environment {env} still run here ({}); their volumes stay",
+                running.join(", ")
+            ));
+        }
+        let root = self.volumes_root().join(env);
+        tokio::task::spawn_blocking(move || match fs::remove_dir_all(&root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", root.display())),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     fn env_volumes(&self, env: &str) -> Result<Vec<(StackKey, String)>, String> {
         let root = self.volumes_root().join(env);
         let mut out = Vec::new();

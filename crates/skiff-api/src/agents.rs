@@ -112,6 +112,47 @@ pub async fn copy_env_data(
     ApiPath(env): ApiPath<String>,
     JsonBody(req): JsonBody<skiff_client::CopyDataRequest>,
 ) -> Result<axum::Json<skiff_client::CopiedData>, ApiError> {
+    copy_data(&s, &env, &req.to).await.map(axum::Json)
+}
+
+/// The nodes that can hold volumes (up, with an agent listener), by name.
+fn data_nodes(s: &ApiState) -> Vec<skiff_model::Node> {
+    let mut nodes: Vec<_> = s
+        .control
+        .nodes()
+        .into_iter()
+        .filter(|n| n.status != skiff_model::NodeStatus::Down && n.agent_port != 0)
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
+}
+
+/// Every node's volumes of `env` removed (`skiff env rm`); the first node that fails ends it
+/// with its reason.
+pub(crate) async fn remove_data(s: &ApiState, env: &str) -> Result<(), ApiError> {
+    for node in data_nodes(s) {
+        let agent = Client::of_agent(&node).map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", e.to_string())
+        })?;
+        agent.agent_remove_env_data(env).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "remove_failed",
+                format!("removing the volumes of {env} on node {}: {e}", node.name),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// What `copy-data` does (also `env clone --with-data`).
+pub(crate) async fn copy_data(
+    s: &ApiState,
+    env: &str,
+    to: &str,
+) -> Result<skiff_client::CopiedData, ApiError> {
+    let req = skiff_client::CopyDataRequest { to: to.to_string() };
+    let env = env.to_string();
     // Environment names follow the stack key's rules.
     crate::stack_key(&env, "copy")?;
     crate::stack_key(&req.to, "copy")?;
@@ -122,15 +163,8 @@ pub async fn copy_env_data(
             format!("cannot copy environment {env:?} onto itself"),
         ));
     }
-    let mut nodes: Vec<_> = s
-        .control
-        .nodes()
-        .into_iter()
-        .filter(|n| n.status != skiff_model::NodeStatus::Down && n.agent_port != 0)
-        .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut volumes = Vec::new();
-    for node in nodes {
+    for node in data_nodes(s) {
         let agent = Client::of_agent(&node).map_err(|e| {
             ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", e.to_string())
         })?;
@@ -153,5 +187,5 @@ pub async fn copy_env_data(
         }
     }
     volumes.sort_by(|a, b| (&a.stack, &a.volume, &a.node).cmp(&(&b.stack, &b.volume, &b.node)));
-    Ok(axum::Json(skiff_client::CopiedData { volumes }))
+    Ok(skiff_client::CopiedData { volumes })
 }

@@ -287,6 +287,9 @@ pub(crate) async fn remove(
         s.store.remove_stack(stack).await?;
     }
     s.control.forget_env(&env).await?;
+    // The data goes before the record: a node that cannot remove it leaves the environment
+    // listed, and `env rm` can be tried again.
+    crate::agents::remove_data(&s, &env).await?;
     s.store.delete_env(&env).await?;
     s.control.changed();
     Ok(StatusCode::NO_CONTENT)
@@ -343,6 +346,20 @@ pub(crate) async fn clone(
     if !s.store.create_env(&e).await? {
         return Err(exists(&req.to));
     }
+    // The data first, so that the clone's instances start on it.
+    let data = if req.with_data {
+        match crate::agents::copy_data(&s, &env, &req.to).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Nothing of the clone stays: its partial copies and its record go.
+                let _ = crate::agents::remove_data(&s, &req.to).await;
+                let _ = s.store.delete_env(&req.to).await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let mut releases = Vec::new();
     let stacks: Vec<StackKey> = s
         .store
@@ -377,6 +394,7 @@ pub(crate) async fn clone(
         Json(CloneResult {
             env: env_view,
             releases,
+            data,
         }),
     ))
 }

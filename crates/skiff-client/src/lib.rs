@@ -629,6 +629,16 @@ impl Client {
         .await
     }
 
+    /// Removes an agent's volumes of environment `env` (`skiff env rm`).
+    pub async fn agent_remove_env_data(&self, env: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/agent/envs/{env}/volumes"),
+            None,
+        )
+        .await
+    }
+
     /// Sends a signal (`SIGHUP`, `HUP`…) to an instance's workload.
     pub async fn signal(&self, id: &InstanceId, signal: &str) -> Result<()> {
         self.call_empty(

@@ -677,6 +677,9 @@ pub struct CloneEnv {
     pub to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Author>,
+    /// Copy the environment's volumes too (`--with-data`), before the clone's instances start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_data: bool,
 }
 
 /// What a clone did: the new environment and the releases it deployed into it.
@@ -684,4 +687,7 @@ pub struct CloneEnv {
 pub struct CloneResult {
     pub env: EnvView,
     pub releases: Vec<skiff_model::Release>,
+    /// The volumes copied (`with_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<CopiedData>,
 }

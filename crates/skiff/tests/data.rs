@@ -71,7 +71,7 @@ fn mariadb_snapshot(dir: &Path) -> PathBuf {
         "mariadb-install-db",
         &format!(
             "mariadb-install-db --no-defaults --datadir={} --auth-root-authentication-method=normal \
-             --skip-test-db {} --innodb-log-file-size=4M --innodb-buffer-pool-size=16M",
+             --skip-test-db {} --innodb-log-file-size=4M --innodb-buffer-pool-size=16M --innodb-use-native-aio=0",
             data.display(),
             user_flag()
         ),
@@ -84,6 +84,7 @@ fn mariadb_snapshot(dir: &Path) -> PathBuf {
             "--skip-networking",
             "--innodb-log-file-size=4M",
             "--innodb-buffer-pool-size=16M",
+            "--innodb-use-native-aio=0",
         ])
         .args(root().then_some("--user=root"))
         .stdout(Stdio::null())
@@ -180,7 +181,7 @@ services:
         exec mariadbd --no-defaults --datadir="$$SKIFF_VOLUME_DATA" --port="$$PORT"
         --bind-address="$$SKIFF_HOST" --skip-networking=0
         --socket="$$SKIFF_VOLUME_DATA/mysqld.sock" --pid-file="$$SKIFF_VOLUME_DATA/mysqld.pid"
-        --innodb-log-file-size=4M --innodb-buffer-pool-size=16M @USER@
+        --innodb-log-file-size=4M --innodb-buffer-pool-size=16M --innodb-use-native-aio=0 @USER@
     ports: [{name: sql, target: 3306}]
     volumes: [data:/var/lib/mysql]
     stop_grace_period: 30s
@@ -407,7 +408,7 @@ volumes:
 
 #[test]
 fn copy_data_carries_env_a_into_b_freezing_the_db_and_restarting_the_stopped_cache() {
-    let Some((project, _data, dev)) = seeded_dev() else {
+    let Some((project, data, dev)) = seeded_dev() else {
         return;
     };
     up(&dev, project.path(), "alpha");
@@ -472,6 +473,30 @@ fn copy_data_carries_env_a_into_b_freezing_the_db_and_restarting_the_stopped_cac
         "a failed copy left the db frozen or stopped"
     );
     assert_eq!(names(db_a), "alpha,beta,written-in-a");
+
+    // What a user types: a clone with its data, then its removal with the data.
+    let (ok, out, err) = skiff(&dev, &["env", "clone", "alpha", "gamma", "--with-data"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("volume data of shop") && out.contains("by copy"),
+        "{out}"
+    );
+    wait_for("gamma's db ready", || {
+        state(&dev, "gamma", "db") == "healthy"
+    });
+    assert_eq!(
+        names(port(&dev, "gamma", "db", "sql")),
+        "alpha,beta,written-in-a"
+    );
+    let volumes = data.path().join("volumes").join("gamma");
+    assert!(volumes.join("shop").join("data").is_dir());
+    let (ok, out, err) = skiff(&dev, &["env", "rm", "gamma", "--yes"]);
+    assert!(ok, "{out}{err}");
+    assert!(!volumes.exists(), "env rm removed gamma's volumes");
+    assert!(
+        data.path().join("volumes/alpha/shop/data").is_dir(),
+        "and only gamma's"
+    );
 }
 
 /// A loop-mounted XFS image with reflinks, unmounted (and its loop device freed) on drop.

@@ -74,8 +74,15 @@ enum Command {
         yes: bool,
     },
     /// Copy an environment: values, override files, and every stack it runs, deployed from
-    /// the same releases.
-    Clone { from: String, to: String },
+    /// the same releases; `--with-data` copies its volumes first (each service frozen or
+    /// stopped for the copy, as its `x-skiff.seed.consistency` says).
+    Clone {
+        from: String,
+        to: String,
+        /// Copy the volumes too, before the clone's instances start.
+        #[arg(long)]
+        with_data: bool,
+    },
     /// Deploy into the environment: `skiff env up alice -f compose.yaml` = `skiff up -n alice`.
     Up {
         name: String,
@@ -107,7 +114,11 @@ pub fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
         Command::Show { name, output } => show(client, &name, output),
         Command::Down { name } => down(client, &name),
         Command::Rm { name, yes } => rm(client, &name, yes),
-        Command::Clone { from, to } => clone(client, &from, &to),
+        Command::Clone {
+            from,
+            to,
+            with_data,
+        } => clone(client, &from, &to, with_data),
         Command::Up { name, up } => super::up::up(up, client, &name),
     }
 }
@@ -412,13 +423,29 @@ fn rm(client: &Client, name: &str, yes: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn clone(client: &Client, from: &str, to: &str) -> anyhow::Result<ExitCode> {
+fn clone(client: &Client, from: &str, to: &str, with_data: bool) -> anyhow::Result<ExitCode> {
     skiff_model::check_env_name(to)?;
     let req = CloneEnv {
         to: to.to_string(),
         author: Some(skiff_client::author::local()),
+        with_data,
     };
     let done = client.clone_env(from, &req)?;
+    for v in done.data.iter().flat_map(|d| &d.volumes) {
+        println!(
+            "volume {} of {}: {:.1} MB by {} on node {} ({:.1} MB written, held {} ms)",
+            v.volume,
+            v.stack,
+            v.bytes as f64 / 1e6,
+            match v.method {
+                skiff_client::CopyMethod::Reflink => "reflink",
+                skiff_client::CopyMethod::Copy => "copy",
+            },
+            v.node,
+            v.written as f64 / 1e6,
+            v.ms
+        );
+    }
     println!(
         "environment {to} cloned from {from}: {} values, {} override files, {} stacks deployed",
         done.env.env.values.len(),
