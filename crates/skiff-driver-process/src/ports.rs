@@ -64,15 +64,7 @@ pub fn port_env(ports: &[(String, u16)]) -> BTreeMap<String, String> {
 
 /// `my-db.x` → `MY_DB_X`.
 pub fn env_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    skiff_model::env_name_part(name)
 }
 
 #[cfg(test)]

@@ -429,8 +429,8 @@ pub fn volume_env_var(key: &str) -> String {
 }
 
 /// A name as part of an environment variable's: upper-cased, anything but ASCII letters and
-/// digits as `_`.
-fn env_name_part(name: &str) -> String {
+/// digits as `_` (`my-db.x` → `MY_DB_X`).
+pub fn env_name_part(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
