@@ -276,10 +276,9 @@ pub(crate) async fn remove(
     record(&s, &env).await?;
     let stacks: Vec<StackKey> = s
         .store
-        .stacks()
+        .env_stacks(&env)
         .await?
         .into_iter()
-        .filter(|st| st.stack.env == env)
         .map(|st| st.stack)
         .collect();
     s.control.down_env(&env, None).await?;
@@ -363,10 +362,10 @@ pub(crate) async fn clone(
     let mut releases = Vec::new();
     let stacks: Vec<StackKey> = s
         .store
-        .stacks()
+        .env_stacks(&env)
         .await?
         .into_iter()
-        .filter(|st| st.stack.env == env && st.current.is_some())
+        .filter(|st| st.current.is_some())
         .map(|st| st.stack)
         .collect();
     for stack in stacks {

@@ -490,9 +490,6 @@ impl Control {
         Ok(())
     }
 
-    /// Takes every stack of `env` down (instances stop; releases, history and data stay)
-    /// and marks its record down, with the reaper's `reason` if it is the reaper's doing;
-    /// an event per stack names the environment and why. Returns the stacks taken down.
     /// Forgets what the planner kept of `env`'s removed stacks (`skiff env rm`): their stable
     /// addresses go back to the range and their rollout records go, so environments made and
     /// removed day after day do not use the address range up.
@@ -516,6 +513,9 @@ impl Control {
         Ok(())
     }
 
+    /// Takes every stack of `env` down (instances stop; releases, history and data stay)
+    /// and marks its record down, with the reaper's `reason` if it is the reaper's doing;
+    /// an event per stack names the environment and why. Returns the stacks taken down.
     pub async fn down_env(&self, env: &str, reason: Option<String>) -> Result<Vec<StackKey>> {
         self.store
             .update_env(env, |e| {
@@ -526,10 +526,10 @@ impl Control {
             .await?;
         let stacks: Vec<StackKey> = self
             .store
-            .stacks()
+            .env_stacks(env)
             .await?
             .into_iter()
-            .filter(|s| s.stack.env == env && s.current.is_some())
+            .filter(|s| s.current.is_some())
             .map(|s| s.stack)
             .collect();
         let why = reason.as_deref().unwrap_or("by request");

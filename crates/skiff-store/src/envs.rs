@@ -187,6 +187,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // One environment's stacks, not another's whose name starts the same.
+        let alice2 = StackKey::new("alice2", "shop").unwrap();
+        release(alice2.clone()).await;
+        let of_alice = store.env_stacks("alice").await.unwrap();
+        assert_eq!(of_alice.len(), 1);
+        assert_eq!(of_alice[0].stack, a);
+        assert!(of_alice[0].controls["web"].stopped);
+        store.remove_stack(&alice2).await.unwrap();
         store.remove_stack(&a).await.unwrap();
         let stacks = store.stacks().await.unwrap();
         assert_eq!(stacks.len(), 1);

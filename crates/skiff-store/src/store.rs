@@ -403,8 +403,18 @@ impl<K: Kv> Store<K> {
 
     /// Every stack that has had a release, with its current release and controls, by key.
     pub async fn stacks(&self) -> Result<Vec<StackState>> {
-        let (records, _) = self.kv.list(STACKS).await?;
-        let (controls, _) = self.kv.list(CONTROLS).await?;
+        self.stacks_within("").await
+    }
+
+    /// The stacks of environment `env` (a prefix read, not a scan of every stack).
+    pub async fn env_stacks(&self, env: &str) -> Result<Vec<StackState>> {
+        self.stacks_within(&format!("{env}/")).await
+    }
+
+    /// Stacks whose key (`<env>/<stack>`) starts with `within`.
+    async fn stacks_within(&self, within: &str) -> Result<Vec<StackState>> {
+        let (records, _) = self.kv.list(&format!("{STACKS}{within}")).await?;
+        let (controls, _) = self.kv.list(&format!("{CONTROLS}{within}")).await?;
         let mut controls: BTreeMap<StackKey, Controls> = controls
             .iter()
             .map(|e| Ok((stack_of(&e.key, CONTROLS)?, decode_entry(e)?)))
