@@ -30,8 +30,9 @@ impl Agent {
         Box::pin(self.learn_addresses(&id.stack, spec)).await;
         // Named volumes as directories on this node (seeded before the first start), before
         // ports are taken: a failed seed holds nothing.
+        // Boxed for the same reason: a seed may download.
         let volumes = if driver.host_volumes() {
-            self.prepare_volumes(id, spec).await?
+            Box::pin(self.prepare_volumes(id, spec)).await?
         } else {
             Vec::new()
         };
